@@ -1,1 +1,23 @@
-"""regmix-plugin."""
+"""regmix-plugin: RegMix data-mixture search for LitGPT.
+
+``regmix_plugin.MixtureData`` is the DataModule to name in a ``litgpt pretrain`` recipe; the ``regmix``
+command runs the other stages (prepare, sample, sweep, fit, optimize, recipe).
+"""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy, so `import regmix_plugin` (and the `regmix` CLI) does not pay for torch/litgpt unless needed.
+    if name == "MixtureData":
+        from regmix_plugin.data import MixtureData
+
+        return MixtureData
+    if name == "MixtureCallback":
+        from regmix_plugin.stream import MixtureCallback
+
+        return MixtureCallback
+    raise AttributeError(f"module 'regmix_plugin' has no attribute {name!r}")
+
+
+__all__ = ["MixtureData", "MixtureCallback", "__version__"]

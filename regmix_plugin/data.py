@@ -1,0 +1,246 @@
+"""``MixtureData``: a LitGPT DataModule that streams a prepared multi-domain corpus at exact weights.
+
+Use it from the stock loop::
+
+    litgpt pretrain --config recipes/tiny_cpu.yaml
+    # with, in the YAML:
+    # data:
+    #   class_path: regmix_plugin.MixtureData
+    #   init_args: {data_path: data/tiny, weights: {prose: 0.7, code: 0.3}}
+
+Weights are over samples (all samples are ``max_seq_length + 1`` tokens, so also over tokens). A mapping
+whose sum is within ``domains.SUM_TOLERANCE`` (1e-3) of 1 is renormalised silently; anything further off
+is refused. See :mod:`regmix_plugin.stream` for the exactness, cycling and resume guarantees.
+
+Validation (LitGPT's own ``val_loss``) reads ``val_domains`` (default: every domain with val data) round
+robin, the same number of blocks from each, in a fixed order: ``val_loss`` is then the unweighted mean
+loss over those domains, comparable between runs with different training mixtures.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from litgpt.data import DataModule
+from litgpt.tokenizer import Tokenizer
+from regmix_plugin.domains import validate_weights
+from regmix_plugin.manifest import Manifest, read_manifest
+from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream, Stage, TokenSource
+
+
+@dataclass
+class MixtureData(DataModule):
+    """Streams a corpus written by ``regmix prepare`` with per-domain weights or a staged schedule."""
+
+    data_path: Path = Path("data/")
+    """Prepared corpus: the ``--out_dir`` of ``regmix prepare`` (holds manifest.json and one folder per domain)."""
+    weights: dict[str, float] | None = None
+    """Sampling weight per domain, summing to 1; domains left out get 0 and are not opened."""
+    schedule: list[dict[str, Any]] | None = None
+    """Piecewise stages instead of ``weights``: ``[{until_fraction: 0.2, weights: {...}}, {weights: {...}}]``
+    (or ``until_tokens``); the last stage runs to the end. ``until_fraction`` needs ``max_tokens``."""
+    max_tokens: int | None = None
+    """The run's token budget (repeat ``train.max_tokens``): lets the epoch guard fail at set-up and places
+    ``until_fraction`` stage switches. LitGPT does not pass it to data modules."""
+    max_epochs: float = 15
+    """Most times any domain may be repeated (as in RegMix's sampler)."""
+    on_epoch_limit: Literal["error", "warn"] = "error"
+    """What to do when a domain would be repeated more than ``max_epochs`` times."""
+    val_domains: list[str] | None = None
+    """Domains that LitGPT's ``val_loss`` averages over; default: every domain with val data."""
+    val_blocks_per_domain: int | None = None
+    """Validation blocks per val domain; default: as many as the smallest val domain has."""
+    seed: int = 42
+    """Seed of every domain's per-epoch shuffle."""
+    num_workers: int = 4
+    """DataLoader worker processes per rank; each runs its own exactly-blended stream."""
+    callbacks: list[MixtureCallback] | None = None
+    """Hooks called as the stream advances that may record or change the mixture (``MixtureCallback``)."""
+
+    batch_size: int = field(init=False, repr=False, default=1)
+    seq_length: int = field(init=False, repr=False, default=2048)
+    manifest: Manifest | None = field(init=False, repr=False, default=None)
+    stages: list[Stage] = field(init=False, repr=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+        self.data_path = Path(self.data_path)
+        problems = []
+        if (self.weights is None) == (self.schedule is None):
+            problems.append("set exactly one of --data.weights and --data.schedule")
+        if self.schedule is not None:
+            for i, stage in enumerate(self.schedule):
+                extra = set(stage) - {"weights", "until_fraction", "until_tokens"}
+                if "weights" not in stage or extra:
+                    problems.append(
+                        f"--data.schedule[{i}] must have 'weights' and at most one of 'until_fraction'/"
+                        f"'until_tokens'{f'; unknown key(s) {sorted(extra)}' if extra else ''}"
+                    )
+                if "until_fraction" in stage and self.max_tokens is None:
+                    problems.append(f"--data.schedule[{i}].until_fraction needs --data.max_tokens (the run's budget)")
+        if not self.max_epochs > 0:
+            problems.append(f"--data.max_epochs must be > 0, got {self.max_epochs}")
+        if self.num_workers < 0:
+            problems.append(f"--data.num_workers must be >= 0, got {self.num_workers}")
+        if problems:
+            raise ValueError("MixtureData: " + "; ".join(problems))
+        # name-independent checks (sign, finiteness, sum) now; domain names once the manifest is read
+        for key, w in self._weight_sets():
+            validate_weights(w, w.keys() if isinstance(w, dict) else (), key=key)
+
+    def _weight_sets(self) -> list[tuple[str, dict[str, float]]]:
+        if self.weights is not None:
+            return [("--data.weights", self.weights)]
+        return [(f"--data.schedule[{i}].weights", s.get("weights")) for i, s in enumerate(self.schedule or [])]
+
+    def connect(
+        self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None, **kw: Any
+    ) -> None:
+        self.batch_size = batch_size
+        self.seq_length = (max_seq_length or 2048) + 1  # one more token: the last target
+
+    def prepare_data(self) -> None:
+        read_manifest(self.data_path, flag="--data.data_path")
+
+    def setup(self, stage: str = "") -> None:
+        self.manifest = read_manifest(self.data_path, flag="--data.data_path")
+        known = self.manifest.train_domains()
+        problems, clean = [], []
+        for key, w in self._weight_sets():
+            try:
+                clean.append(validate_weights(w, known, key=key))
+            except ValueError as e:
+                problems.append(str(e))
+        val_known = self.manifest.val_domains()
+        for d in self.val_domains or []:
+            if d not in val_known:
+                problems.append(f"--data.val_domains: {d!r} has no val data; domains with val data: {', '.join(val_known)}")
+        if problems:
+            raise ValueError("\n".join(problems))
+        self.stages = self._build_stages(clean)
+
+    def _build_stages(self, weight_sets: list[dict[str, float]]) -> list[Stage]:
+        """Stage ends in stream-local samples, filled in by ``train_dataloader`` once the stream count is known."""
+        return [Stage(weights=w, end=None) for w in weight_sets]
+
+    def _stream_samples(self, num_streams_per_rank: int, world_size: int) -> int | None:
+        """Samples the busiest stream serves in a run of ``max_tokens`` (LitGPT counts seq_length - 1 per sample)."""
+        if self.max_tokens is None:
+            return None
+        batches = self.max_tokens // world_size // (self.batch_size * (self.seq_length - 1))
+        return math.ceil(batches / num_streams_per_rank) * self.batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        active = sorted({d for st in self.stages for d, w in st.weights.items() if w > 0})
+        sources = {d: TokenSource(self.data_path / d / "train", self.seq_length) for d in active}
+        stream = MixtureStream(
+            sources,
+            self.stages,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            max_epochs=self.max_epochs,
+            on_epoch_limit=self.on_epoch_limit,
+            callbacks=self.callbacks or (),
+            validate_weights=lambda w: validate_weights(w, self.manifest.train_domains(), key="callback weights"),
+        )
+        per_rank = max(1, self.num_workers)
+        world = stream.distributed_env.world_size
+        total = self._stream_samples(per_rank, world)
+        self._place_stage_ends(total, per_rank * world)
+        if total is not None:
+            self._epoch_guard(sources, total, per_rank * world)
+            length = self.max_tokens // world // (self.batch_size * (self.seq_length - 1))
+        else:
+            length = sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
+        return MixtureLoader(stream, num_workers=self.num_workers, length=length)
+
+    def _place_stage_ends(self, total: int | None, num_streams: int) -> None:
+        for i, (st, spec) in enumerate(zip(self.stages, self.schedule or [{}])):
+            if "until_fraction" in spec:
+                st.end = round(float(spec["until_fraction"]) * total)
+            elif "until_tokens" in spec:
+                st.end = int(spec["until_tokens"]) // (self.seq_length - 1) // num_streams
+        ends = [st.end for st in self.stages[:-1]]
+        if any(e is None for e in ends) or ends != sorted(ends):
+            raise ValueError(
+                "--data.schedule: every stage but the last needs until_fraction/until_tokens, in increasing order"
+            )
+        if self.stages:
+            self.stages[-1].end = None
+
+    def _epoch_guard(self, sources: dict[str, TokenSource], total: int, num_streams: int) -> None:
+        planned: dict[str, float] = {}
+        start = 0
+        for st in self.stages:
+            end = total if st.end is None else min(st.end, total)
+            for d, w in st.weights.items():
+                planned[d] = planned.get(d, 0.0) + w * max(0, end - start)
+            start = end
+        lines = []
+        for d, n in sorted(planned.items()):
+            per_epoch = sources[d].num_blocks // num_streams if d in sources else 0
+            if n > 0 and (per_epoch == 0 or n > self.max_epochs * per_epoch):
+                epochs = n / per_epoch if per_epoch else math.inf
+                lines.append(
+                    f"  {d}: {n:,.0f} samples per stream from {per_epoch:,} blocks per stream = {epochs:.1f} epochs"
+                )
+        if lines:
+            msg = (
+                f"with --data.max_tokens {self.max_tokens:,} some domains would repeat more than "
+                f"--data.max_epochs {self.max_epochs:g} times:\n" + "\n".join(lines) + "\nLower their weights, "
+                "prepare more data, raise --data.max_epochs, or set --data.on_epoch_limit warn"
+            )
+            if self.on_epoch_limit == "error":
+                raise ValueError(msg)
+            import warnings
+
+            warnings.warn(msg)
+
+    def val_dataloader(self) -> DataLoader:
+        domains = self.val_domains or self.manifest.val_domains()
+        sources = {d: TokenSource(self.data_path / d / "val", self.seq_length) for d in domains}
+        available = min(s.num_blocks for s in sources.values())
+        per_domain = min(available, self.val_blocks_per_domain or available)
+        if per_domain == 0:
+            small = [d for d, s in sources.items() if s.num_blocks == 0]
+            raise ValueError(
+                f"val domain(s) {small} have no block of {self.seq_length} tokens; prepare more val data, "
+                "lower the model's block_size, or leave them out of --data.val_domains"
+            )
+        return DataLoader(ValStream(sources, per_domain, self.batch_size), batch_size=None, num_workers=0)
+
+
+class ValStream(IterableDataset):
+    """The fixed validation sequence: block ``i`` of every val domain in turn, ``blocks_per_domain`` each.
+
+    Ranks take every ``world_size``-th block, so ranks read disjoint data and together read all of it.
+    """
+
+    def __init__(self, sources: dict[str, TokenSource], blocks_per_domain: int, batch_size: int):
+        from litdata.utilities.env import _DistributedEnv
+
+        self.sources, self.blocks_per_domain, self.batch_size = sources, blocks_per_domain, batch_size
+        self.distributed_env = _DistributedEnv.detect()
+
+    def __iter__(self):
+        names = sorted(self.sources)
+        ends = {d: np.cumsum(self.sources[d].chunk_blocks) for d in names}
+        env = self.distributed_env
+        rows = []
+        for p in range(env.global_rank, self.blocks_per_domain * len(names), env.world_size):
+            d, i = names[p % len(names)], p // len(names)
+            chunk = int(np.searchsorted(ends[d], i, side="right"))
+            j = i - (int(ends[d][chunk - 1]) if chunk else 0)
+            rows.append(np.asarray(self.sources[d].block(chunk, j), dtype=np.int64))
+            if len(rows) == self.batch_size:
+                yield torch.from_numpy(np.stack(rows))
+                rows = []
+        if rows:
+            yield torch.from_numpy(np.stack(rows))

@@ -1,0 +1,362 @@
+"""The weighted multi-domain token stream behind ``MixtureData``: deterministic, exact, resumable.
+
+Each (rank, dataloader-worker) pair runs one *stream*. A stream picks the domain of every sample by
+largest deficit (Megatron-style blending): sample ``n`` of a stage comes from the domain with the largest
+``w_d * (n + 1) - count_d``, so at every prefix each domain's count is within one sample of
+``w_d * samples``. Each domain is read from the stream's own disjoint share of its blocks and cycles on
+its own: running out starts the domain's next epoch, reshuffled, and touches no other domain.
+
+A stream's whole state is a few integers per domain (:class:`StreamState`). Where the stream is in every
+domain follows from the per-domain sample counts, because each epoch's order is a seeded function of
+``(seed, domain, epoch)``; that makes resuming an O(1) seek instead of a replay.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+import zlib
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+STATE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------- reading
+class TokenSource:
+    """Random access to fixed-size token blocks of one litdata-optimized directory (``TokensLoader`` format).
+
+    Block ``j`` of chunk ``c`` is tokens ``[j * block_size, (j + 1) * block_size)`` of that chunk, as litdata's
+    ``TokensLoader`` cuts them. Chunks are memory-mapped on first use; a few stay open.
+    """
+
+    def __init__(self, input_dir: str | Path, block_size: int, max_open: int = 4):
+        self.input_dir = Path(input_dir)
+        index_file = self.input_dir / "index.json"
+        if not index_file.is_file():
+            raise FileNotFoundError(f"{index_file} is missing; re-run `regmix prepare` for this corpus")
+        index = json.loads(index_file.read_text())
+        serializer, dtype_id = index["config"]["data_format"][0].split(":")
+        if serializer not in ("no_header_numpy", "no_header_tensor"):
+            raise ValueError(f"{index_file}: data_format {serializer!r} is not token data written by `regmix prepare`")
+        from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
+
+        if serializer == "no_header_numpy":
+            self.dtype = np.dtype(_NUMPY_DTYPES_MAPPING[int(dtype_id)])
+        else:
+            self.dtype = torch.empty(0, dtype=_TORCH_DTYPES_MAPPING[int(dtype_id)]).numpy().dtype
+        self.block_size = block_size
+        chunks = index["chunks"]
+        self._files = [self.input_dir / c["filename"] for c in chunks]
+        # litdata's chunk header: [num_items][num_items + 1 offsets], all uint32 (litdata writer.py)
+        self._offsets = [(1 + c["chunk_size"] + 1) * 4 for c in chunks]
+        self.chunk_blocks = np.array([c["dim"] // block_size for c in chunks], dtype=np.int64)
+        self.num_blocks = int(self.chunk_blocks.sum())
+        self.num_tokens = int(sum(c["dim"] for c in chunks))
+        self._max_open = max_open
+        self._open: OrderedDict[int, np.memmap] = OrderedDict()
+
+    def block(self, chunk: int, j: int) -> np.ndarray:
+        """Tokens of block ``j`` of chunk ``chunk`` (a view into the memory map)."""
+        mm = self._open.get(chunk)
+        if mm is None:
+            mm = np.memmap(self._files[chunk], dtype=self.dtype, mode="r", offset=self._offsets[chunk])
+            self._open[chunk] = mm
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(chunk)
+        return mm[j * self.block_size : (j + 1) * self.block_size]
+
+    def __getstate__(self) -> dict:
+        # memory maps are reopened in each worker process
+        return {**self.__dict__, "_open": OrderedDict()}
+
+
+def domain_key(name: str) -> int:
+    """A stable integer per domain name: shuffles do not change when other domains are added."""
+    return zlib.crc32(name.encode())
+
+
+class EpochOrder:
+    """The order in which one stream visits its share of a domain's blocks, epoch by epoch.
+
+    An epoch shuffles the domain's chunks, then the blocks inside each chunk (litdata's two-level shuffle:
+    memory stays O(chunks + blocks per chunk)); position ``p`` of that order belongs to stream
+    ``p % num_streams``. Every stream therefore gets ``num_blocks // num_streams`` blocks per epoch, disjoint
+    from every other stream's, and a new subset and order each epoch.
+    """
+
+    def __init__(self, source: TokenSource, seed: int, domain: str, stream: int, num_streams: int):
+        self.source, self.seed, self.key = source, seed, domain_key(domain)
+        self.stream, self.num_streams = stream, num_streams
+        self.per_epoch = source.num_blocks // num_streams
+        self._epoch = -1
+        self._cached_chunk: tuple[int, np.ndarray] | None = None
+
+    def _set_epoch(self, epoch: int) -> None:
+        rng = np.random.default_rng([self.seed, self.key, epoch])
+        self._chunk_order = rng.permutation(len(self.source.chunk_blocks))
+        self._ends = np.cumsum(self.source.chunk_blocks[self._chunk_order])
+        self._epoch, self._cached_chunk = epoch, None
+
+    def locate(self, count: int) -> tuple[int, int, int]:
+        """``(epoch, chunk, block)`` of the stream's ``count``-th sample from this domain (0-based)."""
+        epoch, k = divmod(count, self.per_epoch)
+        if epoch != self._epoch:
+            self._set_epoch(epoch)
+        p = k * self.num_streams + self.stream
+        slot = int(np.searchsorted(self._ends, p, side="right"))
+        chunk = int(self._chunk_order[slot])
+        local = p - (int(self._ends[slot - 1]) if slot else 0)
+        if self._cached_chunk is None or self._cached_chunk[0] != chunk:
+            rng = np.random.default_rng([self.seed, self.key, epoch, chunk])
+            self._cached_chunk = (chunk, rng.permutation(int(self.source.chunk_blocks[chunk])))
+        return epoch, chunk, int(self._cached_chunk[1][local])
+
+
+# ---------------------------------------------------------------------------------------- schedule
+@dataclass
+class Stage:
+    """Weights in force until stream-local sample ``end`` (exclusive); ``None`` means until the end."""
+
+    weights: dict[str, float]
+    end: int | None
+
+
+@dataclass
+class StreamState:
+    """Everything needed to continue one stream exactly; saved in every LitGPT checkpoint.
+
+    ``samples[d]`` counts samples the stream has taken from domain ``d`` since the start of training;
+    ``stage_samples[d]`` counts them since the current stage began (blending is exact within a stage).
+    ``override`` holds weights set by a :class:`MixtureCallback`, in force until the next scheduled stage.
+    """
+
+    stream: int = 0
+    num_streams: int = 1
+    position: int = 0
+    stage: int = 0
+    samples: dict[str, int] = field(default_factory=dict)
+    stage_samples: dict[str, int] = field(default_factory=dict)
+    epochs: dict[str, int] = field(default_factory=dict)
+    override: dict[str, float] | None = None
+    version: int = STATE_VERSION
+
+    def weights(self, stages: Sequence[Stage]) -> dict[str, float]:
+        return self.override if self.override is not None else stages[self.stage].weights
+
+
+class MixtureCallback:
+    """Hook called by every stream each ``interval`` samples; it may record or change the mixture.
+
+    Subclass it and list it under ``--data.callbacks`` (jsonargparse ``class_path``). ``on_advance`` runs in
+    the dataloader worker with that stream's :class:`StreamState` and the weights in force; returning a
+    ``{domain: weight}`` mapping switches the stream to those weights from the next sample on (a new blending
+    stage: exact proportions hold within it). The switch is part of the saved state, so it survives resume.
+    For reproducible runs, make the decision a function of the state (as RegMix-D schedules are); weights
+    computed online from losses can be passed in through a file the callback reads.
+    """
+
+    def __init__(self, interval: int = 1000):
+        self.interval = interval
+
+    def on_advance(self, state: StreamState, weights: Mapping[str, float]) -> Mapping[str, float] | None:
+        return None
+
+
+# ----------------------------------------------------------------------------------------- streams
+class MixtureStream(IterableDataset):
+    """Infinite stream of ``[batch_size, block_size]`` token batches blended from several domains.
+
+    Yields ``(batch, state)`` pairs; :class:`MixtureLoader` strips the state and keeps the latest one per
+    worker for checkpoints. Rank and world size come from litdata's ``_DistributedEnv`` captured at
+    construction (tests set ``distributed_env`` to simulate ranks), workers from torch's worker info.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, TokenSource],
+        stages: Sequence[Stage],
+        batch_size: int,
+        seed: int = 42,
+        max_epochs: float = 15,
+        on_epoch_limit: str = "error",
+        callbacks: Sequence[MixtureCallback] = (),
+        validate_weights=None,
+    ):
+        from litdata.utilities.env import _DistributedEnv
+
+        self.sources = dict(sources)
+        self.stages = list(stages)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.max_epochs = max_epochs
+        self.on_epoch_limit = on_epoch_limit
+        self.callbacks = list(callbacks)
+        self.validate_weights = validate_weights
+        self.distributed_env = _DistributedEnv.detect()
+        self.resume_states: dict[int, dict] | None = None
+
+    def stream_index(self) -> tuple[int, int, int]:
+        """``(stream, num_streams, worker)`` of the calling process."""
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        env = self.distributed_env
+        return env.global_rank * workers + worker, env.world_size * workers, worker
+
+    def __iter__(self):
+        stream, num_streams, worker = self.stream_index()
+        if self.resume_states is not None and worker in self.resume_states:
+            state = StreamState(**self.resume_states[worker])
+            if state.num_streams != num_streams:
+                raise ValueError(
+                    f"the checkpoint's data stream was split over {state.num_streams} rank x worker streams, this "
+                    f"run uses {num_streams}; resume with the same --devices and --data.num_workers"
+                )
+            state.stream = stream  # ranks are symmetric: rank 0's saved counts hold for every rank
+        else:
+            state = StreamState(stream=stream, num_streams=num_streams)
+        yield from self._generate(state)
+
+    def _generate(self, state: StreamState):
+        names = sorted(self.sources)
+        orders = {d: EpochOrder(self.sources[d], self.seed, d, state.stream, state.num_streams) for d in names}
+        for d in names:
+            if orders[d].per_epoch == 0 and any(s.weights.get(d, 0) > 0 for s in self.stages):
+                src = self.sources[d]
+                raise ValueError(
+                    f"domain {d!r} has {src.num_blocks} blocks of {src.block_size} tokens, fewer than the "
+                    f"{state.num_streams} rank x worker streams that must share it; lower --data.num_workers "
+                    "or prepare more data for it"
+                )
+        block = next(iter(self.sources.values())).block_size
+        warned: set[str] = set()
+        while True:
+            batch = np.empty((self.batch_size, block), dtype=np.int64)
+            for row in range(self.batch_size):
+                self._advance_stage(state)
+                d = self._pick(state)
+                count = state.samples.get(d, 0)
+                epoch, chunk, j = orders[d].locate(count)
+                if count + 1 > self.max_epochs * orders[d].per_epoch:
+                    self._epoch_limit(d, state, orders[d].per_epoch, warned)
+                batch[row] = self.sources[d].block(chunk, j)
+                state.samples[d] = count + 1
+                state.stage_samples[d] = state.stage_samples.get(d, 0) + 1
+                state.epochs[d] = (count + 1) // orders[d].per_epoch
+                state.position += 1
+                self._run_callbacks(state)
+            yield torch.from_numpy(batch), asdict(state)
+
+    def _advance_stage(self, state: StreamState) -> None:
+        while (end := self.stages[state.stage].end) is not None and state.position >= end:
+            state.stage += 1
+            state.stage_samples, state.override = {}, None
+
+    def _pick(self, state: StreamState) -> str:
+        weights = state.weights(self.stages)
+        n = sum(state.stage_samples.values()) + 1
+        best, best_deficit = None, -math.inf
+        for d, w in weights.items():  # insertion order is sorted by name: ties go to the first
+            if w <= 0:
+                continue
+            deficit = w * n - state.stage_samples.get(d, 0)
+            if deficit > best_deficit + 1e-12:
+                best, best_deficit = d, deficit
+        return best
+
+    def _epoch_limit(self, d: str, state: StreamState, per_epoch: int, warned: set[str]) -> None:
+        msg = (
+            f"domain {d!r} is about to be repeated more than max_epochs={self.max_epochs:g} times: stream "
+            f"{state.stream} has taken {state.samples.get(d, 0)} samples from its {per_epoch} blocks of it. "
+            "Lower its weight, prepare more data, raise --data.max_epochs, or set --data.on_epoch_limit warn"
+        )
+        if self.on_epoch_limit == "error":
+            raise RuntimeError(msg)
+        if d not in warned:
+            warned.add(d)
+            warnings.warn(msg)
+
+    def _run_callbacks(self, state: StreamState) -> None:
+        for cb in self.callbacks:
+            if state.position % cb.interval == 0:
+                new = cb.on_advance(state, state.weights(self.stages))
+                if new is not None:
+                    clean = self.validate_weights(new) if self.validate_weights else dict(new)
+                    unknown = [d for d, w in clean.items() if w > 0 and d not in self.sources]
+                    if unknown:
+                        raise ValueError(
+                            f"{type(cb).__name__} switched to domain(s) {unknown} that this run did not open; give "
+                            "them a positive weight in some stage of --data.schedule/--data.weights"
+                        )
+                    state.override, state.stage_samples = clean, {}
+
+
+class MixtureLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`MixtureStream` that is ``Stateful`` for Fabric checkpoints.
+
+    It records the state that came with the last batch it handed out from each worker, so a checkpoint
+    describes what training consumed, not what workers had prefetched.
+    """
+
+    def __init__(self, dataset: MixtureStream, num_workers: int = 0, length: int | None = None, **kwargs: Any):
+        super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
+        self._states: dict[int, dict] = {}
+        self._length = length
+
+    def __iter__(self):
+        workers = max(1, self.num_workers)
+        for i, (batch, state) in enumerate(super().__iter__()):
+            self._states[i % workers] = state
+            yield batch
+
+    def __len__(self) -> int:
+        if self._length is None:
+            raise TypeError("MixtureLoader has no length; set --data.max_tokens to give it one")
+        return self._length
+
+    def state_dict(self) -> dict:
+        ds = self.dataset
+        return {
+            "version": STATE_VERSION,
+            "num_workers": self.num_workers,
+            "tokens_per_sample": next(iter(ds.sources.values())).block_size,
+            "stages": [asdict(st) for st in ds.stages],
+            "streams": dict(self._states),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("version") != STATE_VERSION or "streams" not in state_dict:
+            raise ValueError(
+                "the checkpoint's train_dataloader state was not written by regmix_plugin.MixtureData "
+                f"(state format {STATE_VERSION}); resume with the data module it was trained with"
+            )
+        if state_dict["num_workers"] != self.num_workers:
+            raise ValueError(
+                f"the checkpoint was written with --data.num_workers {state_dict['num_workers']}, this run has "
+                f"{self.num_workers}; resume with --data.num_workers {state_dict['num_workers']} to continue the "
+                "stream exactly"
+            )
+        self._states = {int(k): v for k, v in state_dict["streams"].items()}
+        self.dataset.resume_states = dict(self._states)
+
+
+def summarize(streams: Mapping[Any, Mapping], block_size: int) -> dict[str, dict[str, int]]:
+    """Sum per-stream states into ``{domain: {samples, tokens, epochs}}`` (epochs: the most any stream did)."""
+    out: dict[str, dict[str, int]] = {}
+    for st in streams.values():
+        for d, n in st["samples"].items():
+            row = out.setdefault(d, {"samples": 0, "tokens": 0, "epochs": 0})
+            row["samples"] += n
+            row["tokens"] += n * block_size
+            row["epochs"] = max(row["epochs"], st["epochs"].get(d, 0))
+    return out
