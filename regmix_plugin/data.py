@@ -154,12 +154,13 @@ class MixtureData(DataModule):
         world = stream.distributed_env.world_size
         total = self._stream_samples(per_rank, world)
         self._place_stage_ends(total, per_rank * world)
+        budget = None
         if total is not None:
             self._epoch_guard(sources, total, per_rank * world)
-            length = self.max_tokens // world // (self.batch_size * (self.seq_length - 1))
+            length = budget = self.max_tokens // world // (self.batch_size * (self.seq_length - 1))
         else:
             length = sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
-        return MixtureLoader(stream, num_workers=self.num_workers, length=length)
+        return MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
 
     def _place_stage_ends(self, total: int | None, num_streams: int) -> None:
         for i, (st, spec) in enumerate(zip(self.stages, self.schedule or [{}])):

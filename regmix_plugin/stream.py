@@ -308,15 +308,31 @@ class MixtureLoader(DataLoader):
     describes what training consumed, not what workers had prefetched.
     """
 
-    def __init__(self, dataset: MixtureStream, num_workers: int = 0, length: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        dataset: MixtureStream,
+        num_workers: int = 0,
+        length: int | None = None,
+        budget_batches: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(dataset, batch_size=None, num_workers=num_workers, **kwargs)
         self._states: dict[int, dict] = {}
         self._length = length
+        # LitGPT fetches one batch past its budget before it stops; with the budget known, that batch (and any
+        # later one) is not counted, so the final checkpoint reports exactly what was trained on.
+        self._budget = budget_batches
+
+    def _consumed(self) -> int:
+        return sum(st["position"] for st in self._states.values()) // self.dataset.batch_size
 
     def __iter__(self):
         workers = max(1, self.num_workers)
+        consumed = self._consumed()
         for i, (batch, state) in enumerate(super().__iter__()):
-            self._states[i % workers] = state
+            if self._budget is None or consumed < self._budget:
+                self._states[i % workers] = state
+                consumed += 1
             yield batch
 
     def __len__(self) -> int:
