@@ -28,12 +28,12 @@ _POSITIONAL = {"inspect": "--checkpoint_dir"}
 def main(argv: list[str] | None = None) -> None:
     import sys
 
-    from jsonargparse import CLI, set_docstring_parse_options
+    from jsonargparse import CLI, set_parsing_settings
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] in _POSITIONAL and not argv[1].startswith("-"):
         argv.insert(1, _POSITIONAL[argv[0]])
-    set_docstring_parse_options(attribute_docstrings=True)
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     warnings.filterwarnings("ignore", message=".*is not a known type.*")
     CLI(_commands(), as_positional=False, args=argv)
 
