@@ -40,7 +40,7 @@ def block_owner(prepared) -> dict[bytes, tuple[str, int]]:
 
 
 def served(loader, n_batches, owner) -> list[tuple[str, int]]:
-    return [owner[row.numpy().tobytes()] for batch in itertools.islice(loader, n_batches) for row in batch]
+    return [owner[row.numpy().astype(np.int64).tobytes()] for batch in itertools.islice(loader, n_batches) for row in batch]
 
 
 def test_every_prefix_within_one_sample(prepared):
@@ -93,7 +93,7 @@ def test_ranks_and_workers_read_disjoint_data_with_exact_proportions(prepared):
         batches = list(itertools.islice(loader, 20))  # 10 batches from each of 2 real worker processes
         for w in range(2):
             rows = [r for b in batches[w::2] for r in b]
-            per_stream[(rank, w)] = [owner[r.numpy().tobytes()] for r in rows]
+            per_stream[(rank, w)] = [owner[r.numpy().astype(np.int64).tobytes()] for r in rows]
         streams = loader.state_dict()["streams"]
         assert sorted(streams) == [0, 1] and all(s["num_streams"] == 4 for s in streams.values())
     for seq in per_stream.values():
