@@ -12,17 +12,25 @@ import warnings
 def _commands() -> dict:
     # Each stage module keeps its heavy imports (torch, litgpt, lightgbm) inside functions, so importing
     # them all here costs little and `regmix --help` stays fast.
+    from regmix_plugin.evaluate import evaluate
     from regmix_plugin.inspect import inspect
     from regmix_plugin.prepare import prepare
+    from regmix_plugin.sample import sample
+    from regmix_plugin.sweep import sweep
 
     return {
         "prepare": prepare,
         "inspect": inspect,
+        "sample": sample,
+        "sweep": sweep,
+        "evaluate": evaluate,
     }
 
 
 # Subcommands whose first argument may be given without its flag name, as in `regmix inspect out/final`.
 _POSITIONAL = {"inspect": "--checkpoint_dir"}
+# Boolean flags that may be given without a value.
+_SWITCHES = {"--json"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) > 1 and argv[0] in _POSITIONAL and not argv[1].startswith("-"):
         argv.insert(1, _POSITIONAL[argv[0]])
+    for i, arg in enumerate(argv):  # a bare switch means true: `regmix inspect DIR --json`
+        if arg in _SWITCHES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            argv.insert(i + 1, "true")
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     warnings.filterwarnings("ignore", message=".*is not a known type.*")
     CLI(_commands(), as_positional=False, args=argv)

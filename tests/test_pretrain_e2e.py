@@ -44,7 +44,7 @@ def test_realized_mixture_matches_weights_within_one_sample(uninterrupted, capsy
     for domain, weight in {"prose": 0.7, "code": 0.3}.items():
         assert abs(rows[domain]["samples"] - weight * samples) <= 1
         assert rows[domain]["tokens"] == rows[domain]["samples"] * (cfg["model_config"]["block_size"] + 1)
-    regmix_main(["inspect", str(uninterrupted / "final"), "--json", "true"])
+    regmix_main(["inspect", str(uninterrupted / "final"), "--json"])
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"code", "prose", "tiny"}
     assert printed["tiny"] == {"weight": 0.0, "samples": 0, "tokens": 0, "epochs": 0}  # in the corpus, weight 0
