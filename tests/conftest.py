@@ -88,3 +88,75 @@ def prepared(tmp_path_factory, raw_corpus, tokenizer_dir) -> Path:
     prepare(source=[str(raw_corpus)], tokenizer_dir=tokenizer_dir, out_dir=out, val_fraction=0.1, num_workers=2,
             chunk_bytes="2KB")
     return out
+
+
+# ------------------------------------------------------------------ regression core (fit / optimize / recipe)
+# The Pile's 17 domains in regmix-plugin naming; synthetic tables use the first n of them.
+PILE17 = (
+    "arxiv", "dm_mathematics", "enron_emails", "europarl", "freelaw", "github", "gutenberg_pg_19", "hackernews",
+    "nih_exporter", "philpapers", "pile_cc", "pubmed_abstracts", "pubmed_central", "stackexchange", "ubuntu_irc",
+    "uspto_backgrounds", "wikipedia_en",
+)  # fmt: skip
+
+
+def synthetic_true_losses(weights, n_domains: int):
+    """The known per-domain validation losses of a mixture (rows of ``weights``): a smooth power law.
+
+    Domain j's loss is ``2 + (0.5 + 0.25 j) * (w_j + 0.3 w_{j+1} + 0.02) ** -0.5``: it falls with its own
+    weight and, less, with its neighbour's (a "transfer"); later domains gain more from weight, so the mean
+    loss has its minimum inside the simplex, away from the uniform mixture.
+    """
+    import numpy as np
+
+    w = np.atleast_2d(np.asarray(weights, float))
+    transfer = np.eye(n_domains) + 0.3 * np.roll(np.eye(n_domains), 1, axis=1)
+    return 2.0 + (0.5 + 0.25 * np.arange(n_domains)) * (w @ transfer.T + 0.02) ** -0.5
+
+
+def synthetic_result_rows(n_runs: int, n_domains: int = 5, seed: int = 0, noise: float = 0.01, tokens: int = 2_000_000):
+    """Proxy-results rows (``regmix_plugin.results`` format) whose losses follow ``synthetic_true_losses``.
+
+    Mixtures are Dirichlet draws around the uniform prior at concentrations 0.3, 1 and 3 (as RegMix's
+    sampler mixes strengths); every loss gets Gaussian noise of std ``noise``; ``val_loss/<d>@<tokens/2>``
+    is the final loss plus 0.5.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    domains = PILE17[:n_domains]
+    W = np.stack([rng.dirichlet(np.full(n_domains, s)) for s in rng.choice([0.3, 1.0, 3.0], size=n_runs)])
+    L = synthetic_true_losses(W, n_domains) + noise * rng.standard_normal((n_runs, n_domains))
+    rows = []
+    for i in range(n_runs):
+        row = {"run_id": f"s{seed}-r{i:04d}", "status": "done"}
+        row.update({f"weight/{d}": float(W[i, j]) for j, d in enumerate(domains)})
+        row.update({f"val_loss/{d}": float(L[i, j]) for j, d in enumerate(domains)})
+        row.update({f"val_loss/{d}@{tokens // 2}": float(L[i, j] + 0.5) for j, d in enumerate(domains)})
+        row.update(tokens=tokens, wall_s=1.5, seed=seed, error="")
+        rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def results_table(tmp_path):
+    """``make(n_runs, n_domains=5, seed=0, noise=0.01, name="results.csv")`` -> path of a synthetic results table."""
+    from regmix_plugin.results import write_results
+
+    def make(n_runs: int, n_domains: int = 5, seed: int = 0, noise: float = 0.01, name: str = "results.csv"):
+        path = tmp_path / name
+        write_results(path, synthetic_result_rows(n_runs, n_domains, seed, noise))
+        return path
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_rows():
+    """``synthetic_result_rows``: results-table rows whose losses follow ``synthetic_true_losses``."""
+    return synthetic_result_rows
+
+
+@pytest.fixture(scope="session")
+def true_losses():
+    """``synthetic_true_losses``: the known per-domain losses of mixtures."""
+    return synthetic_true_losses

@@ -1,0 +1,312 @@
+"""`regmix fit` and `regmix predict`: from proxy results to a saved regressor, and from it to predictions.
+
+    regmix fit --results sweep/results.csv --target val_loss/pile_cc --out out/model
+    regmix fit --mixtures train_mixture_1m.csv --losses train_pile_loss_1m.csv --target 'val_loss/*' --out out/model
+    regmix predict --model out/model --mixtures candidates.csv --out predictions.csv
+
+A model directory holds ``model.json`` (format version, domains, target, chosen regressor and its settings,
+provenance), the regressor's own file (``linear.json``, ``lightgbm.txt`` or ``gp.npz``; never a pickle),
+``cv.json``, ``cv_predictions.csv``, ``interactions.csv`` and the plots. It is written to a temporary
+directory and renamed into place, so it exists whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from regmix_plugin.atomic import write_json, write_text
+from regmix_plugin.results import LOSS_PREFIX, Results, read_mixtures, read_regmix_csv, read_results
+
+#: Bump when a model directory written by this version cannot be read by the previous reader (or vice versa).
+MODEL_FORMAT = 1
+MODEL_FILE = "model.json"
+AUTO_ORDER = ("linear", "gp", "lightgbm")  # ties go to the simpler model
+REGRESSOR_KINDS = AUTO_ORDER  # the keys of regressors.REGRESSORS, without importing scikit-learn
+
+
+@dataclass
+class FittedModel:
+    """A model directory loaded back: the regressor, its domains and what it predicts."""
+
+    path: Path
+    regressor: object
+    domains: list[str]
+    meta: dict
+
+    def predict(self, weights: np.ndarray) -> np.ndarray:
+        return np.asarray(self.regressor.predict(np.asarray(weights, float)), float)
+
+
+def fit(
+    results: Path | None = None,
+    mixtures: Path | None = None,
+    losses: Path | None = None,
+    target: dict[str, float] | str = "val_loss/*",
+    regressor: Literal["auto", "linear", "lightgbm", "gp"] = "auto",
+    out: Path = Path("out/regmix/model"),
+    cv_folds: int = 5,
+    seed: int = 0,
+) -> None:
+    """Fit a regressor from mixture weights to a target metric of the proxy runs, with K-fold CV.
+
+    Arguments:
+        results: The proxy results table written by `regmix sweep` (.csv or .parquet). Or give
+            ``--mixtures`` and ``--losses``.
+        mixtures: The official RegMix mixture CSV (``index,train_the_pile_arxiv,...``); needs ``--losses``.
+        losses: The official RegMix loss CSV (``index,metric/the_pile_pile_cc_val_loss,...``), joined to
+            ``--mixtures`` on the id in the first column.
+        target: What to predict: a metric column (``val_loss/pile_cc``), a glob whose matching columns are
+            averaged (``val_loss/*``, the default: the mean final validation loss), or a mapping
+            ``{column or glob: weight}`` whose weighted sum is the target.
+        regressor: ``linear`` (ridge, alpha by 5-fold CV), ``lightgbm`` (the paper's 1000 trees at learning
+            rate 1e-2), ``gp`` (Gaussian process on sqrt(weights)), or ``auto``: the one with the best
+            mean K-fold Spearman on these runs.
+        out: The model directory to write (replaced if it holds an earlier model).
+        cv_folds: Number of cross-validation folds (K).
+        seed: Seed of the fold split and the regressors.
+    """
+    from regmix_plugin.regressors import REGRESSORS
+
+    data, source = _load_training(results, mixtures, losses)
+    columns = data.resolve_target(target)
+    data, y = _finite_rows(data, columns, cv_folds)
+    folds = make_folds(len(y), cv_folds, seed)
+    names = AUTO_ORDER if regressor == "auto" else (regressor,)
+    scores = {name: cross_validate(REGRESSORS[name](random_state=seed), data.weights, y, folds) for name in names}
+    chosen = max(names, key=lambda n: (_nan_to(scores[n]["mean_spearman"], -2.0), -names.index(n)))
+    model = REGRESSORS[chosen](random_state=seed).fit(data.weights, y)
+    interactions = _interactions(data, columns, y, seed)
+    cv = {
+        "folds": cv_folds,
+        "seed": seed,
+        "n_runs": len(y),
+        "selection": "mean fold Spearman on the training runs" if regressor == "auto" else "given",
+        "chosen": chosen,
+        "chosen_settings": model.settings(),
+        "candidates": {n: {k: v for k, v in s.items() if k != "oof"} for n, s in scores.items()},
+    }
+    meta = {
+        "format_version": MODEL_FORMAT,
+        "regressor": chosen,
+        "settings": model.settings(),
+        "domains": data.domains,
+        "target": columns,
+        "target_spec": target,
+        "n_runs": len(y),
+        "run_mean_mixture": dict(zip(data.domains, data.weights.mean(0).tolist())),
+        "cv_spearman": scores[chosen]["mean_spearman"],
+        "cv_rmse": float(np.sqrt(scores[chosen]["mean_mse"])),
+        "source": source,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "regmix_plugin_version": _version(),
+    }
+    from regmix_plugin import plots
+
+    with _model_dir(out) as tmp:
+        model.save(tmp)
+        write_json(tmp / "cv.json", cv)
+        oof = scores[chosen]["oof"]
+        rows = [f"{data.id_column},fold,true,prediction"] + [
+            f"{i},{f},{t!r},{p!r}" for i, f, t, p in zip(data.ids, _fold_of(folds, len(y)), y.tolist(), oof.tolist())
+        ]
+        write_text(tmp / "cv_predictions.csv", "\n".join(rows) + "\n")
+        write_text(tmp / "interactions.csv", _interactions_csv(interactions, data.domains))
+        label = target if isinstance(target, str) else _target_label(columns)
+        plots.cv_scatter(tmp / "cv_predicted_vs_true.png", y, oof, label, chosen, cv_folds, meta["cv_spearman"])
+        heat = {k: v for k, v in interactions.items() if k != "target"}
+        if heat:
+            plots.interaction_heatmap(tmp / "interactions.png", heat, data.domains)
+        write_json(tmp / MODEL_FILE, meta)
+    print(
+        f"fitted {chosen} on {len(y)} runs; {cv_folds}-fold CV Spearman {scores[chosen]['mean_spearman']:.4f}; "
+        f"wrote {out}"
+    )
+
+
+def predict(model: Path, mixtures: Path, out: Path = Path("predictions.csv")) -> None:
+    """Predict the model's target for each mixture of a table, keeping the rows and their order.
+
+    Arguments:
+        model: A model directory written by `regmix fit`.
+        mixtures: Mixtures to score: a results-layout table (``run_id``, ``weight/<domain>``) or an
+            official RegMix mixture CSV (``index,train_the_pile_arxiv,...``).
+        out: CSV to write: the id column of ``--mixtures``, then ``prediction``.
+    """
+    fitted = load_model(model)
+    rows = read_mixtures(mixtures, "--mixtures", known=fitted.domains)
+    values = fitted.predict(rows.weights)
+    lines = [f"{rows.id_column},prediction"] + [f"{i},{v!r}" for i, v in zip(rows.ids, values.tolist())]
+    write_text(out, "\n".join(lines) + "\n")
+    print(f"wrote {len(values)} predictions to {out}")
+
+
+def read_model_meta(path: Path, flag: str = "--model") -> dict:
+    """Read and check a model directory's ``model.json``, refusing one written in another format version."""
+    path = Path(path)
+    meta_path = path / MODEL_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{flag} {str(path)!r} has no {MODEL_FILE}; write it with `regmix fit --out {path}`")
+    meta = json.loads(meta_path.read_text())
+    version = meta.get("format_version")
+    if version != MODEL_FORMAT or meta.get("regressor") not in REGRESSOR_KINDS:
+        raise ValueError(
+            f"{flag} {str(path)!r} was written by regmix-plugin {meta.get('regmix_plugin_version', '?')} in model "
+            f"format {version!r} (regressor {meta.get('regressor')!r}); this version reads format {MODEL_FORMAT}. "
+            f"Re-run `regmix fit --out {path}` with this version"
+        )
+    return meta
+
+
+def load_model(path: Path, flag: str = "--model") -> FittedModel:
+    """Read a model directory written by `regmix fit`: its metadata and its regressor."""
+    from regmix_plugin.regressors import load_regressor
+
+    meta = read_model_meta(path, flag)
+    regressor = load_regressor(meta["regressor"], Path(path), meta["settings"])
+    return FittedModel(Path(path), regressor, meta["domains"], meta)
+
+
+def make_folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled K-fold split of ``n`` training runs as (train indices, held-out indices) pairs."""
+    from sklearn.model_selection import KFold
+
+    return list(KFold(k, shuffle=True, random_state=seed).split(np.arange(n)))
+
+
+def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds) -> dict:
+    """Out-of-fold predictions and per-fold Spearman / MSE of fresh clones of ``estimator``.
+
+    Each clone sees only its fold's training rows: hyperparameter searches inside ``fit`` (ridge alpha, GP
+    kernel) therefore never see the rows they are scored on.
+    """
+    from scipy.stats import spearmanr
+    from sklearn.base import clone
+
+    oof, per_fold = np.empty(len(y)), []
+    for f, (train, test) in enumerate(folds):
+        oof[test] = clone(estimator).fit(X[train], y[train]).predict(X[test])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a constant fold has no rank correlation: NaN, reported as such
+            rho = float(spearmanr(oof[test], y[test])[0]) if len(test) > 1 else float("nan")
+        per_fold.append({"fold": f, "n_train": len(train), "n_test": len(test), "spearman": rho,
+                         "mse": float(np.mean((oof[test] - y[test]) ** 2))})
+    rhos = [p["spearman"] for p in per_fold if np.isfinite(p["spearman"])]
+    return {
+        "folds": per_fold,
+        "mean_spearman": float(np.mean(rhos)) if rhos else float("nan"),
+        "mean_mse": float(np.mean([p["mse"] for p in per_fold])),
+        "oof_spearman": float(spearmanr(oof, y)[0]),
+        "oof": oof,
+    }
+
+
+def _load_training(results, mixtures, losses) -> tuple[Results, dict]:
+    if results is not None and (mixtures is not None or losses is not None):
+        raise ValueError("give either --results, or --mixtures with --losses, not both")
+    if results is not None:
+        return read_results(results), {"results": str(results)}
+    if mixtures is None or losses is None:
+        raise ValueError(
+            "no training data: give --results TABLE (from `regmix sweep`), or --mixtures M.csv --losses L.csv "
+            "(the official RegMix pair)"
+        )
+    return read_regmix_csv(mixtures, losses), {"mixtures": str(mixtures), "losses": str(losses)}
+
+
+def _finite_rows(data: Results, columns: dict[str, float], cv_folds: int) -> tuple[Results, np.ndarray]:
+    """Drop runs whose target is NaN or inf (diverged or unfinished proxies), with a warning naming them."""
+    if cv_folds < 2:
+        raise ValueError(f"--cv_folds must be at least 2, got {cv_folds}")
+    y = data.target_values(columns)
+    finite = np.isfinite(y)
+    if not finite.all():
+        bad = [i for i, ok in zip(data.ids, finite) if not ok]
+        warnings.warn(f"dropped {len(bad)} run(s) whose target is NaN or inf (diverged?): {', '.join(bad[:20])}",
+                      stacklevel=2)  # fmt: skip
+    need = 2 * cv_folds
+    if finite.sum() < need:
+        raise ValueError(
+            f"--cv_folds {cv_folds} needs at least {need} runs with a finite target (2 per fold), {data.source} "
+            f"has {int(finite.sum())}: lower --cv_folds or add proxy runs"
+        )
+    return data.subset(finite), y[finite]
+
+
+def _interactions(data: Results, columns: dict[str, float], y: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Ridge coefficients of the target and of every final per-domain validation loss on every domain's weight."""
+    from regmix_plugin.regressors import LinearRegressor
+
+    out = {"target": LinearRegressor(random_state=seed).fit(data.weights, y).coef_}
+    for name in data.metric_names():
+        if not name.startswith(LOSS_PREFIX) or "@" in name:
+            continue
+        values = data.metrics[data.aliases.get(name, name)]
+        ok = np.isfinite(values)
+        if ok.sum() >= 5:
+            out[name[len(LOSS_PREFIX) :]] = LinearRegressor(random_state=seed).fit(data.weights[ok], values[ok]).coef_
+    return out
+
+
+def _interactions_csv(interactions: dict[str, np.ndarray], domains: list[str]) -> str:
+    lines = ["target," + ",".join(domains)]
+    lines += [f"{name}," + ",".join(repr(float(c)) for c in coef) for name, coef in interactions.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _fold_of(folds, n: int) -> list[int]:
+    fold = [0] * n
+    for f, (_, test) in enumerate(folds):
+        for i in test:
+            fold[i] = f
+    return fold
+
+
+def _target_label(columns: dict[str, float]) -> str:
+    if len(columns) == 1:
+        return next(iter(columns))
+    return " + ".join(f"{w:.3g}*{c}" for c, w in list(columns.items())[:3]) + (" + ..." if len(columns) > 3 else "")
+
+
+def _nan_to(x: float, default: float) -> float:
+    return x if np.isfinite(x) else default
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("regmix-plugin")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@contextmanager
+def _model_dir(out: Path):
+    """Yield an empty temporary directory; on success it replaces ``out`` in one rename."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MODEL_FILE).exists())):
+        raise ValueError(f"--out {str(out)!r} exists and is not a model directory; choose a new or empty path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            out.rename(old / "model")
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,175 @@
+"""`regmix recipe`: put an optimised mixture into a `litgpt pretrain` recipe, keeping everything else.
+
+    regmix recipe --mixture mixture.yaml --template recipes/pile/tinyllama_1b_regmix.yaml --out my_1b.yaml
+    litgpt pretrain --config my_1b.yaml
+
+The template's ``data`` must be ``regmix_plugin.MixtureData``. Only ``data.init_args.weights`` (and
+``schedule``, set to ``null`` since MixtureData takes one or the other) change: they are rewritten in
+place in the template's text, so every other key and every comment stays as it was, and a comment block
+stating where the weights came from goes on top. The result is parsed back and compared with the
+template before it is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+from regmix_plugin.atomic import write_text
+from regmix_plugin.optimize import read_mixture
+
+_DATA_CLASS = "MixtureData"
+
+
+def recipe(mixture: Path, template: Path, out: Path) -> None:
+    """Write a `litgpt pretrain` recipe: the template with MixtureData's weights from `regmix optimize`.
+
+    Arguments:
+        mixture: The mixture YAML written by `regmix optimize`.
+        template: A `litgpt pretrain` recipe whose ``data`` is ``regmix_plugin.MixtureData`` (e.g. one under
+            ``recipes/``).
+        out: The recipe to write.
+    """
+    import yaml
+
+    record = read_mixture(mixture)
+    template = Path(template)
+    if not template.is_file():
+        raise FileNotFoundError(f"--template {str(template)!r} does not exist; start from a recipe under recipes/")
+    text = template.read_text()
+    try:
+        config = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--template {template} is not valid YAML: {e}") from None
+    init_args_node = _data_init_args(config, root, template)
+    # A zero weight is written only for a domain the template already names (so its corpus surely has it).
+    listed = config["data"]["init_args"].get("weights") or {}
+    # Ten significant digits keep every bound `regmix optimize` enforced (to 1e-10) and stay readable.
+    weights = {d: float(f"{w:.10g}") for d, w in record["weights"].items() if w > 0 or d in listed}
+    _check_domains(config["data"]["init_args"], weights, mixture)
+    new_text = edit_weights(text, init_args_node, weights)
+    expected = copy.deepcopy(config)
+    expected["data"]["init_args"]["weights"] = weights
+    if "schedule" in expected["data"]["init_args"]:
+        expected["data"]["init_args"]["schedule"] = None
+    if yaml.safe_load(new_text) != expected:
+        warnings.warn(f"could not edit {template} in place; rewrote it whole, without its comments", stacklevel=2)
+        new_text = yaml.safe_dump(expected, sort_keys=False)
+    write_text(out, _provenance(record, mixture, template) + new_text)
+    print(f"wrote {out}: {template} with the {len(weights)}-domain mixture of {mixture}")
+
+
+def edit_weights(text: str, init_args, weights: dict[str, float]) -> str:
+    """Replace ``weights`` (and ``schedule``) under the composed ``init_args`` mapping node, in the text."""
+    import yaml
+
+    flow = "{" + ", ".join(f"{d}: {w!r}" for d, w in weights.items()) + "}"
+    nodes = {k.value: (k, v) for k, v in init_args.value}
+    edits = []  # (start index, end index, replacement); applied from the end so indices stay valid
+    if "weights" in nodes:
+        key, value = nodes["weights"]
+        if isinstance(value, yaml.MappingNode) and not value.flow_style and value.value:
+            start, end = _line_start(text, key.end_mark.index, next_line=True), _line_end(text, _last(value))
+            comments = _key_comments(text[start:end])
+            indent = " " * value.start_mark.column
+            block = [line for d, w in weights.items() for line in comments.get(d, []) + [f"{indent}{d}: {w!r}"]]
+            edits.append((start, end, "\n".join(block)))
+        else:
+            edits.append(_inline(text, value, flow))
+    else:
+        # Insert before the first key of init_args, at its indentation.
+        first = init_args.value[0][0]
+        at = _line_start(text, first.start_mark.index)
+        edits.append((at, at, " " * first.start_mark.column + f"weights: {flow}\n"))
+    if "schedule" in nodes:
+        key, value = nodes["schedule"]
+        if isinstance(value, (yaml.MappingNode, yaml.SequenceNode)) and not value.flow_style and value.value:
+            edits.append((key.end_mark.index, _line_end(text, _last(value)), ": null"))
+        else:
+            edits.append(_inline(text, value, "null"))
+    for start, end, new in sorted(edits, reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def _key_comments(block: str) -> dict[str, list[str]]:
+    """The comment lines right above each key of a block mapping's text, so a domain keeps its description."""
+    out, pending = {}, []
+    for line in block.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#"):
+            pending.append(line)
+        elif ":" in stripped:
+            out[stripped.split(":", 1)[0].strip().strip("'\"")] = pending
+            pending = []
+    return out
+
+
+def _inline(text: str, value, new: str) -> tuple[int, int, str]:
+    start, end = value.start_mark.index, value.end_mark.index
+    return start, end, (" " if start == end and text[start - 1 : start] == ":" else "") + new
+
+
+def _last(node) -> int:
+    """Text index just past the last scalar of a block collection (its own end mark may include comments)."""
+    import yaml
+
+    while isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and not node.flow_style and node.value:
+        last = node.value[-1]
+        node = last[1] if isinstance(node, yaml.MappingNode) else last
+    return node.end_mark.index
+
+
+def _line_start(text: str, index: int, next_line: bool = False) -> int:
+    if next_line:
+        return text.index("\n", index) + 1
+    return text.rfind("\n", 0, index) + 1
+
+
+def _line_end(text: str, index: int) -> int:
+    end = text.find("\n", index)
+    return len(text) if end < 0 else end
+
+
+def _data_init_args(config, root, template: Path):
+    data = config.get("data") if isinstance(config, dict) else None
+    class_path = data.get("class_path") if isinstance(data, dict) else None
+    if not str(class_path or "").endswith(_DATA_CLASS) or not isinstance(data.get("init_args"), dict):
+        raise ValueError(
+            f"--template {template}: data.class_path is {class_path!r}, not regmix_plugin.{_DATA_CLASS} with "
+            "init_args; start from a recipe under recipes/ that streams MixtureData"
+        )
+    node = next(v for k, v in root.value if k.value == "data")
+    return next(v for k, v in node.value if k.value == "init_args")
+
+
+def _check_domains(init_args: dict, weights: dict[str, float], mixture: Path) -> None:
+    """If the template's corpus exists, every weighted domain must have train tokens in it."""
+    data_path = init_args.get("data_path")
+    if not data_path or not (Path(data_path) / "manifest.json").is_file():
+        return
+    from regmix_plugin.manifest import read_manifest
+
+    known = set(read_manifest(data_path, flag="data.init_args.data_path").train_domains())
+    missing = sorted(d for d, w in weights.items() if w > 0 and d not in known)
+    if missing:
+        raise ValueError(
+            f"--mixture {mixture} weights {', '.join(missing)}, which the template's corpus {data_path} has no "
+            f"train data for (it has {', '.join(sorted(known))}); use the template of the corpus the runs used"
+        )
+
+
+def _provenance(record: dict, mixture: Path, template: Path) -> str:
+    prov, pred = record.get("provenance"), record.get("prediction")
+    lines = [f"# data.init_args.weights set by `regmix recipe` from {mixture} (template: {template})."]
+    if not prov or not pred:
+        return "\n".join(lines) + "\n\n"
+    lines += [
+        f"# That mixture was chosen by `regmix optimize` on {prov['created']} with a {prov['regressor']} model "
+        f"({prov['model']}),",
+        f"# CV Spearman {prov['cv_spearman']:.3f} over {prov['n_runs']} proxy runs; predicted target "
+        f"{pred['at_mixture']:.4f} vs {pred['at_prior']:.4f} at the prior.",
+    ]
+    return "\n".join(lines) + "\n\n"
