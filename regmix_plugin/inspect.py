@@ -9,7 +9,6 @@ from __future__ import annotations
 import json as _json
 from pathlib import Path
 
-from regmix_plugin.stream import summarize
 
 
 def planned_samples(stages: list[dict], stream: dict) -> dict[str, float]:
@@ -55,6 +54,8 @@ def read_data_state(checkpoint_dir: Path) -> dict:
 
 def realized_mixture(checkpoint_dir: Path) -> dict[str, dict]:
     """``{domain: {weight, samples, tokens, epochs, planned}}`` summed over all streams of rank 0's checkpoint."""
+    from regmix_plugin.stream import summarize
+
     data = read_data_state(checkpoint_dir)
     totals = summarize(data["streams"], data["tokens_per_sample"])
     planned: dict[str, float] = {}
