@@ -13,8 +13,12 @@ def _commands() -> dict:
     # Each stage module keeps its heavy imports (torch, litgpt, lightgbm) inside functions, so importing
     # them all here costs little and `regmix --help` stays fast.
     from regmix_plugin.evaluate import evaluate
+    from regmix_plugin.fit import fit, predict
+    from regmix_plugin.demo import demo
     from regmix_plugin.inspect import inspect
+    from regmix_plugin.optimize import optimize
     from regmix_plugin.prepare import prepare
+    from regmix_plugin.recipe import recipe
     from regmix_plugin.sample import sample
     from regmix_plugin.sweep import sweep
 
@@ -24,13 +28,18 @@ def _commands() -> dict:
         "sample": sample,
         "sweep": sweep,
         "evaluate": evaluate,
+        "fit": fit,
+        "predict": predict,
+        "optimize": optimize,
+        "recipe": recipe,
+        "demo": demo,
     }
 
 
 # Subcommands whose first argument may be given without its flag name, as in `regmix inspect out/final`.
 _POSITIONAL = {"inspect": "--checkpoint_dir"}
 # Boolean flags that may be given without a value.
-_SWITCHES = {"--json"}
+_SWITCHES = {"--json", "--quick"}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,234 @@
+"""``regmix demo``: the whole RegMix loop on an embedded corpus, on a CPU, with no downloads.
+
+    regmix demo --out_dir demo_out            # ~48 proxies, 4 target-model arms, report.md (< 10 min, 2 cores)
+    regmix demo --out_dir /tmp/d --quick true # the same path at toy size (the test suite runs it)
+
+It runs the user's own commands in the user's order (:class:`Pipeline`): build a corpus, train a tokenizer,
+``prepare``, ``sample``, ``sweep`` the proxies, ``fit``, ``optimize``, ``recipe``, then trains the target model
+on each arm's recipe (RegMix, natural token distribution, uniform, best proxy) through the same sweep
+machinery (two at a time, resumable, scored per domain) and writes ``report.md`` with the plots. Every stage
+is idempotent, so re-running after an interruption picks up where it stopped (the sweeps skip finished runs).
+The scientific check in the tests runs this same :class:`Pipeline` on the synthetic known-mixture corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from regmix_plugin.atomic import write_json, write_text
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@dataclass
+class Pipeline:
+    """One RegMix run over a raw corpus: the stages, their sizes and where everything goes."""
+
+    out_dir: Path
+    target: str
+    """Domain whose validation loss is minimised (the paper's Pile-CC)."""
+    proxy_recipe: Path
+    target_recipe: Path
+    raw: Path | None = None
+    val_raw: Path | None = None
+    proxies: int = 48
+    workers: int = 2
+    seed: int = 0
+    vocab_size: int = 1024
+    val_fraction: float = 0.1
+    eval_points: int = 2
+    val_tokens: int = 16384
+    target_val_tokens: int = 65536
+    n_candidates: int = 1_000_000
+    max_epochs: float = 1.0
+    """Most passes the target run may make over any domain when optimizing: 1 = no domain repeats, so the
+    amount of data each domain has limits the mixture (the paper's "infinite data" caveat, enforced)."""
+    arm_names: tuple[str, ...] = ("regmix", "natural", "uniform", "best_proxy")
+    """Target-model arms to train: any of regmix, natural, uniform, best_proxy."""
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per recipe (``proxy``/``target``): dotted key -> value applied to the working copy (``--quick``)."""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str):
+        print(f"\n=== regmix demo: {name}", flush=True)
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        print(f"=== {name}: {self.timings[name]:.1f} s", flush=True)
+
+    # ---------------------------------------------------------------------------------------- stages
+    def tokenizer_and_data(self) -> None:
+        from regmix_plugin.corpus import read_texts
+        from regmix_plugin.prepare import prepare
+        from regmix_plugin.tokenizer import train_tokenizer
+
+        tok = self.out_dir / "tokenizer"
+        with self.stage("tokenizer"):
+            if not (tok / "tokenizer.json").is_file():  # deterministic; kept so the prepared data stays valid
+                texts = list(read_texts(self.raw))
+                if self.val_raw is not None:
+                    texts += list(read_texts(self.val_raw))
+                train_tokenizer(texts, tok, vocab_size=self.vocab_size)
+        with self.stage("prepare"):
+            prepare(source=str(self.raw), val_source=str(self.val_raw) if self.val_raw else None, tokenizer_dir=tok,
+                    out_dir=self.out_dir / "data", val_fraction=self.val_fraction, num_workers=self.workers)
+
+    def working_recipe(self, kind: str) -> Path:
+        """The shipped recipe with this run's paths (and ``overrides``), as ``out_dir/recipes/<kind>_template.yaml``."""
+        src = self.proxy_recipe if kind == "proxy" else self.target_recipe
+        text = src.read_text().replace("demo_out/", f"{self.out_dir}/")
+        config = yaml.safe_load(text)
+        config["data"]["init_args"]["data_path"] = str(self.out_dir / "data")
+        config["tokenizer_dir"] = str(self.out_dir / "tokenizer")
+        config["model_config"]["vocab_size"] = config["model_config"]["padded_vocab_size"] = self.vocab_size
+        for key, value in self.overrides.get(kind, {}).items():
+            node = config
+            *parents, last = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[last] = value
+        if yaml.safe_load(text) != config:  # keep the shipped comments unless something had to change
+            text = yaml.safe_dump(config, sort_keys=False)
+        path = self.out_dir / "recipes" / f"{kind}_template.yaml"
+        write_text(path, f"# Working copy of {src} for {self.out_dir}, written by `regmix demo`.\n" + text)
+        return path
+
+    def target_tokens(self) -> int:
+        return int(yaml.safe_load(self.working_recipe("target").read_text())["train"]["max_tokens"])
+
+    def proxy_sweep(self) -> Path:
+        from regmix_plugin.sample import sample
+        from regmix_plugin.sweep import sweep
+
+        with self.stage("sample"):
+            sample(data_path=self.out_dir / "data", out=self.out_dir / "mixtures.csv", n=self.proxies,
+                   target_tokens=self.target_tokens(), seed=self.seed)
+        with self.stage("sweep"):
+            sweep(mixtures=self.out_dir / "mixtures.csv", data_path=self.out_dir / "data",
+                  recipe=self.working_recipe("proxy"), out_dir=self.out_dir / "sweep", eval_points=self.eval_points,
+                  val_tokens=self.val_tokens, workers=self.workers, data_num_workers=0)
+        return self.out_dir / "sweep" / "results.csv"
+
+    def fit_and_optimize(self, results: Path) -> dict:
+        from regmix_plugin.fit import fit
+        from regmix_plugin.optimize import optimize, read_mixture
+
+        with self.stage("fit"):
+            fit(results=results, target=f"val_loss/{self.target}", regressor="auto", out=self.out_dir / "model",
+                seed=self.seed)
+        with self.stage("optimize"):
+            optimize(model=self.out_dir / "model", out=self.out_dir / "mixture.yaml", data_path=self.out_dir / "data",
+                     target_tokens=self.target_tokens(), n_candidates=self.n_candidates, seed=self.seed,
+                     max_epochs=self.max_epochs,
+                     exclude=[d for d in self._val_only()])
+        return read_mixture(self.out_dir / "mixture.yaml")
+
+    def _val_only(self) -> list[str]:
+        from regmix_plugin.manifest import read_manifest
+
+        m = read_manifest(self.out_dir / "data")
+        return sorted(set(m.domains) - set(m.train_domains()))
+
+    def arms(self, regmix: dict, results: Path) -> dict[str, dict[str, float]]:
+        """Arm name -> weights: RegMix, the natural token distribution, uniform, and the best proxy's mixture."""
+        from regmix_plugin.manifest import read_manifest
+        from regmix_plugin.results import read_results
+
+        manifest = read_manifest(self.out_dir / "data")
+        train = manifest.train_domains()
+        best = _best_run(read_results(results), f"val_loss/{self.target}")
+        every = {
+            "regmix": {d: regmix["weights"].get(d, 0.0) for d in train},
+            "natural": {d: manifest.natural_weights()[d] for d in train},
+            "uniform": {d: 1 / len(train) for d in train},
+            "best_proxy": best,
+        }
+        return {arm: every[arm] for arm in self.arm_names}
+
+    def train_arms(self, arms: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Emit each arm's recipe with `regmix recipe`, then train them (two at a time) and score every domain."""
+        from regmix_plugin.recipe import recipe
+        from regmix_plugin.sample import write_mixtures
+        from regmix_plugin.sweep import sweep
+
+        template = self.working_recipe("target")
+        with self.stage("recipes"):
+            for arm, weights in arms.items():
+                mixture = self.out_dir / "mixture.yaml" if arm == "regmix" else self.out_dir / "arms" / f"{arm}.yaml"
+                if arm != "regmix":
+                    write_text(mixture, f"# The demo's {arm} arm.\n" + yaml.safe_dump({"weights": weights}))
+                recipe(mixture=mixture, template=template, out=self.out_dir / "recipes" / f"{arm}.yaml")
+        domains = sorted(next(iter(arms.values())))
+        write_mixtures(self.out_dir / "arms" / "mixtures.csv", arms, domains)
+        with self.stage("target models"):
+            sweep(mixtures=self.out_dir / "arms" / "mixtures.csv", data_path=self.out_dir / "data", recipe=template,
+                  out_dir=self.out_dir / "arms" / "runs", eval_points=0, val_tokens=self.target_val_tokens,
+                  workers=self.workers)
+        records = {p.stem: json.loads(p.read_text()) for p in (self.out_dir / "arms" / "runs" / "runs").glob("*.json")}
+        return {arm: _final_losses(records[arm]) for arm in arms if arm in records}
+
+
+def _best_run(table, column: str) -> dict[str, float]:
+    """The mixture of the proxy run with the lowest value of ``column``."""
+    import numpy as np
+
+    i = int(np.nanargmin(table.metrics[column]))
+    return {d: float(w) for d, w in zip(table.domains, table.weights[i])}
+
+
+def _final_losses(record: dict) -> dict[str, float]:
+    """Per-domain losses at the end of a sweep run (its record's ``final`` eval point)."""
+    if record.get("status") != "done":
+        raise RuntimeError(f"target-model run {record.get('run_id')} failed: {record.get('error')}")
+    return next(p["losses"] for p in record["losses"] if p["final"])
+
+
+def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | None = None, workers: int = 2,
+         seed: int = 0) -> dict:
+    """Run RegMix end to end on a corpus built from this Python installation and report the arms.
+
+    Arguments:
+        out_dir: Where everything goes (corpus, data, sweeps, model, recipes, report.md).
+        quick: Toy sizes (12 proxies, short runs) for tests: the same path in about 2 minutes.
+        proxies: Proxy runs to sweep; default 48 (12 with ``--quick``).
+        workers: Parallel training processes (proxies and target arms).
+        seed: Seed of the mixture sampler, the fit and the optimizer.
+    """
+    from regmix_plugin.corpus import DEMO_TARGET, build_demo_corpus
+
+    out_dir = Path(out_dir)
+    pipe = Pipeline(out_dir=out_dir, target=DEMO_TARGET, proxy_recipe=RECIPES / "demo" / "proxy.yaml",
+                    target_recipe=RECIPES / "demo" / "target.yaml", raw=out_dir / "raw", workers=workers, seed=seed)
+    if quick:
+        pipe.proxies, pipe.eval_points, pipe.val_tokens, pipe.target_val_tokens = 12, 1, 4096, 8192
+        pipe.n_candidates = 20_000
+        pipe.overrides = {
+            "proxy": {"train.max_tokens": 10 * 8 * 128, "data.init_args.max_tokens": 10 * 8 * 128},
+            "target": {"train.max_tokens": 20 * 16 * 128, "data.init_args.max_tokens": 20 * 16 * 128},
+        }
+    if proxies is not None:
+        pipe.proxies = proxies
+    if not pipe.proxy_recipe.is_file():
+        raise FileNotFoundError(f"{pipe.proxy_recipe} is missing: regmix demo runs from a clone of the repository "
+                                "(`make demo`), whose recipes/demo/ holds its proxy and target recipes")
+    with pipe.stage("corpus"):
+        caps = {d: 60_000 for d in ("code", "docs", "prose", "licenses", "math")} if quick else None
+        build_demo_corpus(out_dir / "raw", max_chars=caps, seed=seed)
+    pipe.tokenizer_and_data()
+    results = pipe.proxy_sweep()
+    chosen = pipe.fit_and_optimize(results)
+    arms = pipe.arms(chosen, results)
+    losses = pipe.train_arms(arms)
+    from regmix_plugin.demo_report import write_report
+
+    summary = write_report(pipe, arms, losses, chosen)
+    return summary

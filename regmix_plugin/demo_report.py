@@ -1,0 +1,94 @@
+"""The demo's outputs: the arm table printed at the end, ``summary.json`` and ``report.md`` with its plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from regmix_plugin.atomic import write_json, write_text
+
+ARM_TITLES = {
+    "regmix": "RegMix (regmix optimize)",
+    "natural": "natural token distribution",
+    "uniform": "uniform",
+    "best_proxy": "best proxy's mixture",
+}
+
+
+def arm_table(losses: dict[str, dict[str, float]], target: str) -> list[dict]:
+    """One row per arm, best target loss first: target loss and the mean over every measured domain."""
+    rows = [
+        {"arm": arm, "target_loss": d[target], "mean_loss": sum(d.values()) / len(d)} for arm, d in losses.items()
+    ]
+    return sorted(rows, key=lambda r: r["target_loss"])
+
+
+def format_table(rows: list[dict], target: str) -> str:
+    lines = [f"| arm | val loss on `{target}` (target) | mean val loss, all domains |", "|---|---:|---:|"]
+    lines += [f"| {ARM_TITLES.get(r['arm'], r['arm'])} | {r['target_loss']:.4f} | {r['mean_loss']:.4f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_weights(arms: dict[str, dict[str, float]]) -> str:
+    domains = sorted(next(iter(arms.values())))
+    lines = ["| domain | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+    lines += [f"| {d} | " + " | ".join(f"{arms[a].get(d, 0.0):.3f}" for a in arms) + " |" for d in domains]
+    return "\n".join(lines)
+
+
+def write_report(pipe, arms: dict[str, dict[str, float]], losses: dict[str, dict[str, float]], chosen: dict) -> dict:
+    """Print the final table and write ``summary.json`` and ``report.md`` into ``pipe.out_dir``."""
+    out: Path = pipe.out_dir
+    meta = json.loads((out / "model" / "model.json").read_text())
+    rows = arm_table(losses, pipe.target)
+    winner = rows[0]["arm"]
+    summary = {
+        "target": pipe.target,
+        "arms": rows,
+        "winner": winner,
+        "cv_spearman": meta["cv_spearman"],
+        "regressor": meta["regressor"],
+        "n_proxies": pipe.proxies,
+        "weights": arms,
+        "predicted": chosen.get("prediction"),
+        "timings_s": {k: round(v, 1) for k, v in pipe.timings.items()},
+    }
+    write_json(out / "summary.json", summary)
+    timing = " | ".join(f"{k} {v:.0f}s" for k, v in pipe.timings.items())
+    plots = [
+        ("The chosen mixture next to the prior (the corpus's token distribution)", "mixture_vs_prior.png"),
+        ("Cross-validated prediction vs measured target loss, one dot per proxy", "model/cv_predicted_vs_true.png"),
+        ("Domain interactions: ridge coefficient of each domain's loss on each domain's weight", "model/interactions.png"),
+    ]
+    report = [
+        "# regmix demo report",
+        "",
+        f"Target domain: `{pipe.target}` (validation loss is what RegMix minimises). {pipe.proxies} proxies were "
+        f"swept; the regressor chosen by cross-validation is **{summary['regressor']}** with CV Spearman "
+        f"**{summary['cv_spearman']:.3f}**.",
+        "",
+        "## Target model, one run per arm",
+        "",
+        format_table(rows, pipe.target),
+        "",
+        "## Mixtures",
+        "",
+        format_weights(arms),
+        "",
+        "## Plots",
+        "",
+        *[f"### {title}\n\n![{title}]({path})\n" for title, path in plots if (out / path).is_file()],
+        "## Time per stage",
+        "",
+        timing,
+        "",
+        "Recipes for each arm are in `recipes/`; train one yourself with "
+        "`litgpt pretrain --config recipes/regmix.yaml`.",
+    ]
+    write_text(out / "report.md", "\n".join(report) + "\n")
+    print("\n" + format_table(rows, pipe.target))
+    print(f"\nCV Spearman ({summary['regressor']}): {summary['cv_spearman']:.3f}")
+    print("RegMix weights: " + ", ".join(f"{d} {w:.3f}" for d, w in sorted(arms["regmix"].items())))
+    print(f"Time per stage: {timing}")
+    print(f"Report: {out / 'report.md'}")
+    return summary
