@@ -49,8 +49,9 @@ class Pipeline:
     target_val_tokens: int = 65536
     n_candidates: int = 1_000_000
     max_epochs: float = 1.0
-    """Most passes the target run may make over any domain when optimizing: 1 = no domain repeats, so the
-    amount of data each domain has limits the mixture (the paper's "infinite data" caveat, enforced)."""
+    """Most passes the target run may make over any domain, for sampled proxies and the optimized mixture
+    alike: 1 = no domain repeats, so each domain's data limits the mixture (the paper's "infinite data"
+    caveat, enforced)."""
     arm_names: tuple[str, ...] = ("regmix", "natural", "uniform", "best_proxy")
     """Target-model arms to train: any of regmix, natural, uniform, best_proxy."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -111,7 +112,7 @@ class Pipeline:
 
         with self.stage("sample"):
             sample(data_path=self.out_dir / "data", out=self.out_dir / "mixtures.csv", n=self.proxies,
-                   target_tokens=self.target_tokens(), seed=self.seed)
+                   target_tokens=self.target_tokens(), max_epochs=self.max_epochs, seed=self.seed)
         with self.stage("sweep"):
             sweep(mixtures=self.out_dir / "mixtures.csv", data_path=self.out_dir / "data",
                   recipe=self.working_recipe("proxy"), out_dir=self.out_dir / "sweep", eval_points=self.eval_points,

@@ -15,17 +15,25 @@ ARM_TITLES = {
 }
 
 
-def arm_table(losses: dict[str, dict[str, float]], target: str) -> list[dict]:
-    """One row per arm, best target loss first: target loss and the mean over every measured domain."""
+def arm_table(losses: dict[str, dict[str, float]], target: str, epochs: dict[str, float]) -> list[dict]:
+    """One row per arm, best target loss first: target loss, mean over every measured domain, max epochs."""
     rows = [
-        {"arm": arm, "target_loss": d[target], "mean_loss": sum(d.values()) / len(d)} for arm, d in losses.items()
+        {"arm": arm, "target_loss": d[target], "mean_loss": sum(d.values()) / len(d), "max_epochs": epochs[arm]}
+        for arm, d in losses.items()
     ]
     return sorted(rows, key=lambda r: r["target_loss"])
 
 
+def max_epochs(weights: dict[str, float], train_tokens: dict[str, int], budget: int) -> float:
+    """Passes the target run makes over its most-repeated domain under ``weights``."""
+    return max(w * budget / train_tokens[d] for d, w in weights.items() if w > 0)
+
+
 def format_table(rows: list[dict], target: str) -> str:
-    lines = [f"| arm | val loss on `{target}` (target) | mean val loss, all domains |", "|---|---:|---:|"]
-    lines += [f"| {ARM_TITLES.get(r['arm'], r['arm'])} | {r['target_loss']:.4f} | {r['mean_loss']:.4f} |" for r in rows]
+    lines = [f"| arm | val loss on `{target}` (target) | mean val loss, all domains | epochs of most-repeated domain |",
+             "|---|---:|---:|---:|"]
+    lines += [f"| {ARM_TITLES.get(r['arm'], r['arm'])} | {r['target_loss']:.4f} | {r['mean_loss']:.4f} | "
+              f"{r['max_epochs']:.2f} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -40,7 +48,11 @@ def write_report(pipe, arms: dict[str, dict[str, float]], losses: dict[str, dict
     """Print the final table and write ``summary.json`` and ``report.md`` into ``pipe.out_dir``."""
     out: Path = pipe.out_dir
     meta = json.loads((out / "model" / "model.json").read_text())
-    rows = arm_table(losses, pipe.target)
+    from regmix_plugin.manifest import read_manifest
+
+    tokens = read_manifest(out / "data").train_tokens()
+    budget = pipe.target_tokens()
+    rows = arm_table(losses, pipe.target, {arm: max_epochs(w, tokens, budget) for arm, w in arms.items()})
     winner = rows[0]["arm"]
     summary = {
         "target": pipe.target,
@@ -65,7 +77,8 @@ def write_report(pipe, arms: dict[str, dict[str, float]], losses: dict[str, dict
         "",
         f"Target domain: `{pipe.target}` (validation loss is what RegMix minimises). {pipe.proxies} proxies were "
         f"swept; the regressor chosen by cross-validation is **{summary['regressor']}** with CV Spearman "
-        f"**{summary['cv_spearman']:.3f}**.",
+        f"**{summary['cv_spearman']:.3f}**. Proxies and the optimized mixture are held to at most "
+        f"{pipe.max_epochs:g} pass(es) over any domain in the target run ({budget:,} tokens).",
         "",
         "## Target model, one run per arm",
         "",

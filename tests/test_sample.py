@@ -1,0 +1,88 @@
+"""`regmix sample`: bounds, exact row sums, tempering, baselines, determinism, and its error messages."""
+
+from __future__ import annotations
+
+import csv
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from regmix_plugin.manifest import read_manifest
+from regmix_plugin.sample import read_mixtures, round_to_one, sample, sample_mixtures
+
+
+def _cells(path):
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def test_sample_respects_every_bound_and_rows_sum_to_exactly_one(prepared, tmp_path):
+    out = tmp_path / "mixtures.csv"
+    tokens = read_manifest(prepared).train_tokens()
+    target, max_epochs, minimum = 200_000, 15, 2e-3
+    sample(data_path=prepared, out=out, n=40, target_tokens=target, max_epochs=max_epochs, minimum=minimum,
+           decimals=4, seed=3, natural=True, uniform=True, baselines={"code_heavy": {"code": 0.9, "prose": 0.1}})
+    header, rows = _cells(out)
+    assert header == ["run_id", "weight/code", "weight/prose", "weight/tiny"]
+    ids = [r[0] for r in rows]
+    assert ids[:3] == ["natural", "uniform", "code_heavy"] and ids[3:] == [f"mix-{i:04d}" for i in range(1, 41)]
+    assert rows[2][1:] == ["0.9", "0.1", "0.0"]
+    total = sum(tokens.values())
+    natural = [Fraction(c) for c in rows[0][1:]]
+    assert all(abs(w - Fraction(tokens[d], total)) < Fraction(1, 10**4) for w, d in zip(natural, ("code", "prose", "tiny")))
+    sampled = rows[3:]
+    for r in rows:
+        assert sum(Fraction(c) for c in r[1:]) == 1  # exactly, in decimal
+    for r in sampled:
+        weights = dict(zip(("code", "prose", "tiny"), (Fraction(c) for c in r[1:])))
+        for d, w in weights.items():
+            assert w == 0 or w >= Fraction(minimum).limit_denominator(10**6)
+            assert w * target <= max_epochs * tokens[d]  # tiny: at most 15 * 3762 / 200000 = 0.28
+            assert w * 10**4 == int(w * 10**4)  # 4 decimals
+    assert len({tuple(r[1:]) for r in sampled}) == 40
+    assert max(Fraction(r[3]) for r in sampled) <= Fraction(max_epochs * tokens["tiny"], target)
+    # same seed, same file; another seed, other mixtures
+    again = tmp_path / "again.csv"
+    sample(data_path=prepared, out=again, n=40, target_tokens=target, max_epochs=max_epochs, minimum=minimum,
+           decimals=4, seed=3, natural=True, uniform=True, baselines={"code_heavy": {"code": 0.9, "prose": 0.1}})
+    assert again.read_bytes() == out.read_bytes()
+    sample(data_path=prepared, out=again, n=40, target_tokens=target, minimum=minimum, seed=4)
+    assert _cells(again)[1][0][1:] != sampled[0][1:]
+    # the file reads back through the shared reader, validated against the corpus's domains
+    mixes = read_mixtures(out, ["code", "prose", "tiny"])
+    assert list(mixes)[:3] == ["natural", "uniform", "code_heavy"] and mixes["code_heavy"]["code"] == 0.9
+
+
+def test_temperature_argument_is_honoured():
+    tokens = {"a": 900, "b": 90, "c": 10}
+    p = np.array([900, 90, 10], dtype=float)
+    for temperature in (0.5, 1.0):
+        # a huge strength concentrates every draw on the (tempered) base measure
+        rows = sample_mixtures(tokens, 300, temperature=temperature, min_strength=1e5, max_strength=1e5,
+                               num_strengths=1, minimum=0, decimals=6, seed=0, max_epochs=1e9)
+        mean = np.mean([[r[d] for d in "abc"] for r in rows], axis=0)
+        expected = p**temperature / np.sum(p**temperature)
+        np.testing.assert_allclose(mean, expected, atol=2e-3)
+
+
+def test_round_to_one_sums_exactly():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x = rng.dirichlet(np.full(17, 0.3))
+        units = round_to_one(x, 4)
+        assert units.sum() == 10**4 and np.all(np.abs(units - x * 10**4) < 1)
+
+
+def test_impossible_bounds_and_bad_flags_name_the_fix(prepared, tmp_path):
+    # 3 domains, every weight <= 0.1 at this budget: no mixture can sum to 1
+    with pytest.raises(ValueError, match=r"only 0 of --n 5 .* raise --max_epochs, lower --target_tokens"):
+        sample(data_path=prepared, out=tmp_path / "m.csv", n=5, target_tokens=10**8, max_epochs=0.1)
+    with pytest.raises(ValueError, match=r"--min_strength <= --max_strength.*--temperature must be > 0"):
+        sample(data_path=prepared, out=tmp_path / "m.csv", n=5, min_strength=5, max_strength=1, temperature=0)
+    with pytest.raises(ValueError, match=r"--baselines.web: unknown domain\(s\) 'web'"):
+        sample(data_path=prepared, out=tmp_path / "m.csv", n=1, baselines={"web": {"web": 1.0}})
+    assert not (tmp_path / "m.csv").exists()
+    with pytest.raises(FileNotFoundError, match="run `regmix prepare"):
+        sample(data_path=tmp_path / "nothing", out=tmp_path / "m.csv", n=1)
