@@ -154,7 +154,8 @@ def _tokenize_file(job: dict) -> dict:
         if domain in job["skip"]:
             continue
         i = seen[domain] = seen.get(domain, -1) + 1
-        offset = zlib.crc32(f"{job['path']}:{domain}".encode()) % k if k else 0
+        # keyed on the path inside its source, so the split does not depend on where the corpus lives
+        offset = zlib.crc32(f"{job['key']}:{domain}".encode()) % k if k else 0
         split = job["split"] or ("val" if k and (i + offset) % k == 0 else "train")
         pending.append((domain, split, text))
         if len(pending) >= 256:
@@ -247,9 +248,9 @@ def prepare(
         manifest = Manifest(tokenizer_hash=tok_hash, vocab_size=vocab, domains={})
     done = set(manifest.domains)
 
-    listed = [(p, d, None) for s in sources for p, d in discover(Path(s), layout, domain_field)]
-    listed += [(p, d, "val") for s in val_sources for p, d in discover(Path(s), layout, domain_field)]
-    _check_names({d for _, d, _ in listed if d is not None})
+    listed = [(p, d, None, s) for s in sources for p, d in discover(Path(s), layout, domain_field)]
+    listed += [(p, d, "val", s) for s in val_sources for p, d in discover(Path(s), layout, domain_field)]
+    _check_names({d for _, d, _, _ in listed if d is not None})
     for name in [p.name for p in out_dir.glob("*") if p.is_dir() and p.name not in done]:
         shutil.rmtree(out_dir / name)  # left by an interrupted run: never trusted, redone
     tmp_root = out_dir / ".prepare-tmp"
@@ -257,11 +258,12 @@ def prepare(
     jobs = [
         {
             "index": i, "path": str(p), "domain": d, "split": split, "tokenizer_dir": str(tokenizer_dir),
+            "key": p.name if Path(root).is_file() else p.relative_to(root).as_posix(),
             "text_key": text_key, "domain_field": domain_field, "skip": done, "tmp": str(tmp_root / f"{i:06d}"),
             "dtype": "uint16" if vocab <= 65535 else "int32",
             "val_every": 0 if val_sources or val_fraction == 0 else max(1, round(1 / val_fraction)),
         }
-        for i, (p, d, split) in enumerate(listed)
+        for i, (p, d, split, root) in enumerate(listed)
         if d is None or normalize_domain(d) not in done
     ]
     results, raw_names = [], {}
@@ -276,7 +278,7 @@ def prepare(
                 results.append(r)
                 raw_names.update(r["raw"])
                 bar.update()
-    for _, d, _ in listed:
+    for _, d, _, _ in listed:
         if d is not None:
             raw_names[normalize_domain(d)] = d
     _check_names(set(raw_names.values()))

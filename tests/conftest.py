@@ -29,7 +29,7 @@ def make_corpus(root: Path, docs: dict[str, int] = DOMAIN_DOCS, seed: int = 0, w
     return root
 
 
-def tiny_model_config(vocab: int = 256, block_size: int = 32) -> dict:
+def tiny_model_config(vocab: int = 512, block_size: int = 32) -> dict:
     """A ~50k-parameter LLaMA-style model: fast enough for several real pretrain runs per test."""
     return {
         "name": "tiny", "block_size": block_size, "vocab_size": vocab, "padded_vocab_size": vocab,

@@ -104,6 +104,17 @@ def test_rerun_skips_finished_domains_and_redoes_interrupted_ones(tmp_path, toke
     assert not (out / ".pile_cc.partial").exists()
 
 
+def test_split_does_not_depend_on_where_the_corpus_lives(tmp_path, tokenizer_dir):
+    texts = [f"document number {i}" for i in range(40)]
+    sizes = []
+    for place in ("here", "elsewhere/deeper"):
+        write_jsonl(tmp_path / place / "raw" / "a" / "x.jsonl", [{"text": t} for t in texts])
+        m = prepare(source=str(tmp_path / place / "raw"), tokenizer_dir=tokenizer_dir, out_dir=tmp_path / place / "out",
+                    val_fraction=0.2, num_workers=1)
+        sizes.append((m.domains["a"].train.tokens, m.domains["a"].val.tokens, m.domains["a"].val.documents))
+    assert sizes[0] == sizes[1] and sizes[0][2] == 8
+
+
 def test_other_tokenizer_on_same_out_dir_is_refused(tmp_path, tokenizer_dir):
     from regmix_plugin.tokenizer import train_tokenizer
 

@@ -21,7 +21,6 @@ def tiny_recipe(out_dir: Path, prepared: Path, tokenizer_dir: Path, **train) -> 
     cfg = yaml.safe_load(RECIPE.read_text())
     cfg["out_dir"] = str(out_dir)
     cfg["tokenizer_dir"] = str(tokenizer_dir)
-    cfg["model_config"]["vocab_size"] = cfg["model_config"]["padded_vocab_size"] = 256
     cfg["data"]["init_args"].update(data_path=str(prepared), weights={"prose": 0.7, "code": 0.3})
     cfg["train"].update(train)
     return cfg
