@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from regmix_plugin.atomic import write_json, write_text
+from regmix_plugin.atomic import write_text
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -52,6 +51,8 @@ class Pipeline:
     """Most passes the target run may make over any domain, for sampled proxies and the optimized mixture
     alike: 1 = no domain repeats, so each domain's data limits the mixture (the paper's "infinite data"
     caveat, enforced)."""
+    regressor: str = "auto"
+    """`regmix fit --regressor`: auto (best CV Spearman), linear, lightgbm or gp."""
     arm_names: tuple[str, ...] = ("regmix", "natural", "uniform", "best_proxy")
     """Target-model arms to train: any of regmix, natural, uniform, best_proxy."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -124,20 +125,13 @@ class Pipeline:
         from regmix_plugin.optimize import optimize, read_mixture
 
         with self.stage("fit"):
-            fit(results=results, target=f"val_loss/{self.target}", regressor="auto", out=self.out_dir / "model",
+            fit(results=results, target=f"val_loss/{self.target}", regressor=self.regressor, out=self.out_dir / "model",
                 seed=self.seed)
         with self.stage("optimize"):
             optimize(model=self.out_dir / "model", out=self.out_dir / "mixture.yaml", data_path=self.out_dir / "data",
                      target_tokens=self.target_tokens(), n_candidates=self.n_candidates, seed=self.seed,
-                     max_epochs=self.max_epochs,
-                     exclude=[d for d in self._val_only()])
+                     max_epochs=self.max_epochs)
         return read_mixture(self.out_dir / "mixture.yaml")
-
-    def _val_only(self) -> list[str]:
-        from regmix_plugin.manifest import read_manifest
-
-        m = read_manifest(self.out_dir / "data")
-        return sorted(set(m.domains) - set(m.train_domains()))
 
     def arms(self, regmix: dict, results: Path) -> dict[str, dict[str, float]]:
         """Arm name -> weights: RegMix, the natural token distribution, uniform, and the best proxy's mixture."""

@@ -13,8 +13,6 @@ directory and renamed into place, so it exists whole or not at all.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from regmix_plugin.atomic import write_json, write_text
+from regmix_plugin.atomic import atomic_dir, write_json, write_text
 from regmix_plugin.results import LOSS_PREFIX, Results, read_mixtures, read_regmix_csv, read_results
 
 #: Bump when a model directory written by this version cannot be read by the previous reader (or vice versa).
@@ -296,17 +294,5 @@ def _model_dir(out: Path):
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MODEL_FILE).exists())):
         raise ValueError(f"--out {str(out)!r} exists and is not a model directory; choose a new or empty path")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         yield tmp
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            out.rename(old / "model")
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
