@@ -251,8 +251,8 @@ def prepare(
     listed = [(p, d, None, s) for s in sources for p, d in discover(Path(s), layout, domain_field)]
     listed += [(p, d, "val", s) for s in val_sources for p, d in discover(Path(s), layout, domain_field)]
     _check_names({d for _, d, _, _ in listed if d is not None})
-    for name in [p.name for p in out_dir.glob("*") if p.is_dir() and p.name not in done]:
-        shutil.rmtree(out_dir / name)  # left by an interrupted run: never trusted, redone
+    for partial in out_dir.glob(".*.partial"):  # left by an interrupted run: never trusted, redone
+        shutil.rmtree(partial)
     tmp_root = out_dir / ".prepare-tmp"
     shutil.rmtree(tmp_root, ignore_errors=True)
     jobs = [
@@ -293,6 +293,8 @@ def prepare(
             _write_split(files, partial / split, chunk_bytes)
             sizes = [r["sizes"][key] for r in results if key in r["sizes"]]
             setattr(stats, split, SplitStats(sum(s["tokens"] for s in sizes), sum(s["documents"] for s in sizes)))
+        if (out_dir / domain).exists():  # renamed into place by a run that died before listing it
+            shutil.rmtree(out_dir / domain)
         os.replace(partial, out_dir / domain)
         manifest.domains[domain] = stats
         manifest.write(out_dir)

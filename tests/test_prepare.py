@@ -96,7 +96,10 @@ def test_rerun_skips_finished_domains_and_redoes_interrupted_ones(tmp_path, toke
     (out / "manifest.json").write_text(json.dumps(manifest))
     (out / "pile_cc" / "train" / "index.json").unlink()  # the leftover is partial
     (out / ".pile_cc.partial").mkdir()
+    (out / "notes").mkdir()  # something of the user's inside out_dir: never touched
+    (out / "notes" / "keep.txt").write_text("mine")
     m = prepare(source=str(tmp_path / "raw"), tokenizer_dir=tokenizer_dir, out_dir=out, num_workers=1)
+    assert (out / "notes" / "keep.txt").read_text() == "mine"
     assert chunk.stat().st_mtime_ns == before  # the finished domain was not rewritten
     assert (out / "pile_cc" / "train" / "index.json").is_file()
     assert m.domains["pile_cc"].train.documents + m.domains["pile_cc"].val.documents == 10
