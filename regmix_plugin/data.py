@@ -124,18 +124,14 @@ class MixtureData(DataModule):
                 problems.append(f"--data.val_domains: {d!r} has no val data; domains with val data: {', '.join(val_known)}")
         if problems:
             raise ValueError("\n".join(problems))
-        self.stages = self._build_stages(clean)
+        # stage ends are in stream-local samples, placed by train_dataloader once the stream count is known
+        self.stages = [Stage(weights=w, end=None) for w in clean]
 
-    def _build_stages(self, weight_sets: list[dict[str, float]]) -> list[Stage]:
-        """Stage ends in stream-local samples, filled in by ``train_dataloader`` once the stream count is known."""
-        return [Stage(weights=w, end=None) for w in weight_sets]
-
-    def _stream_samples(self, num_streams_per_rank: int, world_size: int) -> int | None:
-        """Samples the busiest stream serves in a run of ``max_tokens`` (LitGPT counts seq_length - 1 per sample)."""
+    def _budget_batches(self, world_size: int) -> int | None:
+        """Batches per rank in a run of ``max_tokens`` (LitGPT counts seq_length - 1 tokens per sample)."""
         if self.max_tokens is None:
             return None
-        batches = self.max_tokens // world_size // (self.batch_size * (self.seq_length - 1))
-        return math.ceil(batches / num_streams_per_rank) * self.batch_size
+        return self.max_tokens // world_size // (self.batch_size * (self.seq_length - 1))
 
     def train_dataloader(self) -> DataLoader:
         active = sorted({d for st in self.stages for d, w in st.weights.items() if w > 0})
@@ -152,18 +148,17 @@ class MixtureData(DataModule):
         )
         per_rank = max(1, self.num_workers)
         world = stream.distributed_env.world_size
-        total = self._stream_samples(per_rank, world)
+        budget = self._budget_batches(world)
+        # samples the busiest stream serves: workers take the rank's batches in turn
+        total = None if budget is None else math.ceil(budget / per_rank) * self.batch_size
         self._place_stage_ends(total, per_rank * world)
-        budget = None
         if total is not None:
             self._epoch_guard(sources, total, per_rank * world)
-            length = budget = self.max_tokens // world // (self.batch_size * (self.seq_length - 1))
-        else:
-            length = sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
+        length = budget if budget is not None else sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
         return MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
 
     def _place_stage_ends(self, total: int | None, num_streams: int) -> None:
-        for i, (st, spec) in enumerate(zip(self.stages, self.schedule or [{}])):
+        for st, spec in zip(self.stages, self.schedule or [{}]):
             if "until_fraction" in spec:
                 st.end = round(float(spec["until_fraction"]) * total)
             elif "until_tokens" in spec:
