@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -144,7 +145,8 @@ class MixtureData(DataModule):
             max_epochs=self.max_epochs,
             on_epoch_limit=self.on_epoch_limit,
             callbacks=self.callbacks or (),
-            validate_weights=lambda w: validate_weights(w, self.manifest.train_domains(), key="callback weights"),
+            # a partial, not a lambda: it must pickle for spawn-started workers
+            validate_weights=partial(validate_weights, known=self.manifest.train_domains(), key="callback weights"),
         )
         per_rank = max(1, self.num_workers)
         world = stream.distributed_env.world_size
