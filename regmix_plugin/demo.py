@@ -58,6 +58,7 @@ class Pipeline:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per recipe (``proxy``/``target``): dotted key -> value applied to the working copy (``--quick``)."""
     timings: dict[str, float] = field(default_factory=dict)
+    _recipes: dict[str, Path] = field(default_factory=dict, repr=False)
 
     @contextmanager
     def stage(self, name: str):
@@ -85,7 +86,12 @@ class Pipeline:
                     out_dir=self.out_dir / "data", val_fraction=self.val_fraction, num_workers=self.workers)
 
     def working_recipe(self, kind: str) -> Path:
-        """The shipped recipe with this run's paths (and ``overrides``), as ``out_dir/recipes/<kind>_template.yaml``."""
+        """The shipped recipe with this run's paths (and ``overrides``), as ``out_dir/recipes/<kind>_template.yaml``.
+
+        Written once per pipeline; later calls return the same file.
+        """
+        if kind in self._recipes:
+            return self._recipes[kind]
         src = self.proxy_recipe if kind == "proxy" else self.target_recipe
         text = src.read_text().replace("demo_out/", f"{self.out_dir}/")
         config = yaml.safe_load(text)
@@ -102,6 +108,7 @@ class Pipeline:
             text = yaml.safe_dump(config, sort_keys=False)
         path = self.out_dir / "recipes" / f"{kind}_template.yaml"
         write_text(path, f"# Working copy of {src} for {self.out_dir}, written by `regmix demo`.\n" + text)
+        self._recipes[kind] = path
         return path
 
     def target_tokens(self) -> int:
