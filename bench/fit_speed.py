@@ -27,8 +27,8 @@ def main() -> None:
     from conftest import synthetic_result_rows
     from scipy.stats import spearmanr
 
-    from regmix_plugin.fit import load_model
-    from regmix_plugin.results import read_results, write_results
+    from regmix_plugin.formats.model_dir import load_fitted as load_model
+    from regmix_plugin.formats.results import read_results, write_results
 
     work = Path(tempfile.mkdtemp(prefix="fit_speed."))
     write_results(work / "runs.csv", synthetic_result_rows(RUNS, DOMAINS, seed=0))

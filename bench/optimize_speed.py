@@ -35,9 +35,11 @@ N, K, RUNS, DOMAINS, SEED = 1_000_000, 100, 512, 17, 0
 def main() -> None:
     from conftest import synthetic_result_rows
 
-    from regmix_plugin.fit import fit, load_model
-    from regmix_plugin.optimize import constraint_bounds, sample_candidates, top_k_search
-    from regmix_plugin.results import write_results
+    from regmix_plugin.fit import fit
+    from regmix_plugin.formats.model_dir import load_fitted as load_model
+    from regmix_plugin.formats.results import write_results
+    from regmix_plugin.mixture import SamplerArgs, constraint_bounds
+    from regmix_plugin.optimize import sample_candidates, top_k_search
 
     warnings.simplefilter("ignore")
     work = Path(tempfile.mkdtemp(prefix="optimize_speed."))
@@ -57,7 +59,7 @@ def main() -> None:
     t_cli = float(np.median(walls))
     lower, upper = constraint_bounds(model.domains)
     t0 = time.perf_counter()
-    cands = sample_candidates(prior, lower, upper, N, (0.1, 5.0), SEED)
+    cands = sample_candidates(prior, lower, upper, N, SamplerArgs(), SEED)
     t1 = time.perf_counter()
     ours, ours_scores, n_full = top_k_search(model, cands, K, maximize=False, search="screen")
     t_ours = time.perf_counter() - t0

@@ -24,7 +24,7 @@ def write_corpus(root: Path, domains: int, tokens: int, seed: int = 0) -> list[s
     from litdata import TokensLoader
     from litdata.streaming.writer import BinaryWriter
 
-    from regmix_plugin.manifest import DomainStats, Manifest, SplitStats
+    from regmix_plugin.formats.manifest import DomainStats, Manifest, SplitStats
 
     rng = np.random.default_rng(seed)
     names = [f"domain_{i}" for i in range(domains)]

@@ -71,10 +71,10 @@ def main() -> None:
     ap.add_argument("--val_tokens", type=int, default=4096)
     args = ap.parse_args()
 
-    from regmix_plugin.runner import run_pretrain
-    from regmix_plugin.sample import write_mixtures
-    from regmix_plugin.sweep import sweep
-    from regmix_plugin.sweep_worker import setup_worker
+    from regmix_plugin.litgpt_compat import run_pretrain
+    from regmix_plugin.formats.mixtures import write_mixtures
+    from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
+    from regmix_plugin.sweep.worker import setup_worker
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -101,7 +101,8 @@ def main() -> None:
         write_mixtures(root / "mixtures.csv", mixes, sorted(WORDS))
         t0 = time.time()
         counts = sweep(mixtures=root / "mixtures.csv", data_path=data, recipe=root / "proxy.yaml",
-                       out_dir=root / "sweep", workers=1, threads=args.threads, eval_points=args.eval_points, val_tokens=args.val_tokens)
+                       out_dir=root / "sweep", local=LocalArgs(workers=1, threads=args.threads),
+                       eval=EvalArgs(points=args.eval_points, val_tokens=args.val_tokens))
         wall = time.time() - t0
         firsts = sorted(p.stat().st_mtime for p in (root / "sweep" / "runs").glob("*.json"))
         to_first = firsts[0] - t0

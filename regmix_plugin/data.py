@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
-from regmix_plugin.domains import validate_weights
-from regmix_plugin.manifest import Manifest, read_manifest
+from regmix_plugin.formats.manifest import Manifest, read_manifest
+from regmix_plugin.mixture import validate_weights
 from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream, Stage, TokenSource
 
 
@@ -216,27 +216,26 @@ class MixtureData(DataModule):
 
 
 class ValStream(IterableDataset):
-    """The fixed validation sequence: block ``i`` of every val domain in turn, ``blocks_per_domain`` each.
+    """The fixed validation sequence: ``blocks_per_domain`` evenly spaced blocks of every val domain, in turn.
 
-    Ranks take every ``world_size``-th block, so ranks read disjoint data and together read all of it.
+    The blocks are :meth:`TokenSource.evenly_spaced`, the same definition ``regmix evaluate`` scores. Ranks take
+    every ``world_size``-th block, so ranks read disjoint data and together read all of it.
     """
 
     def __init__(self, sources: dict[str, TokenSource], blocks_per_domain: int, batch_size: int):
-        from litdata.utilities.env import _DistributedEnv
+        from regmix_plugin.litgpt_compat import distributed_env
 
         self.sources, self.blocks_per_domain, self.batch_size = sources, blocks_per_domain, batch_size
-        self.distributed_env = _DistributedEnv.detect()
+        self.distributed_env = distributed_env()
 
     def __iter__(self):
         names = sorted(self.sources)
-        ends = {d: np.cumsum(self.sources[d].chunk_blocks) for d in names}
+        picks = {d: self.sources[d].evenly_spaced(self.blocks_per_domain) for d in names}
         env = self.distributed_env
         rows = []
         for p in range(env.global_rank, self.blocks_per_domain * len(names), env.world_size):
             d, i = names[p % len(names)], p // len(names)
-            chunk = int(np.searchsorted(ends[d], i, side="right"))
-            j = i - (int(ends[d][chunk - 1]) if chunk else 0)
-            rows.append(np.asarray(self.sources[d].block(chunk, j), dtype=np.int64))
+            rows.append(np.asarray(self.sources[d].block_at(picks[d][i]), dtype=np.int64))
             if len(rows) == self.batch_size:
                 yield torch.from_numpy(np.stack(rows))
                 rows = []

@@ -12,37 +12,20 @@ directory and renamed into place, so it exists whole or not at all.
 
 from __future__ import annotations
 
-import json
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from regmix_plugin.atomic import atomic_dir, write_json, write_text
-from regmix_plugin.results import LOSS_PREFIX, Results, read_mixtures, read_regmix_csv, read_results
+from regmix_plugin.atomic import write_json, write_text
+from regmix_plugin.formats.mixtures import read_mixtures
+from regmix_plugin.formats.model_dir import MODEL_FILE, MODEL_FORMAT, load_fitted, model_dir_writer
+from regmix_plugin.formats.official import read_regmix_csv
+from regmix_plugin.formats.results import LOSS_PREFIX, Results, read_results
 
-#: Bump when a model directory written by this version cannot be read by the previous reader (or vice versa).
-MODEL_FORMAT = 1
-MODEL_FILE = "model.json"
 AUTO_ORDER = ("linear", "gp", "lightgbm")  # ties go to the simpler model
-REGRESSOR_KINDS = AUTO_ORDER  # the keys of regressors.REGRESSORS, without importing scikit-learn
-
-
-@dataclass
-class FittedModel:
-    """A model directory loaded back: the regressor, its domains and what it predicts."""
-
-    path: Path
-    regressor: object
-    domains: list[str]
-    meta: dict
-
-    def predict(self, weights: np.ndarray) -> np.ndarray:
-        return np.asarray(self.regressor.predict(np.asarray(weights, float)), float)
 
 
 def fit(
@@ -110,7 +93,7 @@ def fit(
     }
     from regmix_plugin import plots
 
-    with _model_dir(out) as tmp:
+    with model_dir_writer(out) as tmp:
         model.save(tmp)
         write_json(tmp / "cv.json", cv)
         oof = scores[chosen]["oof"]
@@ -140,38 +123,12 @@ def predict(model: Path, mixtures: Path, out: Path = Path("predictions.csv")) ->
             official RegMix mixture CSV (``index,train_the_pile_arxiv,...``).
         out: CSV to write: the id column of ``--mixtures``, then ``prediction``.
     """
-    fitted = load_model(model)
+    fitted = load_fitted(model)
     rows = read_mixtures(mixtures, "--mixtures", known=fitted.domains)
     values = fitted.predict(rows.weights)
     lines = [f"{rows.id_column},prediction"] + [f"{i},{v!r}" for i, v in zip(rows.ids, values.tolist())]
     write_text(out, "\n".join(lines) + "\n")
     print(f"wrote {len(values)} predictions to {out}")
-
-
-def read_model_meta(path: Path, flag: str = "--model") -> dict:
-    """Read and check a model directory's ``model.json``, refusing one written in another format version."""
-    path = Path(path)
-    meta_path = path / MODEL_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{flag} {str(path)!r} has no {MODEL_FILE}; write it with `regmix fit --out {path}`")
-    meta = json.loads(meta_path.read_text())
-    version = meta.get("format_version")
-    if version != MODEL_FORMAT or meta.get("regressor") not in REGRESSOR_KINDS:
-        raise ValueError(
-            f"{flag} {str(path)!r} was written by regmix-plugin {meta.get('regmix_plugin_version', '?')} in model "
-            f"format {version!r} (regressor {meta.get('regressor')!r}); this version reads format {MODEL_FORMAT}. "
-            f"Re-run `regmix fit --out {path}` with this version"
-        )
-    return meta
-
-
-def load_model(path: Path, flag: str = "--model") -> FittedModel:
-    """Read a model directory written by `regmix fit`: its metadata and its regressor."""
-    from regmix_plugin.regressors import load_regressor
-
-    meta = read_model_meta(path, flag)
-    regressor = load_regressor(meta["regressor"], Path(path), meta["settings"])
-    return FittedModel(Path(path), regressor, meta["domains"], meta)
 
 
 def make_folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -286,13 +243,3 @@ def _version() -> str:
         return version("regmix-plugin")
     except PackageNotFoundError:
         return "unknown"
-
-
-@contextmanager
-def _model_dir(out: Path):
-    """Yield an empty temporary directory; on success it replaces ``out`` in one rename."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MODEL_FILE).exists())):
-        raise ValueError(f"--out {str(out)!r} exists and is not a model directory; choose a new or empty path")
-    with atomic_dir(out) as tmp:
-        yield tmp

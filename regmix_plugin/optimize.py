@@ -17,17 +17,24 @@ that against ``--search brute`` (every candidate through every tree) on the same
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from regmix_plugin.domains import validate_weights
-from regmix_plugin.fit import FittedModel, load_model, read_model_meta
+from regmix_plugin.formats.mixture_yaml import write_mixture
+from regmix_plugin.formats.model_dir import FittedModel, load_fitted, read_model_meta
+from regmix_plugin.mixture import (
+    DEFAULT_MAX_EPOCHS,
+    SamplerArgs,
+    constraint_bounds,
+    dirichlet_draws,
+    project,
+    validate_weights,
+)
 
-_STRENGTHS = 15
 _FEASIBLE = 1e-9
 
 
@@ -39,14 +46,14 @@ def optimize(
     n_candidates: int = 1_000_000,
     top_k: int = 100,
     target_tokens: int | None = None,
-    max_epochs: float = 15.0,
+    max_epochs: float = DEFAULT_MAX_EPOCHS,
     domain_tokens: dict[str, int] | None = None,
     min_weight: dict[str, float] | None = None,
     max_weight: dict[str, float] | None = None,
     exclude: list[str] | None = None,
     maximize: bool = False,
     search: Literal["screen", "brute"] = "screen",
-    strength: tuple[float, float] = (0.1, 5.0),
+    sampler: SamplerArgs = SamplerArgs(),
     seed: int = 0,
     num_threads: int = 2,
 ) -> None:
@@ -74,7 +81,8 @@ def optimize(
         maximize: Maximise the target (a downstream score) instead of minimising it (a loss).
         search: ``screen``: rank with a prefix of a LightGBM model's trees and finish the best with all;
             ``brute``: every candidate through the whole model. Other regressors are always scored whole.
-        strength: Lowest and highest Dirichlet concentration multiplier (the paper's 0.1 and 5).
+        sampler: How candidates are drawn around the prior: Dirichlet concentration strengths (the paper's 0.1
+            to 5, 15 log-spaced values), shared with ``regmix sample``.
         seed: Seed of the simulation.
         num_threads: CPU threads for sampling and LightGBM prediction.
     """
@@ -86,9 +94,10 @@ def optimize(
     domains = meta["domains"]
     manifest = None
     if data_path is not None:
-        from regmix_plugin.manifest import read_manifest
+        from regmix_plugin.formats.manifest import read_manifest
 
         manifest = read_manifest(data_path)
+    sampler = SamplerArgs(**sampler) if isinstance(sampler, dict) else sampler
     center, prior_source = _prior(meta, prior, manifest)
     tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
     lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude, target_tokens, max_epochs, tokens)
@@ -96,8 +105,8 @@ def optimize(
         raise ValueError(f"--top_k must be between 1 and --n_candidates ({n_candidates}), got {top_k}")
     # numpy's samplers and LightGBM's predict release the GIL; imports and model parsing do not: let them overlap.
     with ThreadPoolExecutor(2) as pool:
-        drawn = pool.submit(sample_candidates, center, lower, upper, n_candidates, strength, seed, num_threads)
-        fitted = load_model(model)
+        drawn = pool.submit(sample_candidates, center, lower, upper, n_candidates, sampler, seed, num_threads)
+        fitted = load_fitted(model)
         candidates = drawn.result()
         pool.submit(plots.warm_up)
         best, scores, n_full = top_k_search(fitted, candidates, top_k, maximize, search, num_threads)
@@ -145,7 +154,8 @@ def optimize(
             "n_candidates": n_candidates,
             "scored_by_full_model": n_full,
             "top_k": top_k,
-            "strength": list(strength),
+            "sampler": {"min_strength": sampler.min_strength, "max_strength": sampler.max_strength,
+                        "num_strengths": sampler.num_strengths},
             "seed": seed,
         },
         "provenance": {
@@ -158,67 +168,11 @@ def optimize(
             "regmix_plugin_version": fitted.meta.get("regmix_plugin_version"),
         },
     }
-    write_mixture(Path(out), record)
+    write_mixture(Path(out), record, _header(record))
     spec = fitted.meta.get("target_spec")
     label = spec if isinstance(spec, str) else "the fitted target"
     plots.mixture_bars(Path(out).with_name(Path(out).stem + "_vs_prior.png"), domains, chosen, center, label)
     print(f"predicted target {at_mixture:.4f} at the chosen mixture, {at_prior:.4f} at the prior; wrote {out}")
-
-
-def constraint_bounds(
-    domains: Sequence[str],
-    min_weight: Mapping[str, float] | None = None,
-    max_weight: Mapping[str, float] | None = None,
-    exclude: Sequence[str] | None = None,
-    target_tokens: int | None = None,
-    max_epochs: float = 15.0,
-    tokens: Mapping[str, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-domain lower and upper weight bounds from every constraint; raises once listing all conflicts."""
-    index = {d: i for i, d in enumerate(domains)}
-    lower, upper = np.zeros(len(domains)), np.ones(len(domains))
-    problems = []
-    for flag, mapping, bound in (("--min_weight", min_weight, lower), ("--max_weight", max_weight, upper)):
-        for d, v in (mapping or {}).items():
-            if d not in index:
-                problems.append(f"{flag}: unknown domain {d!r}")
-            elif not 0 <= float(v) <= 1:
-                problems.append(f"{flag}: {d} = {v} is outside [0, 1]")
-            else:
-                bound[index[d]] = float(v)
-    for d in exclude or []:
-        if d not in index:
-            problems.append(f"--exclude: unknown domain {d!r}")
-        elif lower[index[d]] > 0:
-            problems.append(f"{d} is both excluded and given --min_weight {lower[index[d]]}")
-        else:
-            upper[index[d]] = 0.0
-    if target_tokens is not None:
-        if tokens is None:
-            problems.append("--target_tokens needs each domain's train tokens: give --data_path or --domain_tokens")
-        elif target_tokens <= 0 or max_epochs <= 0:
-            problems.append("--target_tokens and --max_epochs must be positive")
-        else:
-            missing = [d for d in domains if d not in tokens]
-            if missing:
-                problems.append(f"no token count for {', '.join(missing)} (from --data_path or --domain_tokens)")
-            for d, i in index.items():
-                if d in tokens:
-                    upper[i] = min(upper[i], max_epochs * float(tokens[d]) / float(target_tokens))
-    if not problems:
-        for d, i in index.items():
-            if lower[i] > upper[i] + _FEASIBLE:
-                problems.append(f"{d}: --min_weight {lower[i]:.4g} is above its upper bound {upper[i]:.4g}")
-        if lower.sum() > 1 + _FEASIBLE:
-            problems.append(f"the --min_weight values sum to {lower.sum():.4g} > 1")
-        if upper.sum() < 1 - _FEASIBLE:
-            problems.append(
-                f"the upper bounds sum to {upper.sum():.4g} < 1, so no mixture fits: raise --max_epochs or "
-                "--max_weight, lower --target_tokens, or exclude fewer domains"
-            )
-    if problems:
-        raise ValueError("infeasible constraints: " + "; ".join(problems) + f". Domains: {', '.join(domains)}")
-    return lower, upper
 
 
 def sample_candidates(
@@ -226,39 +180,31 @@ def sample_candidates(
     lower: np.ndarray,
     upper: np.ndarray,
     n: int,
-    strength: tuple[float, float],
+    sampler: SamplerArgs,
     seed: int,
     num_threads: int = 2,
     chunk: int = 125_000,
 ) -> np.ndarray:
-    """``n`` Dirichlet mixtures around ``prior``, one per row, projected into the bounds.
+    """``n`` Dirichlet mixtures around ``prior`` (:func:`regmix_plugin.mixture.dirichlet_draws`), projected into
+    the bounds.
 
     Rows are drawn in chunks, each from its own generator spawned from ``seed``, so the result does not
     depend on ``num_threads`` (numpy's samplers release the GIL, so threads do help).
     """
-    lo, hi = strength
-    if not 0 < lo <= hi:
-        raise ValueError(f"--strength must be two positive numbers, low <= high; got {strength}")
+    problems = sampler.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
     active = (prior > 0) & (upper > 0)
     if not active.any():
         active = upper > 0
-    base = np.maximum(prior, 1e-12)[active]
-    base = base / base.sum()
-    strengths = np.logspace(np.log10(lo), np.log10(hi), _STRENGTHS)
+    base = np.where(active, np.maximum(prior, 1e-12), 0.0)
     bounded = (lower > 0).any() or (upper < 1).any()
     out = np.zeros((n, len(prior)))
     seeds = np.random.SeedSequence(seed).spawn(-(-n // chunk))
 
     def fill(c: int) -> None:
-        rng = np.random.default_rng(seeds[c])
         rows = slice(c * chunk, min(n, (c + 1) * chunk))
-        m = rows.stop - rows.start
-        draws = rng.standard_gamma(base[None, :] * strengths[rng.integers(0, _STRENGTHS, m)][:, None])
-        sums = draws.sum(1, keepdims=True)
-        empty = sums[:, 0] <= 0  # every coordinate underflowed (tiny concentrations): take the prior
-        draws[empty], sums[empty] = base, 1.0
-        block = out[rows]
-        block[:, active] = draws / sums
+        block = dirichlet_draws(base, rows.stop - rows.start, sampler, np.random.default_rng(seeds[c]))
         if bounded:
             bad = ((block < lower) | (block > upper)).any(1)
             if bad.any():
@@ -270,18 +216,6 @@ def sample_candidates(
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         list(pool.map(fill, range(len(seeds))))
     return out
-
-
-def project(W: np.ndarray, lower: np.ndarray, upper: np.ndarray, iters: int = 60) -> np.ndarray:
-    """Euclidean projection of each row onto ``{lower <= w <= upper, sum(w) = 1}``: ``clip(w - tau)``, bisecting tau."""
-    lo = (W - upper).min(1)
-    hi = (W - lower).max(1)
-    for _ in range(iters):
-        tau = (lo + hi) / 2
-        above = np.clip(W - tau[:, None], lower, upper).sum(1) > 1
-        lo, hi = np.where(above, tau, lo), np.where(above, hi, tau)
-    P = np.clip(W - ((lo + hi) / 2)[:, None], lower, upper)
-    return P / P.sum(1, keepdims=True)
 
 
 def top_k_search(
@@ -317,38 +251,6 @@ def top_k_search(
     return idx[best], scores[best], n_full
 
 
-def write_mixture(path: Path, record: dict) -> None:
-    """Write the optimize record as YAML with a comment header (atomically)."""
-    import yaml
-
-    from regmix_plugin.atomic import write_text
-
-    prov, pred = record["provenance"], record["prediction"]
-    header = (
-        f"# Mixture chosen by `regmix optimize` ({prov['created']}): mean of the top {record['search']['top_k']} of "
-        f"{record['search']['n_candidates']:,} simulated mixtures,\n"
-        f"# ranked by a {prov['regressor']} model ({prov['model']}; CV Spearman {prov['cv_spearman']:.3f} over "
-        f"{prov['n_runs']} runs).\n"
-        f"# Predicted target {pred['at_mixture']:.4f} here vs {pred['at_prior']:.4f} at the prior.\n"
-        "# Make a training recipe: regmix recipe --mixture THIS.yaml --template RECIPE.yaml --out NEW.yaml\n"
-    )
-    write_text(path, header + yaml.safe_dump(record, sort_keys=False, default_flow_style=False))
-
-
-def read_mixture(path: Path, flag: str = "--mixture") -> dict:
-    """Read a mixture YAML written by :func:`write_mixture`; its weights are re-validated."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag} {str(path)!r} does not exist; write it with `regmix optimize --out {path}`")
-    record = yaml.safe_load(path.read_text())
-    if not isinstance(record, dict) or not isinstance(record.get("weights"), dict):
-        raise ValueError(f"{flag} {str(path)!r} has no 'weights:' mapping; is it the output of `regmix optimize`?")
-    record["weights"] = validate_weights(record["weights"], record["weights"], key=f"{flag} {path} weights")
-    return record
-
-
 def _prior(meta: dict, prior, manifest) -> tuple[np.ndarray, str]:
     domains = meta["domains"]
     if prior is not None:
@@ -366,3 +268,15 @@ def _prior(meta: dict, prior, manifest) -> tuple[np.ndarray, str]:
 
 def _rounded(domains: Sequence[str], values: np.ndarray) -> dict[str, float]:
     return {d: float(f"{float(v):.10g}") for d, v in zip(domains, values)}
+
+
+def _header(record: dict) -> str:
+    prov, pred = record["provenance"], record["prediction"]
+    return (
+        f"Mixture chosen by `regmix optimize` ({prov['created']}): mean of the top {record['search']['top_k']} of "
+        f"{record['search']['n_candidates']:,} simulated mixtures,\n"
+        f"ranked by a {prov['regressor']} model ({prov['model']}; CV Spearman {prov['cv_spearman']:.3f} over "
+        f"{prov['n_runs']} runs).\n"
+        f"Predicted target {pred['at_mixture']:.4f} here vs {pred['at_prior']:.4f} at the prior.\n"
+        "Make a training recipe: regmix recipe --mixture THIS.yaml --template RECIPE.yaml --out NEW.yaml"
+    )

@@ -24,9 +24,9 @@ from typing import Literal
 
 import numpy as np
 
-from regmix_plugin.domains import is_safe_domain, normalize_domain
-from regmix_plugin.manifest import MANIFEST, DomainStats, Manifest, SplitStats, read_manifest
-from regmix_plugin.tokenizer import tokenizer_hash, vocab_size
+from regmix_plugin.formats.manifest import MANIFEST, DomainStats, Manifest, SplitStats, read_manifest
+from regmix_plugin.mixture import is_safe_domain, normalize_domain
+from regmix_plugin.tokenizer import check_tokenizer, tokenizer_hash, vocab_size
 
 EXTENSIONS = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 _SHARD = re.compile(r"^(?P<domain>.+)-(?P<shard>[^-]+)$")
@@ -175,7 +175,7 @@ def _write_split(npy_files: list[Path], out: Path, chunk_bytes: str) -> None:
     from litdata import TokensLoader
     from litdata.streaming.writer import BinaryWriter
 
-    from litdata.utilities.format import _convert_bytes_to_int
+    from regmix_plugin.litgpt_compat import bytes_to_int, empty_token_index
 
     out.mkdir(parents=True, exist_ok=True)
     writer = BinaryWriter(str(out), chunk_bytes=chunk_bytes, item_loader=TokensLoader())
@@ -183,12 +183,12 @@ def _write_split(npy_files: list[Path], out: Path, chunk_bytes: str) -> None:
     for f in npy_files:
         tokens = np.load(f, mmap_mode="r")
         # items no larger than a chunk, so chunks come out at the requested size
-        step = max(1, min(1 << 20, _convert_bytes_to_int(chunk_bytes) // tokens.dtype.itemsize - 64))
+        step = max(1, min(1 << 20, bytes_to_int(chunk_bytes) // tokens.dtype.itemsize - 64))
         for start in range(0, tokens.size, step):
             writer.add_item(i, np.ascontiguousarray(tokens[start : start + step]))
             i += 1
     if i == 0:  # an empty split still gets a valid (empty) index so readers need no special case
-        (out / "index.json").write_text(json.dumps({"chunks": [], "config": {"data_format": ["no_header_numpy:5"]}}))
+        (out / "index.json").write_text(json.dumps(empty_token_index()))
         return
     writer.done()
     writer.merge()
@@ -239,11 +239,8 @@ def prepare(
     tok_hash, vocab = tokenizer_hash(tokenizer_dir), vocab_size(tokenizer_dir)
     if (out_dir / MANIFEST).is_file():
         manifest = read_manifest(out_dir, flag="--out_dir")
-        if manifest.tokenizer_hash != tok_hash:
-            raise ValueError(
-                f"--out_dir {str(out_dir)!r} was prepared with tokenizer {manifest.tokenizer_hash[:19]}..., "
-                f"--tokenizer_dir is {tok_hash[:19]}...; use a new --out_dir or delete the old one"
-            )
+        check_tokenizer(tokenizer_dir, manifest.tokenizer_hash, "--tokenizer_dir", f"--out_dir {str(out_dir)!r}",
+                        fix="use a new --out_dir or delete the old one")
     else:
         manifest = Manifest(tokenizer_hash=tok_hash, vocab_size=vocab, domains={})
     done = set(manifest.domains)

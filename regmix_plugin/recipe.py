@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from regmix_plugin.atomic import write_text
-from regmix_plugin.optimize import read_mixture
+from regmix_plugin.formats.mixture_yaml import read_mixture
 
 _DATA_CLASS = "MixtureData"
 
@@ -150,7 +150,7 @@ def _check_domains(init_args: dict, weights: dict[str, float], mixture: Path) ->
     data_path = init_args.get("data_path")
     if not data_path or not (Path(data_path) / "manifest.json").is_file():
         return
-    from regmix_plugin.manifest import read_manifest
+    from regmix_plugin.formats.manifest import read_manifest
 
     known = set(read_manifest(data_path, flag="data.init_args.data_path").train_domains())
     missing = sorted(d for d, w in weights.items() if w > 0 and d not in known)

@@ -8,12 +8,10 @@ LightGBM text model, ``.npz`` read with ``allow_pickle=False``).
 - ``lightgbm``: the paper's LightGBM (1000 iterations at learning rate 1e-2, no early stopping) with
   ``min_child_samples`` scaled down for few runs: LightGBM's default of 20 cannot split 32 rows.
 - ``gp``: a Gaussian process on sqrt(weights) (the Hellinger embedding of the simplex) with an ARD RBF
-  kernel plus noise. Chosen on evidence: on the first 100 of the official RegMix 1M-parameter runs
-  (99 with losses), 5-fold CV Spearman averaged over 3 shuffles, targets Pile-CC / GitHub / ArXiv /
-  HackerNews / Wikipedia loss: ridge 0.79/0.73/0.70/0.77/0.77, LightGBM (min_child_samples 5)
-  0.94/0.98/0.98/0.96/0.98, GP isotropic on raw weights 0.87/0.72/0.59/-0.05/0.81, isotropic on sqrt
-  0.98/0.93/0.92/0.94/0.97, isotropic on log(w + 0.01) 0.98/0.95/0.93/0.47/0.97, ARD on sqrt
-  0.98/0.98/0.96/0.98/0.99.
+  kernel plus noise: the square root spreads out the small weights that most domains have, and one length
+  scale per domain lets the kernel ignore domains that do not move the target. It was chosen over
+  isotropic kernels and other embeddings by K-fold CV on the official RegMix runs (the comparison is in
+  CHANGELOG.md).
 """
 
 from __future__ import annotations
@@ -78,7 +76,7 @@ class LightGBMRegressor(RegressorMixin, BaseEstimator):
     """The paper's LightGBM: a fixed number of boosting rounds, never early-stopped.
 
     Fits on one thread by default: on a few hundred rows more threads only add synchronisation, and on a
-    shared machine OpenMP's busy-waiting made 2 threads 3-15x slower than 1 in our measurements.
+    shared machine OpenMP's busy-waiting makes more threads slower, not faster (CHANGELOG.md).
     """
 
     kind = "lightgbm"
@@ -171,7 +169,7 @@ class GPRegressor(RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         from threadpoolctl import threadpool_limits
 
-        # Hundreds of small factorisations: BLAS threads only add contention (6x slower on 2 busy cores).
+        # Hundreds of small factorisations: BLAS threads only add contention on busy cores.
         with threadpool_limits(1, user_api="blas"):
             return self._fit(X, y)
 

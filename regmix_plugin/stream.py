@@ -44,25 +44,22 @@ class TokenSource:
         if not index_file.is_file():
             raise FileNotFoundError(f"{index_file} is missing; re-run `regmix prepare` for this corpus")
         index = json.loads(index_file.read_text())
-        serializer, dtype_id = index["config"]["data_format"][0].split(":")
-        if serializer not in ("no_header_numpy", "no_header_tensor"):
-            raise ValueError(f"{index_file}: data_format {serializer!r} is not token data written by `regmix prepare`")
-        from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
+        from regmix_plugin.litgpt_compat import chunk_header_bytes, token_dtype
 
-        if serializer == "no_header_numpy":
-            self.dtype = np.dtype(_NUMPY_DTYPES_MAPPING[int(dtype_id)])
-        else:
-            self.dtype = torch.empty(0, dtype=_TORCH_DTYPES_MAPPING[int(dtype_id)]).numpy().dtype
+        try:
+            self.dtype = token_dtype(index["config"]["data_format"][0])
+        except ValueError as e:
+            raise ValueError(f"{index_file}: {e}") from None
         self.block_size = block_size
         chunks = index["chunks"]
         self._files = [self.input_dir / c["filename"] for c in chunks]
-        # litdata's chunk header: [num_items][num_items + 1 offsets], all uint32 (litdata writer.py)
-        self._offsets = [(1 + c["chunk_size"] + 1) * 4 for c in chunks]
+        self._offsets = [chunk_header_bytes(c["chunk_size"]) for c in chunks]
         self.chunk_blocks = np.array([c["dim"] // block_size for c in chunks], dtype=np.int64)
         self.num_blocks = int(self.chunk_blocks.sum())
         self.num_tokens = int(sum(c["dim"] for c in chunks))
         self._max_open = max_open
         self._open: OrderedDict[int, np.memmap] = OrderedDict()
+        self._ends: np.ndarray | None = None
 
     def block(self, chunk: int, j: int) -> np.ndarray:
         """Tokens of block ``j`` of chunk ``chunk`` (a view into the memory map)."""
@@ -75,6 +72,24 @@ class TokenSource:
         else:
             self._open.move_to_end(chunk)
         return mm[j * self.block_size : (j + 1) * self.block_size]
+
+    def block_at(self, i: int) -> np.ndarray:
+        """Tokens of the ``i``-th block of the whole directory, counting through the chunks in order."""
+        if self._ends is None:
+            self._ends = np.cumsum(self.chunk_blocks)
+        chunk = int(np.searchsorted(self._ends, i, side="right"))
+        return self.block(chunk, int(i) - (int(self._ends[chunk - 1]) if chunk else 0))
+
+    def evenly_spaced(self, count: int) -> np.ndarray:
+        """The validation set of this directory: ``count`` block indices evenly spaced over all its blocks.
+
+        The one definition used by ``MixtureData``'s ``val_loss`` and by ``regmix evaluate``/``sweep``, so a
+        model scored by either sees the same tokens.
+        """
+        count = min(int(count), self.num_blocks)
+        if count <= 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.linspace(0, self.num_blocks - 1, count).round().astype(np.int64))
 
     def __getstate__(self) -> dict:
         # memory maps are reopened in each worker process
@@ -187,7 +202,7 @@ class MixtureStream(IterableDataset):
     """Infinite stream of ``[batch_size, block_size]`` token batches blended from several domains.
 
     Yields ``(batch, state)`` pairs; :class:`MixtureLoader` strips the state and keeps the latest one per
-    worker for checkpoints. Rank and world size come from litdata's ``_DistributedEnv`` captured at
+    worker for checkpoints. Rank and world size come from litdata's distributed env captured at
     construction (tests set ``distributed_env`` to simulate ranks), workers from torch's worker info.
     """
 
@@ -202,7 +217,7 @@ class MixtureStream(IterableDataset):
         callbacks: Sequence[MixtureCallback] = (),
         validate_weights=None,
     ):
-        from litdata.utilities.env import _DistributedEnv
+        from regmix_plugin.litgpt_compat import distributed_env
 
         self.sources = dict(sources)
         self.stages = list(stages)
@@ -212,7 +227,7 @@ class MixtureStream(IterableDataset):
         self.on_epoch_limit = on_epoch_limit
         self.callbacks = list(callbacks)
         self.validate_weights = validate_weights
-        self.distributed_env = _DistributedEnv.detect()
+        self.distributed_env = distributed_env()
         self.resume_states: dict[int, dict] | None = None
 
     def stream_index(self) -> tuple[int, int, int]:

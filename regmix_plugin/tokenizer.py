@@ -63,3 +63,29 @@ def vocab_size(tokenizer_dir: str | Path) -> int:
     data = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())
     ids = list(data["model"]["vocab"].values()) + [t["id"] for t in data.get("added_tokens", [])]
     return max(ids) + 1
+
+
+def check_tokenizer(
+    tokenizer_dir: str | Path,
+    expected_hash: str,
+    flag: str,
+    corpus: str,
+    fix: str = "use the tokenizer the corpus was prepared with, or re-run `regmix prepare` with this one",
+) -> None:
+    """Refuse a tokenizer other than the one a corpus was prepared with (the one check every command uses).
+
+    ``flag`` names where the tokenizer came from (``--tokenizer_dir``, ``--checkpoint_dir``), ``corpus`` the
+    prepared corpus (``--data_path 'data/pile'``), ``fix`` what the user should do instead.
+    """
+    try:
+        found = tokenizer_hash(tokenizer_dir)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{flag} {str(tokenizer_dir)!r} has no tokenizer.json or tokenizer.model, so its tokenizer cannot be "
+            f"checked against {corpus}; point it at (or copy in) the tokenizer files the corpus was prepared with"
+        ) from None
+    if found != expected_hash:
+        raise ValueError(
+            f"tokenizer mismatch: {flag} {str(tokenizer_dir)!r} is {found[:19]}..., but {corpus} was prepared with "
+            f"{expected_hash[:19]}...; {fix}"
+        )

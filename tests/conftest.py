@@ -140,7 +140,7 @@ def synthetic_result_rows(n_runs: int, n_domains: int = 5, seed: int = 0, noise:
 @pytest.fixture
 def results_table(tmp_path):
     """``make(n_runs, n_domains=5, seed=0, noise=0.01, name="results.csv")`` -> path of a synthetic results table."""
-    from regmix_plugin.results import write_results
+    from regmix_plugin.formats.results import write_results
 
     def make(n_runs: int, n_domains: int = 5, seed: int = 0, noise: float = 0.01, name: str = "results.csv"):
         path = tmp_path / name

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from regmix_plugin.corpus import (
+from regmix_plugin.demo.corpus import (
     CORPUS_MANIFEST,
     DEFAULT_MAX_CHARS,
     DEMO_DOMAINS,

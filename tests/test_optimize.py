@@ -8,10 +8,11 @@ import pytest
 import yaml
 
 from regmix_plugin.__main__ import main
-from regmix_plugin.fit import load_model
-from regmix_plugin.manifest import DomainStats, Manifest, SplitStats
-from regmix_plugin.optimize import constraint_bounds, project, sample_candidates, top_k_search
-from regmix_plugin.results import write_results
+from regmix_plugin.formats.manifest import DomainStats, Manifest, SplitStats
+from regmix_plugin.formats.model_dir import load_fitted as load_model
+from regmix_plugin.formats.results import write_results
+from regmix_plugin.mixture import SamplerArgs, constraint_bounds, project
+from regmix_plugin.optimize import sample_candidates, top_k_search
 
 DOMAINS = ["arxiv", "dm_mathematics", "enron_emails", "europarl", "freelaw"]
 # argmin of the mean of synthetic_true_losses over the simplex (Nelder-Mead on a softmax, to 1e-10)
@@ -117,7 +118,7 @@ def test_infeasible_constraints_are_one_error_listing_every_problem():
 def test_screening_finds_exactly_the_brute_force_top_k(models):
     model = load_model(models / "lightgbm")
     lower, upper = constraint_bounds(DOMAINS)
-    cands = sample_candidates(np.full(5, 0.2), lower, upper, 50_000, (0.1, 5.0), seed=7)
+    cands = sample_candidates(np.full(5, 0.2), lower, upper, 50_000, SamplerArgs(), seed=7)
     brute_idx, brute_scores, brute_full = top_k_search(model, cands, 20, maximize=False, search="brute")
     idx, scores, n_full = top_k_search(model, cands, 20, maximize=False, search="screen")
     assert brute_full == 50_000 and n_full == 5_000  # a tenth of the candidates went through all 1000 trees
@@ -134,12 +135,12 @@ def test_screening_finds_exactly_the_brute_force_top_k(models):
 
 def test_candidates_follow_the_prior_and_projection_enforces_bounds():
     prior = np.array([0.5, 0.3, 0.2, 0.0])
-    free = sample_candidates(prior, np.zeros(4), np.ones(4), 20_000, (0.1, 5.0), seed=0)
+    free = sample_candidates(prior, np.zeros(4), np.ones(4), 20_000, SamplerArgs(), seed=0)
     assert free.mean(0).tolist() == pytest.approx(prior.tolist(), abs=0.015)  # a Dirichlet's mean is its prior
     lower, upper = np.array([0.0, 0.1, 0.0, 0.0]), np.array([0.6, 1.0, 1.0, 0.0])
-    cands = sample_candidates(prior, lower, upper, 20_000, (0.1, 5.0), seed=1, num_threads=1, chunk=3000)
+    cands = sample_candidates(prior, lower, upper, 20_000, SamplerArgs(), seed=1, num_threads=1, chunk=3000)
     # the chunked, threaded draw does not depend on the number of threads
-    assert np.array_equal(cands, sample_candidates(prior, lower, upper, 20_000, (0.1, 5.0), 1, 2, chunk=3000))
+    assert np.array_equal(cands, sample_candidates(prior, lower, upper, 20_000, SamplerArgs(), 1, 2, chunk=3000))
     assert cands.shape == (20_000, 4)
     assert np.abs(cands.sum(1) - 1).max() < 1e-12
     assert (cands >= lower - 1e-12).all() and (cands <= upper + 1e-12).all() and (cands[:, 3] == 0).all()

@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from regmix_plugin.__main__ import main as regmix_main
-from regmix_plugin.manifest import read_manifest
+from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.prepare import prepare
 from regmix_plugin.stream import TokenSource
 
@@ -123,7 +123,7 @@ def test_other_tokenizer_on_same_out_dir_is_refused(tmp_path, tokenizer_dir):
     write_jsonl(tmp_path / "raw" / "a" / "x.jsonl", [{"text": "abc"}] * 3)
     prepare(source=str(tmp_path / "raw"), tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "out", num_workers=1)
     other = train_tokenizer(["something else entirely"] * 3, tmp_path / "tok2", vocab_size=270)
-    with pytest.raises(ValueError, match="was prepared with tokenizer .* use a new --out_dir"):
+    with pytest.raises(ValueError, match="tokenizer mismatch: --tokenizer_dir .* but --out_dir .* was prepared with .* use a new --out_dir"):
         prepare(source=str(tmp_path / "raw"), tokenizer_dir=other, out_dir=tmp_path / "out", num_workers=1)
 
 

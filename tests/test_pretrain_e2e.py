@@ -12,7 +12,7 @@ import yaml
 
 from regmix_plugin.__main__ import main as regmix_main
 from regmix_plugin.inspect import realized_mixture
-from regmix_plugin.runner import run_pretrain
+from regmix_plugin.litgpt_compat import run_pretrain
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny_cpu.yaml"
 

@@ -11,9 +11,9 @@ from jsonargparse import auto_parser
 
 from litgpt.pretrain import setup
 from regmix_plugin.__main__ import main
-from regmix_plugin.manifest import DomainStats, Manifest, SplitStats
-from regmix_plugin.optimize import write_mixture
-from regmix_plugin.results import write_results
+from regmix_plugin.formats.manifest import DomainStats, Manifest, SplitStats
+from regmix_plugin.formats.mixture_yaml import write_mixture
+from regmix_plugin.formats.results import write_results
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
 

@@ -34,8 +34,9 @@ import json
 import numpy as np
 import pytest
 
-from regmix_plugin.demo import RECIPES, Pipeline
-from regmix_plugin.synthetic import DEFAULT_ALPHA, TARGET, build_synthetic_corpus
+from regmix_plugin.demo.pipeline import Pipeline
+from regmix_plugin.resources import recipe_path
+from synthetic import DEFAULT_ALPHA, TARGET, build_synthetic_corpus
 
 L1_TOLERANCE = 0.3  # measured 0.12
 ZERO_SOURCE_MAX = 0.05  # weight of s3 (alpha 0); measured 0.003
@@ -61,8 +62,8 @@ def recovery(tmp_path_factory):
     root = tmp_path_factory.mktemp("recovery")
     manifest = build_synthetic_corpus(root / "synthetic", seed=0, **CORPUS)
     pipe = Pipeline(
-        out_dir=root / "run", target=TARGET, proxy_recipe=RECIPES / "demo" / "proxy.yaml",
-        target_recipe=RECIPES / "demo" / "target.yaml", raw=root / "synthetic" / "train",
+        out_dir=root / "run", target=TARGET, proxy_recipe=recipe_path("demo/proxy.yaml"),
+        target_recipe=recipe_path("demo/target.yaml"), raw=root / "synthetic" / "train",
         val_raw=root / "synthetic" / "val", proxies=32, workers=2, seed=0, vocab_size=512, eval_points=0,
         val_tokens=8192, target_val_tokens=16384, n_candidates=100_000, max_epochs=15, regressor="gp",
         arm_names=("regmix", "uniform"), overrides={"proxy": PROXY, "target": TARGET_MODEL},

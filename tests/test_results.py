@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from regmix_plugin.results import read_mixtures, read_regmix_csv, read_results, write_results
+from regmix_plugin.formats.mixtures import read_mixtures
+from regmix_plugin.formats.official import read_regmix_csv
+from regmix_plugin.formats.results import read_results, write_results
 
 ROWS = [
     {"run_id": "a", "status": "done", "weight/arxiv": 0.25, "weight/pile_cc": 0.75, "val_loss/arxiv": 3.5,
@@ -121,16 +123,25 @@ def test_duplicate_ids_and_disjoint_files_are_refused(tmp_path):
 
 def test_read_mixtures_reads_either_layout_against_a_models_domains(tmp_path):
     ours = tmp_path / "ours.csv"
-    write_results(ours, [{"run_id": "x", "weight/arxiv": 0.4, "weight/pile_cc": 0.6}])
+    write_results(ours, [{"run_id": "x", "weight/arxiv": 0.4, "weight/github": 0.0, "weight/pile_cc": 0.6}])
     got = read_mixtures(ours, known=["arxiv", "github", "pile_cc"])
     assert (got.id_column, got.ids, got.weights.tolist()) == ("run_id", ["x"], [[0.4, 0.0, 0.6]])
     official = tmp_path / "official.csv"
     official.write_text("index,train_the_pile_pile_cc,train_the_pile_arxiv\n12,0.9,0.1\n")
     got = read_mixtures(official, known=["arxiv", "pile_cc"])
     assert (got.id_column, got.ids, got.weights.tolist()) == ("index", ["12"], [[0.1, 0.9]])
-    unknown = "(?s)row 1 \\(index 12\\): unknown domain\\(s\\) 'arxiv'.*Known domains: github, pile_cc"
+    unknown = ("(?s)does not fit the model \\(domains: github, pile_cc\\).*missing column\\(s\\) for domain\\(s\\) "
+               "github: add weight/<domain> columns \\(0 is fine\\).*column\\(s\\) for domain\\(s\\) arxiv that the model does not")
     with pytest.raises(ValueError, match=unknown):
         read_mixtures(official, known=["github", "pile_cc"])
+
+
+def test_a_missing_domain_column_is_refused_not_filled_with_zero(tmp_path):
+    # `regmix predict` once scored such a file as if github weighed 0 (issue 9, item 7)
+    short = tmp_path / "short.csv"
+    write_results(short, [{"run_id": "x", "weight/arxiv": 0.4, "weight/pile_cc": 0.6}])
+    with pytest.raises(ValueError, match="missing column\\(s\\) for domain\\(s\\) github"):
+        read_mixtures(short, known=["arxiv", "github", "pile_cc"])
 
 
 def test_write_results_refuses_bad_rows_and_writes_nothing(tmp_path):

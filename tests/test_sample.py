@@ -8,8 +8,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from regmix_plugin.manifest import read_manifest
-from regmix_plugin.sample import read_mixtures, round_to_one, sample, sample_mixtures
+from regmix_plugin.formats.manifest import read_manifest
+from regmix_plugin.formats.mixtures import read_mixtures
+from regmix_plugin.mixture import SamplerArgs, largest_remainder
+from regmix_plugin.sample import sample, sample_mixtures
 
 
 def _cells(path):
@@ -51,7 +53,7 @@ def test_sample_respects_every_bound_and_rows_sum_to_exactly_one(prepared, tmp_p
     sample(data_path=prepared, out=again, n=40, target_tokens=target, minimum=minimum, seed=4)
     assert _cells(again)[1][0][1:] != sampled[0][1:]
     # the file reads back through the shared reader, validated against the corpus's domains
-    mixes = read_mixtures(out, ["code", "prose", "tiny"])
+    mixes = read_mixtures(out, known=["code", "prose", "tiny"]).as_dict()
     assert list(mixes)[:3] == ["natural", "uniform", "code_heavy"] and mixes["code_heavy"]["code"] == 0.9
 
 
@@ -60,18 +62,18 @@ def test_temperature_argument_is_honoured():
     p = np.array([900, 90, 10], dtype=float)
     for temperature in (0.5, 1.0):
         # a huge strength concentrates every draw on the (tempered) base measure
-        rows = sample_mixtures(tokens, 300, temperature=temperature, min_strength=1e5, max_strength=1e5,
-                               num_strengths=1, minimum=0, decimals=6, seed=0, max_epochs=1e9)
+        rows = sample_mixtures(tokens, 300, temperature=temperature,
+                               sampler=SamplerArgs(min_strength=1e5, max_strength=1e5, num_strengths=1), minimum=0, decimals=6, seed=0, max_epochs=1e9)
         mean = np.mean([[r[d] for d in "abc"] for r in rows], axis=0)
         expected = p**temperature / np.sum(p**temperature)
         np.testing.assert_allclose(mean, expected, atol=2e-3)
 
 
-def test_round_to_one_sums_exactly():
+def test_largest_remainder_sums_exactly():
     rng = np.random.default_rng(0)
     for _ in range(200):
         x = rng.dirichlet(np.full(17, 0.3))
-        units = round_to_one(x, 4)
+        units = largest_remainder(x, 10**4)
         assert units.sum() == 10**4 and np.all(np.abs(units - x * 10**4) < 1)
 
 
@@ -79,8 +81,8 @@ def test_impossible_bounds_and_bad_flags_name_the_fix(prepared, tmp_path):
     # 3 domains, every weight <= 0.1 at this budget: no mixture can sum to 1
     with pytest.raises(ValueError, match=r"only 0 of --n 5 .* raise --max_epochs, lower --target_tokens"):
         sample(data_path=prepared, out=tmp_path / "m.csv", n=5, target_tokens=10**8, max_epochs=0.1)
-    with pytest.raises(ValueError, match=r"--min_strength <= --max_strength.*--temperature must be > 0"):
-        sample(data_path=prepared, out=tmp_path / "m.csv", n=5, min_strength=5, max_strength=1, temperature=0)
+    with pytest.raises(ValueError, match=r"--sampler.min_strength <= --sampler.max_strength.*--temperature must be > 0"):
+        sample(data_path=prepared, out=tmp_path / "m.csv", n=5, sampler=SamplerArgs(min_strength=5, max_strength=1), temperature=0)
     with pytest.raises(ValueError, match=r"--baselines.web: unknown domain\(s\) 'web'"):
         sample(data_path=prepared, out=tmp_path / "m.csv", n=1, baselines={"web": {"web": 1.0}})
     assert not (tmp_path / "m.csv").exists()

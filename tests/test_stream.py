@@ -184,11 +184,17 @@ def test_val_stream_is_round_robin_with_equal_blocks(prepared):
     owner = {}
     for d in ("code", "prose", "tiny"):
         src = TokenSource(prepared / d / "val", SEQ + 1)
-        owner.update({np.asarray(src.block(0, j), dtype=np.int64).tobytes(): d for j in range(3)})
+        owner.update({np.asarray(src.block_at(i), dtype=np.int64).tobytes(): d for i in src.evenly_spaced(3)})
     rows = [r for b in dm.val_dataloader() for r in b]
     assert [owner[r.numpy().tobytes()] for r in rows] == ["code", "prose", "tiny"] * 3
     again = [r for b in dm.val_dataloader() for r in b]
     assert all(torch.equal(a, b) for a, b in zip(rows, again))
+    # one definition of the val set: LitGPT's val_loss and `regmix evaluate` score the very same blocks
+    from regmix_plugin.scoring import val_blocks
+
+    scored, _ = val_blocks(prepared, ["code", "prose", "tiny"], SEQ, 3 * SEQ)
+    for k, d in enumerate(("code", "prose", "tiny")):
+        assert np.array_equal(np.stack([r.numpy() for r in rows[k::3]]), scored[d])
 
 
 def test_epoch_guard_at_setup_names_the_numbers(prepared):

@@ -22,8 +22,8 @@ import yaml
 from conftest import pretrain_config
 
 from regmix_plugin.evaluate import evaluate
-from regmix_plugin.sample import write_mixtures
-from regmix_plugin.sweep import sweep, sweep_status
+from regmix_plugin.formats.mixtures import write_mixtures
+from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep, sweep_status
 
 DOMAINS = ["code", "prose", "tiny"]
 MIXES = {
@@ -36,7 +36,7 @@ MIXES = {
 }
 # 12 steps x 4 x 32 tokens = 48 samples; tiny has 114 train blocks, so tiny = 1 is 48 > 0.3 x 114 samples
 BAD = {"bad": {"code": 0.0, "prose": 0.0, "tiny": 1.0}}
-EVAL = dict(eval_points=2, val_tokens=256, eval_batch_size=4)  # checkpoints at steps 4 and 8, then final
+EVAL = dict(eval=EvalArgs(points=2, val_tokens=256, batch_size=4))  # checkpoints at steps 4 and 8, then final
 
 
 def _recipe(path: Path, prepared, tokenizer_dir, **train) -> Path:
@@ -63,7 +63,7 @@ def env(tmp_path_factory, prepared, tokenizer_dir):
 def local_sweep(env):
     out = env["root"] / "local"
     counts = sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-                   workers=2, keep_checkpoints=True, **EVAL)
+                   local=LocalArgs(workers=2), keep_checkpoints=True, **EVAL)
     return out, counts
 
 
@@ -88,7 +88,7 @@ def test_local_sweep_has_every_loss_at_every_eval_point_and_isolates_a_failure(e
     # re-running skips everything that is recorded; --status reads without running
     capsys.readouterr()
     again = sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-                  workers=2, keep_checkpoints=True, retry_failed=False, **EVAL)
+                  local=LocalArgs(workers=2), keep_checkpoints=True, retry_failed=False, **EVAL)
     assert again == {"done": 0, "failed": 0, "skipped": 7, "pending": 0}
     assert _table(out / "results.csv") == table
     capsys.readouterr()
@@ -126,8 +126,8 @@ def test_submitit_local_executor_gives_the_same_table(env, local_sweep):
 def test_kill_9_then_rerun_completes_each_run_exactly_once(env, tmp_path):
     out = tmp_path / "killed"
     args = ["--mixtures", str(env["root"] / "good.csv"), "--data_path", str(env["data"]), "--recipe",
-            str(env["recipe"]), "--out_dir", str(out), "--workers", "1", "--eval_points", "2", "--val_tokens", "256",
-            "--eval_batch_size", "4"]
+            str(env["recipe"]), "--out_dir", str(out), "--local.workers", "1", "--eval.points", "2", "--eval.val_tokens", "256",
+            "--eval.batch_size", "4"]
     proc = subprocess.Popen([sys.executable, "-m", "regmix_plugin", "sweep", *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 240
@@ -145,7 +145,7 @@ def test_kill_9_then_rerun_completes_each_run_exactly_once(env, tmp_path):
     (out / "runs" / Path(sorted(before)[0]).stem / "final").mkdir(parents=True, exist_ok=True)
     # the same sweep again, trained in this process (workers=0) to save a worker start-up
     counts = sweep(mixtures=env["root"] / "good.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-                   workers=0, threads=1, **EVAL)
+                   local=LocalArgs(workers=0, threads=1), **EVAL)
     assert counts["skipped"] == len(before) and counts["done"] == 6 - len(before) and counts["failed"] == 0
     assert all((out / "runs" / name).read_bytes() == data for name, data in before.items())  # finished runs kept
     with open(out / "results.csv", newline="") as f:
@@ -164,7 +164,7 @@ def test_diverged_run_is_recorded_failed(env, tmp_path):
     recipe.write_text(yaml.safe_dump(cfg))
     write_mixtures(tmp_path / "one.csv", {"m1": MIXES["m1"]}, DOMAINS)
     counts = sweep(mixtures=tmp_path / "one.csv", data_path=env["data"], recipe=recipe, out_dir=tmp_path / "s",
-                   workers=0, threads=1, **EVAL)
+                   local=LocalArgs(workers=0, threads=1), **EVAL)
     assert counts["failed"] == 1
     rec = json.loads((tmp_path / "s" / "runs" / "m1.json").read_text())
     assert rec["status"] == "failed" and rec["error"].startswith("diverged: RuntimeError: The total norm")
@@ -197,7 +197,8 @@ def test_bad_inputs_each_get_their_message_and_start_no_run(env, tmp_path, token
     cfg["train"]["bogus_key"] = 1
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     _refused(env, out, r"`litgpt pretrain` would reject it(.|\n)*bogus_key", recipe=tmp_path / "bad.yaml")
-    _refused(env, out, r"--eval_points 20 needs at least 21 optimizer steps; the recipe trains 12", eval_points=20)
+    _refused(env, out, r"--eval.points 20 needs at least 21 optimizer steps; the recipe trains 12",
+             eval=EvalArgs(points=20, val_tokens=256, batch_size=4))
 
 
 @pytest.mark.slow
@@ -210,7 +211,7 @@ def test_changed_setup_under_an_existing_sweep_is_refused(env, local_sweep, tmp_
         sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=tmp_path / "lr.yaml", out_dir=out, **EVAL)
     with pytest.raises(ValueError, match=r"different set-up \(changed: eval\)"):
         sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-              **{**EVAL, "val_tokens": 512})
+              eval=EvalArgs(points=2, val_tokens=512, batch_size=4))
     changed = tmp_path / "changed.csv"
     write_mixtures(changed, {"m1": {"code": 0.4, "prose": 0.6, "tiny": 0.0}}, DOMAINS)
     with pytest.raises(ValueError, match=r"changes the weights of run\(s\) already recorded .*: m1"):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from regmix_plugin.corpus import read_texts
-from regmix_plugin.synthetic import (
+from regmix_plugin.demo.corpus import read_texts
+from synthetic import (
     DEFAULT_ALPHA,
     MANIFEST,
     TARGET,

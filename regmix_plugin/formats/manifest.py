@@ -12,11 +12,11 @@ is listed is complete.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from regmix_plugin.atomic import write_json
+from regmix_plugin.formats.document import read_document
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -83,14 +83,9 @@ class Manifest:
 def read_manifest(data_path: str | Path, flag: str = "--data_path") -> Manifest:
     """Read ``DATA/manifest.json``; errors name ``flag`` and say how to produce the file."""
     path = Path(data_path) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{flag} {str(data_path)!r} has no {MANIFEST}; run `regmix prepare --out_dir {data_path} ...` first"
-        )
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); delete it and re-run `regmix prepare`") from None
+    raw = read_document(
+        path, f"{flag} {str(data_path)!r} has no {MANIFEST}; run `regmix prepare --out_dir {data_path} ...` first",
+        "delete it and re-run `regmix prepare`")
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(

@@ -19,7 +19,7 @@ character cap, so two builds on the same machine write identical bytes. Output, 
     OUT/<domain>/<domain>-00000.jsonl   # one {"text": ...} object per line, one document per line
     OUT/corpus.json                     # what went in: sources, documents, characters, sha256 per domain
 
-    python -c "from regmix_plugin.corpus import build_demo_corpus; build_demo_corpus('demo/corpus')"
+    python -c "from regmix_plugin.demo.corpus import build_demo_corpus; build_demo_corpus('demo/corpus')"
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from regmix_plugin.atomic import atomic_path, write_json
-from regmix_plugin.domains import normalize_domain
+from regmix_plugin.mixture import normalize_domain
 
 DEMO_TARGET = "prose"
 #: Default character cap per domain: unequal on purpose (the natural mixture should not be uniform), and sized
@@ -329,10 +329,12 @@ def _problem(rng: random.Random) -> str:
         z = r(1, x + y)
         return (f"{a} has {x} {item}. {a} buys {y} more and gives {z} to {b}. How many {item} does {a} have now?\n"
                 f"Solution: {x} + {y} = {x + y}. {x + y} - {z} = {x + y - z}.\nAnswer: {x + y - z}")
-    if kind == 1:
-        x, y = r(3, 24), r(2, 15)
-        return (f"A box holds {x} {item}. {a} fills {y} boxes. How many {item} are in the boxes?\n"
-                f"Solution: {x} x {y} = {x * y}.\nAnswer: {x * y}")
+    if kind in (1, 4):  # one multiplication, two stories
+        x, y = (r(3, 24), r(2, 15)) if kind == 1 else (r(20, 120), r(2, 8))
+        question, unit = ((f"A box holds {x} {item}. {a} fills {y} boxes. How many {item} are in the boxes?", "")
+                          if kind == 1 else (f"A train travels at {x} km per hour for {y} hours. How far does it go?",
+                                             " km"))
+        return f"{question}\nSolution: {x} x {y} = {x * y}.\nAnswer: {x * y}{unit}"
     if kind == 2:
         k, n = r(2, 9), r(10, 120)
         q, m = divmod(n, k)
@@ -344,10 +346,6 @@ def _problem(rng: random.Random) -> str:
         return (f"A notebook costs {p} dollars. {a} buys {q} of them and pays with {paid} dollars. How much change "
                 f"does {a} get?\nSolution: {p} x {q} = {p * q}. {paid} - {p * q} = {paid - p * q}.\n"
                 f"Answer: {paid - p * q} dollars")
-    if kind == 4:
-        v, t = r(20, 120), r(2, 8)
-        return (f"A train travels at {v} km per hour for {t} hours. How far does it go?\n"
-                f"Solution: {v} x {t} = {v * t}.\nAnswer: {v * t} km")
     if kind == 5:
         p, d = r(1, 20) * 20, rng.choice((10, 20, 25, 50))
         off = p * d // 100

@@ -1,9 +1,6 @@
-"""``regmix demo``: the whole RegMix loop on an embedded corpus, on a CPU, with no downloads.
+"""The demo's :class:`Pipeline`: the user's own commands, in the user's order, over one raw corpus.
 
-    regmix demo --out_dir demo_out            # ~48 proxies, 4 target-model arms, report.md (< 10 min, 2 cores)
-    regmix demo --out_dir /tmp/d --quick true # the same path at toy size (the test suite runs it)
-
-It runs the user's own commands in the user's order (:class:`Pipeline`): build a corpus, train a tokenizer,
+It runs: build a corpus, train a tokenizer,
 ``prepare``, ``sample``, ``sweep`` the proxies, ``fit``, ``optimize``, ``recipe``, then trains the target model
 on each arm's recipe (RegMix, natural token distribution, uniform, best proxy) through the same sweep
 machinery (two at a time, resumable, scored per domain) and writes ``report.md`` with the plots. Every stage
@@ -13,7 +10,6 @@ The scientific check in the tests runs this same :class:`Pipeline` on the synthe
 
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,8 +19,6 @@ from typing import Any
 import yaml
 
 from regmix_plugin.atomic import write_text
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
 @dataclass
@@ -70,7 +64,7 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------------- stages
     def tokenizer_and_data(self) -> None:
-        from regmix_plugin.corpus import read_texts
+        from regmix_plugin.demo.corpus import read_texts
         from regmix_plugin.prepare import prepare
         from regmix_plugin.tokenizer import train_tokenizer
 
@@ -116,20 +110,22 @@ class Pipeline:
 
     def proxy_sweep(self) -> Path:
         from regmix_plugin.sample import sample
-        from regmix_plugin.sweep import sweep
+        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
         with self.stage("sample"):
             sample(data_path=self.out_dir / "data", out=self.out_dir / "mixtures.csv", n=self.proxies,
                    target_tokens=self.target_tokens(), max_epochs=self.max_epochs, seed=self.seed)
         with self.stage("sweep"):
             sweep(mixtures=self.out_dir / "mixtures.csv", data_path=self.out_dir / "data",
-                  recipe=self.working_recipe("proxy"), out_dir=self.out_dir / "sweep", eval_points=self.eval_points,
-                  val_tokens=self.val_tokens, workers=self.workers, data_num_workers=0)
+                  recipe=self.working_recipe("proxy"), out_dir=self.out_dir / "sweep",
+                  eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
+                  local=LocalArgs(workers=self.workers), data_num_workers=0)
         return self.out_dir / "sweep" / "results.csv"
 
     def fit_and_optimize(self, results: Path) -> dict:
         from regmix_plugin.fit import fit
-        from regmix_plugin.optimize import optimize, read_mixture
+        from regmix_plugin.formats.mixture_yaml import read_mixture
+        from regmix_plugin.optimize import optimize
 
         with self.stage("fit"):
             fit(results=results, target=f"val_loss/{self.target}", regressor=self.regressor, out=self.out_dir / "model",
@@ -142,8 +138,8 @@ class Pipeline:
 
     def arms(self, regmix: dict, results: Path) -> dict[str, dict[str, float]]:
         """Arm name -> weights: RegMix, the natural token distribution, uniform, and the best proxy's mixture."""
-        from regmix_plugin.manifest import read_manifest
-        from regmix_plugin.results import read_results
+        from regmix_plugin.formats.manifest import read_manifest
+        from regmix_plugin.formats.results import read_results
 
         manifest = read_manifest(self.out_dir / "data")
         train = manifest.train_domains()
@@ -158,24 +154,26 @@ class Pipeline:
 
     def train_arms(self, arms: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         """Emit each arm's recipe with `regmix recipe`, then train them (two at a time) and score every domain."""
+        from regmix_plugin.formats.mixture_yaml import write_mixture
+        from regmix_plugin.formats.mixtures import write_mixtures
+        from regmix_plugin.formats.sweep_records import read_records
         from regmix_plugin.recipe import recipe
-        from regmix_plugin.sample import write_mixtures
-        from regmix_plugin.sweep import sweep
+        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
         template = self.working_recipe("target")
         with self.stage("recipes"):
             for arm, weights in arms.items():
                 mixture = self.out_dir / "mixture.yaml" if arm == "regmix" else self.out_dir / "arms" / f"{arm}.yaml"
                 if arm != "regmix":
-                    write_text(mixture, f"# The demo's {arm} arm.\n" + yaml.safe_dump({"weights": weights}))
+                    write_mixture(mixture, {"weights": weights}, header=f"The demo's {arm} arm.")
                 recipe(mixture=mixture, template=template, out=self.out_dir / "recipes" / f"{arm}.yaml")
         domains = sorted(next(iter(arms.values())))
         write_mixtures(self.out_dir / "arms" / "mixtures.csv", arms, domains)
         with self.stage("target models"):
             sweep(mixtures=self.out_dir / "arms" / "mixtures.csv", data_path=self.out_dir / "data", recipe=template,
-                  out_dir=self.out_dir / "arms" / "runs", eval_points=0, val_tokens=self.target_val_tokens,
-                  workers=self.workers)
-        records = {p.stem: json.loads(p.read_text()) for p in (self.out_dir / "arms" / "runs" / "runs").glob("*.json")}
+                  out_dir=self.out_dir / "arms" / "runs", eval=EvalArgs(points=0, val_tokens=self.target_val_tokens),
+                  local=LocalArgs(workers=self.workers))
+        records = read_records(self.out_dir / "arms" / "runs")
         return {arm: _final_losses(records[arm]) for arm in arms if arm in records}
 
 
@@ -187,50 +185,8 @@ def _best_run(table, column: str) -> dict[str, float]:
     return {d: float(w) for d, w in zip(table.domains, table.weights[i])}
 
 
-def _final_losses(record: dict) -> dict[str, float]:
+def _final_losses(record) -> dict[str, float]:
     """Per-domain losses at the end of a sweep run (its record's ``final`` eval point)."""
-    if record.get("status") != "done":
-        raise RuntimeError(f"target-model run {record.get('run_id')} failed: {record.get('error')}")
-    return next(p["losses"] for p in record["losses"] if p["final"])
-
-
-def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | None = None, workers: int = 2,
-         seed: int = 0) -> dict:
-    """Run RegMix end to end on a corpus built from this Python installation and report the arms.
-
-    Arguments:
-        out_dir: Where everything goes (corpus, data, sweeps, model, recipes, report.md).
-        quick: Toy sizes (12 proxies, short runs) for tests: the same path in about 2 minutes.
-        proxies: Proxy runs to sweep; default 48 (12 with ``--quick``).
-        workers: Parallel training processes (proxies and target arms).
-        seed: Seed of the mixture sampler, the fit and the optimizer.
-    """
-    from regmix_plugin.corpus import DEMO_TARGET, build_demo_corpus
-
-    out_dir = Path(out_dir)
-    pipe = Pipeline(out_dir=out_dir, target=DEMO_TARGET, proxy_recipe=RECIPES / "demo" / "proxy.yaml",
-                    target_recipe=RECIPES / "demo" / "target.yaml", raw=out_dir / "raw", workers=workers, seed=seed)
-    if quick:
-        pipe.proxies, pipe.eval_points, pipe.val_tokens, pipe.target_val_tokens = 12, 1, 4096, 8192
-        pipe.n_candidates = 20_000
-        pipe.overrides = {
-            "proxy": {"train.max_tokens": 10 * 8 * 128, "data.init_args.max_tokens": 10 * 8 * 128},
-            "target": {"train.max_tokens": 20 * 16 * 128, "data.init_args.max_tokens": 20 * 16 * 128},
-        }
-    if proxies is not None:
-        pipe.proxies = proxies
-    if not pipe.proxy_recipe.is_file():
-        raise FileNotFoundError(f"{pipe.proxy_recipe} is missing: regmix demo runs from a clone of the repository "
-                                "(`make demo`), whose recipes/demo/ holds its proxy and target recipes")
-    with pipe.stage("corpus"):
-        caps = {d: 60_000 for d in ("code", "docs", "prose", "licenses", "math")} if quick else None
-        build_demo_corpus(out_dir / "raw", max_chars=caps, seed=seed)
-    pipe.tokenizer_and_data()
-    results = pipe.proxy_sweep()
-    chosen = pipe.fit_and_optimize(results)
-    arms = pipe.arms(chosen, results)
-    losses = pipe.train_arms(arms)
-    from regmix_plugin.demo_report import write_report
-
-    summary = write_report(pipe, arms, losses, chosen)
-    return summary
+    if record.status != "done":
+        raise RuntimeError(f"target-model run {record.run_id} failed: {record.error}")
+    return next(p["losses"] for p in record.losses if p["final"])

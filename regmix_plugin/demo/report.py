@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from regmix_plugin.atomic import write_json, write_text
+from regmix_plugin.mixture import epochs_used
 
 ARM_TITLES = {
     "regmix": "RegMix (regmix optimize)",
@@ -26,7 +27,7 @@ def arm_table(losses: dict[str, dict[str, float]], target: str, epochs: dict[str
 
 def max_epochs(weights: dict[str, float], train_tokens: dict[str, int], budget: int) -> float:
     """Passes the target run makes over its most-repeated domain under ``weights``."""
-    return max(w * budget / train_tokens[d] for d, w in weights.items() if w > 0)
+    return max(epochs_used({d: w for d, w in weights.items() if w > 0}, train_tokens, budget).values())
 
 
 def format_table(rows: list[dict], target: str) -> str:
@@ -48,7 +49,7 @@ def write_report(pipe, arms: dict[str, dict[str, float]], losses: dict[str, dict
     """Print the final table and write ``summary.json`` and ``report.md`` into ``pipe.out_dir``."""
     out: Path = pipe.out_dir
     meta = json.loads((out / "model" / "model.json").read_text())
-    from regmix_plugin.manifest import read_manifest
+    from regmix_plugin.formats.manifest import read_manifest
 
     tokens = read_manifest(out / "data").train_tokens()
     budget = pipe.target_tokens()

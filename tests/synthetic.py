@@ -17,11 +17,8 @@ Design (all seeded; numbers for the defaults):
   word differs by source: a model trained on mixture ``w`` predicts the ``w``-weighted blend of the sources'
   transitions, and its loss on source ``k`` grows like -log w_k. Target loss ~ sum_k alpha_k (c_k - log w_k)
   is lowest at w = alpha (exactly so for a converged bigram model, see ``bigram_limit_loss``): the tiny
-  proxies cannot tell the source from a weak unigram signal within one context window.
-  Measured on the defaults (2 layers, 64 dims, 300 AdamW steps of 16x128 tokens, lr 3e-3, one seed): target
-  loss 3.468 at alpha (bigram limit 3.458), 3.486 at (.6,.25,.15,0), 3.492 at sqrt(alpha) renormalised,
-  3.506 at (.4,.3,.3,0), 3.557 at (1/3,1/3,1/3,0), 3.763 at uniform; alpha was the best of 40 mixtures, and
-  LightGBM on those 40 proxies, top-100 of 150k candidates, recovered (.54,.29,.16,.01): L1 0.11 from alpha.
+  proxies cannot tell the source from a weak unigram signal within one context window. (How close real
+  proxies get to that limit, and how well RegMix recovers alpha, is measured in CHANGELOG.md.)
 - The target (``"target"``) has val documents only, like the paper's out-of-distribution Pile-CC: exactly
   round(alpha_k * n) of its n documents come from source k (largest remainder), in shuffled order.
 
@@ -31,7 +28,7 @@ Output, in the layout the demo corpus uses (``regmix prepare`` reads ``train/`` 
     OUT/val/<domain>/<domain>-00000.jsonl       # every source and the target
     OUT/synthetic.json                          # alpha, per-source parameters and sizes, target doc labels
 
-    python -c "from regmix_plugin.synthetic import build_synthetic_corpus; build_synthetic_corpus('syn')"
+    python -c "from synthetic import build_synthetic_corpus; build_synthetic_corpus('syn')"
 """
 
 from __future__ import annotations
@@ -43,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from regmix_plugin.atomic import write_json
-from regmix_plugin.corpus import read_texts, write_jsonl
-from regmix_plugin.domains import normalize_domain, validate_weights
+from regmix_plugin.demo.corpus import read_texts, write_jsonl
+from regmix_plugin.mixture import largest_remainder, normalize_domain, validate_weights
 
 TARGET = "target"
 DEFAULT_ALPHA = {"s0": 0.5, "s1": 0.3, "s2": 0.2, "s3": 0.0}
@@ -117,7 +114,7 @@ def build_synthetic_corpus(
     # document proportions equal alpha up to rounding; each source then fills the slots labelled with it.
     rng = np.random.default_rng([seed, len(names)])
     lengths = _doc_lengths(rng, target_val_words, doc_words)
-    counts = _apportion(list(alpha.values()), len(lengths))
+    counts = [int(c) for c in largest_remainder(list(alpha.values()), len(lengths))]
     label_ids = rng.permutation(np.repeat(np.arange(len(names)), counts))
     docs = [""] * len(lengths)
     for k in range(len(names)):
@@ -218,16 +215,6 @@ def _doc_lengths(rng: np.random.Generator, n_words: int, doc_words: tuple[int, i
         lengths.append(int(rng.integers(doc_words[0], doc_words[1] + 1)))
         total += lengths[-1]
     return lengths
-
-
-def _apportion(weights: list[float], n: int) -> list[int]:
-    """Split ``n`` into integer counts proportional to ``weights`` (largest remainder, ties to the first)."""
-    exact = [w * n for w in weights]
-    counts = [int(x) for x in exact]
-    by_remainder = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
-    for i in by_remainder[: n - sum(counts)]:
-        counts[i] += 1
-    return counts
 
 
 def _remove_stale_domains(split_dir: Path, keep: list[str]) -> None:

@@ -1,0 +1,53 @@
+"""``regmix demo``: the whole RegMix loop on an embedded corpus, on a CPU, with no downloads.
+
+    regmix demo --out_dir demo_out            # ~48 proxies, 4 target-model arms, report.md (< 10 min, 2 cores)
+    regmix demo --out_dir /tmp/d --quick true # the same path at toy size (the test suite runs it)
+
+An application over the user's commands (it may import them; no command imports it): ``corpus`` builds the
+embedded corpus, :class:`~regmix_plugin.demo.pipeline.Pipeline` runs the stages, ``report`` writes
+``report.md``. Works from a plain ``pip install``: its recipes ship inside the package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | None = None, workers: int = 2,
+         seed: int = 0) -> dict:
+    """Run RegMix end to end on a corpus built from this Python installation and report the arms.
+
+    Arguments:
+        out_dir: Where everything goes (corpus, data, sweeps, model, recipes, report.md).
+        quick: Toy sizes (12 proxies, short runs) for tests: the same path in about 2 minutes.
+        proxies: Proxy runs to sweep; default 48 (12 with ``--quick``).
+        workers: Parallel training processes (proxies and target arms).
+        seed: Seed of the mixture sampler, the fit and the optimizer.
+    """
+    from regmix_plugin.demo.corpus import DEMO_TARGET, build_demo_corpus
+    from regmix_plugin.demo.pipeline import Pipeline
+    from regmix_plugin.demo.report import write_report
+    from regmix_plugin.resources import recipe_path
+
+    out_dir = Path(out_dir)
+    pipe = Pipeline(out_dir=out_dir, target=DEMO_TARGET, proxy_recipe=recipe_path("demo/proxy.yaml"),
+                    target_recipe=recipe_path("demo/target.yaml"), raw=out_dir / "raw", workers=workers, seed=seed)
+    if quick:
+        pipe.proxies, pipe.eval_points, pipe.val_tokens, pipe.target_val_tokens = 12, 1, 4096, 8192
+        pipe.n_candidates = 20_000
+        pipe.overrides = {
+            "proxy": {"train.max_tokens": 10 * 8 * 128, "data.init_args.max_tokens": 10 * 8 * 128},
+            "target": {"train.max_tokens": 20 * 16 * 128, "data.init_args.max_tokens": 20 * 16 * 128},
+        }
+    if proxies is not None:
+        pipe.proxies = proxies
+    with pipe.stage("corpus"):
+        caps = {d: 60_000 for d in ("code", "docs", "prose", "licenses", "math")} if quick else None
+        build_demo_corpus(out_dir / "raw", max_chars=caps, seed=seed)
+    pipe.tokenizer_and_data()
+    results = pipe.proxy_sweep()
+    chosen = pipe.fit_and_optimize(results)
+    arms = pipe.arms(chosen, results)
+    losses = pipe.train_arms(arms)
+    summary = write_report(pipe, arms, losses, chosen)
+    return summary

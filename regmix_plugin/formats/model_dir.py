@@ -1,0 +1,79 @@
+"""The fitted-model directory written by ``regmix fit`` and read by ``predict``, ``optimize`` and the demo.
+
+    out/model/model.json            format version, regressor kind and settings, domains, target, CV summary,
+                                    provenance
+    out/model/linear.json | lightgbm.txt | gp.npz    the regressor itself (never a pickle: loading runs no code)
+    out/model/cv.json, cv_predictions.csv, interactions.csv, *.png    diagnostics
+
+The directory is written to a temporary directory and renamed into place (:func:`model_dir_writer`), so it
+exists whole or not at all.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from regmix_plugin.atomic import atomic_dir
+from regmix_plugin.formats.document import read_document
+
+#: Bump when a model directory written by this version cannot be read by the previous reader (or vice versa).
+MODEL_FORMAT = 1
+MODEL_FILE = "model.json"
+#: The regressor kinds a model directory may hold: the keys of ``regressors.REGRESSORS``, without importing
+#: scikit-learn here.
+REGRESSOR_KINDS = ("linear", "gp", "lightgbm")
+
+
+@dataclass
+class FittedModel:
+    """A model directory loaded back: the regressor, its domains and what it predicts."""
+
+    path: Path
+    regressor: object
+    domains: list[str]
+    meta: dict
+
+    def predict(self, weights: np.ndarray) -> np.ndarray:
+        return np.asarray(self.regressor.predict(np.asarray(weights, float)), float)
+
+
+def read_model_meta(path: Path, flag: str = "--model") -> dict:
+    """Read and check a model directory's ``model.json``, refusing one written in another format version."""
+    path = Path(path)
+    meta = read_document(path / MODEL_FILE,
+                         f"{flag} {str(path)!r} has no {MODEL_FILE}; write it with `regmix fit --out {path}`",
+                         f"re-run `regmix fit --out {path}`")
+    version = meta.get("format_version")
+    if version != MODEL_FORMAT or meta.get("regressor") not in REGRESSOR_KINDS:
+        raise ValueError(
+            f"{flag} {str(path)!r} was written by regmix-plugin {meta.get('regmix_plugin_version', '?')} in model "
+            f"format {version!r} (regressor {meta.get('regressor')!r}); this version reads format {MODEL_FORMAT}. "
+            f"Re-run `regmix fit --out {path}` with this version"
+        )
+    return meta
+
+
+def load_fitted(path: Path, flag: str = "--model") -> FittedModel:
+    """Read a model directory written by `regmix fit`: its metadata and its regressor."""
+    from regmix_plugin.regressors import load_regressor
+
+    meta = read_model_meta(path, flag)
+    regressor = load_regressor(meta["regressor"], Path(path), meta["settings"])
+    return FittedModel(Path(path), regressor, meta["domains"], meta)
+
+
+@contextmanager
+def model_dir_writer(out: Path, flag: str = "--out"):
+    """Yield an empty temporary directory; on success it replaces ``out`` in one rename.
+
+    Refuses to replace anything that is not an earlier model directory (a user's data is never deleted).
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MODEL_FILE).exists())):
+        raise ValueError(f"{flag} {str(out)!r} exists and is not a model directory; choose a new or empty path")
+    with atomic_dir(out) as tmp:
+        yield tmp

@@ -1,0 +1,170 @@
+"""The proxy-results table: the one place its format is defined, read and written.
+
+`regmix sweep` writes it, `regmix fit` reads it. One row per proxy run; a ``.csv`` or ``.parquet`` file
+(chosen by the extension). Columns:
+
+====================================  ====================================================================
+``run_id``                            string, unique per row
+``weight/<domain>``                   one per training domain (names as ``mixture.normalize_domain``
+                                      gives them); floats, each row sums to 1 within
+                                      ``mixture.SUM_TOLERANCE``
+``val_loss/<domain>``                 validation loss on ``<domain>`` at the end of training
+``val_loss/<domain>@<tokens>``        the same at an intermediate eval, ``<tokens>`` = integer tokens
+                                      trained so far
+any other name                        another metric (a downstream score, ...): a float column
+``status``                            ``"done"`` or ``"failed"``; only ``done`` rows are fitted (a table
+                                      without the column is all done)
+``tokens``, ``wall_s``, ``seed``,     bookkeeping: never metrics, never features
+``error``
+====================================  ====================================================================
+
+An empty cell (CSV) or null (Parquet) is a missing value. Example::
+
+    run_id,status,weight/arxiv,weight/pile_cc,val_loss/arxiv,val_loss/pile_cc,val_loss/pile_cc@1000000,tokens
+    r0001,done,0.25,0.75,3.91,3.52,4.80,2000000
+
+The official RegMix CSV pair is read into the same :class:`Results` by :mod:`regmix_plugin.formats.official`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from regmix_plugin.formats.mixtures import ID_COLUMN, WEIGHT_PREFIX, Mixtures, check_rows, mixtures_from_columns
+from regmix_plugin.formats.table import cell_id, listed, numeric, read_columns, write_rows
+
+LOSS_PREFIX = "val_loss/"
+STATUS_COLUMN = "status"
+DONE = "done"
+BOOKKEEPING = ("status", "tokens", "wall_s", "seed", "error")
+
+
+def loss_column(domain: str, tokens: int | None = None) -> str:
+    """``val_loss/<domain>`` (end of training) or ``val_loss/<domain>@<tokens>`` (an intermediate eval point)."""
+    return f"{LOSS_PREFIX}{domain}" + ("" if tokens is None else f"@{tokens}")
+
+
+@dataclass
+class Results(Mixtures):
+    """Finished proxy runs: mixtures plus float metric columns (NaN where missing), aligned by row."""
+
+    metrics: dict[str, np.ndarray]
+    #: Other names a metric answers to, e.g. ``val_loss/pile_cc`` -> ``metric/the_pile_pile_cc_val_loss``.
+    aliases: dict[str, str]
+
+    def metric_names(self) -> list[str]:
+        """Every name ``--target`` accepts: the columns and their aliases."""
+        return sorted(set(self.metrics) | set(self.aliases))
+
+    def resolve_target(self, target: str | Mapping[str, float], flag: str = "--target") -> dict[str, float]:
+        """Turn a target spec into ``{metric column: weight}``.
+
+        ``target`` is a column name, a glob (``val_loss/*``: the mean of the matching columns; ``@<tokens>``
+        columns match only a pattern containing ``@``) or a mapping ``{name or glob: weight}`` whose weighted
+        sum is the target.
+        """
+        spec = {target: 1.0} if isinstance(target, str) else dict(target)
+        problems, resolved = [], {}
+        if not spec:
+            problems.append("is empty")
+        for pattern, weight in spec.items():
+            if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+                problems.append(f"weight of {pattern!r} is {weight!r}, not a finite number")
+                continue
+            columns = self._match(str(pattern))
+            if not columns:
+                problems.append(f"no metric column matches {pattern!r}")
+            for column in columns:
+                resolved[column] = resolved.get(column, 0.0) + float(weight) / len(columns)
+        if not problems and not any(resolved.values()):
+            problems.append("all weights are 0")
+        if problems:
+            raise ValueError(
+                f"{flag}: " + "; ".join(problems) + f" in {self.source}. Available: {', '.join(self.metric_names())}"
+            )
+        return resolved
+
+    def _match(self, pattern: str) -> list[str]:
+        if pattern in self.metrics:
+            return [pattern]
+        if pattern in self.aliases:
+            return [self.aliases[pattern]]
+        if not any(c in pattern for c in "*?["):
+            return []
+        names = [n for n in self.metric_names() if fnmatch.fnmatchcase(n, pattern) and ("@" not in n or "@" in pattern)]
+        return sorted({self.aliases.get(n, n) for n in names})
+
+    def target_values(self, columns: Mapping[str, float]) -> np.ndarray:
+        """The weighted sum of metric columns per row; NaN or inf wherever a used column is."""
+        return sum(w * self.metrics[c] for c, w in columns.items())
+
+    def subset(self, keep: np.ndarray) -> Results:
+        """The rows where ``keep`` is true."""
+        keep = np.asarray(keep, bool)
+        return Results(
+            source=self.source,
+            id_column=self.id_column,
+            ids=[i for i, k in zip(self.ids, keep) if k],
+            domains=list(self.domains),
+            weights=self.weights[keep],
+            metrics={c: v[keep] for c, v in self.metrics.items()},
+            aliases=dict(self.aliases),
+        )
+
+
+def read_results(path: str | Path, flag: str = "--results") -> Results:
+    """Read a proxy-results table (format in this module's docstring); only ``status == "done"`` rows are kept."""
+    columns = read_columns(path, flag)
+    where = f"{flag} {path}"
+    if ID_COLUMN not in columns:
+        raise ValueError(f"{where} has no {ID_COLUMN!r} column; columns: {', '.join(columns)}")
+    if STATUS_COLUMN in columns:
+        keep = [str(s if s is not None else "").strip() == DONE for s in columns[STATUS_COLUMN]]
+        skipped = [cell_id(i) for i, k in zip(columns[ID_COLUMN], keep) if not k]
+        if skipped:
+            warnings.warn(f"{where}: skipped {len(skipped)} run(s) whose status is not 'done': {listed(skipped)}",
+                          stacklevel=2)  # fmt: skip
+        columns = {c: [v for v, k in zip(vals, keep) if k] for c, vals in columns.items()}
+    if not columns[ID_COLUMN]:
+        raise ValueError(f"{where} has no finished run (status 'done'); run `regmix sweep` until some finish")
+    mix = mixtures_from_columns(columns, where, "ours")
+    metric_cols = [c for c in columns if c != ID_COLUMN and not c.startswith(WEIGHT_PREFIX) and c not in BOOKKEEPING]
+    return Results(**vars(mix), metrics=numeric(columns, metric_cols), aliases={})
+
+
+def write_results(path: str | Path, rows: Sequence[Mapping[str, object]]) -> None:
+    """Atomically write proxy results (one mapping per run, keys as in this module's docstring).
+
+    Every row is checked first (``run_id`` present and unique, weights valid); nothing is written if any
+    row is wrong. Columns come out as ``run_id``, ``status``, weights, metrics, bookkeeping.
+    """
+    check_rows(path, rows, "write_results")
+    names: list[str] = []
+    for row in rows:
+        names += [k for k in row if k not in names]
+    write_rows(path, _column_order(names), rows)
+
+
+def _column_order(names: list[str]) -> list[str]:
+    def key(c: str) -> tuple:
+        if c == ID_COLUMN:
+            return (0,)
+        if c == STATUS_COLUMN:
+            return (1,)
+        if c.startswith(WEIGHT_PREFIX):
+            return (2, c)
+        if c in BOOKKEEPING:
+            return (5, BOOKKEEPING.index(c))
+        if c.startswith(LOSS_PREFIX):
+            base, _, tokens = c.partition("@")
+            return (3, base, int(tokens) if tokens.isdigit() else -1)
+        return (4, c)
+
+    return sorted(names, key=key)

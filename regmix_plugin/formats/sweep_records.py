@@ -1,0 +1,109 @@
+"""Sweep run records (``<sweep>/runs/<run_id>.json``) and the results table rebuilt from them.
+
+One record per finished run, written atomically, so a record is whole or absent and the records are the
+sweep's only state: a ``kill -9`` loses at most the runs in flight, and ``results.csv`` is rebuilt from them.
+
+    {"run_id": "mix-0001", "status": "done" | "failed", "mixture": {domain: weight},
+     "losses": [{"tokens": 4096, "final": false, "losses": {domain: loss}}, ..., {"final": true, ...}],
+     "tokens": 24576, "wall_s": 3.1, "seed": 42, "setup_hash": "sha256:...", "recipe_hash": "...",
+     "manifest_hash": "...", "error": null | "first line ...", "log_tail": null | "..."}
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from regmix_plugin.atomic import write_json
+from regmix_plugin.formats.mixtures import ID_COLUMN, WEIGHT_PREFIX
+from regmix_plugin.formats.results import loss_column, write_results
+
+DONE, FAILED = "done", "failed"
+
+
+@dataclass
+class RunRecord:
+    """What one proxy run left behind: its mixture, per-domain losses at every eval point, and bookkeeping."""
+
+    run_id: str
+    status: str
+    mixture: dict[str, float]
+    losses: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int | None = None
+    wall_s: float | None = None
+    seed: int | None = None
+    setup_hash: str | None = None
+    recipe_hash: str | None = None
+    manifest_hash: str | None = None
+    error: str | None = None
+    log_tail: str | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> RunRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+    def first_error_line(self) -> str:
+        return (self.error or "failed").splitlines()[0] if self.error else "failed"
+
+
+def record_path(sweep_dir: Path, run_id: str) -> Path:
+    return Path(sweep_dir) / "runs" / f"{run_id}.json"
+
+
+def log_path(sweep_dir: Path, run_id: str) -> Path:
+    return Path(sweep_dir) / "runs" / f"{run_id}.log"
+
+
+def write_record(sweep_dir: Path, record: RunRecord) -> None:
+    """Write one run's record atomically (the moment the run counts as finished)."""
+    write_json(record_path(sweep_dir, record.run_id), asdict(record))
+
+
+def read_record(sweep_dir: Path, run_id: str) -> RunRecord | None:
+    """One run's record, or None if it has none (or an unreadable one, which counts as pending)."""
+    path = record_path(sweep_dir, run_id)
+    try:
+        return RunRecord.from_dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError, TypeError, KeyError):
+        warnings.warn(f"{path} is unreadable and is treated as pending; delete it to silence this", stacklevel=2)
+        return None
+
+
+def read_records(sweep_dir: Path) -> dict[str, RunRecord]:
+    """Every readable record of a sweep, by run id."""
+    out = {}
+    for path in sorted((Path(sweep_dir) / "runs").glob("*.json")):
+        record = read_record(sweep_dir, path.stem)
+        if record is not None:
+            out[record.run_id] = record
+    return out
+
+
+def table_rows(order: list[str], records: dict[str, RunRecord]) -> list[dict]:
+    """One results-table row per recorded run, in ``order`` (mixtures-file order)."""
+    rows = []
+    for run_id in order:
+        rec = records.get(run_id)
+        if rec is None:
+            continue
+        row: dict[str, Any] = {ID_COLUMN: run_id}
+        row.update({WEIGHT_PREFIX + d: w for d, w in rec.mixture.items()})
+        for point in rec.losses:
+            for d, loss in sorted(point["losses"].items()):
+                row[loss_column(d, None if point["final"] else point["tokens"])] = loss
+        row.update(status=rec.status, tokens=rec.tokens, wall_s=rec.wall_s, seed=rec.seed, error=rec.error or "")
+        rows.append(row)
+    return rows
+
+
+def write_table(path: Path, order: list[str], records: dict[str, RunRecord]) -> None:
+    """Rebuild the results table from the records, atomically, with the shared writer."""
+    rows = table_rows(order, records)
+    if rows:
+        write_results(path, rows)

@@ -1,0 +1,208 @@
+"""The one module that touches LitGPT's and litdata's internals, each behind a check of the supported versions.
+
+Public APIs come first everywhere else; what is here relies on details that a new release may change:
+
+* running the stock ``litgpt pretrain`` in this process (:func:`run_pretrain`), which means presenting the argv
+  that LitGPT's ``save_checkpoint`` re-parses;
+* parsing a recipe exactly as ``litgpt pretrain --config`` does (:func:`litgpt_parse`);
+* the sweep worker's two caches (:func:`install_worker_caches`): jsonargparse's docstring parsing and LitGPT's
+  per-checkpoint hyperparameter re-parse;
+* litdata's private names: ``_DistributedEnv`` (rank/world size), the dtype tables and chunk header layout of
+  token chunks, ``_convert_bytes_to_int``, the ``no_header_numpy`` data format.
+
+The supported ranges are :data:`SUPPORTED`; anything outside them fails with a message naming the range
+instead of misreading data.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Mapping
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from regmix_plugin.atomic import write_text
+
+#: Package -> (lowest supported version, first unsupported version). Mirrored in pyproject.toml's pins.
+SUPPORTED = {"litgpt": ("0.5.13", "0.6"), "litdata": ("0.2.59", "0.3")}
+#: litdata's data format of token chunks written by ``regmix prepare`` (TokensLoader, numpy, no header).
+TOKENS_FORMAT = "no_header_numpy"
+
+
+class UnsupportedVersion(ValueError):
+    """An installed LitGPT/litdata outside the range this release was built and tested against."""
+
+
+@cache
+def check_version(package: str) -> None:
+    """Refuse a version of ``package`` outside :data:`SUPPORTED`, naming the range and the fix."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    low, high = SUPPORTED[package]
+    found = version(package)
+    if not Version(low) <= Version(found) < Version(high):
+        raise UnsupportedVersion(
+            f"regmix-plugin supports {package} >={low},<{high}, but {found} is installed; "
+            f"run `pip install '{package}>={low},<{high}'` or upgrade regmix-plugin"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ litdata
+def distributed_env():
+    """litdata's view of this process's rank and world size (``.global_rank``, ``.world_size``)."""
+    check_version("litdata")
+    from litdata.utilities.env import _DistributedEnv
+
+    return _DistributedEnv.detect()
+
+
+def token_dtype(data_format: str) -> np.dtype:
+    """The numpy dtype of a token directory from its ``index.json`` ``data_format`` (``"no_header_numpy:5"``)."""
+    check_version("litdata")
+    import torch
+    from litdata.constants import _NUMPY_DTYPES_MAPPING, _TORCH_DTYPES_MAPPING
+
+    serializer, dtype_id = data_format.split(":")
+    if serializer == TOKENS_FORMAT:
+        return np.dtype(_NUMPY_DTYPES_MAPPING[int(dtype_id)])
+    if serializer == "no_header_tensor":
+        return torch.empty(0, dtype=_TORCH_DTYPES_MAPPING[int(dtype_id)]).numpy().dtype
+    raise ValueError(f"data_format {serializer!r} is not token data written by `regmix prepare`")
+
+
+def chunk_header_bytes(items: int) -> int:
+    """Bytes before the tokens of a litdata chunk of ``items`` items: ``[num_items][num_items + 1 offsets]``, uint32."""
+    return (1 + items + 1) * 4
+
+
+def bytes_to_int(size: str) -> int:
+    """litdata's parser of sizes such as ``"64MB"``."""
+    check_version("litdata")
+    from litdata.utilities.format import _convert_bytes_to_int
+
+    return _convert_bytes_to_int(size)
+
+
+def empty_token_index() -> dict:
+    """The ``index.json`` of an empty token directory (litdata writes none for zero items)."""
+    return {"chunks": [], "config": {"data_format": [f"{TOKENS_FORMAT}:5"]}}
+
+
+# ------------------------------------------------------------------------------------------------- litgpt
+@contextmanager
+def _argv(argv: list[str]):
+    saved = sys.argv
+    sys.argv = argv
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def write_config(config: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a pretrain config mapping as YAML (atomically) and return its path."""
+    write_text(path, yaml.safe_dump(_plain(config), sort_keys=False))
+    return Path(path)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def run_pretrain(config: Mapping[str, Any] | str | Path, config_path: str | Path | None = None) -> None:
+    """Run ``litgpt pretrain --config FILE`` in this process (the stock loop; nothing is forked).
+
+    ``config`` is a YAML path or a mapping; a mapping is first written to ``config_path`` (default:
+    ``<out_dir>/pretrain_config.yaml``) so that the checkpoint's saved hyperparameters point at a real file.
+    """
+    check_version("litgpt")
+    from litgpt.__main__ import main as litgpt_main
+
+    if isinstance(config, Mapping):
+        path = Path(config_path or Path(config["out_dir"]) / "pretrain_config.yaml")
+        write_config(config, path)
+    else:
+        path = Path(config)
+    with _argv(["litgpt", "pretrain", "--config", str(path)]):
+        litgpt_main()
+
+
+def litgpt_parse(config: dict) -> Any:
+    """Parse and instantiate ``config`` exactly as ``litgpt pretrain --config`` would (raises on a bad recipe)."""
+    check_version("litgpt")
+    from jsonargparse import ArgumentParser
+    from litgpt.pretrain import setup
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(setup)
+    return parser.instantiate_classes(parser.parse_object(config))
+
+
+def install_worker_caches() -> None:
+    """Make repeated in-process ``litgpt pretrain`` runs cheap (sweep workers; ~3 s -> ~1 s per run)."""
+    check_version("litgpt")
+    _cache_docstrings()
+    _reuse_hyperparameters()
+
+
+def _cache_docstrings() -> None:
+    """Memoise docstring parsing: jsonargparse re-reads and re-parses the source of every class on each
+    ``litgpt pretrain`` parse (and again in ``save_checkpoint``), ~2.5 s of a ~3 s per-run overhead here.
+    Docstrings only feed ``--help`` text, and an object's docstring cannot change within a process."""
+    import docstring_parser
+
+    if getattr(docstring_parser.parse_from_object, "_regmix_cached", False):
+        return
+    original, cache = docstring_parser.parse_from_object, {}
+
+    def parse_from_object(obj, style=docstring_parser.DocstringStyle.AUTO):
+        try:
+            key = (obj, style)
+            if key not in cache:
+                cache[key] = original(obj, style=style)
+            return cache[key]
+        except TypeError:  # unhashable object
+            return original(obj, style=style)
+
+    parse_from_object._regmix_cached = True
+    docstring_parser.parse_from_object = parse_from_object
+
+
+def _reuse_hyperparameters() -> None:
+    """Write ``hyperparameters.yaml`` once per run: litgpt's ``save_checkpoint`` re-parses the whole
+    ``litgpt pretrain`` argv for every checkpoint (~0.3 s each, 6 per run at the default eval points), and the
+    result depends only on the argv and the config file, which do not change within a run; later checkpoints
+    of the run get a byte-identical copy."""
+    import litgpt.pretrain as pretrain
+
+    if getattr(pretrain.save_hyperparameters, "_regmix_cached", False):
+        return
+    original, last = pretrain.save_hyperparameters, {}
+
+    def save_hyperparameters(function, checkpoint_dir, known_commands=None):
+        argv = [a for a in sys.argv if a != "pretrain"]  # litgpt strips the subcommand from sys.argv in place
+        config = argv[argv.index("--config") + 1] if "--config" in argv else None
+        key = (function, tuple(argv), Path(config).read_bytes() if config else b"")
+        previous = last.get("path")
+        if last.get("key") == key and previous is not None and previous.is_file():
+            shutil.copyfile(previous, Path(checkpoint_dir) / "hyperparameters.yaml")
+            return
+        original(function, checkpoint_dir, known_commands)
+        last.update(key=key, path=Path(checkpoint_dir) / "hyperparameters.yaml")
+
+    save_hyperparameters._regmix_cached = True
+    pretrain.save_hyperparameters = save_hyperparameters

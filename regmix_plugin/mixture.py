@@ -1,0 +1,232 @@
+"""Mixtures as data: domain names, weight validation, epoch bounds, rounding and the Dirichlet sampler.
+
+Every stage (prepare, MixtureData, sample, sweep, fit, optimize) validates names and weights here, so a
+mixture accepted by one command is accepted by all of them; the constraints a mixture must meet (how often a
+domain may be repeated, per-domain bounds) and the random mixtures of ``sample`` and ``optimize`` are defined
+here once too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Most times a domain may be repeated in a run, as in RegMix's sampler; the default of every flag that bounds it.
+DEFAULT_MAX_EPOCHS = 15.0
+
+#: A mixture may drift from summing to 1 by this much (rounding in CSVs and YAML); it is then renormalised.
+#: Anything further off is a mistake in the input and is refused.
+SUM_TOLERANCE = 1e-3
+
+_SAFE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+
+
+def normalize_domain(name: str) -> str:
+    """Turn a raw domain label into a safe directory name: ``"Pile-CC"`` -> ``"pile_cc"``.
+
+    Lower-cases, replaces every run of characters other than ``[a-z0-9]`` with one ``_`` and strips ``_`` at
+    the ends, so ``"Gutenberg (PG-19)"`` -> ``"gutenberg_pg_19"`` (the RegMix/Pile naming).
+    """
+    out = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+    if not out:
+        raise ValueError(f"domain name {name!r} has no letters or digits; rename it (e.g. 'web', 'code').")
+    return out
+
+
+def is_safe_domain(name: str) -> bool:
+    """Whether ``name`` is already normalised (usable as a directory name as it is)."""
+    return bool(_SAFE.match(name)) and len(name) <= 128
+
+
+def validate_weights(
+    weights: Mapping[str, float],
+    known: Iterable[str],
+    key: str = "--data.weights",
+    tolerance: float = SUM_TOLERANCE,
+) -> dict[str, float]:
+    """Check a ``{domain: weight}`` mapping against the known domains and return it renormalised.
+
+    Collects every problem (unknown domains, negative or non-finite weights, a sum further than
+    ``tolerance`` from 1) and raises one ``ValueError`` naming ``key`` and listing the known domains.
+    Domains of ``known`` that are missing from ``weights`` get weight 0.
+    """
+    known = sorted(known)
+    problems = []
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"{key} must be a non-empty mapping of domain -> weight; known domains: {', '.join(known)}")
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        problems.append(f"unknown domain(s) {', '.join(repr(u) for u in unknown)}")
+    clean: dict[str, float] = {}
+    for name, value in weights.items():
+        try:
+            w = float(value)
+        except (TypeError, ValueError):
+            problems.append(f"weight of {name!r} is {value!r}, not a number")
+            continue
+        if not math.isfinite(w):
+            problems.append(f"weight of {name!r} is {w}, not finite")
+        elif w < 0:
+            problems.append(f"weight of {name!r} is negative ({w})")
+        clean[name] = w
+    if not problems:
+        total = sum(clean.values())
+        if abs(total - 1.0) > tolerance:
+            problems.append(
+                f"weights sum to {total:.6g}, not 1 (tolerance {tolerance:g}); scale them so they sum to 1"
+            )
+    if problems:
+        raise ValueError(f"{key}: " + "; ".join(problems) + f". Known domains: {', '.join(known)}")
+    total = sum(clean.values())
+    return {name: clean.get(name, 0.0) / total for name in known}
+
+
+# ------------------------------------------------------------------------------------------- constraints
+def epoch_bounds(train_tokens: Mapping[str, float], target_tokens: float, max_epochs: float) -> dict[str, float]:
+    """Largest weight per domain such that a run of ``target_tokens`` repeats it at most ``max_epochs`` times."""
+    return {d: min(1.0, max_epochs * float(t) / float(target_tokens)) for d, t in train_tokens.items()}
+
+
+def epochs_used(weights: Mapping[str, float], train_tokens: Mapping[str, float], target_tokens: float) -> dict[str, float]:
+    """How many times a run of ``target_tokens`` at ``weights`` passes over each domain's train tokens."""
+    return {d: (w * target_tokens / train_tokens[d] if train_tokens.get(d) else (math.inf if w > 0 else 0.0))
+            for d, w in weights.items()}
+
+
+_FEASIBLE = 1e-9
+
+
+def constraint_bounds(
+    domains: Sequence[str],
+    min_weight: Mapping[str, float] | None = None,
+    max_weight: Mapping[str, float] | None = None,
+    exclude: Sequence[str] | None = None,
+    target_tokens: int | None = None,
+    max_epochs: float = DEFAULT_MAX_EPOCHS,
+    tokens: Mapping[str, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-domain lower and upper weight bounds from every constraint; raises once listing all conflicts."""
+    index = {d: i for i, d in enumerate(domains)}
+    lower, upper = np.zeros(len(domains)), np.ones(len(domains))
+    problems = []
+    for flag, mapping, bound in (("--min_weight", min_weight, lower), ("--max_weight", max_weight, upper)):
+        for d, v in (mapping or {}).items():
+            if d not in index:
+                problems.append(f"{flag}: unknown domain {d!r}")
+            elif not 0 <= float(v) <= 1:
+                problems.append(f"{flag}: {d} = {v} is outside [0, 1]")
+            else:
+                bound[index[d]] = float(v)
+    for d in exclude or []:
+        if d not in index:
+            problems.append(f"--exclude: unknown domain {d!r}")
+        elif lower[index[d]] > 0:
+            problems.append(f"{d} is both excluded and given --min_weight {lower[index[d]]}")
+        else:
+            upper[index[d]] = 0.0
+    if target_tokens is not None:
+        if tokens is None:
+            problems.append("--target_tokens needs each domain's train tokens: give --data_path or --domain_tokens")
+        elif target_tokens <= 0 or max_epochs <= 0:
+            problems.append("--target_tokens and --max_epochs must be positive")
+        else:
+            missing = [d for d in domains if d not in tokens]
+            if missing:
+                problems.append(f"no token count for {', '.join(missing)} (from --data_path or --domain_tokens)")
+            bound = epoch_bounds({d: tokens[d] for d in domains if d in tokens}, target_tokens, max_epochs)
+            for d, b in bound.items():
+                upper[index[d]] = min(upper[index[d]], b)
+    if not problems:
+        for d, i in index.items():
+            if lower[i] > upper[i] + _FEASIBLE:
+                problems.append(f"{d}: --min_weight {lower[i]:.4g} is above its upper bound {upper[i]:.4g}")
+        if lower.sum() > 1 + _FEASIBLE:
+            problems.append(f"the --min_weight values sum to {lower.sum():.4g} > 1")
+        if upper.sum() < 1 - _FEASIBLE:
+            problems.append(
+                f"the upper bounds sum to {upper.sum():.4g} < 1, so no mixture fits: raise --max_epochs or "
+                "--max_weight, lower --target_tokens, or exclude fewer domains"
+            )
+    if problems:
+        raise ValueError("infeasible constraints: " + "; ".join(problems) + f". Domains: {', '.join(domains)}")
+    return lower, upper
+
+
+def project(W: np.ndarray, lower: np.ndarray, upper: np.ndarray, iters: int = 60) -> np.ndarray:
+    """Euclidean projection of each row onto ``{lower <= w <= upper, sum(w) = 1}``: ``clip(w - tau)``, bisecting tau."""
+    W = np.atleast_2d(W)
+    lo = (W - upper).min(1)
+    hi = (W - lower).max(1)
+    for _ in range(iters):
+        tau = (lo + hi) / 2
+        above = np.clip(W - tau[:, None], lower, upper).sum(1) > 1
+        lo, hi = np.where(above, tau, lo), np.where(above, hi, tau)
+    P = np.clip(W - ((lo + hi) / 2)[:, None], lower, upper)
+    return P / P.sum(1, keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------- rounding
+def largest_remainder(weights: Sequence[float] | np.ndarray, total: int) -> np.ndarray:
+    """Non-negative integers proportional to ``weights`` that sum to exactly ``total`` (largest remainder).
+
+    Ties are broken by index, so the result is a pure function of the input.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    scaled = weights / float(np.sum(weights)) * total
+    out = np.floor(scaled).astype(np.int64)
+    short = total - int(out.sum())
+    if short > 0:
+        order = np.lexsort((np.arange(len(scaled)), -(scaled - out)))
+        out[order[:short]] += 1
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+@dataclass
+class SamplerArgs:
+    """How random mixtures are drawn around a prior (``regmix sample``'s proxies, ``regmix optimize``'s candidates).
+
+    Each draw picks a concentration strength among ``num_strengths`` values log-spaced between ``min_strength``
+    and ``max_strength`` and samples ``Dirichlet(strength * prior)``, as RegMix does.
+    """
+
+    min_strength: float = 0.1
+    """Smallest Dirichlet concentration strength (small: peaked mixtures, far from the prior)."""
+    max_strength: float = 5.0
+    """Largest Dirichlet concentration strength (large: close to the prior)."""
+    num_strengths: int = 15
+    """Number of log-spaced strengths between the two; one is drawn per mixture."""
+
+    def problems(self, flag: str = "--sampler") -> list[str]:
+        out = []
+        if not 0 < self.min_strength <= self.max_strength:
+            out.append(f"need 0 < {flag}.min_strength <= {flag}.max_strength, got {self.min_strength} and "
+                       f"{self.max_strength}")
+        if self.num_strengths < 1:
+            out.append(f"{flag}.num_strengths must be >= 1, got {self.num_strengths}")
+        return out
+
+    def strengths(self) -> np.ndarray:
+        return np.logspace(math.log10(self.min_strength), math.log10(self.max_strength), self.num_strengths)
+
+
+def dirichlet_draws(prior: np.ndarray, n: int, sampler: SamplerArgs, rng: np.random.Generator) -> np.ndarray:
+    """``n`` Dirichlet mixtures around ``prior`` (rows sum to 1; domains with prior 0 stay 0).
+
+    A row whose every coordinate underflows (tiny concentrations) is replaced by the prior itself.
+    """
+    prior = np.asarray(prior, dtype=np.float64)
+    active = prior > 0
+    base = prior[active] / prior[active].sum()
+    strengths = sampler.strengths()
+    draws = rng.standard_gamma(base[None, :] * strengths[rng.integers(0, len(strengths), n)][:, None])
+    sums = draws.sum(1, keepdims=True)
+    empty = sums[:, 0] <= 0
+    draws[empty], sums[empty] = base, 1.0
+    out = np.zeros((n, len(prior)))
+    out[:, active] = draws / sums
+    return out

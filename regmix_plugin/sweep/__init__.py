@@ -1,0 +1,107 @@
+"""``regmix sweep``: train one small LitGPT proxy per mixture, resumably, and keep a results table.
+
+    regmix sample --data_path data/tiny --n 64 --out mixtures.csv
+    regmix sweep --mixtures mixtures.csv --data_path data/tiny --recipe recipes/tiny_cpu.yaml --out_dir out/sweep
+    regmix sweep --status out/sweep                      # counts and failure reasons; runs nothing
+    regmix sweep --config sweep.yaml --launcher slurm --slurm.partition gpu --slurm.tasks 32
+    regmix sweep ... --local.workers 4 --eval.points 5
+
+Every mixture is one run of the stock ``litgpt pretrain`` loop (``recipe`` with ``data.init_args.weights``
+replaced), run in a reused worker process (:mod:`regmix_plugin.sweep.worker`). Layout of ``out_dir``::
+
+    sweep.json            # the set-up identity (hashes of recipe, manifest, tokenizer, eval settings) + plan
+    runs/<run_id>.json    # one record per finished run, written atomically: status done|failed, mixture,
+                          # losses per eval point, tokens, wall_s, seed, hashes, error and log tail
+    runs/<run_id>.log     # that run's stdout/stderr
+    runs/<run_id>/        # the run's litgpt out_dir while it trains; deleted after (unless --keep_checkpoints)
+    results.csv           # the results table (regmix_plugin.formats.results), rebuilt from the records
+
+Eval points: the loop saves a checkpoint every ``train.save_interval`` steps, set to
+``steps // (eval.points + 1)``; checkpoints ``k * interval`` for ``k = 1..eval.points`` and the final one are
+scored per domain with :func:`regmix_plugin.scoring.domain_losses` (a fixed ``eval.val_tokens`` budget per
+domain), then deleted. A run whose train or eval loss is NaN/inf is recorded as failed (diverged).
+
+A re-run with the same set-up skips ``done`` records and re-does everything else; a different recipe,
+corpus, tokenizer or eval setting under the same ``out_dir`` is refused. Records are the only state, so a
+``kill -9`` loses at most the runs in flight, and the table is rebuilt whole from the records each time.
+"""
+
+from __future__ import annotations
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from regmix_plugin.formats.sweep_records import DONE, FAILED, read_records
+from regmix_plugin.sweep.plan import EvalArgs, LocalArgs, SlurmArgs, SweepPlan, check_setup, plan_sweep
+
+
+def sweep_status(out_dir: Path) -> dict[str, int]:
+    """Print done/failed/pending counts and failure reasons of a sweep directory; runs nothing."""
+    plan = SweepPlan.load(out_dir, flag="--status")
+    records = read_records(out_dir)
+    counts = {s: sum(1 for r in plan.run_ids if r in records and records[r].status == s) for s in (DONE, FAILED)}
+    counts["pending"] = len(plan.run_ids) - counts[DONE] - counts[FAILED]
+    print(f"{out_dir}: {len(plan.run_ids)} runs: {counts[DONE]} done, {counts[FAILED]} failed, "
+          f"{counts['pending']} pending")
+    for r in plan.run_ids:
+        if r in records and records[r].status == FAILED:
+            print(f"  {r}: {records[r].first_error_line()}")
+    return counts
+
+
+def sweep(
+    mixtures: Path = Path("mixtures.csv"),
+    data_path: Path = Path("data/"),
+    recipe: Path = Path("recipes/tiny_cpu.yaml"),
+    out_dir: Path = Path("out/sweep"),
+    tokenizer_dir: Path | None = None,
+    eval: EvalArgs = EvalArgs(),
+    data_num_workers: int | None = 0,
+    keep_checkpoints: bool = False,
+    retry_failed: bool = True,
+    results: str = "results.csv",
+    launcher: Literal["local", "slurm"] = "local",
+    local: LocalArgs = LocalArgs(),
+    slurm: SlurmArgs = SlurmArgs(),
+    status: Path | None = None,
+) -> dict[str, int] | None:
+    """Train one proxy per mixture with the stock ``litgpt pretrain`` loop and tabulate per-domain val losses.
+
+    Arguments:
+        mixtures: Mixtures CSV from ``regmix sample``: ``run_id`` then one ``weight/<domain>`` column per domain.
+        data_path: Prepared corpus (the ``--out_dir`` of ``regmix prepare``).
+        recipe: The proxy: a ``litgpt pretrain`` YAML (model_config, train, eval, optimizer, precision, seed);
+            its ``data.init_args.weights``, ``out_dir`` and ``train.save_interval`` are set per run.
+        out_dir: Sweep directory: set-up file, one record and log per run, results table.
+        tokenizer_dir: Tokenizer the corpus was prepared with; default: the recipe's ``tokenizer_dir``.
+        eval: How each proxy is scored: eval points, validation tokens per domain, batch size.
+        data_num_workers: DataLoader workers per run, replacing the recipe's ``data.init_args.num_workers``
+            (tiny proxies load faster without worker processes); null keeps the recipe's.
+        keep_checkpoints: Keep every run's litgpt out_dir (checkpoints, logs) under ``out_dir/runs/<run_id>/``.
+        retry_failed: Re-run runs recorded as failed (``done`` runs are always skipped).
+        results: File name of the results table inside ``out_dir`` (``.csv`` or ``.parquet``).
+        launcher: ``local`` (worker processes on this machine) or ``slurm`` (a submitit array job).
+        local: Worker processes and threads for ``--launcher local``.
+        slurm: Slurm settings for ``--launcher slurm``.
+        status: Print the done/failed/pending counts and failure reasons of this sweep directory and exit.
+    """
+    if status is not None:
+        return sweep_status(status)
+    from regmix_plugin.sweep.launch import launch
+
+    eval, local, slurm = (cls(**v) if isinstance(v, dict) else v
+                          for cls, v in ((EvalArgs, eval), (LocalArgs, local), (SlurmArgs, slurm)))
+    plan = plan_sweep(mixtures, data_path, recipe, out_dir, tokenizer_dir, eval, data_num_workers, keep_checkpoints)
+    problems = []
+    if local.workers < 0 or (local.threads is not None and local.threads < 1) or slurm.tasks < 1:
+        problems.append("--local.workers must be >= 0, --local.threads >= 1 and --slurm.tasks >= 1")
+    if not results.endswith((".csv", ".parquet")) or "/" in results:
+        problems.append(f"--results {results!r} must be a file name ending in .csv or .parquet")
+    if problems:
+        raise ValueError("regmix sweep: " + "; ".join(problems))
+    out_dir = Path(out_dir)
+    plan = check_setup(out_dir, plan)
+    return launch(out_dir, plan, launcher=launcher, local=local, slurm=slurm, retry_failed=retry_failed,
+                  results=results)
