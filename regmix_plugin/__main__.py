@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import traceback
 import warnings
 from pathlib import Path
 
@@ -25,9 +24,9 @@ from pathlib import Path
 def _commands() -> dict:
     # Each stage module keeps its heavy imports (torch, litgpt, lightgbm) inside functions, so importing
     # them all here costs little and `regmix --help` stays fast.
+    from regmix_plugin.demo import demo
     from regmix_plugin.evaluate import evaluate
     from regmix_plugin.fit import fit, predict
-    from regmix_plugin.demo import demo
     from regmix_plugin.inspect import inspect
     from regmix_plugin.optimize import optimize
     from regmix_plugin.prepare import prepare
