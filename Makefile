@@ -9,7 +9,7 @@ TORCH_FLAGS := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url 
 # Tiny models train far faster on one thread per process than on oversubscribed OpenMP threads.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: install test test-fast demo clean
+.PHONY: install lint test test-fast demo clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	$(BIN)/pip uninstall -q -y torchvision
 	$(BIN)/python -c "import torch, torchmetrics, litgpt, litdata, regmix_plugin; print('torch', torch.__version__)"
 	touch $@
+
+lint: install
+	$(BIN)/ruff check .
 
 test: install
 	$(BIN)/pytest -q

@@ -73,7 +73,7 @@ def main() -> None:
     rng = np.random.default_rng(SEED)
     strengths = np.logspace(-1, np.log10(5), 15)
     counts = np.bincount(rng.integers(0, 15, N), minlength=15)
-    naive_cands = np.concatenate([rng.dirichlet(prior * s, size=c) for s, c in zip(strengths, counts)])
+    naive_cands = np.concatenate([rng.dirichlet(prior * s, size=c) for s, c in zip(strengths, counts, strict=True)])
     t1 = time.perf_counter()
     naive_pred = model.regressor.booster_.predict(naive_cands)
     naive_top = np.argsort(naive_pred)[:K]

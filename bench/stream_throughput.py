@@ -79,11 +79,18 @@ def main() -> None:
     seq = args.block + 1
 
     def single():
-        ds = StreamingDataset(str(root / names[-1] / "train"), item_loader=TokensLoader(block_size=seq), shuffle=True, drop_last=True)
+        ds = StreamingDataset(
+            str(root / names[-1] / "train"), item_loader=TokensLoader(block_size=seq), shuffle=True, drop_last=True
+        )
         return StreamingDataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, drop_last=True)
 
     def combined():
-        dss = [StreamingDataset(str(root / n / "train"), item_loader=TokensLoader(block_size=seq), shuffle=True, drop_last=True) for n in names]
+        dss = [
+            StreamingDataset(
+                str(root / n / "train"), item_loader=TokensLoader(block_size=seq), shuffle=True, drop_last=True
+            )
+            for n in names
+        ]
         ds = CombinedStreamingDataset(dss, seed=42, weights=list(weights.values()), iterate_over_all=False)
         return StreamingDataLoader(ds, batch_size=args.batch_size, num_workers=args.workers, drop_last=True)
 
@@ -99,12 +106,20 @@ def main() -> None:
         for name, make in makers.items():
             rates[name].append(time_loader(make, args.batches))
     med = {name: statistics.median(r) for name, r in rates.items()}
-    print(f"corpus: {args.domains} domains, {args.batch_size}x{seq}-token batches, {args.workers} workers, "
-          f"{args.batches} batches x {args.rounds} rounds (median)")
+    print(
+        f"corpus: {args.domains} domains, {args.batch_size}x{seq}-token batches, {args.workers} workers, "
+        f"{args.batches} batches x {args.rounds} rounds (median)"
+    )
     for name, r in med.items():
         print(f"  {name:<30} {r / 1e6:8.2f} M tokens/s")
-    print(f"MixtureData / StreamingDataset:        {med['MixtureData'] / med['StreamingDataset (1 domain)']:.2f}x  (goal >= 0.95x)")
-    print(f"MixtureData / CombinedStreamingDataset: {med['MixtureData'] / med['CombinedStreamingDataset']:.2f}x  (goal >= 1.0x)")
+    print(
+        f"MixtureData / StreamingDataset:        "
+        f"{med['MixtureData'] / med['StreamingDataset (1 domain)']:.2f}x  (goal >= 0.95x)"
+    )
+    print(
+        f"MixtureData / CombinedStreamingDataset: "
+        f"{med['MixtureData'] / med['CombinedStreamingDataset']:.2f}x  (goal >= 1.0x)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Per-run overhead of `regmix sweep`: its wall time against N x one proxy's training-loop time, in one run.
 
-    .venv/bin/python bench/sweep_overhead.py [--runs 8] [--steps 100] [--eval_points 5] [--val_tokens 4096] [--threads 1]
+    .venv/bin/python bench/sweep_overhead.py [--runs 8] [--steps 100] [--eval_points 5] [--val_tokens 4096] \\
+        [--threads 1]
 
 Overhead is everything but the training iterations: worker start, imports, torch.compile, data set-up,
 checkpoints, per-domain evaluation, records and the table. The training-loop time of one proxy is measured
@@ -46,19 +47,47 @@ def build(root: Path) -> tuple[Path, Path]:
 
 def recipe(data: Path, tok: Path, steps: int) -> dict:
     micro, seq = 8, 64
-    model = {"name": "bench", "block_size": seq, "vocab_size": 258, "padded_vocab_size": 258, "n_layer": 2,
-             "n_head": 2, "n_query_groups": 2, "n_embd": 64, "intermediate_size": 128, "bias": False,
-             "norm_class_name": "RMSNorm", "mlp_class_name": "LLaMAMLP", "rotary_percentage": 1.0,
-             "parallel_residual": False}
+    model = {
+        "name": "bench",
+        "block_size": seq,
+        "vocab_size": 258,
+        "padded_vocab_size": 258,
+        "n_layer": 2,
+        "n_head": 2,
+        "n_query_groups": 2,
+        "n_embd": 64,
+        "intermediate_size": 128,
+        "bias": False,
+        "norm_class_name": "RMSNorm",
+        "mlp_class_name": "LLaMAMLP",
+        "rotary_percentage": 1.0,
+        "parallel_residual": False,
+    }
     return {
-        "model_name": "bench", "model_config": model, "out_dir": "unused", "precision": "32-true",
-        "data": {"class_path": "regmix_plugin.MixtureData",
-                 "init_args": {"data_path": str(data), "weights": {d: 1 / 3 for d in WORDS}, "num_workers": 0}},
-        "train": {"save_interval": None, "log_interval": 10, "global_batch_size": micro, "micro_batch_size": micro,
-                  "max_tokens": steps * micro * seq, "max_norm": 1.0, "min_lr": 1e-3, "lr_warmup_steps": 1},
+        "model_name": "bench",
+        "model_config": model,
+        "out_dir": "unused",
+        "precision": "32-true",
+        "data": {
+            "class_path": "regmix_plugin.MixtureData",
+            "init_args": {"data_path": str(data), "weights": {d: 1 / 3 for d in WORDS}, "num_workers": 0},
+        },
+        "train": {
+            "save_interval": None,
+            "log_interval": 10,
+            "global_batch_size": micro,
+            "micro_batch_size": micro,
+            "max_tokens": steps * micro * seq,
+            "max_norm": 1.0,
+            "min_lr": 1e-3,
+            "lr_warmup_steps": 1,
+        },
         "eval": {"interval": 100000, "max_iters": 2, "final_validation": False},
         "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3}},
-        "devices": 1, "tokenizer_dir": str(tok), "logger_name": "csv", "seed": 42,
+        "devices": 1,
+        "tokenizer_dir": str(tok),
+        "logger_name": "csv",
+        "seed": 42,
     }
 
 
@@ -71,8 +100,8 @@ def main() -> None:
     ap.add_argument("--val_tokens", type=int, default=4096)
     args = ap.parse_args()
 
-    from regmix_plugin.litgpt_compat import run_pretrain
     from regmix_plugin.formats.mixtures import write_mixtures
+    from regmix_plugin.litgpt_compat import run_pretrain
     from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
     from regmix_plugin.sweep.worker import setup_worker
 
@@ -82,6 +111,7 @@ def main() -> None:
 
         # 1) the training loop of one proxy, measured in this process like a warm worker
         setup_worker(args.threads)
+
         def timed(steps: int, i: int) -> float:
             cfg = recipe(data, tok, steps)
             cfg["out_dir"] = str(root / f"single{i}")
@@ -96,25 +126,39 @@ def main() -> None:
 
         # 2) the sweep: N proxies in one local worker
         (root / "proxy.yaml").write_text(yaml.safe_dump(recipe(data, tok, args.steps), sort_keys=False))
-        mixes = {f"r{i:02d}": {"prose": (i + 1) / (args.runs + 1), "code": 1 - (i + 1) / (args.runs + 1), "math": 0.0}
-                 for i in range(args.runs)}
+        mixes = {
+            f"r{i:02d}": {"prose": (i + 1) / (args.runs + 1), "code": 1 - (i + 1) / (args.runs + 1), "math": 0.0}
+            for i in range(args.runs)
+        }
         write_mixtures(root / "mixtures.csv", mixes, sorted(WORDS))
         t0 = time.time()
-        counts = sweep(mixtures=root / "mixtures.csv", data_path=data, recipe=root / "proxy.yaml",
-                       out_dir=root / "sweep", local=LocalArgs(workers=1, threads=args.threads),
-                       eval=EvalArgs(points=args.eval_points, val_tokens=args.val_tokens))
+        counts = sweep(
+            mixtures=root / "mixtures.csv",
+            data_path=data,
+            recipe=root / "proxy.yaml",
+            out_dir=root / "sweep",
+            local=LocalArgs(workers=1, threads=args.threads),
+            eval=EvalArgs(points=args.eval_points, val_tokens=args.val_tokens),
+        )
         wall = time.time() - t0
         firsts = sorted(p.stat().st_mtime for p in (root / "sweep" / "runs").glob("*.json"))
         to_first = firsts[0] - t0
         per_run = (wall - to_first) / (args.runs - 1)
-        print(f"runs: {args.runs} ({counts['done']} done), {args.steps} steps each, {args.eval_points} eval points + end, "
-              f"{args.val_tokens} val tokens per domain per point")
+        print(
+            f"runs: {args.runs} ({counts['done']} done), {args.steps} steps each, "
+            f"{args.eval_points} eval points + end, "
+            f"{args.val_tokens} val tokens per domain per point"
+        )
         print(f"training loop of one proxy: {loop:.2f} s (T(2x steps) - T(steps), best of 2)")
-        print(f"sweep wall: {wall:.1f} s = {to_first:.1f} s to the first record (worker start, imports, compile) "
-              f"+ {args.runs - 1} x {per_run:.2f} s")
+        print(
+            f"sweep wall: {wall:.1f} s = {to_first:.1f} s to the first record (worker start, imports, compile) "
+            f"+ {args.runs - 1} x {per_run:.2f} s"
+        )
         print(f"sweep wall / (N x loop): {wall / (args.runs * loop):.2f}")
-        print(f"per-run overhead after the first run: {per_run - loop:.2f} s "
-              f"({(per_run - loop) / per_run:.0%} of a run here)")
+        print(
+            f"per-run overhead after the first run: {per_run - loop:.2f} s "
+            f"({(per_run - loop) / per_run:.0%} of a run here)"
+        )
 
 
 if __name__ == "__main__":

@@ -2,19 +2,31 @@
 
 Run ``regmix --help`` for the list, ``regmix SUBCOMMAND --help`` for its flags; every subcommand takes
 ``--config file.yaml`` and ``--print_config``.
+
+A user's mistake (a ``ValueError``/``FileNotFoundError`` raised by regmix_plugin's own code, or any
+``RegmixError``) prints ``regmix SUBCOMMAND: error: <message>`` and exits 2, like a bad flag does;
+``--debug`` (anywhere on the line) or ``REGMIX_DEBUG=1`` shows its traceback. Everything else is a bug
+and keeps its traceback::
+
+    regmix inspect out/pretrain/final
+    REGMIX_DEBUG=1 regmix inspect out/pretrain/final
 """
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 import warnings
+from pathlib import Path
 
 
 def _commands() -> dict:
     # Each stage module keeps its heavy imports (torch, litgpt, lightgbm) inside functions, so importing
     # them all here costs little and `regmix --help` stays fast.
+    from regmix_plugin.demo import demo
     from regmix_plugin.evaluate import evaluate
     from regmix_plugin.fit import fit, predict
-    from regmix_plugin.demo import demo
     from regmix_plugin.inspect import inspect
     from regmix_plugin.optimize import optimize
     from regmix_plugin.prepare import prepare
@@ -42,12 +54,57 @@ _POSITIONAL = {"inspect": "--checkpoint_dir"}
 _SWITCHES = {"--json", "--quick"}
 
 
-def main(argv: list[str] | None = None) -> None:
-    import sys
+_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+_PACKAGE = Path(__file__).resolve().parent
 
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a user's mistake to report in one line, not a bug to show with its traceback.
+
+    A ``RegmixError`` always is. A ``ValueError``/``FileNotFoundError`` is when regmix_plugin raised it
+    (the innermost frame is in the package), since those messages name the flag and the fix; the same
+    types raised inside numpy, torch or litgpt are usually bugs, so they keep their traceback.
+    """
+    from regmix_plugin.errors import RegmixError
+
+    if isinstance(exc, RegmixError):
+        return True
+    if not isinstance(exc, _USER_ERRORS):
+        return False
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+def _parser_class():
+    from jsonargparse import ArgumentParser, DefaultHelpFormatter
+
+    class HelpFormatter(DefaultHelpFormatter):
+        # jsonargparse names pathlib.Path (and other plain classes) `<class 'Path'>` in `(type: ...)`.
+        def _get_type_str(self, action):
+            type_str = super()._get_type_str(action)
+            return None if type_str is None else re.sub(r"<class '([^']+)'>", r"\1", type_str)
+
+    class Parser(ArgumentParser):
+        # jsonargparse builds each subcommand's parser as `type(parser)(description=...)`, so the formatter
+        # has to be this class's default to reach `regmix SUBCOMMAND --help`.
+        def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+            super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+    return Parser
+
+
+def main(argv: list[str] | None = None) -> None:
     from jsonargparse import CLI, set_parsing_settings
 
+    from regmix_plugin import __version__
+
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("REGMIX_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if len(argv) > 1 and argv[0] in _POSITIONAL and not argv[1].startswith("-"):
         argv.insert(1, _POSITIONAL[argv[0]])
     for i, arg in enumerate(argv):  # a bare switch means true: `regmix inspect DIR --json`
@@ -55,7 +112,16 @@ def main(argv: list[str] | None = None) -> None:
             argv.insert(i + 1, "true")
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
     warnings.filterwarnings("ignore", message=".*is not a known type.*")
-    CLI(_commands(), as_positional=False, args=argv)
+    commands = _commands()
+    try:
+        CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
+            version=__version__)
+    except Exception as e:
+        if debug or not is_user_error(e):
+            raise
+        sub = next((a for a in argv if a in commands), None)
+        print(f"regmix{' ' + sub if sub else ''}: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

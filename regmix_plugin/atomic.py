@@ -61,11 +61,10 @@ def _umask() -> int:
 
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write ``text`` to ``path`` (fsync'd, so a crash right after cannot leave it empty)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -27,10 +27,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
-
 from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
+from torch.utils.data import DataLoader, IterableDataset
+
 from regmix_plugin.formats.manifest import Manifest, read_manifest
 from regmix_plugin.mixture import validate_weights
 from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream, Stage, TokenSource
@@ -122,7 +122,8 @@ class MixtureData(DataModule):
         val_known = self.manifest.val_domains()
         for d in self.val_domains or []:
             if d not in val_known:
-                problems.append(f"--data.val_domains: {d!r} has no val data; domains with val data: {', '.join(val_known)}")
+                problems.append(f"--data.val_domains: {d!r} has no val data; domains with val data: "
+                                f"{', '.join(val_known)}")
         if problems:
             raise ValueError("\n".join(problems))
         # stage ends are in stream-local samples, placed by train_dataloader once the stream count is known
@@ -156,11 +157,13 @@ class MixtureData(DataModule):
         self._place_stage_ends(total, per_rank * world)
         if total is not None:
             self._epoch_guard(sources, total, per_rank * world)
-        length = budget if budget is not None else sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
+        length = (
+            budget if budget is not None else sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
+        )
         return MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
 
     def _place_stage_ends(self, total: int | None, num_streams: int) -> None:
-        for st, spec in zip(self.stages, self.schedule or [{}]):
+        for st, spec in zip(self.stages, self.schedule or [{}], strict=True):
             if "until_fraction" in spec:
                 st.end = round(float(spec["until_fraction"]) * total)
             elif "until_tokens" in spec:
@@ -199,7 +202,7 @@ class MixtureData(DataModule):
                 raise ValueError(msg)
             import warnings
 
-            warnings.warn(msg)
+            warnings.warn(msg, stacklevel=2)
 
     def val_dataloader(self) -> DataLoader:
         domains = self.val_domains or self.manifest.val_domains()

@@ -64,7 +64,9 @@ def evaluate(
         raise ValueError(f"--data_path holds token id {top}, beyond the model's padded_vocab_size "
                          f"{model.config.padded_vocab_size}: the corpus was not tokenized for this model")
     if empty:
-        warnings.warn(f"domain(s) {', '.join(empty)} have fewer than {seq + 1} val tokens and are not evaluated")
+        warnings.warn(
+            f"domain(s) {', '.join(empty)} have fewer than {seq + 1} val tokens and are not evaluated", stacklevel=2
+        )
     losses = domain_losses(model, blocks, batch_size)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -84,7 +84,7 @@ def fit(
         "target": columns,
         "target_spec": target,
         "n_runs": len(y),
-        "run_mean_mixture": dict(zip(data.domains, data.weights.mean(0).tolist())),
+        "run_mean_mixture": dict(zip(data.domains, data.weights.mean(0).tolist(), strict=True)),
         "cv_spearman": scores[chosen]["mean_spearman"],
         "cv_rmse": float(np.sqrt(scores[chosen]["mean_mse"])),
         "source": source,
@@ -98,7 +98,8 @@ def fit(
         write_json(tmp / "cv.json", cv)
         oof = scores[chosen]["oof"]
         rows = [f"{data.id_column},fold,true,prediction"] + [
-            f"{i},{f},{t!r},{p!r}" for i, f, t, p in zip(data.ids, _fold_of(folds, len(y)), y.tolist(), oof.tolist())
+            f"{i},{f},{t!r},{p!r}"
+            for i, f, t, p in zip(data.ids, _fold_of(folds, len(y)), y.tolist(), oof.tolist(), strict=True)
         ]
         write_text(tmp / "cv_predictions.csv", "\n".join(rows) + "\n")
         write_text(tmp / "interactions.csv", _interactions_csv(interactions, data.domains))
@@ -126,7 +127,7 @@ def predict(model: Path, mixtures: Path, out: Path = Path("predictions.csv")) ->
     fitted = load_fitted(model)
     rows = read_mixtures(mixtures, "--mixtures", known=fitted.domains)
     values = fitted.predict(rows.weights)
-    lines = [f"{rows.id_column},prediction"] + [f"{i},{v!r}" for i, v in zip(rows.ids, values.tolist())]
+    lines = [f"{rows.id_column},prediction"] + [f"{i},{v!r}" for i, v in zip(rows.ids, values.tolist(), strict=True)]
     write_text(out, "\n".join(lines) + "\n")
     print(f"wrote {len(values)} predictions to {out}")
 
@@ -153,8 +154,15 @@ def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a constant fold has no rank correlation: NaN, reported as such
             rho = float(spearmanr(oof[test], y[test])[0]) if len(test) > 1 else float("nan")
-        per_fold.append({"fold": f, "n_train": len(train), "n_test": len(test), "spearman": rho,
-                         "mse": float(np.mean((oof[test] - y[test]) ** 2))})
+        per_fold.append(
+            {
+                "fold": f,
+                "n_train": len(train),
+                "n_test": len(test),
+                "spearman": rho,
+                "mse": float(np.mean((oof[test] - y[test]) ** 2)),
+            }
+        )
     rhos = [p["spearman"] for p in per_fold if np.isfinite(p["spearman"])]
     return {
         "folds": per_fold,
@@ -185,7 +193,7 @@ def _finite_rows(data: Results, columns: dict[str, float], cv_folds: int) -> tup
     y = data.target_values(columns)
     finite = np.isfinite(y)
     if not finite.all():
-        bad = [i for i, ok in zip(data.ids, finite) if not ok]
+        bad = [i for i, ok in zip(data.ids, finite, strict=True) if not ok]
         warnings.warn(f"dropped {len(bad)} run(s) whose target is NaN or inf (diverged?): {', '.join(bad[:20])}",
                       stacklevel=2)  # fmt: skip
     need = 2 * cv_folds

@@ -10,7 +10,6 @@ import json as _json
 from pathlib import Path
 
 
-
 def planned_samples(stages: list[dict], stream: dict) -> dict[str, float]:
     """Samples per domain that one stream should have taken by now: the exact-blending target.
 
@@ -89,10 +88,16 @@ def inspect(checkpoint_dir: Path, json: bool = False) -> None:
     """
     rows = realized_mixture(checkpoint_dir)
     if json:
-        print(_json.dumps({d: {k: r[k] for k in ("weight", "samples", "tokens", "epochs")} for d, r in rows.items()}, indent=2))
+        print(
+            _json.dumps(
+                {d: {k: r[k] for k in ("weight", "samples", "tokens", "epochs")} for d, r in rows.items()}, indent=2
+            )
+        )
         return
     total = sum(r["samples"] for r in rows.values()) or 1
-    print(f"{'domain':<24}{'weight':>9}{'realized':>10}{'samples':>10}{'planned':>11}{'diff':>7}{'tokens':>14}{'epochs':>7}")
+    print(
+        f"{'domain':<24}{'weight':>9}{'realized':>10}{'samples':>10}{'planned':>11}{'diff':>7}{'tokens':>14}{'epochs':>7}"
+    )
     for d, r in rows.items():
         print(
             f"{d:<24}{r['weight']:>9.4f}{r['samples'] / total:>10.4f}{r['samples']:>10,}{r['planned']:>11.1f}"

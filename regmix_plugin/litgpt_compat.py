@@ -28,6 +28,7 @@ import numpy as np
 import yaml
 
 from regmix_plugin.atomic import write_text
+from regmix_plugin.errors import RegmixError
 
 #: Package -> (lowest supported version, first unsupported version). Mirrored in pyproject.toml's pins.
 SUPPORTED = {"litgpt": ("0.5.13", "0.6"), "litdata": ("0.2.59", "0.3")}
@@ -35,7 +36,7 @@ SUPPORTED = {"litgpt": ("0.5.13", "0.6"), "litdata": ("0.2.59", "0.3")}
 TOKENS_FORMAT = "no_header_numpy"
 
 
-class UnsupportedVersion(ValueError):
+class UnsupportedVersion(RegmixError):
     """An installed LitGPT/litdata outside the range this release was built and tested against."""
 
 

@@ -91,10 +91,14 @@ def epoch_bounds(train_tokens: Mapping[str, float], target_tokens: float, max_ep
     return {d: min(1.0, max_epochs * float(t) / float(target_tokens)) for d, t in train_tokens.items()}
 
 
-def epochs_used(weights: Mapping[str, float], train_tokens: Mapping[str, float], target_tokens: float) -> dict[str, float]:
+def epochs_used(
+    weights: Mapping[str, float], train_tokens: Mapping[str, float], target_tokens: float
+) -> dict[str, float]:
     """How many times a run of ``target_tokens`` at ``weights`` passes over each domain's train tokens."""
-    return {d: (w * target_tokens / train_tokens[d] if train_tokens.get(d) else (math.inf if w > 0 else 0.0))
-            for d, w in weights.items()}
+    return {
+        d: (w * target_tokens / train_tokens[d] if train_tokens.get(d) else (math.inf if w > 0 else 0.0))
+        for d, w in weights.items()
+    }
 
 
 _FEASIBLE = 1e-9
@@ -204,8 +208,9 @@ class SamplerArgs:
     def problems(self, flag: str = "--sampler") -> list[str]:
         out = []
         if not 0 < self.min_strength <= self.max_strength:
-            out.append(f"need 0 < {flag}.min_strength <= {flag}.max_strength, got {self.min_strength} and "
-                       f"{self.max_strength}")
+            out.append(
+                f"need 0 < {flag}.min_strength <= {flag}.max_strength, got {self.min_strength} and {self.max_strength}"
+            )
         if self.num_strengths < 1:
             out.append(f"{flag}.num_strengths must be >= 1, got {self.num_strengths}")
         return out

@@ -143,8 +143,8 @@ def optimize(
             "within_constraints": bool(((center >= lower - _FEASIBLE) & (center <= upper + _FEASIBLE)).all()),
         },
         "constraints": {
-            "lower": {d: float(v) for d, v in zip(domains, lower) if v > 0},
-            "upper": {d: float(v) for d, v in zip(domains, upper) if v < 1},
+            "lower": {d: float(v) for d, v in zip(domains, lower, strict=True) if v > 0},
+            "upper": {d: float(v) for d, v in zip(domains, upper, strict=True) if v < 1},
             "excluded": sorted(exclude or []),
             "target_tokens": target_tokens,
             "max_epochs": max_epochs if target_tokens else None,
@@ -230,7 +230,7 @@ def top_k_search(
     if isinstance(reg, LightGBMRegressor):
         trees = reg.n_trees()
         cuts = [0, trees] if search == "brute" else [0, trees // 40, trees // 4, trees]
-        stages = list(zip(cuts[:-1], cuts[1:]))
+        stages = list(zip(cuts[:-1], cuts[1:], strict=True))
         # Survivors: 5% after the first 2.5% of the trees, 0.5% after the first 25%; never fewer than 5,000
         # fully scored (so a small search is nearly brute force) or than 5 * k. Halving the 5% lost part of
         # the brute-force top-100 on a real 99-run model; these settings lost none on the models we tried.
@@ -267,7 +267,7 @@ def _prior(meta: dict, prior, manifest) -> tuple[np.ndarray, str]:
 
 
 def _rounded(domains: Sequence[str], values: np.ndarray) -> dict[str, float]:
-    return {d: float(f"{float(v):.10g}") for d, v in zip(domains, values)}
+    return {d: float(f"{float(v):.10g}") for d, v in zip(domains, values, strict=True)}
 
 
 def _header(record: dict) -> str:

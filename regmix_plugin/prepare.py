@@ -59,16 +59,7 @@ def iter_documents(path: Path, text_key: str, domain_field: str | None) -> Itera
             for row in batch.to_pylist():
                 yield (_field(row, domain_field) if domain_field else None), row[text_key]
         return
-    if ext == ".jsonl.zst":
-        import zstandard
-
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
-        stream = io.TextIOWrapper(raw, encoding="utf-8")
-    elif ext == ".jsonl.gz":
-        stream = gzip.open(path, "rt", encoding="utf-8")
-    else:
-        stream = open(path, encoding="utf-8")
-    with stream:
+    with _open_text(path, ext) as stream:
         for lineno, line in enumerate(stream, 1):
             if not line.strip():
                 continue
@@ -79,6 +70,18 @@ def iter_documents(path: Path, text_key: str, domain_field: str | None) -> Itera
             if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
                 raise ValueError(f"{path}:{lineno} has no string field {text_key!r}; set --text_key to the text field")
             yield (_field(obj, domain_field) if domain_field else None), obj[text_key]
+
+
+def _open_text(path: Path, ext: str):
+    """A text stream over a (possibly compressed) line-based file; closing it closes the file."""
+    if ext == ".jsonl.zst":
+        import zstandard
+
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True),
+                                encoding="utf-8")
+    if ext == ".jsonl.gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return path.open(encoding="utf-8")
 
 
 def discover(root: Path, layout: str, domain_field: str | None) -> list[tuple[Path, str | None]]:
@@ -92,7 +95,9 @@ def discover(root: Path, layout: str, domain_field: str | None) -> list[tuple[Pa
     if not files:
         raise FileNotFoundError(f"--source {str(root)!r} holds no {', '.join(EXTENSIONS)} files")
     if layout == "auto":
-        layout = "field" if domain_field else ("dirs" if root.is_dir() and any(p.parent != root for p in files) else "files")
+        layout = (
+            "field" if domain_field else ("dirs" if root.is_dir() and any(p.parent != root for p in files) else "files")
+        )
     if layout == "field":
         if not domain_field:
             raise ValueError("--layout field needs --domain_field, e.g. --domain_field meta.pile_set_name")
@@ -137,7 +142,7 @@ def _tokenize_file(job: dict) -> dict:
             ids = [e.ids for e in tok.processor.encode_batch(texts)]
         else:
             ids = [tok.processor.encode(t) for t in texts]
-        for (domain, split, _), seq in zip(pending, ids):
+        for (domain, split, _), seq in zip(pending, ids, strict=True):
             if seq and tok.bos_id is not None and seq[0] == tok.bos_id:
                 seq = seq[1:]
             if tok.eos_id is not None:
@@ -168,7 +173,11 @@ def _tokenize_file(job: dict) -> dict:
         tokens = np.concatenate(arrays)
         np.save(tmp / f"{domain}.{split}.npy", tokens)
         out[f"{domain}.{split}"] = {"tokens": int(tokens.size), "documents": docs[(domain, split)]}
-    return {"index": job["index"], "raw": {normalize_domain(r): r for r in seen} if job["domain"] is None else {}, "sizes": out}
+    return {
+        "index": job["index"],
+        "raw": {normalize_domain(r): r for r in seen} if job["domain"] is None else {},
+        "sizes": out,
+    }
 
 
 def _write_split(npy_files: list[Path], out: Path, chunk_bytes: str) -> None:
@@ -239,8 +248,13 @@ def prepare(
     tok_hash, vocab = tokenizer_hash(tokenizer_dir), vocab_size(tokenizer_dir)
     if (out_dir / MANIFEST).is_file():
         manifest = read_manifest(out_dir, flag="--out_dir")
-        check_tokenizer(tokenizer_dir, manifest.tokenizer_hash, "--tokenizer_dir", f"--out_dir {str(out_dir)!r}",
-                        fix="use a new --out_dir or delete the old one")
+        check_tokenizer(
+            tokenizer_dir,
+            manifest.tokenizer_hash,
+            "--tokenizer_dir",
+            f"--out_dir {str(out_dir)!r}",
+            fix="use a new --out_dir or delete the old one",
+        )
     else:
         manifest = Manifest(tokenizer_hash=tok_hash, vocab_size=vocab, domains={})
     done = set(manifest.domains)
@@ -254,9 +268,16 @@ def prepare(
     shutil.rmtree(tmp_root, ignore_errors=True)
     jobs = [
         {
-            "index": i, "path": str(p), "domain": d, "split": split, "tokenizer_dir": str(tokenizer_dir),
+            "index": i,
+            "path": str(p),
+            "domain": d,
+            "split": split,
+            "tokenizer_dir": str(tokenizer_dir),
             "key": p.name if Path(root).is_file() else p.relative_to(root).as_posix(),
-            "text_key": text_key, "domain_field": domain_field, "skip": done, "tmp": str(tmp_root / f"{i:06d}"),
+            "text_key": text_key,
+            "domain_field": domain_field,
+            "skip": done,
+            "tmp": str(tmp_root / f"{i:06d}"),
             "dtype": "uint16" if vocab <= 65535 else "int32",
             "val_every": 0 if val_sources or val_fraction == 0 else max(1, round(1 / val_fraction)),
         }
@@ -270,7 +291,10 @@ def prepare(
 
         _load_tokenizer(str(tokenizer_dir))
         context = multiprocessing.get_context("fork") if os.name == "posix" else None
-        with ProcessPoolExecutor(workers, mp_context=context) as pool, tqdm(total=len(jobs), desc="tokenizing files", unit="file") as bar:
+        with (
+            ProcessPoolExecutor(workers, mp_context=context) as pool,
+            tqdm(total=len(jobs), desc="tokenizing files", unit="file") as bar,
+        ):
             for r in pool.map(_tokenize_file, jobs):
                 results.append(r)
                 raw_names.update(r["raw"])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from regmix_plugin.atomic import write_text
 from regmix_plugin.formats.mixture_yaml import read_mixture
+from regmix_plugin.resources import resolve_recipe
 
 _DATA_CLASS = "MixtureData"
 
@@ -34,9 +35,7 @@ def recipe(mixture: Path, template: Path, out: Path) -> None:
     import yaml
 
     record = read_mixture(mixture)
-    template = Path(template)
-    if not template.is_file():
-        raise FileNotFoundError(f"--template {str(template)!r} does not exist; start from a recipe under recipes/")
+    template = resolve_recipe(template, "--template")
     text = template.read_text()
     try:
         config = yaml.safe_load(text)

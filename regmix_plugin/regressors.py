@@ -236,15 +236,14 @@ class GPRegressor(RegressorMixin, BaseEstimator):
         }
 
     def save(self, directory: Path) -> None:
-        with atomic_path(directory / "gp.npz") as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(
-                    f,
-                    X_train=self.X_train_,
-                    dual_coef=self.dual_coef_,
-                    length_scale=self.length_scale_,
-                    scalars=np.array([self.constant_, self.noise_, self.y_mean_, self.y_scale_]),
-                )
+        with atomic_path(directory / "gp.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                X_train=self.X_train_,
+                dual_coef=self.dual_coef_,
+                length_scale=self.length_scale_,
+                scalars=np.array([self.constant_, self.noise_, self.y_mean_, self.y_scale_]),
+            )
 
     @classmethod
     def load(cls, directory: Path, settings: dict) -> GPRegressor:

@@ -56,7 +56,7 @@ def sample_mixtures(
     target = float(target_tokens or tokens.sum())
     prior = (tokens / tokens.sum()) ** temperature
     prior /= prior.sum()
-    bounds = epoch_bounds(dict(zip(domains, tokens)), target, max_epochs)
+    bounds = epoch_bounds(dict(zip(domains, tokens, strict=True)), target, max_epochs)
     bound = np.array([bounds[d] for d in domains])
     rng = np.random.default_rng(seed)
     unit = 10**decimals
@@ -81,7 +81,7 @@ def sample_mixtures(
             if key in seen:
                 continue
             seen.add(key)
-            rows.append({d: int(u) / unit for d, u in zip(domains, units)})
+            rows.append({d: int(u) / unit for d, u in zip(domains, units, strict=True)})
     if len(rows) < n:
         raise ValueError(
             f"only {len(rows)} of --n {n} distinct mixtures passed the bounds in {max_draws} draws; raise "
@@ -158,13 +158,21 @@ def sample(
     mixtures: dict[str, dict[str, float]] = {}
     for name, w in named.items():
         units = largest_remainder([w.get(d, 0.0) for d in domains], 10**decimals)
-        mixtures[name] = {d: int(u) / 10**decimals for d, u in zip(domains, units)}
+        mixtures[name] = {d: int(u) / 10**decimals for d, u in zip(domains, units, strict=True)}
         over = [d for d in domains if mixtures[name][d] > bounds[d] + 1e-12]
         if over:
-            warnings.warn(f"baseline {name!r} repeats {', '.join(over)} more than --max_epochs {max_epochs:g} times")
+            warnings.warn(f"baseline {name!r} repeats {', '.join(over)} more than --max_epochs {max_epochs:g} times",
+                          stacklevel=2)
     rows = sample_mixtures(
-        {d: tokens[d] for d in domains}, n, target_tokens=target_tokens, temperature=temperature,
-        sampler=sampler, max_epochs=max_epochs, minimum=minimum, decimals=decimals, seed=seed,
+        {d: tokens[d] for d in domains},
+        n,
+        target_tokens=target_tokens,
+        temperature=temperature,
+        sampler=sampler,
+        max_epochs=max_epochs,
+        minimum=minimum,
+        decimals=decimals,
+        seed=seed,
     )
     width = max(4, len(str(n)))
     for i, row in enumerate(rows, start=1):

@@ -84,9 +84,11 @@ def eval_domains(manifest: Manifest, domains: list[str] | None, flag: str = "--d
         without = sorted(set(manifest.domains) - set(have))
         if without:
             warnings.warn(f"domain(s) {', '.join(without)} have no val data and are not evaluated; "
-                          "re-run `regmix prepare` with a larger --val_fraction to score them")
+                          "re-run `regmix prepare` with a larger --val_fraction to score them", stacklevel=2)
         return have
     bad = [d for d in domains if d not in have]
     if bad:
-        raise ValueError(f"{flag}: {', '.join(bad)} have no val data in the corpus; domains with val data: {', '.join(have)}")
+        raise ValueError(
+            f"{flag}: {', '.join(bad)} have no val data in the corpus; domains with val data: {', '.join(have)}"
+        )
     return list(domains)

@@ -311,7 +311,7 @@ class MixtureStream(IterableDataset):
             raise RuntimeError(msg)
         if d not in warned:
             warned.add(d)
-            warnings.warn(msg)
+            warnings.warn(msg, stacklevel=2)
 
     def _run_callbacks(self, state: StreamState) -> None:
         for cb in self.callbacks:

@@ -86,7 +86,7 @@ def build_synthetic_corpus(
         problems.append(f"preference={preference} must be >= 1 (how much more often a source uses its own words)")
     if problems:
         raise ValueError("build_synthetic_corpus: " + "; ".join(problems))
-    alpha = validate_weights(dict(zip(names, alpha.values())), names, key="alpha")
+    alpha = validate_weights(dict(zip(names, alpha.values(), strict=True)), names, key="alpha")
     alpha = {n: alpha[n] for n in names}  # keep the caller's order: it fixes which source gets which branching
 
     vocab, chains = make_sources(len(names), seed, jump_prob, preference)
@@ -119,7 +119,7 @@ def build_synthetic_corpus(
     docs = [""] * len(lengths)
     for k in range(len(names)):
         slots = np.flatnonzero(label_ids == k)
-        for slot, doc in zip(slots, sample(k, [lengths[i] for i in slots], rng)):
+        for slot, doc in zip(slots, sample(k, [lengths[i] for i in slots], rng), strict=True):
             docs[slot] = doc
     labels = [names[k] for k in label_ids]
 
@@ -127,7 +127,7 @@ def build_synthetic_corpus(
         "format_version": FORMAT_VERSION, "seed": seed, "target": TARGET, "alpha": alpha,
         "jump_prob": jump_prob, "preference": preference, "doc_words": list(doc_words), "sources": sources,
         "target_val": {**_write(out_dir / "val" / TARGET, TARGET, docs),
-                       "documents_per_source": dict(zip(names, counts)), "labels": labels},
+                       "documents_per_source": dict(zip(names, counts, strict=True)), "labels": labels},
         "vocabulary": [w.strip() for w in vocab.tolist()],
     }
     write_json(out_dir / MANIFEST, manifest)
@@ -183,7 +183,7 @@ def bigram_limit_loss(out_dir: str | Path, weights: Mapping[str, float], domain:
     names = list(manifest["sources"])
     w = np.array([float(weights.get(n, 0.0)) for n in names])
     vocab, chains = make_sources(len(names), manifest["seed"], manifest["jump_prob"], manifest["preference"])
-    joint = sum(wk * stationary(P)[:, None] * P for wk, P in zip(w / w.sum(), chains))
+    joint = sum(wk * stationary(P)[:, None] * P for wk, P in zip(w / w.sum(), chains, strict=True))
     log_next = np.log(joint / joint.sum(axis=1, keepdims=True))
     index = {word.strip(): i for i, word in enumerate(vocab)}
     total, count = 0.0, 0

@@ -10,11 +10,17 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from regmix_plugin.__main__ import main
+from regmix_plugin.__main__ import main as regmix_main
 from regmix_plugin.fit import cross_validate, make_folds
 from regmix_plugin.formats.model_dir import load_fitted as load_model
-from regmix_plugin.regressors import REGRESSORS, LightGBMRegressor
 from regmix_plugin.formats.results import read_results, write_results
+from regmix_plugin.regressors import REGRESSORS, LightGBMRegressor
+
+
+def main(argv: list[str]) -> None:
+    """The CLI with ``--debug``: a user error propagates, so a test can match its message (exit 2 is tested in
+    test_cli.py)."""
+    regmix_main([*argv, "--debug"])
 
 N_DOMAINS = 5
 

@@ -36,7 +36,9 @@ def _imports(name: str) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             targets = [base] + [f"{base}.{a.name}" for a in node.names]
         else:
             continue
@@ -51,11 +53,7 @@ def _command_modules() -> set[str]:
     """The modules that define the ``regmix`` subcommands, from the CLI's own table."""
     from regmix_plugin.__main__ import _commands
 
-    out = set()
-    for name, function in _commands().items():
-        module = function.__module__
-        out.add(module)
-    return out - {"regmix_plugin.demo"}
+    return {function.__module__ for function in _commands().values()} - {"regmix_plugin.demo"}
 
 
 COMMANDS = _command_modules()
@@ -72,8 +70,15 @@ def _owner(module: str) -> str:
 
 
 def test_the_command_table_is_what_this_test_thinks():
-    assert {"regmix_plugin.prepare", "regmix_plugin.sweep", "regmix_plugin.fit", "regmix_plugin.optimize",
-            "regmix_plugin.recipe", "regmix_plugin.sample", "regmix_plugin.evaluate"} <= COMMANDS
+    assert {
+        "regmix_plugin.prepare",
+        "regmix_plugin.sweep",
+        "regmix_plugin.fit",
+        "regmix_plugin.optimize",
+        "regmix_plugin.recipe",
+        "regmix_plugin.sample",
+        "regmix_plugin.evaluate",
+    } <= COMMANDS
 
 
 @pytest.mark.parametrize("module", sorted(n for n in MODULES if n.startswith("regmix_plugin.formats")))
@@ -107,7 +112,7 @@ def test_there_is_no_import_cycle():
         path.append(n)
         for m in sorted(graph[n]):
             if state.get(m) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(m) :] + [m]))
             if m not in state:
                 visit(m)
         path.pop()

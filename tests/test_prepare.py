@@ -123,16 +123,28 @@ def test_other_tokenizer_on_same_out_dir_is_refused(tmp_path, tokenizer_dir):
     write_jsonl(tmp_path / "raw" / "a" / "x.jsonl", [{"text": "abc"}] * 3)
     prepare(source=str(tmp_path / "raw"), tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "out", num_workers=1)
     other = train_tokenizer(["something else entirely"] * 3, tmp_path / "tok2", vocab_size=270)
-    with pytest.raises(ValueError, match="tokenizer mismatch: --tokenizer_dir .* but --out_dir .* was prepared with .* use a new --out_dir"):
+    with pytest.raises(
+        ValueError,
+        match="tokenizer mismatch: --tokenizer_dir .* but --out_dir .* was prepared with .* use a new --out_dir",
+    ):
         prepare(source=str(tmp_path / "raw"), tokenizer_dir=other, out_dir=tmp_path / "out", num_workers=1)
 
 
 @pytest.mark.parametrize(
     ("setup", "message"),
     [
-        (lambda raw: write_jsonl(raw / "a" / "x.jsonl", [{"body": "no text key"}]), r"x.jsonl:1 has no string field 'text'; set --text_key"),
-        (lambda raw: (raw / "a").mkdir(parents=True) or (raw / "a" / "x.jsonl").write_text("{not json\n"), r"x.jsonl:1 is not valid JSON"),
-        (lambda raw: [write_jsonl(raw / n / "x.jsonl", [{"text": "t"}]) for n in ("Web-CC", "web_cc")], r"map to the same directory name.*'web_cc'"),
+        (
+            lambda raw: write_jsonl(raw / "a" / "x.jsonl", [{"body": "no text key"}]),
+            r"x.jsonl:1 has no string field 'text'; set --text_key",
+        ),
+        (
+            lambda raw: (raw / "a").mkdir(parents=True) or (raw / "a" / "x.jsonl").write_text("{not json\n"),
+            r"x.jsonl:1 is not valid JSON",
+        ),
+        (
+            lambda raw: [write_jsonl(raw / n / "x.jsonl", [{"text": "t"}]) for n in ("Web-CC", "web_cc")],
+            r"map to the same directory name.*'web_cc'",
+        ),
         (lambda raw: raw.mkdir(), r"--source .* holds no"),
     ],
 )
@@ -146,6 +158,17 @@ def test_bad_sources_give_one_clear_error_and_write_nothing(tmp_path, tokenizer_
 
 def test_cli_accepts_a_single_source_flag(tmp_path, tokenizer_dir, capsys):
     write_jsonl(tmp_path / "raw" / "a" / "x.jsonl", [{"text": "abc def"}] * 3)
-    regmix_main(["prepare", "--source", str(tmp_path / "raw"), "--tokenizer_dir", str(tokenizer_dir),
-                 "--out_dir", str(tmp_path / "out"), "--num_workers", "1"])
+    regmix_main(
+        [
+            "prepare",
+            "--source",
+            str(tmp_path / "raw"),
+            "--tokenizer_dir",
+            str(tokenizer_dir),
+            "--out_dir",
+            str(tmp_path / "out"),
+            "--num_workers",
+            "1",
+        ]
+    )
     assert read_manifest(tmp_path / "out").domains["a"].train.documents == 3

@@ -36,7 +36,9 @@ def uninterrupted(tmp_path_factory, prepared, tokenizer_dir) -> Path:
 @pytest.mark.slow
 def test_realized_mixture_matches_weights_within_one_sample(uninterrupted, capsys):
     cfg = yaml.safe_load(RECIPE.read_text())
-    steps = cfg["data"]["init_args"]["max_tokens"] // (cfg["train"]["micro_batch_size"] * cfg["model_config"]["block_size"])
+    steps = cfg["data"]["init_args"]["max_tokens"] // (
+        cfg["train"]["micro_batch_size"] * cfg["model_config"]["block_size"]
+    )
     samples = steps * cfg["train"]["micro_batch_size"]
     rows = realized_mixture(uninterrupted / "final")
     assert sum(r["samples"] for r in rows.values()) == samples  # the extra batch LitGPT fetches is not counted
@@ -47,8 +49,12 @@ def test_realized_mixture_matches_weights_within_one_sample(uninterrupted, capsy
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == {"code", "prose", "tiny"}
     assert printed["tiny"] == {"weight": 0.0, "samples": 0, "tokens": 0, "epochs": 0}  # in the corpus, weight 0
-    assert printed["prose"] == {"weight": pytest.approx(0.7), "samples": rows["prose"]["samples"],
-                                "tokens": rows["prose"]["tokens"], "epochs": 0}
+    assert printed["prose"] == {
+        "weight": pytest.approx(0.7),
+        "samples": rows["prose"]["samples"],
+        "tokens": rows["prose"]["tokens"],
+        "epochs": 0,
+    }
     regmix_main(["inspect", str(uninterrupted / "final")])
     table = capsys.readouterr().out
     assert "prose" in table and "realized" in table and f"{rows['prose']['samples']:,}" in table

@@ -8,12 +8,18 @@ from pathlib import Path
 import pytest
 import yaml
 from jsonargparse import auto_parser
-
 from litgpt.pretrain import setup
-from regmix_plugin.__main__ import main
+
+from regmix_plugin.__main__ import main as regmix_main
 from regmix_plugin.formats.manifest import DomainStats, Manifest, SplitStats
 from regmix_plugin.formats.mixture_yaml import write_mixture
 from regmix_plugin.formats.results import write_results
+
+
+def main(argv: list[str]) -> None:
+    """The CLI with ``--debug``: a user error propagates, so a test can match its message (exit 2 is tested in
+    test_cli.py)."""
+    regmix_main([*argv, "--debug"])
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from jsonargparse import auto_parser
-
 from litgpt.model import GPT
 from litgpt.pretrain import get_lr, setup
 from litgpt.utils import num_parameters

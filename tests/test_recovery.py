@@ -33,10 +33,10 @@ import json
 
 import numpy as np
 import pytest
+from synthetic import DEFAULT_ALPHA, TARGET, build_synthetic_corpus
 
 from regmix_plugin.demo.pipeline import Pipeline
 from regmix_plugin.resources import recipe_path
-from synthetic import DEFAULT_ALPHA, TARGET, build_synthetic_corpus
 
 L1_TOLERANCE = 0.3  # measured 0.12
 ZERO_SOURCE_MAX = 0.05  # weight of s3 (alpha 0); measured 0.003
@@ -77,8 +77,10 @@ def recovery(tmp_path_factory):
     alpha = np.array([manifest["alpha"][d] for d in names])
     model = json.loads((pipe.out_dir / "model" / "model.json").read_text())
     summary = {
-        "recovered": dict(zip(names, recovered.round(4).tolist())), "l1": float(np.abs(recovered - alpha).sum()),
-        "regressor": model["regressor"], "cv_spearman": model["cv_spearman"],
+        "recovered": dict(zip(names, recovered.round(4).tolist(), strict=True)),
+        "l1": float(np.abs(recovered - alpha).sum()),
+        "regressor": model["regressor"],
+        "cv_spearman": model["cv_spearman"],
         "target_loss": {arm: per_domain[TARGET] for arm, per_domain in losses.items()},
         "timings_s": {k: round(v, 1) for k, v in pipe.timings.items()},
     }

@@ -131,7 +131,8 @@ def test_read_mixtures_reads_either_layout_against_a_models_domains(tmp_path):
     got = read_mixtures(official, known=["arxiv", "pile_cc"])
     assert (got.id_column, got.ids, got.weights.tolist()) == ("index", ["12"], [[0.1, 0.9]])
     unknown = ("(?s)does not fit the model \\(domains: github, pile_cc\\).*missing column\\(s\\) for domain\\(s\\) "
-               "github: add weight/<domain> columns \\(0 is fine\\).*column\\(s\\) for domain\\(s\\) arxiv that the model does not")
+               "github: add weight/<domain> columns \\(0 is fine\\).*column\\(s\\) for domain\\(s\\) arxiv "
+               "that the model does not")
     with pytest.raises(ValueError, match=unknown):
         read_mixtures(official, known=["github", "pile_cc"])
 

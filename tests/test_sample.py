@@ -33,12 +33,15 @@ def test_sample_respects_every_bound_and_rows_sum_to_exactly_one(prepared, tmp_p
     assert rows[2][1:] == ["0.9", "0.1", "0.0"]
     total = sum(tokens.values())
     natural = [Fraction(c) for c in rows[0][1:]]
-    assert all(abs(w - Fraction(tokens[d], total)) < Fraction(1, 10**4) for w, d in zip(natural, ("code", "prose", "tiny")))
+    assert all(
+        abs(w - Fraction(tokens[d], total)) < Fraction(1, 10**4)
+        for w, d in zip(natural, ("code", "prose", "tiny"), strict=True)
+    )
     sampled = rows[3:]
     for r in rows:
         assert sum(Fraction(c) for c in r[1:]) == 1  # exactly, in decimal
     for r in sampled:
-        weights = dict(zip(("code", "prose", "tiny"), (Fraction(c) for c in r[1:])))
+        weights = dict(zip(("code", "prose", "tiny"), (Fraction(c) for c in r[1:]), strict=True))
         for d, w in weights.items():
             assert w == 0 or w >= Fraction(minimum).limit_denominator(10**6)
             assert w * target <= max_epochs * tokens[d]  # tiny: at most 15 * 3762 / 200000 = 0.28
@@ -47,8 +50,19 @@ def test_sample_respects_every_bound_and_rows_sum_to_exactly_one(prepared, tmp_p
     assert max(Fraction(r[3]) for r in sampled) <= Fraction(max_epochs * tokens["tiny"], target)
     # same seed, same file; another seed, other mixtures
     again = tmp_path / "again.csv"
-    sample(data_path=prepared, out=again, n=40, target_tokens=target, max_epochs=max_epochs, minimum=minimum,
-           decimals=4, seed=3, natural=True, uniform=True, baselines={"code_heavy": {"code": 0.9, "prose": 0.1}})
+    sample(
+        data_path=prepared,
+        out=again,
+        n=40,
+        target_tokens=target,
+        max_epochs=max_epochs,
+        minimum=minimum,
+        decimals=4,
+        seed=3,
+        natural=True,
+        uniform=True,
+        baselines={"code_heavy": {"code": 0.9, "prose": 0.1}},
+    )
     assert again.read_bytes() == out.read_bytes()
     sample(data_path=prepared, out=again, n=40, target_tokens=target, minimum=minimum, seed=4)
     assert _cells(again)[1][0][1:] != sampled[0][1:]
@@ -62,8 +76,16 @@ def test_temperature_argument_is_honoured():
     p = np.array([900, 90, 10], dtype=float)
     for temperature in (0.5, 1.0):
         # a huge strength concentrates every draw on the (tempered) base measure
-        rows = sample_mixtures(tokens, 300, temperature=temperature,
-                               sampler=SamplerArgs(min_strength=1e5, max_strength=1e5, num_strengths=1), minimum=0, decimals=6, seed=0, max_epochs=1e9)
+        rows = sample_mixtures(
+            tokens,
+            300,
+            temperature=temperature,
+            sampler=SamplerArgs(min_strength=1e5, max_strength=1e5, num_strengths=1),
+            minimum=0,
+            decimals=6,
+            seed=0,
+            max_epochs=1e9,
+        )
         mean = np.mean([[r[d] for d in "abc"] for r in rows], axis=0)
         expected = p**temperature / np.sum(p**temperature)
         np.testing.assert_allclose(mean, expected, atol=2e-3)
@@ -81,8 +103,16 @@ def test_impossible_bounds_and_bad_flags_name_the_fix(prepared, tmp_path):
     # 3 domains, every weight <= 0.1 at this budget: no mixture can sum to 1
     with pytest.raises(ValueError, match=r"only 0 of --n 5 .* raise --max_epochs, lower --target_tokens"):
         sample(data_path=prepared, out=tmp_path / "m.csv", n=5, target_tokens=10**8, max_epochs=0.1)
-    with pytest.raises(ValueError, match=r"--sampler.min_strength <= --sampler.max_strength.*--temperature must be > 0"):
-        sample(data_path=prepared, out=tmp_path / "m.csv", n=5, sampler=SamplerArgs(min_strength=5, max_strength=1), temperature=0)
+    with pytest.raises(
+        ValueError, match=r"--sampler.min_strength <= --sampler.max_strength.*--temperature must be > 0"
+    ):
+        sample(
+            data_path=prepared,
+            out=tmp_path / "m.csv",
+            n=5,
+            sampler=SamplerArgs(min_strength=5, max_strength=1),
+            temperature=0,
+        )
     with pytest.raises(ValueError, match=r"--baselines.web: unknown domain\(s\) 'web'"):
         sample(data_path=prepared, out=tmp_path / "m.csv", n=1, baselines={"web": {"web": 1.0}})
     assert not (tmp_path / "m.csv").exists()

@@ -40,7 +40,9 @@ def block_owner(prepared) -> dict[bytes, tuple[str, int]]:
 
 
 def served(loader, n_batches, owner) -> list[tuple[str, int]]:
-    return [owner[row.numpy().astype(np.int64).tobytes()] for batch in itertools.islice(loader, n_batches) for row in batch]
+    return [
+        owner[row.numpy().astype(np.int64).tobytes()] for batch in itertools.islice(loader, n_batches) for row in batch
+    ]
 
 
 def test_every_prefix_within_one_sample(prepared):
@@ -135,7 +137,10 @@ def test_schedule_switch_is_exact_per_stage_and_survives_resume(prepared):
         batch_size=2,
         weights=None,
         max_tokens=100 * tokens_per_batch,  # 100 batches = 200 samples; the switch lands at sample 60
-        schedule=[{"until_fraction": 0.3, "weights": {"prose": 0.75, "tiny": 0.25}}, {"weights": {"code": 0.6, "tiny": 0.4}}],
+        schedule=[
+            {"until_fraction": 0.3, "weights": {"prose": 0.75, "tiny": 0.25}},
+            {"weights": {"code": 0.6, "tiny": 0.4}},
+        ],
         max_epochs=50,
     )
     seq = served(module(prepared, **kw).train_dataloader(), 100, owner)
@@ -188,7 +193,7 @@ def test_val_stream_is_round_robin_with_equal_blocks(prepared):
     rows = [r for b in dm.val_dataloader() for r in b]
     assert [owner[r.numpy().tobytes()] for r in rows] == ["code", "prose", "tiny"] * 3
     again = [r for b in dm.val_dataloader() for r in b]
-    assert all(torch.equal(a, b) for a, b in zip(rows, again))
+    assert all(torch.equal(a, b) for a, b in zip(rows, again, strict=True))
     # one definition of the val set: LitGPT's val_loss and `regmix evaluate` score the very same blocks
     from regmix_plugin.scoring import val_blocks
 
@@ -224,15 +229,25 @@ def test_epoch_guard_at_runtime_without_budget(prepared):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(weights={"prose": 0.5, "pile_cc": 0.5}), r"unknown domain\(s\) 'pile_cc'.*Known domains: code, prose, tiny"),
+        (
+            dict(weights={"prose": 0.5, "pile_cc": 0.5}),
+            r"unknown domain\(s\) 'pile_cc'.*Known domains: code, prose, tiny",
+        ),
         (dict(weights={"prose": 1.2, "code": -0.2}), r"weight of 'code' is negative"),
         (dict(weights={"prose": math.nan, "code": 1.0}), r"weight of 'prose' is nan, not finite"),
         (dict(weights={"prose": 0.5, "code": 0.4}), r"--data.weights: weights sum to 0.9, not 1"),
         (dict(weights={"prose": 1.0}, schedule=[{"weights": {"prose": 1.0}}]), r"exactly one of --data.weights"),
         (dict(weights=None), r"exactly one of --data.weights and --data.schedule"),
-        (dict(weights=None, schedule=[{"until_fraction": 0.5, "weights": {"prose": 1.0}}, {"weights": {"code": 1.0}}]),
-         r"until_fraction needs --data.max_tokens"),
-        (dict(weights=None, schedule=[{"until_step": 3, "weights": {"prose": 1.0}}]), r"unknown key\(s\) \['until_step'\]"),
+        (
+            dict(
+                weights=None, schedule=[{"until_fraction": 0.5, "weights": {"prose": 1.0}}, {"weights": {"code": 1.0}}]
+            ),
+            r"until_fraction needs --data.max_tokens",
+        ),
+        (
+            dict(weights=None, schedule=[{"until_step": 3, "weights": {"prose": 1.0}}]),
+            r"unknown key\(s\) \['until_step'\]",
+        ),
         (dict(val_domains=["nope"]), r"--data.val_domains: 'nope' has no val data"),
     ],
 )

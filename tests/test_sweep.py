@@ -56,14 +56,26 @@ def env(tmp_path_factory, prepared, tokenizer_dir):
     root = tmp_path_factory.mktemp("sweep")
     write_mixtures(root / "mixtures.csv", {**MIXES, **BAD}, DOMAINS)
     write_mixtures(root / "good.csv", MIXES, DOMAINS)
-    return {"root": root, "data": prepared, "tok": tokenizer_dir, "recipe": _recipe(root / "proxy.yaml", prepared, tokenizer_dir)}
+    return {
+        "root": root,
+        "data": prepared,
+        "tok": tokenizer_dir,
+        "recipe": _recipe(root / "proxy.yaml", prepared, tokenizer_dir),
+    }
 
 
 @pytest.fixture(scope="module")
 def local_sweep(env):
     out = env["root"] / "local"
-    counts = sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-                   local=LocalArgs(workers=2), keep_checkpoints=True, **EVAL)
+    counts = sweep(
+        mixtures=env["root"] / "mixtures.csv",
+        data_path=env["data"],
+        recipe=env["recipe"],
+        out_dir=out,
+        local=LocalArgs(workers=2),
+        keep_checkpoints=True,
+        **EVAL,
+    )
     return out, counts
 
 
@@ -87,8 +99,16 @@ def test_local_sweep_has_every_loss_at_every_eval_point_and_isolates_a_failure(e
     assert (out / "runs" / "m1.log").stat().st_size > 0
     # re-running skips everything that is recorded; --status reads without running
     capsys.readouterr()
-    again = sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-                  local=LocalArgs(workers=2), keep_checkpoints=True, retry_failed=False, **EVAL)
+    again = sweep(
+        mixtures=env["root"] / "mixtures.csv",
+        data_path=env["data"],
+        recipe=env["recipe"],
+        out_dir=out,
+        local=LocalArgs(workers=2),
+        keep_checkpoints=True,
+        retry_failed=False,
+        **EVAL,
+    )
     assert again == {"done": 0, "failed": 0, "skipped": 7, "pending": 0}
     assert _table(out / "results.csv") == table
     capsys.readouterr()
@@ -110,26 +130,53 @@ def test_sweep_losses_are_regmix_evaluate_on_the_checkpoints(env, local_sweep, t
 @pytest.mark.slow
 def test_submitit_local_executor_gives_the_same_table(env, local_sweep):
     out = env["root"] / "submitit"
-    counts = sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-                   launcher="slurm", slurm={"cluster": "local", "tasks": 2, "cpus_per_task": 1}, **EVAL)
+    counts = sweep(
+        mixtures=env["root"] / "mixtures.csv",
+        data_path=env["data"],
+        recipe=env["recipe"],
+        out_dir=out,
+        launcher="slurm",
+        slurm={"cluster": "local", "tasks": 2, "cpus_per_task": 1},
+        **EVAL,
+    )
     assert counts == {"done": 6, "failed": 1, "skipped": 0, "pending": 0}
     local, slurm = _table(local_sweep[0] / "results.csv"), _table(out / "results.csv")
     assert list(slurm) == list(local)
     for run_id in local:
         drop = {"wall_s"}
-        assert {k: v for k, v in slurm[run_id].items() if k not in drop} == \
-               {k: v for k, v in local[run_id].items() if k not in drop}
+        assert {k: v for k, v in slurm[run_id].items() if k not in drop} == {
+            k: v for k, v in local[run_id].items() if k not in drop
+        }
     assert not (out / "runs" / "m1").exists()  # no checkpoints kept unless asked
 
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_completes_each_run_exactly_once(env, tmp_path):
     out = tmp_path / "killed"
-    args = ["--mixtures", str(env["root"] / "good.csv"), "--data_path", str(env["data"]), "--recipe",
-            str(env["recipe"]), "--out_dir", str(out), "--local.workers", "1", "--eval.points", "2", "--eval.val_tokens", "256",
-            "--eval.batch_size", "4"]
-    proc = subprocess.Popen([sys.executable, "-m", "regmix_plugin", "sweep", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = [
+        "--mixtures",
+        str(env["root"] / "good.csv"),
+        "--data_path",
+        str(env["data"]),
+        "--recipe",
+        str(env["recipe"]),
+        "--out_dir",
+        str(out),
+        "--local.workers",
+        "1",
+        "--eval.points",
+        "2",
+        "--eval.val_tokens",
+        "256",
+        "--eval.batch_size",
+        "4",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "regmix_plugin", "sweep", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 240
     while len(list((out / "runs").glob("m*.json"))) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -144,8 +191,14 @@ def test_kill_9_then_rerun_completes_each_run_exactly_once(env, tmp_path):
     # a kill between a run's record and the deletion of its out_dir leaves that dir: make sure one exists
     (out / "runs" / Path(sorted(before)[0]).stem / "final").mkdir(parents=True, exist_ok=True)
     # the same sweep again, trained in this process (workers=0) to save a worker start-up
-    counts = sweep(mixtures=env["root"] / "good.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-                   local=LocalArgs(workers=0, threads=1), **EVAL)
+    counts = sweep(
+        mixtures=env["root"] / "good.csv",
+        data_path=env["data"],
+        recipe=env["recipe"],
+        out_dir=out,
+        local=LocalArgs(workers=0, threads=1),
+        **EVAL,
+    )
     assert counts["skipped"] == len(before) and counts["done"] == 6 - len(before) and counts["failed"] == 0
     assert all((out / "runs" / name).read_bytes() == data for name, data in before.items())  # finished runs kept
     with open(out / "results.csv", newline="") as f:
@@ -163,8 +216,14 @@ def test_diverged_run_is_recorded_failed(env, tmp_path):
     recipe = tmp_path / "inf.yaml"
     recipe.write_text(yaml.safe_dump(cfg))
     write_mixtures(tmp_path / "one.csv", {"m1": MIXES["m1"]}, DOMAINS)
-    counts = sweep(mixtures=tmp_path / "one.csv", data_path=env["data"], recipe=recipe, out_dir=tmp_path / "s",
-                   local=LocalArgs(workers=0, threads=1), **EVAL)
+    counts = sweep(
+        mixtures=tmp_path / "one.csv",
+        data_path=env["data"],
+        recipe=recipe,
+        out_dir=tmp_path / "s",
+        local=LocalArgs(workers=0, threads=1),
+        **EVAL,
+    )
     assert counts["failed"] == 1
     rec = json.loads((tmp_path / "s" / "runs" / "m1.json").read_text())
     assert rec["status"] == "failed" and rec["error"].startswith("diverged: RuntimeError: The total norm")
@@ -182,7 +241,9 @@ def test_bad_inputs_each_get_their_message_and_start_no_run(env, tmp_path, token
     out = tmp_path / "never"
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("run_id,weight/code,weight/prose,weight/web\nr1,0.5,0.5,0\n")
-    _refused(env, out, r"missing column\(s\) for domain\(s\) tiny(.|\n)*domain\(s\) web that the prepared", mixtures=wrong)
+    _refused(
+        env, out, r"missing column\(s\) for domain\(s\) tiny(.|\n)*domain\(s\) web that the prepared", mixtures=wrong
+    )
     wrong.write_text("run_id,weight/code,weight/prose,weight/tiny\nr1,0.5000,0.4000,0.0000\n")
     _refused(env, out, r"row 1 \(run_id r1\)(.|\n)*sum to 0\.9", mixtures=wrong)
     data = tmp_path / "data"
@@ -197,8 +258,12 @@ def test_bad_inputs_each_get_their_message_and_start_no_run(env, tmp_path, token
     cfg["train"]["bogus_key"] = 1
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
     _refused(env, out, r"`litgpt pretrain` would reject it(.|\n)*bogus_key", recipe=tmp_path / "bad.yaml")
-    _refused(env, out, r"--eval.points 20 needs at least 21 optimizer steps; the recipe trains 12",
-             eval=EvalArgs(points=20, val_tokens=256, batch_size=4))
+    _refused(
+        env,
+        out,
+        r"--eval.points 20 needs at least 21 optimizer steps; the recipe trains 12",
+        eval=EvalArgs(points=20, val_tokens=256, batch_size=4),
+    )
 
 
 @pytest.mark.slow
@@ -208,10 +273,21 @@ def test_changed_setup_under_an_existing_sweep_is_refused(env, local_sweep, tmp_
     cfg["optimizer"]["init_args"]["lr"] = 2e-3
     (tmp_path / "lr.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match=r"different set-up \(changed: recipe\)(.|\n)*poison"):
-        sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=tmp_path / "lr.yaml", out_dir=out, **EVAL)
+        sweep(
+            mixtures=env["root"] / "mixtures.csv",
+            data_path=env["data"],
+            recipe=tmp_path / "lr.yaml",
+            out_dir=out,
+            **EVAL,
+        )
     with pytest.raises(ValueError, match=r"different set-up \(changed: eval\)"):
-        sweep(mixtures=env["root"] / "mixtures.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
-              eval=EvalArgs(points=2, val_tokens=512, batch_size=4))
+        sweep(
+            mixtures=env["root"] / "mixtures.csv",
+            data_path=env["data"],
+            recipe=env["recipe"],
+            out_dir=out,
+            eval=EvalArgs(points=2, val_tokens=512, batch_size=4),
+        )
     changed = tmp_path / "changed.csv"
     write_mixtures(changed, {"m1": {"code": 0.4, "prose": 0.6, "tiny": 0.0}}, DOMAINS)
     with pytest.raises(ValueError, match=r"changes the weights of run\(s\) already recorded .*: m1"):

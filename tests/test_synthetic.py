@@ -6,8 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
-from regmix_plugin.demo.corpus import read_texts
 from synthetic import (
     DEFAULT_ALPHA,
     MANIFEST,
@@ -16,6 +14,8 @@ from synthetic import (
     build_synthetic_corpus,
     train_texts,
 )
+
+from regmix_plugin.demo.corpus import read_texts
 from regmix_plugin.tokenizer import train_tokenizer
 
 SIZES = {"train_words": 40_000, "val_words": 20_000, "target_val_words": 60_000}
@@ -98,7 +98,7 @@ def test_sources_are_told_apart_by_word_counts_and_differ_in_entropy(built):
         accuracy = np.mean([predict(d) == name for d in docs])
         assert accuracy > 0.95, (name, accuracy)
     entropies = [manifest["sources"][n]["entropy_nats"] for n in names]
-    assert all(b - a > 0.15 for a, b in zip(entropies, entropies[1:])), entropies
+    assert all(b - a > 0.15 for a, b in zip(entropies, entropies[1:], strict=False)), entropies
 
 
 def test_target_documents_come_from_the_sources_in_proportion_alpha(built):
@@ -112,7 +112,7 @@ def test_target_documents_come_from_the_sources_in_proportion_alpha(built):
     # The labels are true: an independent classifier recovers them, so the proportions are measured, not assumed.
     classify = _unigram_classifier(out, names)
     predicted = [classify(d) for d in _docs(out, "val", TARGET)]
-    assert np.mean([p == t for p, t in zip(predicted, target["labels"])]) > 0.95
+    assert np.mean([p == t for p, t in zip(predicted, target["labels"], strict=True)]) > 0.95
     for name in names:
         assert abs(predicted.count(name) / n - alpha[name]) <= 0.03, name  # stated tolerance: 0.03 per source
     assert predicted.count("s3") <= 0.02 * n  # alpha_s3 = 0: the source the target does not contain
@@ -124,7 +124,7 @@ def test_ideal_bigram_model_has_its_lowest_target_loss_at_alpha(built):
     names = list(manifest["sources"])
 
     def loss(w):
-        return bigram_limit_loss(out, dict(zip(names, w)))
+        return bigram_limit_loss(out, dict(zip(names, w, strict=True)))
 
     at_alpha = loss(alpha)
     others = [np.full(4, 0.25), np.array([1, 1, 1, 0]) / 3, np.sqrt(alpha) / np.sqrt(alpha).sum()]

@@ -284,9 +284,9 @@ def _clean_markup(text: str) -> str:
             if stripped.startswith(".. ") or stripped == "::":
                 continue
             line = line.rstrip(":") + ":"
-        if line.startswith(("    ", "\t")) or stripped.startswith((">>>", "|", "[![", "$ ")) or _RULE.match(line):
-            if stripped:
-                continue
+        markup = line.startswith(("    ", "\t")) or stripped.startswith((">>>", "|", "[![", "$ ")) or _RULE.match(line)
+        if markup and stripped:
+            continue
         line = _TAG.sub("", _LINK.sub(r"\1", line)).rstrip()
         if line or (out and out[-1]):
             out.append(line)

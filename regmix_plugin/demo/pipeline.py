@@ -182,7 +182,7 @@ def _best_run(table, column: str) -> dict[str, float]:
     import numpy as np
 
     i = int(np.nanargmin(table.metrics[column]))
-    return {d: float(w) for d, w in zip(table.domains, table.weights[i])}
+    return {d: float(w) for d, w in zip(table.domains, table.weights[i], strict=True)}
 
 
 def _final_losses(record) -> dict[str, float]:

@@ -71,7 +71,10 @@ def write_report(pipe, arms: dict[str, dict[str, float]], losses: dict[str, dict
     plots = [
         ("The chosen mixture next to the prior (the corpus's token distribution)", "mixture_vs_prior.png"),
         ("Cross-validated prediction vs measured target loss, one dot per proxy", "model/cv_predicted_vs_true.png"),
-        ("Domain interactions: ridge coefficient of each domain's loss on each domain's weight", "model/interactions.png"),
+        (
+            "Domain interactions: ridge coefficient of each domain's loss on each domain's weight",
+            "model/interactions.png",
+        ),
     ]
     report = [
         "# regmix demo report",

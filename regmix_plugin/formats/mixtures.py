@@ -48,11 +48,17 @@ class Mixtures:
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         """``{run_id: {domain: weight}}`` in file order."""
-        return {i: {d: float(w) for d, w in zip(self.domains, row)} for i, row in zip(self.ids, self.weights)}
+        return {
+            i: {d: float(w) for d, w in zip(self.domains, row, strict=True)}
+            for i, row in zip(self.ids, self.weights, strict=True)
+        }
 
 
 def read_mixtures(
-    path: str | Path, flag: str = "--mixtures", known: Sequence[str] | None = None, layout: str = "auto",
+    path: str | Path,
+    flag: str = "--mixtures",
+    known: Sequence[str] | None = None,
+    layout: str = "auto",
     known_from: str = "the model",
 ) -> Mixtures:
     """Read mixtures in either layout: ours (``run_id``, ``weight/<domain>``) or the official RegMix CSV.
@@ -67,7 +73,10 @@ def read_mixtures(
 
 
 def mixtures_from_columns(
-    columns: dict[str, list], where: str, layout: str = "auto", known: Sequence[str] | None = None,
+    columns: dict[str, list],
+    where: str,
+    layout: str = "auto",
+    known: Sequence[str] | None = None,
     known_from: str = "the model",
 ) -> Mixtures:
     """The mixture rows of an already-read table (shared by the results and official readers)."""
@@ -93,14 +102,18 @@ def mixtures_from_columns(
         missing, extra = sorted(set(known) - set(named)), sorted(set(named) - set(known))
         problems = []
         if missing:
-            problems.append(f"missing column(s) for domain(s) {listed(missing)}: add {WEIGHT_PREFIX}<domain> columns "
-                            "(0 is fine)")
+            problems.append(
+                f"missing column(s) for domain(s) {listed(missing)}: add {WEIGHT_PREFIX}<domain> columns (0 is fine)"
+            )
         if extra:
-            problems.append(f"column(s) for domain(s) {listed(extra)} that {known_from} does not have: drop "
-                            "them, or use one that has those domains")
+            problems.append(
+                f"column(s) for domain(s) {listed(extra)} that {known_from} does not have: drop "
+                "them, or use one that has those domains"
+            )
         if problems:
-            raise ValueError(f"{where} does not fit {known_from} (domains: {', '.join(sorted(known))}):\n  "
-                             + "\n  ".join(problems))
+            raise ValueError(
+                f"{where} does not fit {known_from} (domains: {', '.join(sorted(known))}):\n  " + "\n  ".join(problems)
+            )
     ids = read_ids(columns[id_column], where)
     weights = weight_matrix(ids, id_column, {d: columns[c] for d, c in named.items()}, where, known)
     return Mixtures(where, id_column, ids, sorted(known) if known is not None else sorted(named), weights)
@@ -136,7 +149,7 @@ def check_rows(path: str | Path, rows: Sequence[Mapping[str, object]], writer: s
         problems.append(f"duplicate {ID_COLUMN}(s) {listed(dups)}")
     names = {k for row in rows for k in row}
     domains = [normalize_domain(c[len(WEIGHT_PREFIX) :]) for c in names if c.startswith(WEIGHT_PREFIX)]
-    for run_id, row in zip(ids, rows):
+    for run_id, row in zip(ids, rows, strict=True):
         w = {normalize_domain(k[len(WEIGHT_PREFIX) :]): v for k, v in row.items() if k.startswith(WEIGHT_PREFIX)}
         try:
             validate_weights(w, domains, key=f"run {run_id!r} weights")

@@ -44,7 +44,11 @@ def read_regmix_csv(
         )
     only_mix = [i for i in mix.ids if i not in position]
     only_loss = sorted(set(loss_ids) - set(mix.ids))
-    ignored = [f"{len(ids)} only in {flag} ({listed(ids)})" for flag, ids in zip(flags, (only_mix, only_loss)) if ids]
+    ignored = [
+        f"{len(ids)} only in {flag} ({listed(ids)})"
+        for flag, ids in zip(flags, (only_mix, only_loss), strict=True)
+        if ids
+    ]
     if ignored:
         warnings.warn(f"joined the {len(shared)} run(s) present in both files; ignored " + " and ".join(ignored),
                       stacklevel=2)  # fmt: skip

@@ -111,7 +111,7 @@ class Results(Mixtures):
         return Results(
             source=self.source,
             id_column=self.id_column,
-            ids=[i for i, k in zip(self.ids, keep) if k],
+            ids=[i for i, k in zip(self.ids, keep, strict=True) if k],
             domains=list(self.domains),
             weights=self.weights[keep],
             metrics={c: v[keep] for c, v in self.metrics.items()},
@@ -127,11 +127,11 @@ def read_results(path: str | Path, flag: str = "--results") -> Results:
         raise ValueError(f"{where} has no {ID_COLUMN!r} column; columns: {', '.join(columns)}")
     if STATUS_COLUMN in columns:
         keep = [str(s if s is not None else "").strip() == DONE for s in columns[STATUS_COLUMN]]
-        skipped = [cell_id(i) for i, k in zip(columns[ID_COLUMN], keep) if not k]
+        skipped = [cell_id(i) for i, k in zip(columns[ID_COLUMN], keep, strict=True) if not k]
         if skipped:
             warnings.warn(f"{where}: skipped {len(skipped)} run(s) whose status is not 'done': {listed(skipped)}",
                           stacklevel=2)  # fmt: skip
-        columns = {c: [v for v, k in zip(vals, keep) if k] for c, vals in columns.items()}
+        columns = {c: [v for v, k in zip(vals, keep, strict=True) if k] for c, vals in columns.items()}
     if not columns[ID_COLUMN]:
         raise ValueError(f"{where} has no finished run (status 'done'); run `regmix sweep` until some finish")
     mix = mixtures_from_columns(columns, where, "ours")

@@ -28,8 +28,6 @@ corpus, tokenizer or eval setting under the same ``out_dir`` is refused. Records
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Literal
 

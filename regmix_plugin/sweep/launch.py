@@ -19,7 +19,15 @@ import shutil
 import time
 from pathlib import Path
 
-from regmix_plugin.formats.sweep_records import DONE, FAILED, log_path, read_record, read_records, write_record, write_table
+from regmix_plugin.formats.sweep_records import (
+    DONE,
+    FAILED,
+    log_path,
+    read_record,
+    read_records,
+    write_record,
+    write_table,
+)
 from regmix_plugin.sweep.plan import LocalArgs, SlurmArgs, SweepPlan
 from regmix_plugin.sweep.worker import failed_record, local_worker, run_one, setup_worker, tail, work_through
 

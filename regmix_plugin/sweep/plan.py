@@ -22,6 +22,7 @@ from regmix_plugin.atomic import write_json
 from regmix_plugin.formats.manifest import MANIFEST, read_manifest
 from regmix_plugin.formats.mixtures import read_mixtures
 from regmix_plugin.formats.sweep_records import read_records
+from regmix_plugin.resources import resolve_recipe
 from regmix_plugin.tokenizer import check_tokenizer
 
 SETUP = "sweep.json"
@@ -159,9 +160,7 @@ def plan_sweep(
             if tokens and not (Path(data_path) / d / split / "index.json").is_file():
                 problems.append(f"prepared domain {d!r} is missing {Path(data_path) / d / split}/index.json; "
                                 f"re-run `regmix prepare --out_dir {data_path}`")
-    recipe = Path(recipe)
-    if not recipe.is_file():
-        raise FileNotFoundError(f"--recipe {str(recipe)!r} does not exist; start from recipes/tiny_cpu.yaml")
+    recipe = resolve_recipe(recipe, "--recipe")
     base = yaml.safe_load(recipe.read_text())
     if not isinstance(base, dict):
         raise ValueError(f"--recipe {str(recipe)!r} is not a YAML mapping of `litgpt pretrain` arguments")
@@ -175,14 +174,21 @@ def plan_sweep(
             problems.append(str(e))
     data = base.get("data") or {}
     if data and data.get("class_path", _DATA_CLASSES[0]) not in _DATA_CLASSES:
-        problems.append(f"--recipe data.class_path is {data.get('class_path')!r}; a sweep needs regmix_plugin.MixtureData")
+        problems.append(f"--recipe data.class_path is {data.get('class_path')!r}; a sweep needs "
+                        "regmix_plugin.MixtureData")
     cfg = copy.deepcopy(base)
     init = dict(data.get("init_args") or {})
     init.update(data_path=str(data_path), weights=next(iter(mixes.values()), {domains[0]: 1.0}), schedule=None)
     if data_num_workers is not None:
         init["num_workers"] = data_num_workers
-    cfg.update(data={"class_path": _DATA_CLASSES[0], "init_args": init}, tokenizer_dir=str(tok_dir),
-               resume=False, devices=1, num_nodes=1, out_dir=str(Path(out_dir) / "runs" / "_check"))
+    cfg.update(
+        data={"class_path": _DATA_CLASSES[0], "init_args": init},
+        tokenizer_dir=str(tok_dir),
+        resume=False,
+        devices=1,
+        num_nodes=1,
+        out_dir=str(Path(out_dir) / "runs" / "_check"),
+    )
     cfg.setdefault("train", {})
     if problems:
         raise ValueError("regmix sweep: nothing was run:\n  " + "\n  ".join(problems))
@@ -190,8 +196,10 @@ def plan_sweep(
         parsed = litgpt_parse(cfg)
     except Exception as e:  # jsonargparse raises several types; all mean the recipe is not runnable
         msg = "\n    ".join(str(e).strip().splitlines()[:12])
-        raise ValueError(f"--recipe {str(recipe)!r}: `litgpt pretrain` would reject it:\n    {msg}\n"
-                         "Fix the recipe (run `litgpt pretrain --config RECIPE --print_config` to see the schema)") from None
+        raise ValueError(
+            f"--recipe {str(recipe)!r}: `litgpt pretrain` would reject it:\n    {msg}\n"
+            "Fix the recipe (run `litgpt pretrain --config RECIPE --print_config` to see the schema)"
+        ) from None
     from litgpt import Config
 
     train = parsed.train
@@ -202,8 +210,10 @@ def plan_sweep(
     steps = iters // accum
     interval = steps // (eval.points + 1) if eval.points > 0 else None
     if eval.points < 0 or (interval is not None and interval < 1):
-        problems.append(f"--eval.points {eval.points} needs at least {eval.points + 1} optimizer steps; the recipe "
-                        f"trains {steps}: lower --eval.points or raise train.max_tokens")
+        problems.append(
+            f"--eval.points {eval.points} needs at least {eval.points + 1} optimizer steps; the recipe "
+            f"trains {steps}: lower --eval.points or raise train.max_tokens"
+        )
     if eval.val_tokens < 1 or eval.batch_size < 1:
         problems.append("--eval.val_tokens and --eval.batch_size must be >= 1")
     init["max_tokens"] = train.max_tokens  # lets MixtureData's epoch guard fail at set-up, not mid-run
@@ -224,8 +234,13 @@ def plan_sweep(
         "manifest": _sha((Path(data_path) / MANIFEST).read_bytes()),
         "tokenizer": manifest.tokenizer_hash,
         # the keys of wave 1's sweep.json, so its sweeps resume under this version
-        "eval": {"eval_points": eval.points, "val_tokens": eval.val_tokens, "eval_batch_size": eval.batch_size,
-                 "seq_length": seq, "domains": eval_names},
+        "eval": {
+            "eval_points": eval.points,
+            "val_tokens": eval.val_tokens,
+            "eval_batch_size": eval.batch_size,
+            "seq_length": seq,
+            "domains": eval_names,
+        },
     }
     return SweepPlan(
         setup_hash=_sha(identity),
@@ -255,11 +270,16 @@ def check_setup(out_dir: Path, plan: SweepPlan) -> SweepPlan:
             "mixing their results would poison the regression. Use a new --out_dir, or restore the old "
             "recipe/corpus/settings to resume it"
         )
-    changed = [r for r, rec in records.items() if r in plan.mixtures
-               and any(abs(rec.mixture.get(d, 0.0) - w) > 1e-9 for d, w in plan.mixtures[r].items())]
+    changed = [
+        r
+        for r, rec in records.items()
+        if r in plan.mixtures and any(abs(rec.mixture.get(d, 0.0) - w) > 1e-9 for d, w in plan.mixtures[r].items())
+    ]
     if changed:
-        raise ValueError(f"--mixtures changes the weights of run(s) already recorded in {out_dir}: "
-                         f"{', '.join(changed[:10])}; give changed mixtures new run ids")
+        raise ValueError(
+            f"--mixtures changes the weights of run(s) already recorded in {out_dir}: "
+            f"{', '.join(changed[:10])}; give changed mixtures new run ids"
+        )
     run_ids = list(old.run_ids) if old is not None else []
     run_ids += [r for r in plan.mixtures if r not in run_ids]
     saved = SweepPlan(**{**{f.name: getattr(plan, f.name) for f in fields(plan)}, "run_ids": run_ids})

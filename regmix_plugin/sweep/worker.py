@@ -67,7 +67,7 @@ def _redirect_output(log: Path):
                 yield
         finally:
             _flush()
-            for fd, copy_of in zip((1, 2), saved):
+            for fd, copy_of in zip((1, 2), saved, strict=True):
                 os.dup2(copy_of, fd)
                 os.close(copy_of)
 
