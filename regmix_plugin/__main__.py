@@ -114,14 +114,16 @@ def main(argv: list[str] | None = None) -> None:
     warnings.filterwarnings("ignore", message=".*is not a known type.*")
     commands = _commands()
     try:
-        CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
-            version=__version__)
+        result = CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
+                     version=__version__)
     except Exception as e:
         if debug or not is_user_error(e):
             raise
         sub = next((a for a in argv if a in commands), None)
         print(f"regmix{' ' + sub if sub else ''}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    if argv[:1] == ["sweep"] and isinstance(result, dict) and result.get("failed"):
+        sys.exit(1)  # a run of this invocation failed: scripts and schedulers must see it
 
 
 if __name__ == "__main__":

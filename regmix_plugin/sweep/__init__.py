@@ -28,15 +28,17 @@ corpus, tokenizer or eval setting under the same ``out_dir`` is refused. Records
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Literal
 
+from regmix_plugin.formats import claims
 from regmix_plugin.formats.sweep_records import DONE, FAILED, read_records
 from regmix_plugin.sweep.plan import EvalArgs, LocalArgs, SlurmArgs, SweepPlan, check_setup, plan_sweep
 
 
-def sweep_status(out_dir: Path) -> dict[str, int]:
-    """Print done/failed/pending counts and failure reasons of a sweep directory; runs nothing."""
+def sweep_status(out_dir: Path, claim_timeout: float = claims.DEFAULT_TIMEOUT) -> dict[str, int]:
+    """Print done/failed/pending counts, failure reasons and who is training what; runs nothing."""
     plan = SweepPlan.load(out_dir, flag="--status")
     records = read_records(out_dir)
     counts = {s: sum(1 for r in plan.run_ids if r in records and records[r].status == s) for s in (DONE, FAILED)}
@@ -46,6 +48,10 @@ def sweep_status(out_dir: Path) -> dict[str, int]:
     for r in plan.run_ids:
         if r in records and records[r].status == FAILED:
             print(f"  {r}: {records[r].first_error_line()}")
+    now = time.time()
+    for r, (claim, beat) in claims.read_claims(out_dir).items():
+        state = "stale, will be taken over" if claims.is_stale(claim, beat, claim_timeout, now) else "training"
+        print(f"  claimed {r}: {claim.describe(now, beat)} ({state})")
     return counts
 
 
@@ -63,6 +69,7 @@ def sweep(
     launcher: Literal["local", "slurm"] = "local",
     local: LocalArgs = LocalArgs(),
     slurm: SlurmArgs = SlurmArgs(),
+    claim_timeout: float = claims.DEFAULT_TIMEOUT,
     status: Path | None = None,
 ) -> dict[str, int] | None:
     """Train one proxy per mixture with the stock ``litgpt pretrain`` loop and tabulate per-domain val losses.
@@ -83,18 +90,24 @@ def sweep(
         launcher: ``local`` (worker processes on this machine) or ``slurm`` (a submitit array job).
         local: Worker processes and threads for ``--launcher local``.
         slurm: Slurm settings for ``--launcher slurm``.
+        claim_timeout: Seconds without a heartbeat after which another launcher's claim on a run is stale and
+            the run is trained here instead. Several launchers (on one machine or on several sharing the
+            directory) may work on one sweep at once: each run is trained by whoever claims it first.
         status: Print the done/failed/pending counts and failure reasons of this sweep directory and exit.
     """
     if status is not None:
-        return sweep_status(status)
+        return sweep_status(status, claim_timeout)
     from regmix_plugin.sweep.launch import launch
 
     eval, local, slurm = (cls(**v) if isinstance(v, dict) else v
                           for cls, v in ((EvalArgs, eval), (LocalArgs, local), (SlurmArgs, slurm)))
     plan = plan_sweep(mixtures, data_path, recipe, out_dir, tokenizer_dir, eval, data_num_workers, keep_checkpoints)
     problems = []
-    if local.workers < 0 or (local.threads is not None and local.threads < 1) or slurm.tasks < 1:
-        problems.append("--local.workers must be >= 0, --local.threads >= 1 and --slurm.tasks >= 1")
+    if (local.workers != "auto" and int(local.workers) < 0) or (local.threads is not None and local.threads < 1) \
+            or slurm.tasks < 1:
+        problems.append("--local.workers must be >= 0 or auto, --local.threads >= 1 and --slurm.tasks >= 1")
+    if claim_timeout <= 0:
+        problems.append(f"--claim_timeout must be > 0 seconds, got {claim_timeout}")
     if not results.endswith((".csv", ".parquet")) or "/" in results:
         problems.append(f"--results {results!r} must be a file name ending in .csv or .parquet")
     if problems:
@@ -102,4 +115,4 @@ def sweep(
     out_dir = Path(out_dir)
     plan = check_setup(out_dir, plan)
     return launch(out_dir, plan, launcher=launcher, local=local, slurm=slurm, retry_failed=retry_failed,
-                  results=results)
+                  results=results, claim_timeout=claim_timeout)

@@ -14,7 +14,7 @@ import json
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -46,10 +46,18 @@ class EvalArgs:
 class LocalArgs:
     """Worker processes of ``--launcher local``."""
 
-    workers: int = 1
-    """Worker processes, each training runs one after another; 0 trains in this process."""
+    workers: int | Literal["auto"] = "auto"
+    """Worker processes, each training runs one after another; 0 trains in this process. ``auto``: one per GPU
+    (packing several proxies on one GPU adds no steady-state throughput), or 1 without GPUs."""
     threads: int | None = None
     """Torch threads per run; default: CPU cores // workers."""
+
+    def resolved_workers(self) -> int:
+        if self.workers != "auto":
+            return int(self.workers)
+        import torch
+
+        return max(1, torch.cuda.device_count())
 
 
 @dataclass

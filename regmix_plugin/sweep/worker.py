@@ -20,8 +20,15 @@ import time
 import traceback
 from pathlib import Path
 
+from regmix_plugin.formats import claims
 from regmix_plugin.formats.sweep_records import DONE, FAILED, RunRecord, log_path, read_record, write_record
 from regmix_plugin.sweep.plan import SweepPlan
+
+#: What a worker reports for a run besides its record's status: trained elsewhere, or out of GPU memory.
+SKIPPED, BUSY, OOM = "skipped", "busy", "oom"
+#: Test-only hook: a file ``<sweep>/<this name>.<run_id>`` makes the next attempt of that run raise the error
+#: torch raises for CUDA out-of-memory (then the file is removed), so the re-queue path runs for real on CPU.
+TEST_OOM_FILE = ".test-oom"
 
 _RESET_EVERY = 6  # dynamo recompiles per new model; past its cache limit runs slow down (measured 0.4 -> 0.8 s)
 _state: dict = {"runs": 0, "blocks": {}}
@@ -126,8 +133,18 @@ def failed_record(plan: SweepPlan, run_id: str, weights: dict[str, float], error
                      manifest_hash=plan.identity["manifest"], error=error, log_tail=log)
 
 
-def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, float]) -> RunRecord:
-    """Train, score and record one proxy; never raises for a failure of the run itself."""
+def _is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(error)
+
+
+def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, float]) -> RunRecord | None:
+    """Train, score and record one proxy; never raises for a failure of the run itself.
+
+    Returns the record written, or None when the run ran out of GPU memory: that is the launcher's
+    concurrency, not the mixture's fault, so nothing is recorded and the launcher re-queues the run.
+    """
     import torch
 
     from regmix_plugin.litgpt_compat import run_pretrain
@@ -147,6 +164,10 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
     error, losses = None, []
     with _redirect_output(log):
         try:
+            oom_hook = sweep_dir / f"{TEST_OOM_FILE}.{run_id}"
+            if oom_hook.exists():
+                oom_hook.unlink()
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test hook)")
             run_pretrain(config)
             error = _train_divergence(work)
             if error is None:
@@ -157,6 +178,9 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
                     losses = []
         except (Exception, SystemExit) as e:
             traceback.print_exc()
+            if _is_out_of_memory(e):
+                shutil.rmtree(work, ignore_errors=True)
+                return None
             error = f"{type(e).__name__}: {e}".strip()[:2000]
             if "non-finite" in error:  # Fabric's gradient clipping refuses NaN/inf gradients: the run diverged
                 error = "diverged: " + error
@@ -173,30 +197,47 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
     return record
 
 
-def work_through(sweep_dir: Path, items: list[tuple[str, dict]], threads: int) -> list[str]:
-    """Train ``items`` in this process, skipping runs already done (the Slurm task body); returns statuses."""
+def run_claimed(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, float], launcher: str,
+                timeout: float) -> str:
+    """Claim, train and record one run unless another launcher has it or it is done; returns what happened.
+
+    ``done``/``failed`` (the record's status), ``skipped`` (already done), ``busy`` (a live claim elsewhere)
+    or ``oom`` (out of GPU memory; nothing recorded, the claim released for a retry).
+    """
+    if not claims.try_claim(sweep_dir, run_id, launcher, timeout):
+        return BUSY
+    try:
+        done = read_record(sweep_dir, run_id)  # finished by another launcher between our plan and our claim
+        if done is not None and done.status == DONE:
+            return SKIPPED
+        with claims.heartbeat(sweep_dir, run_id, timeout):
+            record = run_one(sweep_dir, plan, run_id, weights)
+        return OOM if record is None else record.status
+    finally:
+        claims.release(sweep_dir, run_id)
+
+
+def work_through(sweep_dir: Path, items: list[tuple[str, dict]], threads: int, launcher: str = "slurm",
+                 timeout: float = claims.DEFAULT_TIMEOUT) -> list[str]:
+    """Train ``items`` in this process, skipping runs done or claimed elsewhere (the Slurm task body)."""
     setup_worker(threads)
     plan = SweepPlan.load(sweep_dir)
-    out = []
-    for run_id, weights in items:
-        done = read_record(sweep_dir, run_id)
-        if done is not None and done.status == DONE:
-            out.append("skipped")
-            continue
-        out.append(run_one(sweep_dir, plan, run_id, weights).status)
-    return out
+    return [run_claimed(sweep_dir, plan, run_id, weights, launcher, timeout) for run_id, weights in items]
 
 
-def local_worker(sweep_dir: str, tasks, results, threads: int, wid: int) -> None:
-    """Body of one ``--launcher local`` worker process: train runs from ``tasks`` until it yields None."""
+def local_worker(sweep_dir: str, tasks, results, threads: int, wid: int, launcher: str, timeout: float) -> None:
+    """Body of one ``--launcher local`` worker process: ask for a run, train it, report, until told to stop."""
     die_with_parent()
     setup_worker(threads)
     plan = SweepPlan.load(Path(sweep_dir))
     while True:
+        results.put(("ready", wid))
         item = tasks.get()
         if item is None:
             return
         run_id, weights = item
-        results.put(("start", wid, run_id))
-        rec = run_one(Path(sweep_dir), plan, run_id, weights)
-        results.put(("end", wid, run_id, rec.status))
+        results.put(("took", wid, run_id))
+        outcome = run_claimed(Path(sweep_dir), plan, run_id, weights, launcher, timeout)
+        results.put(("end", wid, run_id, outcome))
+        if outcome == OOM:
+            return  # one run fewer on this GPU: the launcher re-queues the run
