@@ -160,7 +160,11 @@ class MixtureData(DataModule):
         length = (
             budget if budget is not None else sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
         )
-        return MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
+        loader = MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
+        for cb in self.callbacks or ():
+            if hasattr(cb, "attach"):  # a callback that also acts in the main process (RegMixDController)
+                loader = cb.attach(loader, self)
+        return loader
 
     def _place_stage_ends(self, total: int | None, num_streams: int) -> None:
         for st, spec in zip(self.stages, self.schedule or [{}], strict=True):
