@@ -32,7 +32,9 @@ def _commands() -> dict:
     from regmix_plugin.prepare import prepare
     from regmix_plugin.recipe import recipe
     from regmix_plugin.sample import sample
+    from regmix_plugin.schedule import schedule
     from regmix_plugin.sweep import sweep
+    from regmix_plugin.trajectory import fit_trajectory
 
     return {
         "prepare": prepare,
@@ -43,6 +45,8 @@ def _commands() -> dict:
         "fit": fit,
         "predict": predict,
         "optimize": optimize,
+        "fit_trajectory": fit_trajectory,
+        "schedule": schedule,
         "recipe": recipe,
         "demo": demo,
     }

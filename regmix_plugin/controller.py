@@ -190,7 +190,7 @@ class RegMixDController(MixtureCallback):
                "observed": None, "weights": None, "predicted_target": None, "fault": None}
         try:
             rec.update(self._search(k, index, a, b, current, data))
-        except Exception as e:  # any fault keeps the mixture in force: the run must not die here
+        except Exception as e:  # noqa: BLE001 -- any fault keeps the mixture in force: the run must not die here
             rec["fault"] = f"{type(e).__name__}: {e}"
             warnings.warn(f"RegMixDController: stage {k} keeps the current mixture {_fmt(current)} because the "
                           f"controller could not decide: {rec['fault']}", stacklevel=2)

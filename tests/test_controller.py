@@ -135,3 +135,38 @@ def test_missing_model_keeps_the_current_mixture_and_the_run_finishes(tmp_path, 
     rows = realized_mixture(out / "final")
     assert abs(rows["prose"]["samples"] - rows["code"]["samples"]) <= 1  # 50/50 all run long
     assert (out / "final" / "lit_model.pth").is_file()
+
+
+@pytest.mark.slow
+def test_schedule_yaml_round_trips_through_recipe_into_litgpt_pretrain(tmp_path, prepared, tokenizer_dir):
+    """`regmix schedule`'s file -> `regmix recipe` -> a recipe stock `litgpt pretrain` runs, stage by stage."""
+    from pathlib import Path
+
+    import yaml
+
+    from regmix_plugin.__main__ import main
+    from regmix_plugin.formats.schedule import Schedule, ScheduleStage, write_schedule
+
+    stages = [ScheduleStage({"code": 0.25, "prose": 0.75}, 0.5), ScheduleStage({"code": 1.0, "prose": 0.0})]
+    write_schedule(tmp_path / "schedule.yaml", Schedule(stages, prediction={"at_schedule": 3.1, "at_best_static": 3.2}))
+    template = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
+    main(["recipe", "--mixture", str(tmp_path / "schedule.yaml"), "--template", str(template),
+          "--out", str(tmp_path / "recipe.yaml")])
+    text = (tmp_path / "recipe.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    assert cfg["data"]["init_args"]["weights"] is None
+    assert cfg["data"]["init_args"]["schedule"] == [
+        {"until_fraction": 0.5, "weights": {"code": 0.25, "prose": 0.75}}, {"weights": {"code": 1.0, "prose": 0.0}}]
+    assert "# Source code (type: float)" not in text.split("schedule:")[0].split("weights: null")[-1]
+    assert "# The run's token budget" in text  # the template's comments stay
+    budget = 16 * MICRO * SEQ
+    cfg.update(out_dir=str(tmp_path / "run"), tokenizer_dir=str(tokenizer_dir))
+    cfg["data"]["init_args"].update(data_path=str(prepared), max_tokens=budget, num_workers=0)
+    cfg["train"].update(max_tokens=budget, micro_batch_size=MICRO, global_batch_size=MICRO, save_interval=8)
+    cfg["model_config"].update(block_size=SEQ)
+    cfg["eval"].update(initial_validation=False, final_validation=False)
+    run_pretrain(cfg)
+    half = realized_mixture(tmp_path / "run" / "step-00000008")  # end of stage 0: 32 samples at 25/75
+    assert (half["code"]["samples"], half["prose"]["samples"]) == (8, 24)
+    full = realized_mixture(tmp_path / "run" / "final")  # then 32 samples of code only
+    assert (full["code"]["samples"], full["prose"]["samples"]) == (40, 24)
