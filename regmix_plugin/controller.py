@@ -197,12 +197,8 @@ class RegMixDController(MixtureCallback):
         return rec
 
     def _search(self, k: int, index: int, a: float, b: float, current: dict, data: MixtureData) -> dict:
-        from regmix_plugin.evaluate import (
-            check_tokenizer,
-            domain_losses,
-            load_model,
-            val_blocks,
-        )
+        from regmix_plugin.scoring import domain_losses, load_checkpoint, val_blocks
+        from regmix_plugin.tokenizer import check_tokenizer
         from regmix_plugin.trajectory import (
             SearchArgs,
             best_stage_mixture,
@@ -214,8 +210,8 @@ class RegMixDController(MixtureCallback):
         if ckpt is None:
             raise FileNotFoundError(f"no checkpoint step-* at or before batch {index} in {self.out_dir}; set "
                                     "train.save_interval so one is saved before each switch")
-        check_tokenizer(ckpt, data.manifest, data.data_path, flag="checkpoint")
-        model = load_model(ckpt)
+        check_tokenizer(ckpt, data.manifest.tokenizer_hash, "checkpoint", str(data.data_path))
+        model = load_checkpoint(ckpt)
         if self._blocks is None:
             self._blocks = val_blocks(data.data_path, traj.loss_domains, model.config.block_size, self.val_tokens)[0]
         missing = [d for d in traj.loss_domains if d not in self._blocks]

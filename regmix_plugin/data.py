@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from litgpt.data import DataModule
+from torch.utils.data import DataLoader, IterableDataset
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 

@@ -59,7 +59,7 @@ def schedule(
         exclude: Domains no stage may train on.
         search: Candidates, top-k, smoothing and seed of each stage's search.
     """
-    from regmix_plugin.optimize import constraint_bounds
+    from regmix_plugin.mixture import constraint_bounds
 
     search = search or SearchArgs()
     problems = []
@@ -75,7 +75,7 @@ def schedule(
     domains = traj.weight_domains
     manifest = None
     if data_path is not None:
-        from regmix_plugin.manifest import read_manifest
+        from regmix_plugin.formats.manifest import read_manifest
 
         manifest = read_manifest(data_path, flag="--data_path")
     tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
@@ -114,7 +114,7 @@ def schedule(
 
 
 def _prior(domains: list[str], prior, manifest) -> np.ndarray:
-    from regmix_plugin.domains import validate_weights
+    from regmix_plugin.mixture import validate_weights
 
     if prior is not None:
         w = validate_weights(prior, domains, key="--prior")

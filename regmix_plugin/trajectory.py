@@ -87,6 +87,9 @@ def trajectories_from_records(records: Mapping[str, Mapping]) -> tuple[list[Traj
     A record with ``schedule`` (a staged proxy) gives one segment per stage; one with only ``mixture`` (a
     static sweep) is a schedule whose stages are all equal. Runs that are not ``done`` are skipped.
     """
+    from dataclasses import asdict, is_dataclass
+
+    records = {k: asdict(r) if is_dataclass(r) else r for k, r in records.items()}
     done = [r for r in records.values() if r.get("status") == "done" and r.get("losses")]
     if not done:
         raise ValueError("no finished run with scored eval points; run `regmix sweep` until some finish")
@@ -111,7 +114,7 @@ def _stages_of(record: Mapping) -> list[dict]:
 
 def resolve_target(target: str | Mapping[str, float], loss_domains: Sequence[str], flag: str = "--target") -> dict[str, float]:
     """A ``regmix fit``-style target spec over ``val_loss/<domain>`` columns -> ``{domain: coefficient}``."""
-    from regmix_plugin.results import LOSS_PREFIX, Results
+    from regmix_plugin.formats.results import LOSS_PREFIX, Results
 
     table = Results(source="the sweep's eval points", id_column="run_id", ids=[], domains=[], weights=np.zeros((0, 0)),
                     metrics={LOSS_PREFIX + d: np.zeros(0) for d in loss_domains}, aliases={})
@@ -334,7 +337,7 @@ def fit_trajectory(
         cv_folds: K of the K-fold cross-validation; folds are split by run.
         seed: Seed of the fold assignment and the regressors.
     """
-    from regmix_plugin.sweep import read_records
+    from regmix_plugin.formats.sweep_records import read_records
 
     trajs, wdomains, ldomains = trajectories_from_records(read_records(sweep))
     return fit_trajectories(trajs, wdomains, ldomains, target, features, regressor, out, cv_folds, seed,
@@ -398,10 +401,11 @@ def best_stage_mixture(model: TrajectoryModel, a: float, b: float, state: np.nda
 
     Returns ``(mixture, predicted target of the top-k candidates)``.
     """
-    from regmix_plugin.optimize import project, sample_candidates
+    from regmix_plugin.mixture import SamplerArgs, project
+    from regmix_plugin.optimize import sample_candidates
 
-    cands = sample_candidates(prior, lower, upper, search.n_candidates, tuple(search.strength), search.seed + stage,
-                              search.num_threads)
+    sampler = SamplerArgs(min_strength=search.strength[0], max_strength=search.strength[1])
+    cands = sample_candidates(prior, lower, upper, search.n_candidates, sampler, search.seed + stage, search.num_threads)
     scores = np.empty(len(cands))
     for s in range(0, len(cands), 20_000):  # bounded memory: one chunk of rows through the chain at a time
         c = cands[s : s + 20_000]

@@ -12,7 +12,7 @@ import torch
 from conftest import pretrain_config
 
 from regmix_plugin.inspect import read_data_state, realized_mixture
-from regmix_plugin.runner import run_pretrain
+from regmix_plugin.litgpt_compat import run_pretrain
 
 STEPS, MICRO, SEQ = 24, 4, 32
 PLAN = {"code": 0.5, "prose": 0.5}
@@ -21,7 +21,7 @@ PLAN = {"code": 0.5, "prose": 0.5}
 @pytest.fixture(scope="module")
 def traj_model(tmp_path_factory, prepared):
     """A `losses`-feature trajectory model over the fixture corpus' domains, fitted on simulated proxy records."""
-    from regmix_plugin.manifest import read_manifest
+    from regmix_plugin.formats.manifest import read_manifest
     from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
 
     domains = read_manifest(prepared).train_domains()

@@ -18,11 +18,13 @@ N_RUNS, STAGES, NOISE = 48, 3, 0.01
 
 def regmix_static(tmp_path, seed):
     from regmix_plugin.fit import fit
-    from regmix_plugin.optimize import optimize, read_mixture
-    from regmix_plugin.results import write_results
-    from regmix_plugin.sweep import table_rows
+    from regmix_plugin.formats.mixture_yaml import read_mixture
+    from regmix_plugin.formats.results import write_results
+    from regmix_plugin.formats.sweep_records import RunRecord, table_rows
+    from regmix_plugin.optimize import optimize
 
     records = proxy_records(N_RUNS, 1, seed + 100, noise=NOISE)
+    records = {k: RunRecord.from_dict(r) for k, r in records.items()}
     write_results(tmp_path / "static.csv", table_rows(list(records), records))
     fit(results=tmp_path / "static.csv", target="val_loss/target", out=tmp_path / "static_model", seed=seed)
     optimize(tmp_path / "static_model", out=tmp_path / "static.yaml", prior={d: 1 / 3 for d in DOMAINS},
