@@ -27,6 +27,7 @@ def _commands() -> dict:
     from regmix_plugin.demo import demo
     from regmix_plugin.evaluate import evaluate
     from regmix_plugin.fit import fit, predict
+    from regmix_plugin.fit_trajectory import fit_trajectory
     from regmix_plugin.inspect import inspect
     from regmix_plugin.optimize import optimize
     from regmix_plugin.prepare import prepare
@@ -34,7 +35,6 @@ def _commands() -> dict:
     from regmix_plugin.sample import sample
     from regmix_plugin.schedule import schedule
     from regmix_plugin.sweep import sweep
-    from regmix_plugin.trajectory import fit_trajectory
 
     return {
         "prepare": prepare,

@@ -28,13 +28,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from litgpt.data import DataModule
-from torch.utils.data import DataLoader, IterableDataset
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
 from regmix_plugin.formats.manifest import Manifest, read_manifest
 from regmix_plugin.mixture import validate_weights
-from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream, Stage, TokenSource
+from regmix_plugin.stream import (
+    MixtureCallback,
+    MixtureLoader,
+    MixtureStream,
+    Stage,
+    TokenSource,
+)
 
 
 @dataclass

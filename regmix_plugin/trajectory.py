@@ -1,6 +1,6 @@
 """RegMix-D's local transition model: from the state at one eval point and the mixture in force, the losses at the next.
 
-    regmix fit_trajectory --sweep out/sweep --target val_loss/target --out out/trajectory
+    regmix fit_trajectory --sweep out/sweep --target val_loss/target --out out/trajectory   (fit_trajectory.py)
 
 A proxy run is a :class:`Trajectory`: the mixture in force on each segment of the run (one segment for a
 static sweep, one per stage for ``regmix sample --stages S``) and the per-domain validation losses at every
@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
@@ -313,37 +312,6 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
                            {k: v for k, v in meta.items() if k not in known})
 
 
-# ---------------------------------------------------------------------------------------- the command
-def fit_trajectory(
-    sweep: Path,
-    target: dict[str, float] | str = "val_loss/*",
-    features: Literal["auto", "losses", "mixtures"] = "auto",
-    regressor: Literal["auto", "linear", "lightgbm", "gp"] = "linear",
-    out: Path = Path("out/regmix/trajectory"),
-    cv_folds: int = 5,
-    seed: int = 0,
-) -> dict:
-    """Fit RegMix-D's transition model on a sweep's per-eval-point losses, with run-wise K-fold CV.
-
-    Arguments:
-        sweep: A `regmix sweep` output directory (its ``runs/*.json`` records hold the losses at every eval point).
-        target: What the schedule minimises: a ``val_loss/<domain>`` column, a glob (mean of the matches) or
-            ``{column or glob: weight}``, as in `regmix fit`.
-        features: ``losses`` (state = per-domain losses at the interval's start, needed by the online
-            controller), ``mixtures`` (state = mean mixture trained on so far), or ``auto``: the lower held-out
-            rollout RMSE. Both are cross-validated and reported either way.
-        regressor: ``linear``, ``lightgbm``, ``gp`` (as in `regmix fit`) or ``auto`` (lowest rollout RMSE).
-        out: The model directory to write (replaced if it holds an earlier trajectory model).
-        cv_folds: K of the K-fold cross-validation; folds are split by run.
-        seed: Seed of the fold assignment and the regressors.
-    """
-    from regmix_plugin.formats.sweep_records import read_records
-
-    trajs, wdomains, ldomains = trajectories_from_records(read_records(sweep))
-    return fit_trajectories(trajs, wdomains, ldomains, target, features, regressor, out, cv_folds, seed,
-                            source={"sweep": str(sweep)})
-
-
 def fit_trajectories(trajs, wdomains, ldomains, target, features="auto", regressor="linear", out=None,
                      cv_folds=5, seed=0, source=None) -> dict:
     """:func:`fit_trajectory` on trajectories already in memory; returns the CV report."""
@@ -401,11 +369,15 @@ def best_stage_mixture(model: TrajectoryModel, a: float, b: float, state: np.nda
 
     Returns ``(mixture, predicted target of the top-k candidates)``.
     """
-    from regmix_plugin.mixture import SamplerArgs, project
-    from regmix_plugin.optimize import sample_candidates
+    from regmix_plugin.mixture import SamplerArgs, dirichlet_draws, project
 
     sampler = SamplerArgs(min_strength=search.strength[0], max_strength=search.strength[1])
-    cands = sample_candidates(prior, lower, upper, search.n_candidates, sampler, search.seed + stage, search.num_threads)
+    centre = np.where(upper > 0, prior, 0.0)
+    cands = dirichlet_draws(centre if centre.sum() > 0 else (upper > 0).astype(float), search.n_candidates, sampler,
+                            np.random.default_rng(search.seed + stage))
+    bad = ((cands < lower - _EPS) | (cands > upper + _EPS)).any(1)
+    if bad.any():
+        cands[bad] = project(cands[bad], lower, upper)
     scores = np.empty(len(cands))
     for s in range(0, len(cands), 20_000):  # bounded memory: one chunk of rows through the chain at a time
         c = cands[s : s + 20_000]
