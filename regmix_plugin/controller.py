@@ -113,8 +113,11 @@ class RegMixDController(MixtureCallback):
             except (OSError, json.JSONDecodeError):
                 pass
             if time.monotonic() > deadline:
-                warnings.warn(f"RegMixDController: no decision for stage {k} after {self.wait_timeout_s:g} s; this "
-                              "data stream keeps its current mixture", stacklevel=2)
+                warnings.warn(
+                    f"RegMixDController: no decision for stage {k} after {self.wait_timeout_s:g} s; this "
+                    "data stream keeps its current mixture",
+                    stacklevel=2,
+                )
                 return dict(current)
             time.sleep(0.02)
 
@@ -141,8 +144,12 @@ class RegMixDController(MixtureCallback):
             "bounds": [0.0] + [e / total for e in ends] + [1.0],
             "decide_at": [max(0, s - lag) for s in switch],
             "rank": ds.distributed_env.global_rank,
-            "per_epoch": {d: src.num_blocks // (workers * ds.distributed_env.world_size) for d, src in ds.sources.items()},
-            "stage_samples": [(e if e is not None else total) - s for s, e in zip([0, *ends], [*ends, None])],
+            "per_epoch": {
+                d: src.num_blocks // (workers * ds.distributed_env.world_size) for d, src in ds.sources.items()
+            },
+            "stage_samples": [
+                (e if e is not None else total) - s for s, e in zip([0, *ends], [*ends, None], strict=True)
+            ],
             "max_epochs": ds.max_epochs,
             "planned": [dict(st.weights) for st in ds.stages],
         }
@@ -186,14 +193,26 @@ class RegMixDController(MixtureCallback):
     def _decide(self, k: int, index: int, data: MixtureData) -> dict:
         a, b = self._plan["bounds"][k], self._plan["bounds"][k + 1]
         current = self.in_force(k)
-        rec = {"run": self.run_id, "stage": k, "decided_at_batch": index, "fraction": [a, b], "checkpoint": None,
-               "observed": None, "weights": None, "predicted_target": None, "fault": None}
+        rec = {
+            "run": self.run_id,
+            "stage": k,
+            "decided_at_batch": index,
+            "fraction": [a, b],
+            "checkpoint": None,
+            "observed": None,
+            "weights": None,
+            "predicted_target": None,
+            "fault": None,
+        }
         try:
             rec.update(self._search(k, index, a, b, current, data))
         except Exception as e:  # noqa: BLE001 -- any fault keeps the mixture in force: the run must not die here
             rec["fault"] = f"{type(e).__name__}: {e}"
-            warnings.warn(f"RegMixDController: stage {k} keeps the current mixture {_fmt(current)} because the "
-                          f"controller could not decide: {rec['fault']}", stacklevel=2)
+            warnings.warn(
+                f"RegMixDController: stage {k} keeps the current mixture {_fmt(current)} because the "
+                f"controller could not decide: {rec['fault']}",
+                stacklevel=2,
+            )
         return rec
 
     def _search(self, k: int, index: int, a: float, b: float, current: dict, data: MixtureData) -> dict:
@@ -208,8 +227,10 @@ class RegMixDController(MixtureCallback):
         traj = load_trajectory_model(self.model, flag="RegMixDController model")
         ckpt = latest_checkpoint(Path(self.out_dir), index)
         if ckpt is None:
-            raise FileNotFoundError(f"no checkpoint step-* at or before batch {index} in {self.out_dir}; set "
-                                    "train.save_interval so one is saved before each switch")
+            raise FileNotFoundError(
+                f"no checkpoint step-* at or before batch {index} in {self.out_dir}; set "
+                "train.save_interval so one is saved before each switch"
+            )
         check_tokenizer(ckpt, data.manifest.tokenizer_hash, "checkpoint", str(data.data_path))
         model = load_checkpoint(ckpt)
         if self._blocks is None:
@@ -231,12 +252,26 @@ class RegMixDController(MixtureCallback):
         active = np.array([d in opened for d in domains], float)
         prior = 0.5 * cur + 0.5 * active / active.sum()
         upper = active * self._allowance(k, domains)
-        mix, top = best_stage_mixture(traj, a, b, state, prior, np.zeros(len(domains)), upper,
-                                      SearchArgs(self.n_candidates, self.top_k, self.smoothing, seed=self.seed), k, cur)
+        mix, top = best_stage_mixture(
+            traj,
+            a,
+            b,
+            state,
+            prior,
+            np.zeros(len(domains)),
+            upper,
+            SearchArgs(self.n_candidates, self.top_k, self.smoothing, seed=self.seed),
+            k,
+            cur,
+        )
         losses, _ = traj.advance(a, b, mix[None], np.atleast_2d(state))
-        return {"checkpoint": ckpt.name, "observed": observed,
-                "weights": {d: float(f"{w:.10g}") for d, w in zip(domains, mix) if w > 0 or d in opened},
-                "predicted_target": float(traj.predict_target(losses)[0]), "top_k_mean": float(top.mean())}
+        return {
+            "checkpoint": ckpt.name,
+            "observed": observed,
+            "weights": {d: float(f"{w:.10g}") for d, w in zip(domains, mix, strict=True) if w > 0 or d in opened},
+            "predicted_target": float(traj.predict_target(losses)[0]),
+            "top_k_mean": float(top.mean()),
+        }
 
     def _mean_mixture(self, k: int, domains: list[str], a: float) -> np.ndarray:
         acc = np.zeros(len(domains))
@@ -264,14 +299,17 @@ class RegMixDController(MixtureCallback):
     def attach(self, loader: MixtureLoader, data: MixtureData) -> MixtureLoader:
         """Called by ``MixtureData.train_dataloader``: the loader and stream that run this controller."""
         if len(data.stages) < 2:
-            raise ValueError("RegMixDController needs a --data.schedule with at least two stages: its until_fraction "
-                             "entries are the switch points, its first stage's weights the mixture to start from")
+            raise ValueError(
+                "RegMixDController needs a --data.schedule with at least two stages: its until_fraction "
+                "entries are the switch points, its first stage's weights the mixture to start from"
+            )
         stream = ControlledStream.__new__(ControlledStream)
         stream.__dict__.update(loader.dataset.__dict__)
         stream.callbacks = [cb for cb in stream.callbacks if cb is not self]
         stream.controller = self
-        out = ControlledLoader(stream, num_workers=loader.num_workers, length=loader._length,
-                               budget_batches=loader._budget)
+        out = ControlledLoader(
+            stream, num_workers=loader.num_workers, length=loader._length, budget_batches=loader._budget
+        )
         out.data = data
         return out
 
@@ -285,7 +323,7 @@ class RegMixDController(MixtureCallback):
 
 
 def latest_checkpoint(out_dir: Path, batch: int) -> Path | None:
-    """The newest ``step-*`` checkpoint of ``out_dir`` with step <= ``batch`` (a step is never more than the batches)."""
+    """The newest ``step-*`` checkpoint of ``out_dir`` with step <= ``batch`` (steps never outnumber batches)."""
     best = None
     for p in Path(out_dir).glob("step-*"):
         try:

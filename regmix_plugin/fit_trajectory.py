@@ -39,5 +39,6 @@ def fit_trajectory(
     from regmix_plugin.formats.sweep_records import read_records
 
     trajs, wdomains, ldomains = trajectories_from_records(read_records(sweep))
-    return fit_trajectories(trajs, wdomains, ldomains, target, features, regressor, out, cv_folds, seed,
-                            source={"sweep": str(sweep)})
+    return fit_trajectories(
+        trajs, wdomains, ldomains, target, features, regressor, out, cv_folds, seed, source={"sweep": str(sweep)}
+    )

@@ -87,29 +87,44 @@ def schedule(
     plan = derive_schedule(traj, stages, center, lower, upper, allowance, search)
     static = derive_schedule(traj, 1, center, lower, upper, allowance, SearchArgs(**{**vars(search), "smoothing": 0.0}))
     result = Schedule(
-        stages=[ScheduleStage(dict(zip(domains, map(float, m))), None if k == stages - 1 else plan["ends"][k])
-                for k, m in enumerate(plan["mixtures"])],
+        stages=[
+            ScheduleStage(dict(zip(domains, map(float, m), strict=True)), None if k == stages - 1 else plan["ends"][k])
+            for k, m in enumerate(plan["mixtures"])
+        ],
         prediction={
-            "target": traj.target, "at_schedule": plan["predicted_target"][-1],
-            "at_stage_ends": plan["predicted_target"], "top_k_std": plan["top_k_std"],
+            "target": traj.target,
+            "at_schedule": plan["predicted_target"][-1],
+            "at_stage_ends": plan["predicted_target"],
+            "top_k_std": plan["top_k_std"],
             "at_best_static": static["predicted_target"][-1],
-            "best_static": dict(zip(domains, map(float, static["mixtures"][0]))),
+            "best_static": dict(zip(domains, map(float, static["mixtures"][0]), strict=True)),
             "model_cv_rollout_rmse": traj.meta.get("cv_rollout_rmse"),
         },
         search={**vars(search), "strength": list(search.strength), "stages": stages},
-        constraints={"lower": {d: float(v) for d, v in zip(domains, lower) if v > 0},
-                     "upper": {d: float(v) for d, v in zip(domains, upper) if v < 1},
-                     "excluded": sorted(exclude or []), "target_tokens": target_tokens,
-                     "max_epochs": max_epochs if target_tokens else None, "epochs_counted_over": "whole run"},
-        provenance={"model": str(model), "features": traj.features, "regressor": traj.regressor,
-                    "cv_rollout_rmse": traj.meta.get("cv_rollout_rmse"), "n_runs": traj.meta.get("n_runs"),
-                    "data_path": str(data_path) if data_path else None,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        constraints={
+            "lower": {d: float(v) for d, v in zip(domains, lower, strict=True) if v > 0},
+            "upper": {d: float(v) for d, v in zip(domains, upper, strict=True) if v < 1},
+            "excluded": sorted(exclude or []),
+            "target_tokens": target_tokens,
+            "max_epochs": max_epochs if target_tokens else None,
+            "epochs_counted_over": "whole run",
+        },
+        provenance={
+            "model": str(model),
+            "features": traj.features,
+            "regressor": traj.regressor,
+            "cv_rollout_rmse": traj.meta.get("cv_rollout_rmse"),
+            "n_runs": traj.meta.get("n_runs"),
+            "data_path": str(data_path) if data_path else None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
     )
     write_schedule(Path(out), result)
     stacked_area(Path(out).with_suffix(".png"), result)
-    print(f"predicted target {plan['predicted_target'][-1]:.4f} with the {stages}-stage schedule, "
-          f"{static['predicted_target'][-1]:.4f} with the best single mixture; wrote {out}")
+    print(
+        f"predicted target {plan['predicted_target'][-1]:.4f} with the {stages}-stage schedule, "
+        f"{static['predicted_target'][-1]:.4f} with the best single mixture; wrote {out}"
+    )
     return result
 
 
@@ -135,7 +150,7 @@ def stacked_area(path: Path, sched: Schedule, title: str = "RegMix-D schedule") 
     domains = sorted({d for st in sched.stages for d in st.weights})
     ends = [st.until_fraction if st.until_fraction is not None else 1.0 for st in sched.stages]
     starts = [0.0] + ends[:-1]
-    x = [v for s, e in zip(starts, ends) for v in (s, e)]
+    x = [v for s, e in zip(starts, ends, strict=True) for v in (s, e)]
     ys = [[st.weights.get(d, 0.0) for st in sched.stages for _ in (0, 1)] for d in domains]
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.stackplot(x, ys, labels=domains)

@@ -98,12 +98,14 @@ def trajectories_from_records(records: Mapping[str, Mapping]) -> tuple[list[Traj
     for r in done:
         final = float(r["tokens"])
         pts = sorted(r["losses"], key=lambda p: p["tokens"])
-        out.append(Trajectory(
-            run_id=r["run_id"],
-            segments=segments_from_stages(_stages_of(r), wdomains),
-            times=np.array([p["tokens"] / final for p in pts]),
-            losses=np.array([[p["losses"][d] for d in ldomains] for p in pts], float),
-        ))
+        out.append(
+            Trajectory(
+                run_id=r["run_id"],
+                segments=segments_from_stages(_stages_of(r), wdomains),
+                times=np.array([p["tokens"] / final for p in pts]),
+                losses=np.array([[p["losses"][d] for d in ldomains] for p in pts], float),
+            )
+        )
     return out, wdomains, ldomains
 
 
@@ -111,13 +113,22 @@ def _stages_of(record: Mapping) -> list[dict]:
     return list(record.get("schedule") or [{"weights": record["mixture"]}])
 
 
-def resolve_target(target: str | Mapping[str, float], loss_domains: Sequence[str], flag: str = "--target") -> dict[str, float]:
+def resolve_target(
+    target: str | Mapping[str, float], loss_domains: Sequence[str], flag: str = "--target"
+) -> dict[str, float]:
     """A ``regmix fit``-style target spec over ``val_loss/<domain>`` columns -> ``{domain: coefficient}``."""
     from regmix_plugin.formats.results import LOSS_PREFIX, Results
 
-    table = Results(source="the sweep's eval points", id_column="run_id", ids=[], domains=[], weights=np.zeros((0, 0)),
-                    metrics={LOSS_PREFIX + d: np.zeros(0) for d in loss_domains}, aliases={})
-    return {c[len(LOSS_PREFIX):]: w for c, w in table.resolve_target(target, flag).items()}
+    table = Results(
+        source="the sweep's eval points",
+        id_column="run_id",
+        ids=[],
+        domains=[],
+        weights=np.zeros((0, 0)),
+        metrics={LOSS_PREFIX + d: np.zeros(0) for d in loss_domains},
+        aliases={},
+    )
+    return {c[len(LOSS_PREFIX) :]: w for c, w in table.resolve_target(target, flag).items()}
 
 
 # ------------------------------------------------------------------------------------------- the model
@@ -165,10 +176,7 @@ class TrajectoryModel:
         losses = None
         for ta, tb in pairwise(pts):
             losses = self.step(ta, tb, m, state)
-            if self.features == "losses":
-                state = losses
-            else:
-                state = (state * ta + m * (tb - ta)) / tb
+            state = losses if self.features == "losses" else (state * ta + m * (tb - ta)) / tb
         return losses, state
 
     def rollout(self, segments: Sequence[tuple[float, float, np.ndarray]], grid: Sequence[float] | None = None):
@@ -214,20 +222,31 @@ def common_grid(trajs: Sequence[Trajectory]) -> list[float]:
     return [float(t) for t in grids.most_common(1)[0][0]]
 
 
-def fit_model(trajs, weight_domains, loss_domains, target, features: str, regressor: str, seed: int = 0,
-              meta: dict | None = None) -> TrajectoryModel:
+def fit_model(
+    trajs, weight_domains, loss_domains, target, features: str, regressor: str, seed: int = 0, meta: dict | None = None
+) -> TrajectoryModel:
     """Fit one regressor per loss domain on every transition row of ``trajs``."""
     from regmix_plugin.regressors import REGRESSORS
 
     init = initial_state(trajs)
     X, Y, _ = build_rows(trajs, features, init)
     regs = {d: REGRESSORS[regressor](random_state=seed).fit(X, Y[:, j]) for j, d in enumerate(loss_domains)}
-    return TrajectoryModel(features, regressor, list(weight_domains), list(loss_domains), dict(target), init,
-                           common_grid(trajs), regs, meta or {})
+    return TrajectoryModel(
+        features,
+        regressor,
+        list(weight_domains),
+        list(loss_domains),
+        dict(target),
+        init,
+        common_grid(trajs),
+        regs,
+        meta or {},
+    )
 
 
-def cross_validate(trajs, weight_domains, loss_domains, target, features: str, regressor: str, folds: int,
-                   seed: int = 0) -> dict:
+def cross_validate(
+    trajs, weight_domains, loss_domains, target, features: str, regressor: str, folds: int, seed: int = 0
+) -> dict:
     """Held-out errors with folds split by run: one-step target error and chained final-target error."""
     from scipy.stats import spearmanr
     from sklearn.model_selection import GroupKFold
@@ -245,8 +264,14 @@ def cross_validate(trajs, weight_domains, loss_domains, target, features: str, r
             tr = trajs[i]
             roll_pred.append(float(model.predict_target(model.rollout(tr.segments, tr.times))[0]))
             roll_true.append(float(tr.losses[-1] @ tvec))
-        per_fold.append({"fold": f, "n_train_runs": len(train), "n_test_runs": len(test),
-                         "step_rmse": float(np.sqrt(np.mean(errs**2)))})
+        per_fold.append(
+            {
+                "fold": f,
+                "n_train_runs": len(train),
+                "n_test_runs": len(test),
+                "step_rmse": float(np.sqrt(np.mean(errs**2))),
+            }
+        )
     roll_pred, roll_true = np.array(roll_pred), np.array(roll_true)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -274,18 +299,21 @@ def save_model(model: TrajectoryModel, out: Path, cv: dict | None = None) -> Non
             sub.mkdir(parents=True)
             model.regressors[d].save(sub)
             settings[d] = model.regressors[d].settings()
-        write_json(tmp / TRAJECTORY_FILE, {
-            "format_version": TRAJECTORY_FORMAT,
-            "features": model.features,
-            "regressor": model.regressor,
-            "weight_domains": model.weight_domains,
-            "loss_domains": model.loss_domains,
-            "target": model.target,
-            "initial_state": model.initial_state.tolist(),
-            "grid": model.grid,
-            "settings": settings,
-            **model.meta,
-        })
+        write_json(
+            tmp / TRAJECTORY_FILE,
+            {
+                "format_version": TRAJECTORY_FORMAT,
+                "features": model.features,
+                "regressor": model.regressor,
+                "weight_domains": model.weight_domains,
+                "loss_domains": model.loss_domains,
+                "target": model.target,
+                "initial_state": model.initial_state.tolist(),
+                "grid": model.grid,
+                "settings": settings,
+                **model.meta,
+            },
+        )
         if cv is not None:
             write_json(tmp / "cv.json", cv)
 
@@ -297,44 +325,86 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
     path = Path(path)
     meta_file = path / TRAJECTORY_FILE
     if not meta_file.is_file():
-        raise FileNotFoundError(f"{flag} {str(path)!r} has no {TRAJECTORY_FILE}; write it with "
-                                f"`regmix fit_trajectory --out {path}`")
+        raise FileNotFoundError(
+            f"{flag} {str(path)!r} has no {TRAJECTORY_FILE}; write it with `regmix fit_trajectory --out {path}`"
+        )
     meta = json.loads(meta_file.read_text())
     if meta.get("format_version") != TRAJECTORY_FORMAT or meta.get("features") not in FEATURE_SETS:
-        raise ValueError(f"{flag} {str(path)!r} is trajectory format {meta.get('format_version')!r}; this version "
-                         f"reads {TRAJECTORY_FORMAT}: re-run `regmix fit_trajectory --out {path}`")
-    regs = {d: load_regressor(meta["regressor"], path / "regressors" / f"{i:03d}", meta["settings"][d])
-            for i, d in enumerate(meta["loss_domains"])}
-    known = {"format_version", "features", "regressor", "weight_domains", "loss_domains", "target",
-             "initial_state", "grid", "settings"}
-    return TrajectoryModel(meta["features"], meta["regressor"], meta["weight_domains"], meta["loss_domains"],
-                           meta["target"], np.array(meta["initial_state"], float), meta["grid"], regs,
-                           {k: v for k, v in meta.items() if k not in known})
+        raise ValueError(
+            f"{flag} {str(path)!r} is trajectory format {meta.get('format_version')!r}; this version "
+            f"reads {TRAJECTORY_FORMAT}: re-run `regmix fit_trajectory --out {path}`"
+        )
+    regs = {
+        d: load_regressor(meta["regressor"], path / "regressors" / f"{i:03d}", meta["settings"][d])
+        for i, d in enumerate(meta["loss_domains"])
+    }
+    known = {
+        "format_version",
+        "features",
+        "regressor",
+        "weight_domains",
+        "loss_domains",
+        "target",
+        "initial_state",
+        "grid",
+        "settings",
+    }
+    return TrajectoryModel(
+        meta["features"],
+        meta["regressor"],
+        meta["weight_domains"],
+        meta["loss_domains"],
+        meta["target"],
+        np.array(meta["initial_state"], float),
+        meta["grid"],
+        regs,
+        {k: v for k, v in meta.items() if k not in known},
+    )
 
 
-def fit_trajectories(trajs, wdomains, ldomains, target, features="auto", regressor="linear", out=None,
-                     cv_folds=5, seed=0, source=None) -> dict:
+def fit_trajectories(
+    trajs, wdomains, ldomains, target, features="auto", regressor="linear", out=None, cv_folds=5, seed=0, source=None
+) -> dict:
     """:func:`fit_trajectory` on trajectories already in memory; returns the CV report."""
     if cv_folds < 2 or len(trajs) < 2 * cv_folds:
-        raise ValueError(f"--cv_folds {cv_folds} needs at least 2 and 2 runs per fold; the sweep has {len(trajs)} "
-                         "finished runs: lower --cv_folds or add proxy runs")
+        raise ValueError(
+            f"--cv_folds {cv_folds} needs at least 2 and 2 runs per fold; the sweep has {len(trajs)} "
+            "finished runs: lower --cv_folds or add proxy runs"
+        )
     tmap = resolve_target(target, ldomains)
     fsets = FEATURE_SETS if features == "auto" else (features,)
     regs = REGRESSOR_ORDER if regressor == "auto" else (regressor,)
-    scores = {f"{f}/{r}": cross_validate(trajs, wdomains, ldomains, tmap, f, r, cv_folds, seed) for f in fsets for r in regs}
+    scores = {
+        f"{f}/{r}": cross_validate(trajs, wdomains, ldomains, tmap, f, r, cv_folds, seed) for f in fsets for r in regs
+    }
     order = [f"{f}/{r}" for f in fsets for r in regs]
     chosen = min(order, key=lambda k: (_nan_to(scores[k]["rollout_rmse"]), order.index(k)))
     fset, reg = chosen.split("/")
-    meta = {"target_spec": target, "n_runs": len(trajs), "cv_rollout_rmse": scores[chosen]["rollout_rmse"],
-            "cv_step_rmse": scores[chosen]["step_rmse"], "source": source or {},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    meta = {
+        "target_spec": target,
+        "n_runs": len(trajs),
+        "cv_rollout_rmse": scores[chosen]["rollout_rmse"],
+        "cv_step_rmse": scores[chosen]["step_rmse"],
+        "source": source or {},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     model = fit_model(trajs, wdomains, ldomains, tmap, fset, reg, seed, meta)
-    cv = {"folds": cv_folds, "split": "GroupKFold by run", "seed": seed, "n_runs": len(trajs), "chosen": chosen,
-          "selection": "lowest held-out rollout RMSE of the final target", "candidates": scores}
+    cv = {
+        "folds": cv_folds,
+        "split": "GroupKFold by run",
+        "seed": seed,
+        "n_runs": len(trajs),
+        "chosen": chosen,
+        "selection": "lowest held-out rollout RMSE of the final target",
+        "candidates": scores,
+    }
     if out is not None:
         save_model(model, out, cv)
-        lines = [f"{k:<20} step RMSE {s['step_rmse']:.4f}  rollout RMSE {s['rollout_rmse']:.4f}  "
-                 f"rollout Spearman {s['rollout_spearman']:.3f}" for k, s in scores.items()]
+        lines = [
+            f"{k:<20} step RMSE {s['step_rmse']:.4f}  rollout RMSE {s['rollout_rmse']:.4f}  "
+            f"rollout Spearman {s['rollout_spearman']:.3f}"
+            for k, s in scores.items()
+        ]
         print("\n".join(lines) + f"\nchose {chosen}; wrote {out}")
     return cv
 
@@ -362,9 +432,18 @@ class SearchArgs:
     """Threads for drawing candidates."""
 
 
-def best_stage_mixture(model: TrajectoryModel, a: float, b: float, state: np.ndarray, prior: np.ndarray,
-                       lower: np.ndarray, upper: np.ndarray, search: SearchArgs, stage: int,
-                       previous: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def best_stage_mixture(
+    model: TrajectoryModel,
+    a: float,
+    b: float,
+    state: np.ndarray,
+    prior: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    search: SearchArgs,
+    stage: int,
+    previous: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """The mixture for ``[a, b]`` from ``state`` (one row): top-k mean of candidates, smoothed, inside the bounds.
 
     Returns ``(mixture, predicted target of the top-k candidates)``.
@@ -373,8 +452,12 @@ def best_stage_mixture(model: TrajectoryModel, a: float, b: float, state: np.nda
 
     sampler = SamplerArgs(min_strength=search.strength[0], max_strength=search.strength[1])
     centre = np.where(upper > 0, prior, 0.0)
-    cands = dirichlet_draws(centre if centre.sum() > 0 else (upper > 0).astype(float), search.n_candidates, sampler,
-                            np.random.default_rng(search.seed + stage))
+    cands = dirichlet_draws(
+        centre if centre.sum() > 0 else (upper > 0).astype(float),
+        search.n_candidates,
+        sampler,
+        np.random.default_rng(search.seed + stage),
+    )
     bad = ((cands < lower - _EPS) | (cands > upper + _EPS)).any(1)
     if bad.any():
         cands[bad] = project(cands[bad], lower, upper)
@@ -393,8 +476,15 @@ def best_stage_mixture(model: TrajectoryModel, a: float, b: float, state: np.nda
     return mix / mix.sum(), scores[best]
 
 
-def derive_schedule(model: TrajectoryModel, stages: int, prior: np.ndarray, lower: np.ndarray, upper: np.ndarray,
-                    allowance: np.ndarray | None, search: SearchArgs) -> dict:
+def derive_schedule(
+    model: TrajectoryModel,
+    stages: int,
+    prior: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    allowance: np.ndarray | None,
+    search: SearchArgs,
+) -> dict:
     """Offline RegMix-D: S equal stages, each searched from the *predicted* state at its start.
 
     ``allowance[d]`` is domain ``d``'s share of the whole run it may use at most (its epoch bound); it is
@@ -410,8 +500,10 @@ def derive_schedule(model: TrajectoryModel, stages: int, prior: np.ndarray, lowe
         if allowance is not None:
             hi = np.minimum(hi, np.maximum(allowance - used, 0.0) / (b - a))
         if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
-            raise ValueError(f"stage {k}: the epoch allowance left after earlier stages admits no mixture; raise "
-                             "--max_epochs or lower --target_tokens")
+            raise ValueError(
+                f"stage {k}: the epoch allowance left after earlier stages admits no mixture; raise "
+                "--max_epochs or lower --target_tokens"
+            )
         mix, top = best_stage_mixture(model, a, b, state, prior, lower, hi, search, k, previous)
         losses, state = model.advance(a, b, mix[None], state)
         used += mix * (b - a)

@@ -68,15 +68,23 @@ def proxy_records(n_runs, stages, seed, eval_points=6, noise=0.01, tokens=1_000_
         ws = [rng.dirichlet(np.full(3, rng.choice(concentrations))) for _ in range(stages)]
         segs = [(k / stages, (k + 1) / stages, w) for k, w in enumerate(ws)]
         L = true_losses(segs, times) + noise * rng.standard_normal((eval_points, 4))
-        schedule = [{"weights": dict(zip(DOMAINS, map(float, w)))} for w in ws]
+        schedule = [{"weights": dict(zip(DOMAINS, map(float, w), strict=True))} for w in ws]
         for k in range(stages - 1):
             schedule[k]["until_fraction"] = (k + 1) / stages
         rid = f"p{seed}-{r:03d}"
         records[rid] = {
-            "run_id": rid, "status": "done", "tokens": tokens,
+            "run_id": rid,
+            "status": "done",
+            "tokens": tokens,
             "mixture": schedule[0]["weights"] if stages == 1 else None,
             "schedule": schedule if stages > 1 else None,
-            "losses": [{"tokens": round(t * tokens), "final": t == 1.0, "losses": dict(zip(LOSS_DOMAINS, map(float, row)))}
-                       for t, row in zip(times, L)],
+            "losses": [
+                {
+                    "tokens": round(t * tokens),
+                    "final": t == 1.0,
+                    "losses": dict(zip(LOSS_DOMAINS, map(float, row), strict=True)),
+                }
+                for t, row in zip(times, L, strict=True)
+            ],
         }
     return records

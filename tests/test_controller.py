@@ -31,11 +31,21 @@ def traj_model(tmp_path_factory, prepared):
     for r in range(16):
         ws = [rng.dirichlet(np.ones(len(domains))) for _ in range(3)]
         share = np.cumsum([w for w in ws], 0) / np.arange(1, 4)[:, None]  # mean mixture up to each stage end
-        losses = [{"tokens": (k + 1) * 100, "final": k == 2,
-                   "losses": {d: float(5 - (k + 1) * 0.3 - share[k][domains.index(d)] + 0.01 * rng.standard_normal())
-                              for d in val}} for k in range(3)]
-        sched = [{"until_fraction": 1 / 3, "weights": dict(zip(domains, ws[0]))},
-                 {"until_fraction": 2 / 3, "weights": dict(zip(domains, ws[1]))}, {"weights": dict(zip(domains, ws[2]))}]
+        losses = [
+            {
+                "tokens": (k + 1) * 100,
+                "final": k == 2,
+                "losses": {
+                    d: float(5 - (k + 1) * 0.3 - share[k][domains.index(d)] + 0.01 * rng.standard_normal()) for d in val
+                },
+            }
+            for k in range(3)
+        ]
+        sched = [
+            {"until_fraction": 1 / 3, "weights": dict(zip(domains, ws[0], strict=True))},
+            {"until_fraction": 2 / 3, "weights": dict(zip(domains, ws[1], strict=True))},
+            {"weights": dict(zip(domains, ws[2], strict=True))},
+        ]
         records[f"r{r}"] = {"run_id": f"r{r}", "status": "done", "tokens": 300, "schedule": sched, "losses": losses}
     trajs, wd, ld = trajectories_from_records(records)
     out = tmp_path_factory.mktemp("traj") / "model"
@@ -44,12 +54,30 @@ def traj_model(tmp_path_factory, prepared):
 
 
 def config(out_dir, prepared, tokenizer_dir, model):
-    cfg = pretrain_config(out_dir, prepared, tokenizer_dir, weights=None, max_tokens=STEPS * MICRO * SEQ,
-                          schedule=[{"until_fraction": 1 / 3, "weights": PLAN}, {"until_fraction": 2 / 3, "weights": PLAN},
-                                    {"weights": PLAN}],
-                          callbacks=[{"class_path": "regmix_plugin.RegMixDController",
-                                      "init_args": {"model": str(model), "out_dir": str(out_dir), "n_candidates": 2000,
-                                                    "top_k": 16, "val_tokens": 256}}])
+    cfg = pretrain_config(
+        out_dir,
+        prepared,
+        tokenizer_dir,
+        weights=None,
+        max_tokens=STEPS * MICRO * SEQ,
+        schedule=[
+            {"until_fraction": 1 / 3, "weights": PLAN},
+            {"until_fraction": 2 / 3, "weights": PLAN},
+            {"weights": PLAN},
+        ],
+        callbacks=[
+            {
+                "class_path": "regmix_plugin.RegMixDController",
+                "init_args": {
+                    "model": str(model),
+                    "out_dir": str(out_dir),
+                    "n_candidates": 2000,
+                    "top_k": 16,
+                    "val_tokens": 256,
+                },
+            }
+        ],
+    )
     cfg["train"].update(max_tokens=STEPS * MICRO * SEQ, save_interval=4)
     return cfg
 
@@ -75,7 +103,10 @@ def test_decisions_are_recorded_and_trained_on(uninterrupted):
         assert r["fault"] is None and abs(sum(r["weights"].values()) - 1) < 1e-9 and set(r["observed"]) >= {"prose"}
     state = read_data_state(uninterrupted / "final")
     assert state["regmixd"]["decisions"] == recs
-    nonzero = lambda w: {d: v for d, v in w.items() if v > 0}
+
+    def nonzero(w):
+        return {d: v for d, v in w.items() if v > 0}
+
     assert [nonzero(s["weights"]) for s in state["stages"]] == [PLAN] + [nonzero(r["weights"]) for r in recs]
     # the stream took each stage's decided weights exactly (32 samples per stage)
     rows = realized_mixture(uninterrupted / "final")
@@ -106,8 +137,9 @@ def _same_final(a, b):
 
 
 @pytest.mark.slow
-def test_resume_after_the_kill_decides_the_next_stage_as_the_uninterrupted_run(uninterrupted, tmp_path, prepared,
-                                                                                tokenizer_dir, traj_model):
+def test_resume_after_the_kill_decides_the_next_stage_as_the_uninterrupted_run(
+    uninterrupted, tmp_path, prepared, tokenizer_dir, traj_model
+):
     # killed at step 12: stage 1 was decided (in the checkpoint and the log; its scored step-8 checkpoint is
     # not in the new out_dir, so recomputing it would fault); stage 2 is decided fresh at batch 16
     out = _resume(tmp_path, uninterrupted, prepared, tokenizer_dir, traj_model, lines=1)
@@ -130,8 +162,9 @@ def test_missing_model_keeps_the_current_mixture_and_the_run_finishes(tmp_path, 
         run_pretrain(config(out, prepared, tokenizer_dir, tmp_path / "deleted-model"))
     assert sum("keeps the current mixture" in str(w.message) for w in caught) == 2  # one per switch
     recs = decisions(out)
-    assert [r["weights"] for r in recs] == [None, None] and all("no-such" in r["fault"] or "trajectory.json" in r["fault"]
-                                                                 for r in recs)
+    assert [r["weights"] for r in recs] == [None, None] and all(
+        "no-such" in r["fault"] or "trajectory.json" in r["fault"] for r in recs
+    )
     rows = realized_mixture(out / "final")
     assert abs(rows["prose"]["samples"] - rows["code"]["samples"]) <= 1  # 50/50 all run long
     assert (out / "final" / "lit_model.pth").is_file()
@@ -150,13 +183,24 @@ def test_schedule_yaml_round_trips_through_recipe_into_litgpt_pretrain(tmp_path,
     stages = [ScheduleStage({"code": 0.25, "prose": 0.75}, 0.5), ScheduleStage({"code": 1.0, "prose": 0.0})]
     write_schedule(tmp_path / "schedule.yaml", Schedule(stages, prediction={"at_schedule": 3.1, "at_best_static": 3.2}))
     template = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
-    main(["recipe", "--mixture", str(tmp_path / "schedule.yaml"), "--template", str(template),
-          "--out", str(tmp_path / "recipe.yaml")])
+    main(
+        [
+            "recipe",
+            "--mixture",
+            str(tmp_path / "schedule.yaml"),
+            "--template",
+            str(template),
+            "--out",
+            str(tmp_path / "recipe.yaml"),
+        ]
+    )
     text = (tmp_path / "recipe.yaml").read_text()
     cfg = yaml.safe_load(text)
     assert cfg["data"]["init_args"]["weights"] is None
     assert cfg["data"]["init_args"]["schedule"] == [
-        {"until_fraction": 0.5, "weights": {"code": 0.25, "prose": 0.75}}, {"weights": {"code": 1.0, "prose": 0.0}}]
+        {"until_fraction": 0.5, "weights": {"code": 0.25, "prose": 0.75}},
+        {"weights": {"code": 1.0, "prose": 0.0}},
+    ]
     assert "# Source code (type: float)" not in text.split("schedule:")[0].split("weights: null")[-1]
     assert "# The run's token budget" in text  # the template's comments stay
     budget = 16 * MICRO * SEQ

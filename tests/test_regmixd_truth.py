@@ -27,8 +27,15 @@ def regmix_static(tmp_path, seed):
     records = {k: RunRecord.from_dict(r) for k, r in records.items()}
     write_results(tmp_path / "static.csv", table_rows(list(records), records))
     fit(results=tmp_path / "static.csv", target="val_loss/target", out=tmp_path / "static_model", seed=seed)
-    optimize(tmp_path / "static_model", out=tmp_path / "static.yaml", prior={d: 1 / 3 for d in DOMAINS},
-             n_candidates=100_000, top_k=128, seed=seed, num_threads=1)
+    optimize(
+        tmp_path / "static_model",
+        out=tmp_path / "static.yaml",
+        prior={d: 1 / 3 for d in DOMAINS},
+        n_candidates=100_000,
+        top_k=128,
+        seed=seed,
+        num_threads=1,
+    )
     w = read_mixture(tmp_path / "static.yaml")["weights"]
     return np.array([w[d] for d in DOMAINS])
 
@@ -44,8 +51,13 @@ def regmix_d(tmp_path, seed):
     trajs, wd, ld = trajectories_from_records(proxy_records(N_RUNS, STAGES, seed, noise=NOISE))
     assert wd == list(DOMAINS) and ld == list(LOSS_DOMAINS)
     cv = fit_trajectories(trajs, wd, ld, "val_loss/target", "auto", "gp", tmp_path / "traj", 5, seed)
-    sched = schedule(tmp_path / "traj", tmp_path / "schedule.yaml", stages=STAGES,
-                     prior={d: 1 / 3 for d in DOMAINS}, search=SearchArgs(seed=seed))
+    sched = schedule(
+        tmp_path / "traj",
+        tmp_path / "schedule.yaml",
+        stages=STAGES,
+        prior={d: 1 / 3 for d in DOMAINS},
+        search=SearchArgs(seed=seed),
+    )
     return cv, [np.array([st.weights[d] for d in DOMAINS]) for st in sched.stages]
 
 
@@ -71,8 +83,18 @@ def online(tmp_path, seed, first):
     for k in range(1, STAGES):
         segs = [(j / STAGES, (j + 1) / STAGES, m) for j, m in enumerate(mixes)]
         observed = true_losses(segs, [k / STAGES])[0] + NOISE * rng.standard_normal(4)
-        mix, _ = best_stage_mixture(model, k / STAGES, (k + 1) / STAGES, observed, np.ones(3) / 3, lower, upper,
-                                    SearchArgs(seed=seed), k, mixes[-1])
+        mix, _ = best_stage_mixture(
+            model,
+            k / STAGES,
+            (k + 1) / STAGES,
+            observed,
+            np.ones(3) / 3,
+            lower,
+            upper,
+            SearchArgs(seed=seed),
+            k,
+            mixes[-1],
+        )
         mixes.append(mix)
     return mixes
 
@@ -91,7 +113,9 @@ def test_regmix_d_against_regmix_on_ground_truth(tmp_path, capsys):
         cv, offline = regmix_d(d, seed)
         live = online(d, seed, offline[0])
         rows.append((seed, target_of([static]), target_of(offline), target_of(live), cv["chosen"]))
-        print(seed, [m.round(3).tolist() for m in offline], [m.round(3).tolist() for m in live], static.round(3).tolist())
+        print(
+            seed, [m.round(3).tolist() for m in offline], [m.round(3).tolist() for m in live], static.round(3).tolist()
+        )
     with capsys.disabled():
         print("\nseed  regmix_static  regmix_d_offline  regmix_d_online  chosen")
         for r in rows:

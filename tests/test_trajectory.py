@@ -40,7 +40,9 @@ def test_rows_use_the_mixture_of_each_interval_and_the_state_at_its_start(trajs)
     np.testing.assert_allclose(X[0, 5:], 9.0)  # the constant start state
     np.testing.assert_allclose(Y, tr.losses)
     Xm, _, _ = build_rows([tr], "mixtures", np.zeros(4))
-    np.testing.assert_allclose(Xm[3, 5:], (tr.segments[0][2] + tr.segments[1][2] * 0.5) / 1.5, atol=1e-5)  # mean before t=1/2
+    np.testing.assert_allclose(
+        Xm[3, 5:], (tr.segments[0][2] + tr.segments[1][2] * 0.5) / 1.5, atol=1e-5
+    )  # mean before t=1/2
 
 
 def test_static_records_are_one_segment(trajs):
@@ -105,20 +107,30 @@ def test_smoothing_pulls_toward_the_previous_stage(trajs):
     raw = derive_schedule(model, 2, np.ones(3) / 3, np.zeros(3), np.ones(3), None, SearchArgs(**args, smoothing=0.0))
     smooth = derive_schedule(model, 2, np.ones(3) / 3, np.zeros(3), np.ones(3), None, SearchArgs(**args, smoothing=0.5))
     np.testing.assert_allclose(smooth["mixtures"][0], raw["mixtures"][0])
-    gap = lambda p: np.abs(p["mixtures"][1] - p["mixtures"][0]).sum()
+
+    def gap(p):
+        return np.abs(p["mixtures"][1] - p["mixtures"][0]).sum()
+
     assert gap(smooth) < gap(raw)
 
 
 def test_schedule_yaml_round_trip_and_validation(tmp_path):
-    sched = Schedule([ScheduleStage({"a": 0.25, "b": 0.75}, 0.4), ScheduleStage({"a": 1.0, "b": 0.0})],
-                     prediction={"at_schedule": 2.5, "at_best_static": 2.6}, search={"top_k": 8})
+    sched = Schedule(
+        [ScheduleStage({"a": 0.25, "b": 0.75}, 0.4), ScheduleStage({"a": 1.0, "b": 0.0})],
+        prediction={"at_schedule": 2.5, "at_best_static": 2.6},
+        search={"top_k": 8},
+    )
     write_schedule(tmp_path / "s.yaml", sched)
     back = read_schedule(tmp_path / "s.yaml")
     assert back.stages == sched.stages
-    assert back.mixture_data_schedule() == [{"until_fraction": 0.4, "weights": {"a": 0.25, "b": 0.75}},
-                                            {"weights": {"a": 1.0}}]
+    assert back.mixture_data_schedule() == [
+        {"until_fraction": 0.4, "weights": {"a": 0.25, "b": 0.75}},
+        {"weights": {"a": 1.0}},
+    ]
     (tmp_path / "bad.yaml").write_text(
-        "stages:\n- {until_fraction: 0.6, weights: {a: 1}}\n- {until_fraction: 0.5, weights: {a: 2}}\n- {weights: {a: 1}}\n")
+        "stages:\n- {until_fraction: 0.6, weights: {a: 1}}\n"
+        "- {until_fraction: 0.5, weights: {a: 2}}\n- {weights: {a: 1}}\n"
+    )
     with pytest.raises(ValueError) as e:
         read_schedule(tmp_path / "bad.yaml")
     assert "stages[1].until_fraction 0.5 must be in (0.6, 1)" in str(e.value) and "sum to 2" in str(e.value)
@@ -131,7 +143,10 @@ def test_ground_truth_rewards_a_schedule():
     """The ground truth itself: front-loading `fast` beats the best static mixture (grid search)."""
     g = np.array([(a, b, 1 - a - b) for a in np.arange(0, 1.001, 0.05) for b in np.arange(0, 1.001 - a, 0.05)])
     best_static = true_losses([(0, 1, np.clip(g, 0, 1))])[:, 0, 3].min()
-    sched = [(0, 1 / 3, np.array([0.75, 0.2, 0.05])), (1 / 3, 2 / 3, np.array([0.05, 0.2, 0.75])),
-             (2 / 3, 1, np.array([0.0, 0.12, 0.88]))]
+    sched = [
+        (0, 1 / 3, np.array([0.75, 0.2, 0.05])),
+        (1 / 3, 2 / 3, np.array([0.05, 0.2, 0.75])),
+        (2 / 3, 1, np.array([0.0, 0.12, 0.88])),
+    ]
     assert true_losses(sched)[0, 3] < best_static - 0.02
-    assert DOMAINS == tuple(sorted(DOMAINS))
+    assert tuple(sorted(DOMAINS)) == DOMAINS

@@ -61,8 +61,13 @@ class Schedule:
                 entry["until_fraction"] = float(f"{st.until_fraction:.10g}")
             entry["weights"] = {d: float(f"{w:.10g}") for d, w in st.weights.items()}
             stages.append(entry)
-        return {"stages": stages, "prediction": self.prediction, "search": self.search,
-                "constraints": self.constraints, "provenance": self.provenance}
+        return {
+            "stages": stages,
+            "prediction": self.prediction,
+            "search": self.search,
+            "constraints": self.constraints,
+            "provenance": self.provenance,
+        }
 
 
 def validate_stages(stages: Any, where: str) -> list[ScheduleStage]:
@@ -85,11 +90,16 @@ def validate_stages(stages: Any, where: str) -> list[ScheduleStage]:
                 problems.append(f"stages[{i}].until_fraction is {frac!r}; every stage but the last needs one in (0, 1)")
                 continue
             if not (math.isfinite(frac) and last < frac < 1):
-                problems.append(f"stages[{i}].until_fraction {frac} must be in ({last:g}, 1) and increase stage by stage")
+                problems.append(
+                    f"stages[{i}].until_fraction {frac} must be in ({last:g}, 1) and increase stage by stage"
+                )
             last = frac if math.isfinite(frac) else last
         try:
-            weights = validate_weights(st["weights"], st["weights"] if isinstance(st["weights"], dict) else (),
-                                       key=f"{where} stages[{i}].weights")
+            weights = validate_weights(
+                st["weights"],
+                st["weights"] if isinstance(st["weights"], dict) else (),
+                key=f"{where} stages[{i}].weights",
+            )
         except ValueError as e:
             problems.append(str(e))
             continue
@@ -106,14 +116,22 @@ def write_schedule(path: Path, schedule: Schedule) -> None:
     from regmix_plugin.atomic import write_text
 
     prov, pred = schedule.provenance, schedule.prediction
-    header = [(f"# Mixture schedule by `regmix schedule` ({prov.get('created', '?')}): {len(schedule.stages)} stage(s), "
-              f"each the mean of the top {schedule.search.get('top_k', '?')} simulated mixtures,")]
+    header = [
+        (
+            f"# Mixture schedule by `regmix schedule` ({prov.get('created', '?')}): {len(schedule.stages)} stage(s), "
+            f"each the mean of the top {schedule.search.get('top_k', '?')} simulated mixtures,"
+        )
+    ]
     if prov.get("model"):
-        header.append(f"# ranked by the trajectory model {prov['model']} ({prov.get('features')} features, "
-                      f"{prov.get('regressor')}; held-out rollout RMSE {prov.get('cv_rollout_rmse', float('nan')):.4f}).")
+        header.append(
+            f"# ranked by the trajectory model {prov['model']} ({prov.get('features')} features, "
+            f"{prov.get('regressor')}; held-out rollout RMSE {prov.get('cv_rollout_rmse', float('nan')):.4f})."
+        )
     if "at_schedule" in pred:
         best = pred.get("at_best_static", float("nan"))
-        header.append(f"# Predicted final target {pred['at_schedule']:.4f}; best single mixture, same model: {best:.4f}.")
+        header.append(
+            f"# Predicted final target {pred['at_schedule']:.4f}; best single mixture, same model: {best:.4f}."
+        )
     header.append("# Make a training recipe: regmix recipe --mixture THIS.yaml --template RECIPE.yaml --out NEW.yaml")
     write_text(path, "\n".join(header) + "\n" + yaml.safe_dump(schedule.as_dict(), sort_keys=False))
 
