@@ -17,7 +17,11 @@ def __getattr__(name: str):
         from regmix_plugin.stream import MixtureCallback
 
         return MixtureCallback
+    if name == "RegMixDController":
+        from regmix_plugin.controller import RegMixDController
+
+        return RegMixDController
     raise AttributeError(f"module 'regmix_plugin' has no attribute {name!r}")
 
 
-__all__ = ["MixtureData", "MixtureCallback", "__version__"]
+__all__ = ["MixtureCallback", "MixtureData", "RegMixDController", "__version__"]

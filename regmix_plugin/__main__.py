@@ -27,11 +27,13 @@ def _commands() -> dict:
     from regmix_plugin.demo import demo
     from regmix_plugin.evaluate import evaluate
     from regmix_plugin.fit import fit, predict
+    from regmix_plugin.fit_trajectory import fit_trajectory
     from regmix_plugin.inspect import inspect
     from regmix_plugin.optimize import optimize
     from regmix_plugin.prepare import prepare
     from regmix_plugin.recipe import recipe
     from regmix_plugin.sample import sample
+    from regmix_plugin.schedule import schedule
     from regmix_plugin.sweep import sweep
 
     return {
@@ -43,6 +45,8 @@ def _commands() -> dict:
         "fit": fit,
         "predict": predict,
         "optimize": optimize,
+        "fit_trajectory": fit_trajectory,
+        "schedule": schedule,
         "recipe": recipe,
         "demo": demo,
     }

@@ -33,7 +33,13 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from regmix_plugin.formats.manifest import Manifest, read_manifest
 from regmix_plugin.mixture import validate_weights
-from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream, Stage, TokenSource
+from regmix_plugin.stream import (
+    MixtureCallback,
+    MixtureLoader,
+    MixtureStream,
+    Stage,
+    TokenSource,
+)
 
 
 @dataclass
@@ -160,7 +166,11 @@ class MixtureData(DataModule):
         length = (
             budget if budget is not None else sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
         )
-        return MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
+        loader = MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
+        for cb in self.callbacks or ():
+            if hasattr(cb, "attach"):  # a callback that also acts in the main process (RegMixDController)
+                loader = cb.attach(loader, self)
+        return loader
 
     def _place_stage_ends(self, total: int | None, num_streams: int) -> None:
         for st, spec in zip(self.stages, self.schedule or [{}], strict=True):

@@ -27,15 +27,18 @@ def recipe(mixture: Path, template: Path, out: Path) -> None:
     """Write a `litgpt pretrain` recipe: the template with MixtureData's weights from `regmix optimize`.
 
     Arguments:
-        mixture: The mixture YAML written by `regmix optimize`.
+        mixture: The mixture YAML written by `regmix optimize`, or a schedule.yaml written by `regmix schedule`
+            (it becomes MixtureData's ``schedule:``, and ``weights`` becomes ``null``).
         template: A `litgpt pretrain` recipe whose ``data`` is ``regmix_plugin.MixtureData`` (e.g. one under
             ``recipes/``).
         out: The recipe to write.
     """
     import yaml
 
-    record = read_mixture(mixture)
     template = resolve_recipe(template, "--template")
+    if _is_schedule(mixture):
+        return _schedule_recipe(Path(mixture), template, Path(out))
+    record = read_mixture(mixture)
     text = template.read_text()
     try:
         config = yaml.safe_load(text)
@@ -172,3 +175,67 @@ def _provenance(record: dict, mixture: Path, template: Path) -> str:
         f"{pred['at_mixture']:.4f} vs {pred['at_prior']:.4f} at the prior.",
     ]
     return "\n".join(lines) + "\n\n"
+
+
+def _is_schedule(path: Path) -> bool:
+    import yaml
+
+    from regmix_plugin.formats.schedule import is_schedule_record
+
+    try:
+        return is_schedule_record(yaml.safe_load(Path(path).read_text()))
+    except (OSError, yaml.YAMLError):
+        return False  # read_mixture reports it
+
+
+def _schedule_recipe(mixture: Path, template: Path, out: Path) -> None:
+    """The template with MixtureData's ``schedule:`` from a RegMix-D schedule.yaml (``weights: null``)."""
+    import yaml
+
+    from regmix_plugin.formats.schedule import read_schedule
+
+    sched = read_schedule(mixture, flag="--mixture")
+    text = template.read_text()
+    try:
+        config, root = yaml.safe_load(text), yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--template {template} is not valid YAML: {e}") from None
+    init_args_node = _data_init_args(config, root, template)
+    init_args = config["data"]["init_args"]
+    if init_args.get("max_tokens") is None and len(sched.stages) > 1:
+        raise ValueError(f"--template {template}: data.init_args.max_tokens is not set, and the schedule's "
+                         "until_fraction switches need it; set it to train.max_tokens in the template")
+    listed = set(init_args.get("weights") or {})
+    stages = sched.mixture_data_schedule(keep_zero=listed)
+    for st in stages:
+        _check_domains(init_args, st["weights"], mixture)
+    flow = yaml.safe_dump(stages, default_flow_style=True, width=10**9, sort_keys=False).strip()
+    nodes = {k.value: (k, v) for k, v in init_args_node.value}
+    edits = []
+    for key_name, new in (("schedule", flow), ("weights", "null")):
+        if key_name in nodes:
+            key, value = nodes[key_name]
+            if isinstance(value, (yaml.MappingNode, yaml.SequenceNode)) and not value.flow_style and value.value:
+                edits.append((key.end_mark.index, _line_end(text, _last(value)), ": " + new))
+            else:
+                edits.append(_inline(text, value, new))
+        elif key_name == "schedule":
+            first = init_args_node.value[0][0]
+            at = _line_start(text, first.start_mark.index)
+            edits.append((at, at, " " * first.start_mark.column + f"schedule: {flow}\n"))
+    new_text = text
+    for start, end, new in sorted(edits, reverse=True):
+        new_text = new_text[:start] + new + new_text[end:]
+    expected = copy.deepcopy(config)
+    expected["data"]["init_args"]["schedule"] = stages
+    if "weights" in expected["data"]["init_args"]:
+        expected["data"]["init_args"]["weights"] = None
+    if yaml.safe_load(new_text) != expected:
+        warnings.warn(f"could not edit {template} in place; rewrote it whole, without its comments", stacklevel=2)
+        new_text = yaml.safe_dump(expected, sort_keys=False)
+    pred = sched.prediction
+    head = [f"# data.init_args.schedule set by `regmix recipe` from {mixture} (template: {template}):",
+            f"# {len(stages)} RegMix-D stage(s) by `regmix schedule`"
+            + (f"; predicted target {pred['at_schedule']:.4f}" if "at_schedule" in pred else "") + "."]
+    write_text(out, "\n".join(head) + "\n\n" + new_text)
+    print(f"wrote {out}: {template} with the {len(stages)}-stage schedule of {mixture}")

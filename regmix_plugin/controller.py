@@ -1,0 +1,405 @@
+"""Online RegMix-D inside the stock ``litgpt pretrain`` loop: the next stage's mixture from the run's own losses.
+
+    data:
+      class_path: regmix_plugin.MixtureData
+      init_args:
+        data_path: data/tiny
+        max_tokens: 1_000_000                      # repeat train.max_tokens
+        schedule:                                  # switch points; stage 0's weights; the offline fallback
+        - {until_fraction: 0.3333, weights: {code: 0.5, prose: 0.5}}
+        - {until_fraction: 0.6667, weights: {code: 0.5, prose: 0.5}}
+        - {weights: {code: 0.5, prose: 0.5}}
+        callbacks:
+        - class_path: regmix_plugin.RegMixDController
+          init_args: {model: out/trajectory, out_dir: out/pretrain/run}   # out_dir: repeat the recipe's
+
+Why this design. The stock loop exposes no per-domain loss and hands the data module no model, and the
+mixture is drawn in the dataloader workers, ahead of training (prefetching). So:
+
+* **What it observes**: the newest checkpoint ``out_dir/step-*`` the loop has saved, scored per domain with
+  the same code as ``regmix evaluate`` (fixed val blocks, same tokenizer check). Set ``train.save_interval``
+  so a checkpoint falls shortly before every switch point.
+* **When it decides**: in the main process, just before the loop fetches batch ``switch - lag``, where
+  ``switch`` is the first batch holding a sample of the new stage and ``lag`` (default: what the workers
+  may prefetch, ``num_workers * prefetch_factor``) keeps workers from waiting. Deciding before the switch
+  batch is what makes a deadlock impossible: the decision never needs a batch of the new stage.
+* **How workers learn it**: the decision is written atomically to ``out_dir/regmixd/stage-<k>.json``; a
+  stream entering stage k reads it (waiting if it is not there yet) and blends the new weights exactly
+  from that sample on. Same file, same sample index, for every worker and rank.
+* **What is kept**: every decision (batch, checkpoint scored, observed losses, weights, prediction, fault)
+  goes to ``out_dir/decisions.jsonl`` and into the ``train_dataloader`` state of every later checkpoint; a
+  resumed run replays the recorded decisions and never recomputes them. ``regmix inspect`` shows the
+  stages as actually trained (the state's ``stages`` hold the decided weights; ``planned_stages`` the plan).
+* **Faults**: no checkpoint, a missing or unreadable model, NaN losses: the stage keeps the mixture in force,
+  one warning names the cause, and the run goes on. A long run never dies because of its controller.
+
+At a switch into stage k (spanning run fractions ``[a, b]``) it takes the observed losses as the state at
+``a``, simulates candidate mixtures over ``[a, b]`` with the trajectory model (Dirichlet around the mixture
+in force blended half-and-half with uniform, only domains the run has opened, within each domain's epoch
+allowance left for the rest of the run), averages the top-k and smooths toward the mixture in force.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from regmix_plugin.data import MixtureData
+from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream
+
+DECISIONS = "decisions.jsonl"
+STAGE_DIR = "regmixd"
+
+
+class RegMixDController(MixtureCallback):
+    """Picks each stage's mixture during training from the run's observed per-domain losses (online RegMix-D)."""
+
+    def __init__(
+        self,
+        model: str,
+        out_dir: str,
+        lag: int | None = None,
+        val_tokens: int = 16384,
+        eval_batch_size: int = 16,
+        n_candidates: int = 20_000,
+        top_k: int = 64,
+        smoothing: float = 0.2,
+        seed: int = 0,
+        wait_timeout_s: float = 3600.0,
+    ):
+        """
+        Arguments:
+            model: Trajectory model directory (``regmix fit_trajectory``; ``losses`` features to use the observations).
+            out_dir: The run's ``out_dir`` (where the loop saves ``step-*`` checkpoints); repeat the recipe's.
+            lag: Batches between the decision and the switch; default: what the workers may prefetch.
+            val_tokens: Tokens scored per domain at each switch (as ``regmix evaluate --val_tokens``).
+            eval_batch_size: Blocks per forward pass when scoring.
+            n_candidates: Candidate mixtures simulated per switch.
+            top_k: The stage's mixture is the mean of the best ``top_k`` candidates.
+            smoothing: Weight of the mixture in force in the next stage's mixture.
+            seed: Seed of the candidates (switch k draws with ``seed + k``).
+            wait_timeout_s: Longest a data worker waits for a decision before keeping its mixture.
+        """
+        super().__init__(interval=2**62)  # never called per sample: the controller acts at stage switches
+        self.model, self.out_dir, self.lag = model, out_dir, lag
+        self.val_tokens, self.eval_batch_size = val_tokens, eval_batch_size
+        self.n_candidates, self.top_k, self.smoothing, self.seed = n_candidates, top_k, smoothing, seed
+        self.wait_timeout_s = wait_timeout_s
+        self.run_id: str | None = None
+        self.decisions: dict[int, dict] = {}
+        self._restored = False
+        self._plan: dict | None = None
+        self._blocks = None
+
+    # ----------------------------------------------------------------------------------- worker side
+    def stage_file(self, k: int) -> Path:
+        return Path(self.out_dir) / STAGE_DIR / f"stage-{k}.json"
+
+    def await_decision(self, k: int, current: dict[str, float]) -> dict[str, float]:
+        """The weights of stage ``k`` as decided by the main process (the mixture in force on a fault)."""
+        deadline = time.monotonic() + self.wait_timeout_s
+        while True:
+            try:
+                rec = json.loads(self.stage_file(k).read_text())
+                if rec.get("run") == self.run_id:
+                    return dict(rec["weights"]) if rec.get("weights") else dict(current)
+            except (OSError, json.JSONDecodeError):
+                pass
+            if time.monotonic() > deadline:
+                warnings.warn(
+                    f"RegMixDController: no decision for stage {k} after {self.wait_timeout_s:g} s; this "
+                    "data stream keeps its current mixture",
+                    stacklevel=2,
+                )
+                return dict(current)
+            time.sleep(0.02)
+
+    # ------------------------------------------------------------------------------------- main side
+    def begin(self, loader: ControlledLoader) -> None:
+        """Before the workers start: a run id (new, or the checkpoint's) and the decisions to replay."""
+        ds = loader.dataset
+        if self.run_id is None:
+            self.run_id = uuid.uuid4().hex
+        if self._restored:  # decisions made after the checkpoint was written are in decisions.jsonl
+            for rec in _read_jsonl(Path(self.out_dir) / DECISIONS):
+                if rec.get("run") == self.run_id:
+                    self.decisions.setdefault(int(rec["stage"]), rec)
+        budget = loader._budget
+        if budget is None:
+            raise ValueError("RegMixDController needs --data.max_tokens (the run's budget) to place its switches")
+        workers = max(1, loader.num_workers)
+        total = math.ceil(budget / workers) * ds.batch_size
+        lag = self.lag if self.lag is not None else loader.num_workers * (loader.prefetch_factor or 0)
+        ends = [st.end for st in ds.stages[:-1]]
+        switch = [(e // ds.batch_size) * workers * ds.distributed_env.world_size for e in ends]
+        self._plan = {
+            "total": total,
+            "bounds": [0.0] + [e / total for e in ends] + [1.0],
+            "decide_at": [max(0, s - lag) for s in switch],
+            "rank": ds.distributed_env.global_rank,
+            "per_epoch": {
+                d: src.num_blocks // (workers * ds.distributed_env.world_size) for d, src in ds.sources.items()
+            },
+            "stage_samples": [
+                (e if e is not None else total) - s for s, e in zip([0, *ends], [*ends, None], strict=True)
+            ],
+            "max_epochs": ds.max_epochs,
+            "planned": [dict(st.weights) for st in ds.stages],
+        }
+        for rec in self.decisions.values():
+            self._publish(rec)
+
+    def before_batch(self, index: int, data: MixtureData) -> None:
+        """Make (or replay) every decision due by batch ``index``; runs in the main process of each rank."""
+        for k, at in enumerate(self._plan["decide_at"], start=1):
+            if at <= index and k not in self.decisions:
+                if self._plan["rank"] != 0:
+                    continue  # rank 0 decides; the other ranks' streams read its files
+                rec = self._decide(k, index, data)
+                self.decisions[k] = rec
+                self._publish(rec)
+                with open(Path(self.out_dir) / DECISIONS, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+
+    def _publish(self, rec: dict) -> None:
+        from regmix_plugin.atomic import write_json
+
+        path = self.stage_file(rec["stage"])
+        try:
+            if json.loads(path.read_text()) == rec:
+                return
+        except (OSError, json.JSONDecodeError):
+            pass
+        write_json(path, rec)
+
+    def in_force(self, k: int) -> dict[str, float]:
+        """The weights stage ``k - 1`` trained on (decided, or planned for stage 0 / a stage not decided)."""
+        weights = dict(self._plan["planned"][0])
+        for j in range(1, k):
+            rec = self.decisions.get(j)
+            if rec is not None and rec.get("weights"):
+                weights = dict(rec["weights"])
+        return weights
+
+    def _decide(self, k: int, index: int, data: MixtureData) -> dict:
+        a, b = self._plan["bounds"][k], self._plan["bounds"][k + 1]
+        current = self.in_force(k)
+        rec = {
+            "run": self.run_id,
+            "stage": k,
+            "decided_at_batch": index,
+            "fraction": [a, b],
+            "checkpoint": None,
+            "observed": None,
+            "weights": None,
+            "predicted_target": None,
+            "fault": None,
+        }
+        try:
+            rec.update(self._search(k, index, a, b, current, data))
+        except Exception as e:  # noqa: BLE001 -- any fault keeps the mixture in force: the run must not die here
+            rec["fault"] = f"{type(e).__name__}: {e}"
+            warnings.warn(
+                f"RegMixDController: stage {k} keeps the current mixture {_fmt(current)} because the "
+                f"controller could not decide: {rec['fault']}",
+                stacklevel=2,
+            )
+        return rec
+
+    def _search(self, k: int, index: int, a: float, b: float, current: dict, data: MixtureData) -> dict:
+        from regmix_plugin.scoring import domain_losses, load_checkpoint, val_blocks
+        from regmix_plugin.tokenizer import check_tokenizer
+        from regmix_plugin.trajectory import (
+            SearchArgs,
+            best_stage_mixture,
+            load_trajectory_model,
+        )
+
+        traj = load_trajectory_model(self.model, flag="RegMixDController model")
+        ckpt = latest_checkpoint(Path(self.out_dir), index)
+        if ckpt is None:
+            raise FileNotFoundError(
+                f"no checkpoint step-* at or before batch {index} in {self.out_dir}; set "
+                "train.save_interval so one is saved before each switch"
+            )
+        check_tokenizer(ckpt, data.manifest.tokenizer_hash, "checkpoint", str(data.data_path))
+        model = load_checkpoint(ckpt)
+        if self._blocks is None:
+            self._blocks = val_blocks(data.data_path, traj.loss_domains, model.config.block_size, self.val_tokens)[0]
+        missing = [d for d in traj.loss_domains if d not in self._blocks]
+        if missing:
+            raise ValueError(f"the trajectory model's domains {missing} have no val data in {data.data_path}")
+        observed = domain_losses(model, self._blocks, self.eval_batch_size)
+        bad = {d: v for d, v in observed.items() if not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"non-finite observed losses {bad}")
+        domains = traj.weight_domains
+        if traj.features == "losses":
+            state = np.array([observed[d] for d in traj.loss_domains])
+        else:
+            state = self._mean_mixture(k, domains, a) if a > 0 else np.zeros(len(domains))
+        opened = set(self._plan["per_epoch"])
+        cur = np.array([current.get(d, 0.0) for d in domains])
+        active = np.array([d in opened for d in domains], float)
+        prior = 0.5 * cur + 0.5 * active / active.sum()
+        upper = active * self._allowance(k, domains)
+        mix, top = best_stage_mixture(
+            traj,
+            a,
+            b,
+            state,
+            prior,
+            np.zeros(len(domains)),
+            upper,
+            SearchArgs(self.n_candidates, self.top_k, self.smoothing, seed=self.seed),
+            k,
+            cur,
+        )
+        losses, _ = traj.advance(a, b, mix[None], np.atleast_2d(state))
+        return {
+            "checkpoint": ckpt.name,
+            "observed": observed,
+            "weights": {d: float(f"{w:.10g}") for d, w in zip(domains, mix, strict=True) if w > 0 or d in opened},
+            "predicted_target": float(traj.predict_target(losses)[0]),
+            "top_k_mean": float(top.mean()),
+        }
+
+    def _mean_mixture(self, k: int, domains: list[str], a: float) -> np.ndarray:
+        acc = np.zeros(len(domains))
+        for j in range(k):
+            w = self.in_force(j + 1)
+            span = self._plan["bounds"][j + 1] - self._plan["bounds"][j]
+            acc += span * np.array([w.get(d, 0.0) for d in domains])
+        return acc / a
+
+    def _allowance(self, k: int, domains: list[str]) -> np.ndarray:
+        """Highest weight per domain in stage k so no domain exceeds max_epochs over the whole run."""
+        plan = self._plan
+        used = {d: 0.0 for d in domains}
+        for j in range(k):
+            w = self.in_force(j + 1)
+            for d in domains:
+                used[d] += w.get(d, 0.0) * plan["stage_samples"][j]
+        n = plan["stage_samples"][k]
+        out = []
+        for d in domains:
+            cap = plan["max_epochs"] * plan["per_epoch"].get(d, 0)
+            out.append(min(1.0, max(0.0, (cap - used[d]) / n)) if n > 0 else 1.0)
+        return np.array(out)
+
+    def attach(self, loader: MixtureLoader, data: MixtureData) -> MixtureLoader:
+        """Called by ``MixtureData.train_dataloader``: the loader and stream that run this controller."""
+        if len(data.stages) < 2:
+            raise ValueError(
+                "RegMixDController needs a --data.schedule with at least two stages: its until_fraction "
+                "entries are the switch points, its first stage's weights the mixture to start from"
+            )
+        stream = ControlledStream.__new__(ControlledStream)
+        stream.__dict__.update(loader.dataset.__dict__)
+        stream.callbacks = [cb for cb in stream.callbacks if cb is not self]
+        stream.controller = self
+        out = ControlledLoader(
+            stream, num_workers=loader.num_workers, length=loader._length, budget_batches=loader._budget
+        )
+        out.data = data
+        return out
+
+    def state_dict(self) -> dict:
+        return {"run": self.run_id, "decisions": [self.decisions[k] for k in sorted(self.decisions)]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.run_id = state.get("run")
+        self.decisions = {int(r["stage"]): r for r in state.get("decisions", [])}
+        self._restored = True
+
+
+def latest_checkpoint(out_dir: Path, batch: int) -> Path | None:
+    """The newest ``step-*`` checkpoint of ``out_dir`` with step <= ``batch`` (steps never outnumber batches)."""
+    best = None
+    for p in Path(out_dir).glob("step-*"):
+        try:
+            step = int(p.name.split("-", 1)[1])
+        except ValueError:
+            continue
+        if step <= batch and (p / "lit_model.pth").is_file() and (best is None or step > best[0]):
+            best = (step, p)
+    return None if best is None else best[1]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    out = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill: that decision is made again
+    return out
+
+
+def _fmt(w: dict) -> str:
+    return "{" + ", ".join(f"{d}: {v:.3f}" for d, v in w.items()) + "}"
+
+
+# ------------------------------------------------------------------------------------ stream and loader
+class ControlledStream(MixtureStream):
+    """A MixtureStream whose stages after the first take the controller's weights as they begin."""
+
+    controller: RegMixDController
+
+    def _advance_stage(self, state) -> None:
+        before, current = state.stage, dict(state.weights(self.stages))
+        super()._advance_stage(state)
+        if state.stage != before:
+            new = self.controller.await_decision(state.stage, current)
+            clean = self.validate_weights(new) if self.validate_weights else dict(new)
+            unopened = [d for d, w in clean.items() if w > 0 and d not in self.sources]
+            state.override = current if unopened else clean
+            state.stage_samples = {}
+
+
+class ControlledLoader(MixtureLoader):
+    """A MixtureLoader that gives the controller each batch index first and saves its decisions."""
+
+    data: MixtureData
+
+    def __iter__(self):
+        ctl = self.dataset.controller
+        ctl.begin(self)
+        index = self._consumed()
+        inner = super().__iter__()
+        while True:
+            ctl.before_batch(index, self.data)
+            try:
+                batch = next(inner)
+            except StopIteration:
+                return
+            index += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        out = super().state_dict()
+        ctl = self.dataset.controller
+        out["planned_stages"] = out["stages"]
+        out["stages"] = [dict(st) for st in out["stages"]]
+        for k, rec in ctl.decisions.items():
+            out["stages"][k]["weights"] = dict(rec["weights"] or ctl.in_force(k))
+        out["regmixd"] = ctl.state_dict()
+        return out
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if "regmixd" in state_dict:
+            self.dataset.controller.load_state_dict(state_dict["regmixd"])

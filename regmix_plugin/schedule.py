@@ -1,0 +1,159 @@
+"""`regmix schedule`: offline RegMix-D, a whole mixture schedule from a trajectory model, before training.
+
+    regmix schedule --model out/trajectory --stages 3 --data_path data/pile --target_tokens 25_000_000_000 \\
+        --out schedule.yaml
+    regmix recipe --mixture schedule.yaml --template recipes/tiny_cpu.yaml --out my_recipe.yaml
+
+The run is cut into ``--stages`` equal stages. For stage k the trajectory model (``regmix fit_trajectory``)
+starts from its *predicted* state at the stage's start, simulates ``n_candidates`` Dirichlet mixtures over
+the stage (the generator of ``regmix optimize``), keeps the mean of the ``top_k`` with the lowest predicted
+target at the stage's end, and mixes in ``smoothing`` of the previous stage's mixture. The chosen mixture's
+predicted losses at the stage's end are the next stage's state: predictions chain, so errors accumulate
+(the model's held-out *rollout* RMSE measures that). Min/max weights hold in every stage; the max-epochs
+bound is counted over the whole run (a domain used heavily early has less left later).
+
+It writes ``schedule.yaml`` (:mod:`regmix_plugin.formats.schedule`) and a stacked-area plot next to it,
+and prints the predicted target of the schedule and of the best single mixture under the same model.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from regmix_plugin.formats.schedule import Schedule, ScheduleStage, write_schedule
+from regmix_plugin.trajectory import SearchArgs, derive_schedule, load_trajectory_model
+
+
+def schedule(
+    model: Path,
+    out: Path = Path("schedule.yaml"),
+    stages: int = 3,
+    data_path: Path | None = None,
+    prior: dict[str, float] | None = None,
+    target_tokens: int | None = None,
+    max_epochs: float = 15.0,
+    domain_tokens: dict[str, int] | None = None,
+    min_weight: dict[str, float] | None = None,
+    max_weight: dict[str, float] | None = None,
+    exclude: list[str] | None = None,
+    search: SearchArgs | None = None,
+) -> Schedule:
+    """Derive a stage-by-stage mixture schedule from a trajectory model and write schedule.yaml.
+
+    Arguments:
+        model: A trajectory model directory written by `regmix fit_trajectory`.
+        out: The schedule YAML to write; ``<out stem>.png`` (stacked areas) goes next to it.
+        stages: Number of equal stages (switch points at k / stages of the run).
+        data_path: A prepared corpus: its token distribution is the default prior, its token counts the
+            max-epochs bound.
+        prior: Centre of the simulated mixtures; default: the corpus' token distribution, else uniform.
+        target_tokens: Tokens of the run the schedule is for; with it no domain is repeated more than
+            ``--max_epochs`` times over the whole run.
+        max_epochs: Most epochs over any domain's train tokens over the whole run (needs ``--target_tokens``).
+        domain_tokens: Train tokens per domain for the max-epochs bound, when there is no ``--data_path``.
+        min_weight: Lowest weight per domain in every stage.
+        max_weight: Highest weight per domain in every stage.
+        exclude: Domains no stage may train on.
+        search: Candidates, top-k, smoothing and seed of each stage's search.
+    """
+    from regmix_plugin.mixture import constraint_bounds
+
+    search = search or SearchArgs()
+    problems = []
+    if stages < 1:
+        problems.append(f"--stages must be >= 1, got {stages}")
+    if not 1 <= search.top_k <= search.n_candidates:
+        problems.append(f"--search.top_k must be between 1 and --search.n_candidates, got {search.top_k}")
+    if not 0 <= search.smoothing < 1:
+        problems.append(f"--search.smoothing must be in [0, 1), got {search.smoothing}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    traj = load_trajectory_model(model)
+    domains = traj.weight_domains
+    manifest = None
+    if data_path is not None:
+        from regmix_plugin.formats.manifest import read_manifest
+
+        manifest = read_manifest(data_path, flag="--data_path")
+    tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
+    lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude)
+    allowance = None
+    if target_tokens is not None:
+        _, allowance = constraint_bounds(domains, None, None, None, target_tokens, max_epochs, tokens)
+    center = _prior(domains, prior, manifest)
+    plan = derive_schedule(traj, stages, center, lower, upper, allowance, search)
+    static = derive_schedule(traj, 1, center, lower, upper, allowance, SearchArgs(**{**vars(search), "smoothing": 0.0}))
+    result = Schedule(
+        stages=[
+            ScheduleStage(dict(zip(domains, map(float, m), strict=True)), None if k == stages - 1 else plan["ends"][k])
+            for k, m in enumerate(plan["mixtures"])
+        ],
+        prediction={
+            "target": traj.target,
+            "at_schedule": plan["predicted_target"][-1],
+            "at_stage_ends": plan["predicted_target"],
+            "top_k_std": plan["top_k_std"],
+            "at_best_static": static["predicted_target"][-1],
+            "best_static": dict(zip(domains, map(float, static["mixtures"][0]), strict=True)),
+            "model_cv_rollout_rmse": traj.meta.get("cv_rollout_rmse"),
+        },
+        search={**vars(search), "strength": list(search.strength), "stages": stages},
+        constraints={
+            "lower": {d: float(v) for d, v in zip(domains, lower, strict=True) if v > 0},
+            "upper": {d: float(v) for d, v in zip(domains, upper, strict=True) if v < 1},
+            "excluded": sorted(exclude or []),
+            "target_tokens": target_tokens,
+            "max_epochs": max_epochs if target_tokens else None,
+            "epochs_counted_over": "whole run",
+        },
+        provenance={
+            "model": str(model),
+            "features": traj.features,
+            "regressor": traj.regressor,
+            "cv_rollout_rmse": traj.meta.get("cv_rollout_rmse"),
+            "n_runs": traj.meta.get("n_runs"),
+            "data_path": str(data_path) if data_path else None,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    write_schedule(Path(out), result)
+    stacked_area(Path(out).with_suffix(".png"), result)
+    print(
+        f"predicted target {plan['predicted_target'][-1]:.4f} with the {stages}-stage schedule, "
+        f"{static['predicted_target'][-1]:.4f} with the best single mixture; wrote {out}"
+    )
+    return result
+
+
+def _prior(domains: list[str], prior, manifest) -> np.ndarray:
+    from regmix_plugin.mixture import validate_weights
+
+    if prior is not None:
+        w = validate_weights(prior, domains, key="--prior")
+    elif manifest is not None:
+        natural = manifest.natural_weights()
+        total = sum(natural.get(d, 0.0) for d in domains) or 1.0
+        w = {d: natural.get(d, 0.0) / total for d in domains}
+    else:
+        w = {d: 1 / len(domains) for d in domains}
+    return np.array([w[d] for d in domains], float)
+
+
+def stacked_area(path: Path, sched: Schedule, title: str = "RegMix-D schedule") -> None:
+    """The schedule as stacked areas over the fraction of training (one colour per domain)."""
+    from regmix_plugin.plots import _pyplot, _save
+
+    plt = _pyplot()
+    domains = sorted({d for st in sched.stages for d in st.weights})
+    ends = [st.until_fraction if st.until_fraction is not None else 1.0 for st in sched.stages]
+    starts = [0.0] + ends[:-1]
+    x = [v for s, e in zip(starts, ends, strict=True) for v in (s, e)]
+    ys = [[st.weights.get(d, 0.0) for st in sched.stages for _ in (0, 1)] for d in domains]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.stackplot(x, ys, labels=domains)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="fraction of training", ylabel="weight", title=title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    _save(fig, path)

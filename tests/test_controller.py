@@ -1,0 +1,216 @@
+"""Online RegMix-D in real `litgpt pretrain` runs: decisions recorded, exact replay on resume, faults survived."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import pretrain_config
+
+from regmix_plugin.inspect import read_data_state, realized_mixture
+from regmix_plugin.litgpt_compat import run_pretrain
+
+STEPS, MICRO, SEQ = 24, 4, 32
+PLAN = {"code": 0.5, "prose": 0.5}
+
+
+@pytest.fixture(scope="module")
+def traj_model(tmp_path_factory, prepared):
+    """A `losses`-feature trajectory model over the fixture corpus' domains, fitted on simulated proxy records."""
+    from regmix_plugin.formats.manifest import read_manifest
+    from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
+
+    domains = read_manifest(prepared).train_domains()
+    val = read_manifest(prepared).val_domains()
+    rng = np.random.default_rng(0)
+    records = {}
+    for r in range(16):
+        ws = [rng.dirichlet(np.ones(len(domains))) for _ in range(3)]
+        share = np.cumsum([w for w in ws], 0) / np.arange(1, 4)[:, None]  # mean mixture up to each stage end
+        losses = [
+            {
+                "tokens": (k + 1) * 100,
+                "final": k == 2,
+                "losses": {
+                    d: float(5 - (k + 1) * 0.3 - share[k][domains.index(d)] + 0.01 * rng.standard_normal()) for d in val
+                },
+            }
+            for k in range(3)
+        ]
+        sched = [
+            {"until_fraction": 1 / 3, "weights": dict(zip(domains, ws[0], strict=True))},
+            {"until_fraction": 2 / 3, "weights": dict(zip(domains, ws[1], strict=True))},
+            {"weights": dict(zip(domains, ws[2], strict=True))},
+        ]
+        records[f"r{r}"] = {"run_id": f"r{r}", "status": "done", "tokens": 300, "schedule": sched, "losses": losses}
+    trajs, wd, ld = trajectories_from_records(records)
+    out = tmp_path_factory.mktemp("traj") / "model"
+    fit_trajectories(trajs, wd, ld, "val_loss/prose", "losses", "linear", out, cv_folds=4)
+    return out
+
+
+def config(out_dir, prepared, tokenizer_dir, model):
+    cfg = pretrain_config(
+        out_dir,
+        prepared,
+        tokenizer_dir,
+        weights=None,
+        max_tokens=STEPS * MICRO * SEQ,
+        schedule=[
+            {"until_fraction": 1 / 3, "weights": PLAN},
+            {"until_fraction": 2 / 3, "weights": PLAN},
+            {"weights": PLAN},
+        ],
+        callbacks=[
+            {
+                "class_path": "regmix_plugin.RegMixDController",
+                "init_args": {
+                    "model": str(model),
+                    "out_dir": str(out_dir),
+                    "n_candidates": 2000,
+                    "top_k": 16,
+                    "val_tokens": 256,
+                },
+            }
+        ],
+    )
+    cfg["train"].update(max_tokens=STEPS * MICRO * SEQ, save_interval=4)
+    return cfg
+
+
+def decisions(out_dir):
+    return [json.loads(line) for line in (out_dir / "decisions.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, prepared, tokenizer_dir, traj_model):
+    out = tmp_path_factory.mktemp("online") / "full"
+    run_pretrain(config(out, prepared, tokenizer_dir, traj_model))
+    return out
+
+
+@pytest.mark.slow
+def test_decisions_are_recorded_and_trained_on(uninterrupted):
+    recs = decisions(uninterrupted)
+    assert [r["stage"] for r in recs] == [1, 2]
+    assert [r["decided_at_batch"] for r in recs] == [8, 16]  # no workers: no lag
+    assert [r["checkpoint"] for r in recs] == ["step-00000008", "step-00000016"]
+    for r in recs:
+        assert r["fault"] is None and abs(sum(r["weights"].values()) - 1) < 1e-9 and set(r["observed"]) >= {"prose"}
+    state = read_data_state(uninterrupted / "final")
+    assert state["regmixd"]["decisions"] == recs
+
+    def nonzero(w):
+        return {d: v for d, v in w.items() if v > 0}
+
+    assert [nonzero(s["weights"]) for s in state["stages"]] == [PLAN] + [nonzero(r["weights"]) for r in recs]
+    # the stream took each stage's decided weights exactly (32 samples per stage)
+    rows = realized_mixture(uninterrupted / "final")
+    for d in ("code", "prose"):
+        expected = 16 + 32 * recs[0]["weights"].get(d, 0) + 32 * recs[1]["weights"].get(d, 0)
+        assert abs(rows[d]["samples"] - expected) <= 2, (d, rows[d], expected)
+    assert recs[0]["weights"] != PLAN  # the controller did move the mixture
+
+
+def _resume(tmp_path, uninterrupted, prepared, tokenizer_dir, model, lines):
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(uninterrupted / "step-00000012", out / "step-00000012")
+    kept = (uninterrupted / "decisions.jsonl").read_text().splitlines()[:lines]
+    (out / "decisions.jsonl").write_text("".join(line + "\n" for line in kept))
+    cfg = config(out, prepared, tokenizer_dir, model)
+    cfg["resume"] = "auto"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a replayed decision must not fault (nothing is recomputed)
+        run_pretrain(cfg)
+    return out
+
+
+def _same_final(a, b):
+    x = torch.load(a / "final" / "lit_model.pth", weights_only=True)["model"]
+    y = torch.load(b / "final" / "lit_model.pth", weights_only=True)["model"]
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.slow
+def test_resume_after_the_kill_decides_the_next_stage_as_the_uninterrupted_run(
+    uninterrupted, tmp_path, prepared, tokenizer_dir, traj_model
+):
+    # killed at step 12: stage 1 was decided (in the checkpoint and the log; its scored step-8 checkpoint is
+    # not in the new out_dir, so recomputing it would fault); stage 2 is decided fresh at batch 16
+    out = _resume(tmp_path, uninterrupted, prepared, tokenizer_dir, traj_model, lines=1)
+    assert [{k: v for k, v in r.items()} for r in decisions(out)] == decisions(uninterrupted)
+    assert _same_final(out, uninterrupted)
+
+
+@pytest.mark.slow
+def test_resume_replays_logged_decisions_without_the_model(uninterrupted, tmp_path, prepared, tokenizer_dir):
+    # both decisions were logged before the kill; with the model gone, only a replay can reproduce them
+    out = _resume(tmp_path, uninterrupted, prepared, tokenizer_dir, tmp_path / "no-model", lines=2)
+    assert read_data_state(out / "final")["regmixd"]["decisions"] == decisions(uninterrupted)
+    assert _same_final(out, uninterrupted)
+
+
+@pytest.mark.slow
+def test_missing_model_keeps_the_current_mixture_and_the_run_finishes(tmp_path, prepared, tokenizer_dir):
+    out = tmp_path / "faulty"
+    with pytest.warns(UserWarning, match="stage 1 keeps the current mixture") as caught:
+        run_pretrain(config(out, prepared, tokenizer_dir, tmp_path / "deleted-model"))
+    assert sum("keeps the current mixture" in str(w.message) for w in caught) == 2  # one per switch
+    recs = decisions(out)
+    assert [r["weights"] for r in recs] == [None, None] and all(
+        "no-such" in r["fault"] or "trajectory.json" in r["fault"] for r in recs
+    )
+    rows = realized_mixture(out / "final")
+    assert abs(rows["prose"]["samples"] - rows["code"]["samples"]) <= 1  # 50/50 all run long
+    assert (out / "final" / "lit_model.pth").is_file()
+
+
+@pytest.mark.slow
+def test_schedule_yaml_round_trips_through_recipe_into_litgpt_pretrain(tmp_path, prepared, tokenizer_dir):
+    """`regmix schedule`'s file -> `regmix recipe` -> a recipe stock `litgpt pretrain` runs, stage by stage."""
+    from pathlib import Path
+
+    import yaml
+
+    from regmix_plugin.__main__ import main
+    from regmix_plugin.formats.schedule import Schedule, ScheduleStage, write_schedule
+
+    stages = [ScheduleStage({"code": 0.25, "prose": 0.75}, 0.5), ScheduleStage({"code": 1.0, "prose": 0.0})]
+    write_schedule(tmp_path / "schedule.yaml", Schedule(stages, prediction={"at_schedule": 3.1, "at_best_static": 3.2}))
+    template = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
+    main(
+        [
+            "recipe",
+            "--mixture",
+            str(tmp_path / "schedule.yaml"),
+            "--template",
+            str(template),
+            "--out",
+            str(tmp_path / "recipe.yaml"),
+        ]
+    )
+    text = (tmp_path / "recipe.yaml").read_text()
+    cfg = yaml.safe_load(text)
+    assert cfg["data"]["init_args"]["weights"] is None
+    assert cfg["data"]["init_args"]["schedule"] == [
+        {"until_fraction": 0.5, "weights": {"code": 0.25, "prose": 0.75}},
+        {"weights": {"code": 1.0, "prose": 0.0}},
+    ]
+    assert "# Source code (type: float)" not in text.split("schedule:")[0].split("weights: null")[-1]
+    assert "# The run's token budget" in text  # the template's comments stay
+    budget = 16 * MICRO * SEQ
+    cfg.update(out_dir=str(tmp_path / "run"), tokenizer_dir=str(tokenizer_dir))
+    cfg["data"]["init_args"].update(data_path=str(prepared), max_tokens=budget, num_workers=0)
+    cfg["train"].update(max_tokens=budget, micro_batch_size=MICRO, global_batch_size=MICRO, save_interval=8)
+    cfg["model_config"].update(block_size=SEQ)
+    cfg["eval"].update(initial_validation=False, final_validation=False)
+    run_pretrain(cfg)
+    half = realized_mixture(tmp_path / "run" / "step-00000008")  # end of stage 0: 32 samples at 25/75
+    assert (half["code"]["samples"], half["prose"]["samples"]) == (8, 24)
+    full = realized_mixture(tmp_path / "run" / "final")  # then 32 samples of code only
+    assert (full["code"]["samples"], full["prose"]["samples"]) == (40, 24)
