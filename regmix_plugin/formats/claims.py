@@ -143,9 +143,5 @@ def heartbeat(sweep_dir: Path, run_id: str, timeout: float = DEFAULT_TIMEOUT):
 
 def read_claims(sweep_dir: Path) -> dict[str, tuple[Claim, float]]:
     """Every current claim of a sweep, by run id (for ``--status``)."""
-    out = {}
-    for path in sorted((Path(sweep_dir) / "claims").glob("*.claim")):
-        held = read_claim(sweep_dir, path.stem)
-        if held is not None:
-            out[path.stem] = held
-    return out
+    held = {p.stem: read_claim(sweep_dir, p.stem) for p in sorted((Path(sweep_dir) / "claims").glob("*.claim"))}
+    return {run_id: claim for run_id, claim in held.items() if claim is not None}

@@ -77,12 +77,8 @@ def read_record(sweep_dir: Path, run_id: str) -> RunRecord | None:
 
 def read_records(sweep_dir: Path) -> dict[str, RunRecord]:
     """Every readable record of a sweep, by run id."""
-    out = {}
-    for path in sorted((Path(sweep_dir) / "runs").glob("*.json")):
-        record = read_record(sweep_dir, path.stem)
-        if record is not None:
-            out[record.run_id] = record
-    return out
+    records = (read_record(sweep_dir, p.stem) for p in sorted((Path(sweep_dir) / "runs").glob("*.json")))
+    return {r.run_id: r for r in records if r is not None}
 
 
 def table_rows(order: list[str], records: dict[str, RunRecord]) -> list[dict]:
