@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from regmix_plugin.errors import RegmixError
 
 #: Most times a domain may be repeated in a run, as in RegMix's sampler; the default of every flag that bounds it.
 DEFAULT_MAX_EPOCHS = 15.0
@@ -28,12 +31,22 @@ _SAFE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 def normalize_domain(name: str) -> str:
     """Turn a raw domain label into a safe directory name: ``"Pile-CC"`` -> ``"pile_cc"``.
 
-    Lower-cases, replaces every run of characters other than ``[a-z0-9]`` with one ``_`` and strips ``_`` at
-    the ends, so ``"Gutenberg (PG-19)"`` -> ``"gutenberg_pg_19"`` (the RegMix/Pile naming).
+    Accents are transliterated (Unicode NFKD, combining marks dropped: ``"Ünïcode!"`` -> ``"unicode"``), then
+    the label is lower-cased, every run of characters other than ``[a-z0-9]`` becomes one ``_`` and ``_`` is
+    stripped at the ends, so ``"Gutenberg (PG-19)"`` -> ``"gutenberg_pg_19"`` (the RegMix/Pile naming). A
+    letter or digit with no ASCII form (``"维基"``) is refused rather than dropped, so no label is silently
+    cut down to a different one.
     """
-    out = re.sub(r"[^a-z0-9]+", "_", str(name).lower()).strip("_")
+    text = "".join(c for c in unicodedata.normalize("NFKD", str(name)) if not unicodedata.combining(c))
+    foreign = list(dict.fromkeys(c for c in text if not c.isascii() and c.isalnum()))
+    if foreign:
+        raise RegmixError(
+            f"domain label {name!r} has letters or digits with no ASCII form ({''.join(foreign)}); rename it "
+            "with ASCII letters and digits (e.g. 'wiki_zh')"
+        )
+    out = re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
     if not out:
-        raise ValueError(f"domain name {name!r} has no letters or digits; rename it (e.g. 'web', 'code').")
+        raise RegmixError(f"domain name {name!r} has no letters or digits; rename it (e.g. 'web', 'code').")
     return out
 
 

@@ -10,109 +10,31 @@ therefore complete, and a re-run skips it.
 
 from __future__ import annotations
 
-import gzip
-import io
+import errno
 import json
 import os
 import re
 import shutil
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from regmix_plugin.formats.manifest import MANIFEST, DomainStats, Manifest, SplitStats, read_manifest
+from regmix_plugin.errors import RegmixError
+from regmix_plugin.formats.manifest import (
+    MANIFEST,
+    DomainStats,
+    Manifest,
+    SplitStats,
+    chunk_problems,
+    read_manifest,
+    record_chunks,
+)
+from regmix_plugin.formats.raw_corpus import discover, first_document_keys, iter_documents
 from regmix_plugin.mixture import is_safe_domain, normalize_domain
 from regmix_plugin.tokenizer import check_tokenizer, tokenizer_hash, vocab_size
-
-EXTENSIONS = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
-_SHARD = re.compile(r"^(?P<domain>.+)-(?P<shard>[^-]+)$")
-
-
-def _ext(path: Path) -> str | None:
-    name = path.name.lower()
-    return next((e for e in sorted(EXTENSIONS, key=len, reverse=True) if name.endswith(e)), None)
-
-
-def _field(obj: dict, dotted: str):
-    for part in dotted.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            return None
-        obj = obj[part]
-    return obj
-
-
-def iter_documents(path: Path, text_key: str, domain_field: str | None) -> Iterator[tuple[str | None, str]]:
-    """Yield ``(raw domain or None, text)`` for every document of one file."""
-    ext = _ext(path)
-    if ext == ".txt":
-        yield None, path.read_text(encoding="utf-8", errors="replace")
-        return
-    if ext == ".parquet":
-        import pyarrow.parquet as pq
-
-        columns = [text_key] + ([domain_field.split(".")[0]] if domain_field else [])
-        for batch in pq.ParquetFile(path).iter_batches(columns=columns):
-            for row in batch.to_pylist():
-                yield (_field(row, domain_field) if domain_field else None), row[text_key]
-        return
-    with _open_text(path, ext) as stream:
-        for lineno, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-                raise ValueError(f"{path}:{lineno} has no string field {text_key!r}; set --text_key to the text field")
-            yield (_field(obj, domain_field) if domain_field else None), obj[text_key]
-
-
-def _open_text(path: Path, ext: str):
-    """A text stream over a (possibly compressed) line-based file; closing it closes the file."""
-    if ext == ".jsonl.zst":
-        import zstandard
-
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True),
-                                encoding="utf-8")
-    if ext == ".jsonl.gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
-def discover(root: Path, layout: str, domain_field: str | None) -> list[tuple[Path, str | None]]:
-    """List ``(file, raw domain)`` pairs under ``root``; the domain is ``None`` when a field names it per document."""
-    if root.is_file():
-        files = [root]
-    elif root.is_dir():
-        files = sorted(p for p in root.rglob("*") if p.is_file() and _ext(p))
-    else:
-        raise FileNotFoundError(f"--source {str(root)!r} does not exist")
-    if not files:
-        raise FileNotFoundError(f"--source {str(root)!r} holds no {', '.join(EXTENSIONS)} files")
-    if layout == "auto":
-        layout = (
-            "field" if domain_field else ("dirs" if root.is_dir() and any(p.parent != root for p in files) else "files")
-        )
-    if layout == "field":
-        if not domain_field:
-            raise ValueError("--layout field needs --domain_field, e.g. --domain_field meta.pile_set_name")
-        return [(p, None) for p in files]
-    if layout == "dirs":
-        return [(p, p.relative_to(root).parts[0]) for p in files if len(p.relative_to(root).parts) > 1]
-    out = []
-    for p in files:
-        stem = p.name[: -len(_ext(p))]
-        m = _SHARD.match(stem)
-        if not m:
-            raise ValueError(f"{p}: --layout files expects names '<domain>-<shard>{_ext(p)}', e.g. arxiv-00001.jsonl")
-        out.append((p, m["domain"]))
-    return out
-
 
 _TOKENIZER = None
 
@@ -133,8 +55,11 @@ def _tokenize_file(job: dict) -> dict:
     buffers: dict[tuple[str, str], list[np.ndarray]] = {}
     docs: dict[tuple[str, str], int] = {}
     seen: dict[str, int] = {}
+    labels: dict[str, set[str]] = {}
+    dropped: dict[str, int] = {}
     k = job["val_every"]
     pending: list[tuple[str, str, str]] = []
+    path = Path(job["path"])
 
     def flush() -> None:
         texts = [t for _, _, t in pending]
@@ -151,11 +76,19 @@ def _tokenize_file(job: dict) -> dict:
             docs[(domain, split)] = docs.get((domain, split), 0) + 1
         pending.clear()
 
-    for raw, text in iter_documents(Path(job["path"]), job["text_key"], job["domain_field"]):
+    for n, (raw, text) in enumerate(iter_documents(path, job["text_key"], job["domain_field"]), 1):
         raw = job["domain"] if job["domain"] is not None else raw
         if raw is None:
+            if job["on_missing_domain"] == "error":
+                raise RegmixError(
+                    f"{path}: document {n} has no field {job['domain_field']!r} (--domain_field); "
+                    f"{_keys_hint(path)}. Fix --domain_field, or pass --on_missing_domain skip to drop such "
+                    "documents (they are counted in the manifest)"
+                )
+            dropped[MISSING_DOMAIN] = dropped.get(MISSING_DOMAIN, 0) + 1
             continue
         domain = normalize_domain(raw)
+        labels.setdefault(domain, set()).add(str(raw))
         if domain in job["skip"]:
             continue
         i = seen[domain] = seen.get(domain, -1) + 1
@@ -172,12 +105,28 @@ def _tokenize_file(job: dict) -> dict:
     for (domain, split), arrays in buffers.items():
         tokens = np.concatenate(arrays)
         np.save(tmp / f"{domain}.{split}.npy", tokens)
-        out[f"{domain}.{split}"] = {"tokens": int(tokens.size), "documents": docs[(domain, split)]}
+        out[f"{domain}.{split}"] = {
+            "tokens": int(tokens.size), "documents": docs[(domain, split)],
+            "max_id": int(tokens.max()) if tokens.size else -1,
+        }
     return {
         "index": job["index"],
-        "raw": {normalize_domain(r): r for r in seen} if job["domain"] is None else {},
+        "labels": {d: sorted(r) for d, r in labels.items()} if job["domain"] is None else {},
+        "dropped": dropped,
         "sizes": out,
     }
+
+
+#: The reason a document is dropped when ``--domain_field`` is missing from it (the manifest's ``dropped`` key).
+MISSING_DOMAIN = "missing_domain_field"
+
+
+def _keys_hint(path: Path) -> str:
+    try:
+        keys = first_document_keys(path)
+    except Exception:  # the hint is best-effort; the error it decorates is the one to report
+        keys = []
+    return f"keys found in the first document of {path.name}: {', '.join(keys) or '(none)'}"
 
 
 def _write_split(npy_files: list[Path], out: Path, chunk_bytes: str) -> None:
@@ -204,32 +153,36 @@ def _write_split(npy_files: list[Path], out: Path, chunk_bytes: str) -> None:
 
 
 def prepare(
-    source: list[str] | str,
-    tokenizer_dir: Path,
-    out_dir: Path,
+    source: list[str] | str | None = None,
+    tokenizer_dir: Path | None = None,
+    out_dir: Path = Path("data/"),
     layout: Literal["auto", "dirs", "files", "field"] = "auto",
     domain_field: str | None = None,
+    on_missing_domain: Literal["error", "skip"] = "error",
     text_key: str = "text",
     val_fraction: float = 0.01,
     val_source: list[str] | str | None = None,
     num_workers: int | None = None,
     chunk_bytes: str = "64MB",
+    verify: bool = False,
 ) -> Manifest:
     """Tokenize a raw corpus into per-domain litdata chunks (train and val) and write ``manifest.json``.
 
     Example: ``regmix prepare --source raw/ --tokenizer_dir tok/ --out_dir data/demo`` (several sources:
-    ``--source [raw/a,raw/b]``).
+    ``--source [raw/a,raw/b]``). Check a prepared corpus: ``regmix prepare --verify true --out_dir data/demo``.
 
     Arguments:
         source: Raw corpus paths: a directory with one sub-directory per domain (``dirs``), files named
             ``<domain>-<shard>.jsonl`` (``files``, the official RegMix layout), or JSONL/Parquet files whose
             ``--domain_field`` names each document's domain (``field``). Files may be .txt (one document per
-            file), .jsonl, .jsonl.gz, .jsonl.zst or .parquet.
+            file), .jsonl, .jsonl.gz, .jsonl.zst or .parquet. Optional only with ``--verify``.
         tokenizer_dir: LitGPT tokenizer directory (tokenizer.json or tokenizer.model); its hash goes in the manifest.
         out_dir: Where the prepared corpus goes; pass it as ``--data.data_path`` to MixtureData.
         layout: How ``source`` names domains; ``auto`` picks ``field`` if ``--domain_field`` is set, else
             ``dirs`` if files sit in sub-directories, else ``files``.
         domain_field: Dotted JSON path of the domain label, e.g. ``meta.pile_set_name`` for the Pile's raw shards.
+        on_missing_domain: What to do with a document that lacks ``--domain_field``: ``error`` stops (naming
+            the file and the keys it has), ``skip`` drops it; drops are counted in the manifest's ``dropped``.
         text_key: Field holding the text in JSONL/Parquet records.
         val_fraction: Share of each file's documents held out for validation (every k-th document,
             k = round(1/val_fraction)); ignored when ``val_source`` is given.
@@ -237,10 +190,18 @@ def prepare(
             evaluation target, like the paper's out-of-distribution Pile-CC).
         num_workers: Tokenizer processes; default: all CPU cores.
         chunk_bytes: Size of each litdata chunk file.
+        verify: Check every finished domain's chunk files against the sizes and SHA-256 checksums in the
+            manifest (without it a re-run checks sizes only). A damaged domain is dropped from the manifest and,
+            when ``--source`` is given, prepared again; without ``--source`` the check only reports.
     """
-    from tqdm import tqdm
-
-    out_dir, tokenizer_dir = Path(out_dir), Path(tokenizer_dir)
+    out_dir = Path(out_dir)
+    if not source:
+        if not verify:
+            raise ValueError("--source is required (it may be left out only with --verify true)")
+        return _verify_only(out_dir)
+    if tokenizer_dir is None:
+        raise ValueError("--tokenizer_dir is required with --source")
+    tokenizer_dir = Path(tokenizer_dir)
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     val_sources = [val_source] if isinstance(val_source, (str, Path)) else list(val_source or [])
     if not 0 <= val_fraction < 1:
@@ -255,13 +216,14 @@ def prepare(
             f"--out_dir {str(out_dir)!r}",
             fix="use a new --out_dir or delete the old one",
         )
+        _drop_damaged(out_dir, manifest, checksums=verify)
     else:
         manifest = Manifest(tokenizer_hash=tok_hash, vocab_size=vocab, domains={})
     done = set(manifest.domains)
 
     listed = [(p, d, None, s) for s in sources for p, d in discover(Path(s), layout, domain_field)]
     listed += [(p, d, "val", s) for s in val_sources for p, d in discover(Path(s), layout, domain_field)]
-    _check_names({d for _, d, _, _ in listed if d is not None})
+    _check_names({d for _, d, _, _ in listed if d is not None}, manifest)
     for partial in out_dir.glob(".*.partial"):  # left by an interrupted run: never trusted, redone
         shutil.rmtree(partial)
     tmp_root = out_dir / ".prepare-tmp"
@@ -276,6 +238,7 @@ def prepare(
             "key": p.name if Path(root).is_file() else p.relative_to(root).as_posix(),
             "text_key": text_key,
             "domain_field": domain_field,
+            "on_missing_domain": on_missing_domain,
             "skip": done,
             "tmp": str(tmp_root / f"{i:06d}"),
             "dtype": "uint16" if vocab <= 65535 else "int32",
@@ -284,28 +247,71 @@ def prepare(
         for i, (p, d, split, root) in enumerate(listed)
         if d is None or normalize_domain(d) not in done
     ]
-    results, raw_names = [], {}
-    workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs)))
-    if jobs:
-        import multiprocessing
+    try:
+        results = _tokenize(jobs, tokenizer_dir, num_workers)
+        labels: dict[str, set[str]] = {}
+        for r in results:
+            for d, raws in r["labels"].items():
+                labels.setdefault(d, set()).update(raws)
+        for _, d, _, _ in listed:
+            if d is not None:
+                labels.setdefault(normalize_domain(d), set()).add(d)
+        _check_names({r for raws in labels.values() for r in raws}, manifest)
+        dropped: dict[str, int] = {}
+        for r in results:
+            for reason, n in r["dropped"].items():
+                dropped[reason] = dropped.get(reason, 0) + n
+        manifest.dropped = dropped
+        new = sorted({key.rsplit(".", 1)[0] for r in results for key in r["sizes"]} - done)
+        if not new and not manifest.domains:
+            raise RegmixError(_nothing_prepared(listed, domain_field, dropped))
+        _write_domains(new, results, labels, manifest, out_dir, tmp_root, chunk_bytes)
+    except OSError as e:
+        if not _disk_full(e):
+            raise
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        for partial in out_dir.glob(".*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise RegmixError(_disk_full_message(e, out_dir, listed, jobs, manifest)) from None
+    shutil.rmtree(tmp_root, ignore_errors=True)
+    manifest.write(out_dir)
+    if dropped:
+        print(f"dropped {sum(dropped.values())} document(s): "
+              + ", ".join(f"{n} {reason.replace('_', ' ')} ({domain_field})" for reason, n in dropped.items()))
+    return manifest
 
-        _load_tokenizer(str(tokenizer_dir))
-        context = multiprocessing.get_context("fork") if os.name == "posix" else None
-        with (
-            ProcessPoolExecutor(workers, mp_context=context) as pool,
-            tqdm(total=len(jobs), desc="tokenizing files", unit="file") as bar,
-        ):
+
+def _tokenize(jobs: list[dict], tokenizer_dir: Path, num_workers: int | None) -> list[dict]:
+    from tqdm import tqdm
+
+    if not jobs:
+        return []
+    import multiprocessing
+
+    results = []
+    workers = max(1, min(num_workers or os.cpu_count() or 1, len(jobs)))
+    _load_tokenizer(str(tokenizer_dir))
+    context = multiprocessing.get_context("fork") if os.name == "posix" else None
+    with (
+        ProcessPoolExecutor(workers, mp_context=context) as pool,
+        tqdm(total=len(jobs), desc="tokenizing files", unit="file") as bar,
+    ):
+        try:
             for r in pool.map(_tokenize_file, jobs):
                 results.append(r)
-                raw_names.update(r["raw"])
                 bar.update()
-    for _, d, _, _ in listed:
-        if d is not None:
-            raw_names[normalize_domain(d)] = d
-    _check_names(set(raw_names.values()))
-    new = sorted({key.rsplit(".", 1)[0] for r in results for key in r["sizes"]} - done)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # one file failed: do not tokenize the rest for nothing
+            raise
+    return results
+
+
+def _write_domains(new, results, labels, manifest, out_dir: Path, tmp_root: Path, chunk_bytes: str) -> None:
+    """Write each new domain's chunks under ``.<domain>.partial``, rename it into place, then list it."""
+    from tqdm import tqdm
+
     for domain in tqdm(new, desc="writing domains", unit="domain"):
-        stats = DomainStats(sources=[raw_names.get(domain, domain)])
+        stats = DomainStats(sources=sorted(labels.get(domain, {domain})))
         partial = out_dir / f".{domain}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         for split in ("train", "val"):
@@ -314,27 +320,105 @@ def prepare(
             _write_split(files, partial / split, chunk_bytes)
             sizes = [r["sizes"][key] for r in results if key in r["sizes"]]
             setattr(stats, split, SplitStats(sum(s["tokens"] for s in sizes), sum(s["documents"] for s in sizes)))
+            stats.max_token_id = max([stats.max_token_id or -1] + [s["max_id"] for s in sizes])
+        stats.chunks = record_chunks(partial)
         if (out_dir / domain).exists():  # renamed into place by a run that died before listing it
             shutil.rmtree(out_dir / domain)
         os.replace(partial, out_dir / domain)
         manifest.domains[domain] = stats
         manifest.write(out_dir)
-    shutil.rmtree(tmp_root, ignore_errors=True)
-    manifest.write(out_dir)
+
+
+def _drop_damaged(out_dir: Path, manifest: Manifest, checksums: bool) -> dict[str, list[str]]:
+    """Check finished domains' chunks against the manifest; drop the damaged ones so this run re-does them."""
+    damaged = {}
+    unrecorded = []
+    for domain, stats in sorted(manifest.domains.items()):
+        if stats.chunks is None:
+            unrecorded.append(domain)
+            continue
+        problems = chunk_problems(out_dir / domain, stats, checksums=checksums)
+        if problems:
+            damaged[domain] = problems
+    for domain, problems in damaged.items():
+        print(f"domain {domain} is damaged, re-doing it: " + "; ".join(problems[:3]))
+        del manifest.domains[domain]
+    if damaged:
+        manifest.write(out_dir)
+    if unrecorded and checksums:
+        print(f"cannot verify {', '.join(unrecorded)}: prepared by an older regmix-plugin that recorded no chunk "
+              "sizes; prepare them into a new --out_dir to get them")
+    elif checksums:
+        print(f"verified {len(manifest.domains) - len(unrecorded)} domain(s) of {out_dir}: sizes and SHA-256 match")
+    return damaged
+
+
+def _verify_only(out_dir: Path) -> Manifest:
+    manifest = read_manifest(out_dir, flag="--out_dir")
+    damaged = _drop_damaged(out_dir, manifest, checksums=True)
+    if damaged:
+        raise RegmixError(
+            f"{len(damaged)} damaged domain(s) in --out_dir {str(out_dir)!r} ({', '.join(damaged)}), now dropped "
+            "from its manifest: re-run `regmix prepare` with the same --source, --tokenizer_dir and --out_dir to "
+            "prepare them again"
+        )
     return manifest
 
 
-def _check_names(raw: set[str]) -> None:
-    by_norm: dict[str, list[str]] = {}
+def _nothing_prepared(listed, domain_field: str | None, dropped: dict[str, int]) -> str:
+    first = listed[0][0] if listed else None
+    if domain_field and first is not None:
+        return (
+            f"nothing was prepared: no document has the field {domain_field!r} (--domain_field; "
+            f"{sum(dropped.values())} dropped); {_keys_hint(first)}"
+        )
+    return "nothing was prepared: the sources hold no documents"
+
+
+def _disk_full(e: OSError) -> bool:
+    # numpy's tofile reports a short write as "N requested and M written", without an errno
+    return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or bool(re.search(r"requested and \d+ written", str(e)))
+
+
+def _disk_full_message(e: OSError, out_dir: Path, listed, jobs, manifest: Manifest) -> str:
+    """Name the out_dir and roughly how much free space a re-run needs (temporary token files + chunks)."""
+    pending = {p for p, d, _, _ in listed if d is None or normalize_domain(d) not in manifest.domains}
+    # a token takes 2-4 bytes and about 4 bytes of text; compressed inputs hold ~4x their size in text;
+    # the temporary .npy files and the chunks each hold every token once
+    text = sum(p.stat().st_size * (4 if p.name.endswith((".gz", ".zst", ".parquet")) else 1) for p in pending)
+    itemsize = np.dtype(jobs[0]["dtype"]).itemsize if jobs else 2
+    need = 2 * text * itemsize // 4
+    free = shutil.disk_usage(out_dir if out_dir.exists() else out_dir.parent).free
+    return (
+        f"out of disk space writing to --out_dir {str(out_dir)!r} ({e.strerror or e}): a re-run needs about "
+        f"{_size(need)} free there for the {len(pending)} unfinished input file(s) ({_size(free)} free now). Free some space or choose another --out_dir, then re-run; the "
+        f"{len(manifest.domains)} finished domain(s) are kept and the temporary files were removed"
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _check_names(raw: set[str], manifest: Manifest | None = None) -> None:
+    """Refuse labels that would share a directory (``Pile-CC``, ``pile cc``, ``pile_cc``), listing them all."""
+    by_norm: dict[str, set[str]] = {}
     for r in raw:
-        by_norm.setdefault(normalize_domain(r), []).append(r)
-    clashes = {n: sorted(rs) for n, rs in by_norm.items() if len(rs) > 1}
+        by_norm.setdefault(normalize_domain(r), set()).add(r)
+    for name, stats in (manifest.domains.items() if manifest else ()):
+        if name in by_norm:  # a label that joins a domain an earlier run already prepared under another label
+            by_norm[name].update(stats.sources)
+    clashes = {n: sorted(rs) for n, rs in sorted(by_norm.items()) if len(rs) > 1}
     if clashes:
-        raise ValueError(
+        raise RegmixError(
             "these domain labels map to the same directory name: "
-            + "; ".join(f"{sorted(rs)} -> {n!r}" for n, rs in clashes.items())
+            + "; ".join(f"{rs} -> {n!r}" for n, rs in clashes.items())
             + ". Rename them so they differ in letters or digits"
         )
     bad = [n for n in by_norm if not is_safe_domain(n)]
     if bad:
-        raise ValueError(f"domain names {bad} are too long for directory names; shorten them")
+        raise RegmixError(f"domain names {bad} are too long for directory names; shorten them")

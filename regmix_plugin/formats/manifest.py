@@ -7,11 +7,18 @@ Layout of a prepared corpus (``--data_path``)::
     DATA/<domain>/val/            # same, held-out; a domain may have val only (an evaluation target)
 
 A domain's entry exists in the manifest only once both of its splits are fully written, so a domain that
-is listed is complete.
+is listed is complete. Each entry records the size and SHA-256 of every file it wrote (``chunks``), so a
+chunk truncated or damaged later is found: by size whenever MixtureData sets up or ``prepare`` re-runs, by
+checksum with ``regmix prepare --verify true``.
+
+``chunks``, ``max_token_id`` and ``dropped`` were added without a format-version bump: they are optional on
+read (a manifest written before them still reads; its chunks cannot be checked, which ``--verify`` says), and
+older readers ignore them, so a corpus never has to be re-tokenized just to be read.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +44,41 @@ class DomainStats:
     train: SplitStats = field(default_factory=SplitStats)
     val: SplitStats = field(default_factory=SplitStats)
     sources: list[str] = field(default_factory=list)
+    max_token_id: int | None = None
+    """The largest token id in the domain's chunks (None: prepared before it was recorded)."""
+    chunks: dict[str, dict] | None = None
+    """``{"train/chunk-0-0.bin": {"bytes": N, "sha256": "..."}, ...}``: every file of the domain's directory."""
+
+
+def record_chunks(domain_dir: Path) -> dict[str, dict]:
+    """Sizes and SHA-256 of every file under a domain's directory, keyed by path relative to it."""
+    out = {}
+    for path in sorted(p for p in Path(domain_dir).rglob("*") if p.is_file()):
+        with open(path, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        out[path.relative_to(domain_dir).as_posix()] = {"bytes": path.stat().st_size, "sha256": digest}
+    return out
+
+
+def chunk_problems(domain_dir: Path, stats: DomainStats, checksums: bool = False) -> list[str]:
+    """What is wrong with a domain's files compared with the manifest: missing, wrong size, wrong checksum.
+
+    Sizes cost one ``stat`` per file; checksums read every byte. Empty when the manifest has no record.
+    """
+    problems = []
+    for name, rec in sorted((stats.chunks or {}).items()):
+        path = Path(domain_dir) / name
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+            continue
+        size = path.stat().st_size
+        if size != rec["bytes"]:
+            problems.append(f"{path} is {size:,} bytes, the manifest says {rec['bytes']:,} (truncated?)")
+        elif checksums:
+            with open(path, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != rec["sha256"]:
+                    problems.append(f"{path} does not match its SHA-256 in the manifest (damaged)")
+    return problems
 
 
 @dataclass
@@ -48,6 +90,31 @@ class Manifest:
     domains: dict[str, DomainStats]
     format_version: int = FORMAT_VERSION
     extra: dict = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Documents the last ``prepare`` run dropped, per reason (e.g. ``missing_domain_field``)."""
+
+    def max_token_id(self, domains: list[str] | None = None) -> int:
+        """The largest token id in ``domains`` (default: all); the tokenizer's largest id where not recorded."""
+        ids = [
+            s.max_token_id if s.max_token_id is not None else self.vocab_size - 1
+            for d, s in self.domains.items() if domains is None or d in domains
+        ]
+        return max(ids, default=-1)
+
+    def vocab_problem(self, padded_vocab_size: int, domains: list[str] | None = None, where: str = "") -> str | None:
+        """Why a model with ``padded_vocab_size`` embedding rows cannot train on this corpus, or None.
+
+        A token id at or above the model's vocabulary indexes past its embedding table: an inductor "index out
+        of bounds" or an abort mid-run, so it is refused at set-up.
+        """
+        top = self.max_token_id(domains)
+        if top < padded_vocab_size:
+            return None
+        return (
+            f"token id {top} >= model padded_vocab_size {padded_vocab_size}{where}: the corpus was prepared with a "
+            f"tokenizer of {self.vocab_size} ids; set model_config.padded_vocab_size (and vocab_size) to at least "
+            f"{self.vocab_size}, or prepare the corpus with the model's tokenizer"
+        )
 
     def train_tokens(self) -> dict[str, int]:
         """Train tokens per domain (domains without train data included, with 0)."""
@@ -72,7 +139,10 @@ class Manifest:
         return {
             "format_version": self.format_version,
             "tokenizer": {"hash": self.tokenizer_hash, "vocab_size": self.vocab_size},
-            "domains": {d: asdict(s) for d, s in sorted(self.domains.items())},
+            "domains": {
+                d: {k: v for k, v in asdict(s).items() if v is not None} for d, s in sorted(self.domains.items())
+            },
+            **({"dropped": self.dropped} if self.dropped else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -94,7 +164,8 @@ def read_manifest(data_path: str | Path, flag: str = "--data_path") -> Manifest:
         )
     domains = {
         name: DomainStats(
-            train=SplitStats(**d.get("train", {})), val=SplitStats(**d.get("val", {})), sources=d.get("sources", [])
+            train=SplitStats(**d.get("train", {})), val=SplitStats(**d.get("val", {})), sources=d.get("sources", []),
+            max_token_id=d.get("max_token_id"), chunks=d.get("chunks"),
         )
         for name, d in raw["domains"].items()
     }
@@ -104,4 +175,5 @@ def read_manifest(data_path: str | Path, flag: str = "--data_path") -> Manifest:
         domains=domains,
         format_version=version,
         extra=raw.get("extra", {}),
+        dropped=raw.get("dropped", {}),
     )
