@@ -247,6 +247,7 @@ def prepare(
         for i, (p, d, split, root) in enumerate(listed)
         if d is None or normalize_domain(d) not in done
     ]
+    results = None
     try:
         results = _tokenize(jobs, tokenizer_dir, num_workers)
         labels: dict[str, set[str]] = {}
@@ -269,10 +270,13 @@ def prepare(
     except OSError as e:
         if not _disk_full(e):
             raise
+        # all files tokenized: the unfinished domains' temporary tokens are exactly what a re-run writes twice
+        measured = None if results is None else sum(
+            f.stat().st_size for f in tmp_root.rglob("*.npy") if f.name.split(".")[0] not in manifest.domains)
         shutil.rmtree(tmp_root, ignore_errors=True)
         for partial in out_dir.glob(".*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
-        raise RegmixError(_disk_full_message(e, out_dir, listed, jobs, manifest)) from None
+        raise RegmixError(_disk_full_message(e, out_dir, listed, jobs, manifest, measured)) from None
     shutil.rmtree(tmp_root, ignore_errors=True)
     manifest.write(out_dir)
     if dropped:
@@ -380,14 +384,18 @@ def _disk_full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or bool(re.search(r"requested and \d+ written", str(e)))
 
 
-def _disk_full_message(e: OSError, out_dir: Path, listed, jobs, manifest: Manifest) -> str:
-    """Name the out_dir and roughly how much free space a re-run needs (temporary token files + chunks)."""
+def _disk_full_message(e: OSError, out_dir: Path, listed, jobs, manifest: Manifest, measured: int | None) -> str:
+    """Name the out_dir and how much free space a re-run needs: temporary token files plus chunks.
+
+    ``measured`` is the size of the unfinished domains' temporary tokens when tokenizing had finished; before
+    that it is estimated from the inputs: a token is about 4 bytes of text, compressed inputs hold ~4x their
+    size in text.
+    """
     pending = {p for p, d, _, _ in listed if d is None or normalize_domain(d) not in manifest.domains}
-    # a token takes 2-4 bytes and about 4 bytes of text; compressed inputs hold ~4x their size in text;
-    # the temporary .npy files and the chunks each hold every token once
-    text = sum(p.stat().st_size * (4 if p.name.endswith((".gz", ".zst", ".parquet")) else 1) for p in pending)
-    itemsize = np.dtype(jobs[0]["dtype"]).itemsize if jobs else 2
-    need = 2 * text * itemsize // 4
+    if measured is None:
+        text = sum(p.stat().st_size * (4 if p.name.endswith((".gz", ".zst", ".parquet")) else 1) for p in pending)
+        measured = text * (np.dtype(jobs[0]["dtype"]).itemsize if jobs else 2) // 4
+    need = 2 * measured  # the temporary .npy files and the chunks each hold every token once
     free = shutil.disk_usage(out_dir if out_dir.exists() else out_dir.parent).free
     return (
         f"out of disk space writing to --out_dir {str(out_dir)!r} ({e.strerror or e}): a re-run needs about "
