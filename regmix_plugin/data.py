@@ -75,6 +75,8 @@ class MixtureData(DataModule):
     seq_length: int = field(init=False, repr=False, default=2048)
     manifest: Manifest | None = field(init=False, repr=False, default=None)
     stages: list[Stage] = field(init=False, repr=False, default_factory=list)
+    tokenizer: Tokenizer | None = field(init=False, repr=False, default=None)
+    run_context: dict[str, Any] | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -110,8 +112,13 @@ class MixtureData(DataModule):
     def connect(
         self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None, **kw: Any
     ) -> None:
+        from regmix_plugin.litgpt_compat import pretrain_context
+
         self.batch_size = batch_size
         self.seq_length = (max_seq_length or 2048) + 1  # one more token: the last target
+        self.tokenizer = tokenizer
+        # the tokenizer's directory and the model config, checked against the corpus in setup()
+        self.run_context = pretrain_context()
 
     def prepare_data(self) -> None:
         read_manifest(self.data_path, flag="--data.data_path")
@@ -130,10 +137,43 @@ class MixtureData(DataModule):
             if d not in val_known:
                 problems.append(f"--data.val_domains: {d!r} has no val data; domains with val data: "
                                 f"{', '.join(val_known)}")
+        if not problems:
+            used = sorted({d for w in clean for d, x in w.items() if x > 0} | set(self.val_domains or val_known))
+            problems += self._corpus_problems(used)
         if problems:
             raise ValueError("\n".join(problems))
         # stage ends are in stream-local samples, placed by train_dataloader once the stream count is known
         self.stages = [Stage(weights=w, end=None) for w in clean]
+
+    def _corpus_problems(self, domains: list[str]) -> list[str]:
+        """The run's tokenizer and model vocabulary against the corpus, and the used domains' chunk sizes."""
+        from regmix_plugin.formats.manifest import chunk_problems
+        from regmix_plugin.tokenizer import check_tokenizer
+
+        problems = []
+        corpus = f"--data.data_path {str(self.data_path)!r}"
+        context = self.run_context or {}
+        if context.get("tokenizer_dir") is not None:
+            try:
+                check_tokenizer(context["tokenizer_dir"], self.manifest.tokenizer_hash, "--tokenizer_dir", corpus)
+            except (FileNotFoundError, ValueError) as e:
+                problems.append(str(e))
+        elif self.tokenizer is not None and self.tokenizer.vocab_size != self.manifest.vocab_size:
+            problems.append(
+                f"tokenizer mismatch: the tokenizer has {self.tokenizer.vocab_size} ids, but {corpus} was prepared "
+                f"with one of {self.manifest.vocab_size}; use the tokenizer the corpus was prepared with"
+            )
+        config = context.get("config")
+        if config is not None:
+            problems += self.manifest.vocab_problems(config.padded_vocab_size, domains, f" in {corpus}")
+        for d in domains:
+            damaged = chunk_problems(self.data_path / d, self.manifest.domains[d])
+            if damaged:
+                problems.append(
+                    f"domain {d!r} of {corpus} is damaged: {'; '.join(damaged[:3])}. Run `regmix prepare --verify "
+                    f"true --out_dir {self.data_path}`, then `regmix prepare` with its --source to re-do it"
+                )
+        return problems
 
     def _budget_batches(self, world_size: int) -> int | None:
         """Batches per rank in a run of ``max_tokens`` (LitGPT counts seq_length - 1 tokens per sample)."""
@@ -155,14 +195,8 @@ class MixtureData(DataModule):
             # a partial, not a lambda: it must pickle for spawn-started workers
             validate_weights=partial(validate_weights, known=self.manifest.train_domains(), key="callback weights"),
         )
-        per_rank = max(1, self.num_workers)
         world = stream.distributed_env.world_size
-        budget = self._budget_batches(world)
-        # samples the busiest stream serves: workers take the rank's batches in turn
-        total = None if budget is None else math.ceil(budget / per_rank) * self.batch_size
-        self._place_stage_ends(total, per_rank * world)
-        if total is not None:
-            self._epoch_guard(sources, total, per_rank * world)
+        budget = self.check_budget(world, sources)
         length = (
             budget if budget is not None else sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
         )
@@ -171,6 +205,24 @@ class MixtureData(DataModule):
             if hasattr(cb, "attach"):  # a callback that also acts in the main process (RegMixDController)
                 loader = cb.attach(loader, self)
         return loader
+
+    def check_budget(self, world_size: int = 1, sources: dict[str, TokenSource] | None = None) -> int | None:
+        """Place the stage switches and run the epoch guard for ``max_tokens``; return batches per rank.
+
+        Called by :meth:`train_dataloader`, and by ``regmix recipe`` (after :meth:`connect` and :meth:`setup`)
+        so a recipe whose budget repeats a domain too often is refused when it is written, not at train time.
+        """
+        if sources is None:
+            active = sorted({d for st in self.stages for d, w in st.weights.items() if w > 0})
+            sources = {d: TokenSource(self.data_path / d / "train", self.seq_length) for d in active}
+        per_rank = max(1, self.num_workers)
+        budget = self._budget_batches(world_size)
+        # samples the busiest stream serves: workers take the rank's batches in turn
+        total = None if budget is None else math.ceil(budget / per_rank) * self.batch_size
+        self._place_stage_ends(total, per_rank * world_size)
+        if total is not None:
+            self._epoch_guard(sources, total, per_rank * world_size)
+        return budget
 
     def _place_stage_ends(self, total: int | None, num_streams: int) -> None:
         for st, spec in zip(self.stages, self.schedule or [{}], strict=True):

@@ -5,6 +5,8 @@ Public APIs come first everywhere else; what is here relies on details that a ne
 * running the stock ``litgpt pretrain`` in this process (:func:`run_pretrain`), which means presenting the argv
   that LitGPT's ``save_checkpoint`` re-parses;
 * parsing a recipe exactly as ``litgpt pretrain --config`` does (:func:`litgpt_parse`);
+* what ``litgpt pretrain`` does not hand its data module: the tokenizer's directory and the model config
+  (:func:`pretrain_context`), read from the running ``litgpt.pretrain.main`` call;
 * the sweep worker's two caches (:func:`install_worker_caches`): jsonargparse's docstring parsing and LitGPT's
   per-checkpoint hyperparameter re-parse;
 * litdata's private names: ``_DistributedEnv`` (rank/world size), the dtype tables and chunk header layout of
@@ -151,6 +153,27 @@ def litgpt_parse(config: dict) -> Any:
     parser = ArgumentParser(exit_on_error=False)
     parser.add_function_arguments(setup)
     return parser.instantiate_classes(parser.parse_object(config))
+
+
+def pretrain_context() -> dict[str, Any] | None:
+    """``{"tokenizer_dir": Path | None, "config": litgpt.Config}`` of the ``litgpt pretrain`` run calling us, or None.
+
+    ``litgpt pretrain`` gives ``DataModule.connect`` a ``Tokenizer`` (which does not keep its directory) and no
+    model config, yet MixtureData must refuse a tokenizer other than the corpus's and a vocabulary smaller than
+    its token ids before training starts. Both are locals of ``litgpt.pretrain.main``, which is on the stack
+    while ``connect`` runs (``main -> get_dataloaders -> connect``). Outside such a run (a user calling
+    ``connect`` directly), None: the checks that need it are then skipped.
+    """
+    check_version("litgpt")
+    import litgpt.pretrain as pretrain
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is pretrain.main.__code__:
+            local = frame.f_locals
+            return {"tokenizer_dir": local.get("tokenizer_dir"), "config": local.get("config")}
+        frame = frame.f_back
+    return None
 
 
 def install_worker_caches() -> None:

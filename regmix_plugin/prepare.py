@@ -399,7 +399,8 @@ def _disk_full_message(e: OSError, out_dir: Path, listed, jobs, manifest: Manife
     free = shutil.disk_usage(out_dir if out_dir.exists() else out_dir.parent).free
     return (
         f"out of disk space writing to --out_dir {str(out_dir)!r} ({e.strerror or e}): a re-run needs about "
-        f"{_size(need)} free there for the {len(pending)} unfinished input file(s) ({_size(free)} free now). Free some space or choose another --out_dir, then re-run; the "
+        f"{_size(need)} free there for the {len(pending)} unfinished input file(s) ({_size(free)} free now). "
+        f"Free some space or choose another --out_dir, then re-run; the "
         f"{len(manifest.domains)} finished domain(s) are kept and the temporary files were removed"
     )
 

@@ -155,7 +155,8 @@ def test_truncated_chunk_is_found_by_verify_and_redone_by_a_rerun(tmp_path, toke
     assert r.returncode == 2, r.stderr
     assert f"domain code is damaged, re-doing it: {chunk} is {len(full) // 2:,} bytes, the manifest says " \
            f"{len(full):,} (truncated?)" in r.stdout
-    assert "1 damaged domain(s) in --out_dir" in r.stderr and "re-run `regmix prepare` with the same --source" in r.stderr
+    assert "1 damaged domain(s) in --out_dir" in r.stderr
+    assert "re-run `regmix prepare` with the same --source" in r.stderr
     assert sorted(read_manifest(out).domains) == ["prose"]
     # the re-run prepares it again, byte for byte, and leaves the healthy domain alone
     m = prepare(source=str(tmp_path / "raw"), tokenizer_dir=tokenizer_dir, out_dir=out, num_workers=1,
@@ -185,7 +186,9 @@ def test_a_rerun_without_verify_checks_sizes_and_verify_checks_content(tmp_path,
 
 
 # ------------------------------------------------------------------------------------------ 10. disk full
-@pytest.mark.parametrize(("repeat", "error"), [(100, r"\(36030 requested and \d+ written\)"), (50, r"\(File too large\)")])
+@pytest.mark.parametrize(
+    ("repeat", "error"), [(100, r"\(36030 requested and \d+ written\)"), (50, r"\(File too large\)")]
+)
 def test_disk_full_names_the_out_dir_and_space_needed_and_cleans_up(tmp_path, tokenizer_dir, repeat, error):
     """A real OS-level write failure: the prepare process may write no file over 64 KB (RLIMIT_FSIZE).
 
@@ -214,7 +217,8 @@ def test_disk_full_names_the_out_dir_and_space_needed_and_cleans_up(tmp_path, to
     message = r.stderr.strip().splitlines()[-1]
     assert re.fullmatch(
         f"regmix prepare: error: out of disk space writing to --out_dir {re.escape(repr(str(out)))} {error}: a "
-        r"re-run needs about [\d.]+ KB free there for the [67] unfinished input file\(s\) \([\d.]+ [KMGT]?B free now\)\. "
+        r"re-run needs about [\d.]+ KB free there for the [67] unfinished input file\(s\) "
+        r"\([\d.]+ [KMGT]?B free now\)\. "
         r"Free some space or choose another --out_dir, then re-run; the (0|1) finished domain\(s\) are kept and "
         r"the temporary files were removed", message), message
     assert "Traceback" not in r.stderr

@@ -101,20 +101,20 @@ class Manifest:
         ]
         return max(ids, default=-1)
 
-    def vocab_problem(self, padded_vocab_size: int, domains: list[str] | None = None, where: str = "") -> str | None:
-        """Why a model with ``padded_vocab_size`` embedding rows cannot train on this corpus, or None.
+    def vocab_problems(self, padded_vocab_size: int, domains: list[str] | None = None, where: str = "") -> list[str]:
+        """Why a model with ``padded_vocab_size`` embedding rows cannot train on this corpus (empty: it can).
 
         A token id at or above the model's vocabulary indexes past its embedding table: an inductor "index out
         of bounds" or an abort mid-run, so it is refused at set-up.
         """
         top = self.max_token_id(domains)
         if top < padded_vocab_size:
-            return None
-        return (
+            return []
+        return [
             f"token id {top} >= model padded_vocab_size {padded_vocab_size}{where}: the corpus was prepared with a "
             f"tokenizer of {self.vocab_size} ids; set model_config.padded_vocab_size (and vocab_size) to at least "
             f"{self.vocab_size}, or prepare the corpus with the model's tokenizer"
-        )
+        ]
 
     def train_tokens(self) -> dict[str, int]:
         """Train tokens per domain (domains without train data included, with 0)."""

@@ -212,6 +212,7 @@ def plan_sweep(
 
     train = parsed.train
     model_cfg = parsed.model_config or Config.from_name(parsed.model_name)
+    problems += manifest.vocab_problems(model_cfg.padded_vocab_size, where=f" (--recipe {str(recipe)!r} model_config)")
     seq = min(train.max_seq_length or model_cfg.block_size, model_cfg.block_size)
     accum = max(1, train.global_batch_size // train.micro_batch_size)
     iters = train.max_tokens // (train.micro_batch_size * seq)
