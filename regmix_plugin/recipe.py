@@ -5,9 +5,13 @@
 
 The template's ``data`` must be ``regmix_plugin.MixtureData``. Only ``data.init_args.weights`` (and
 ``schedule``, set to ``null`` since MixtureData takes one or the other) change: they are rewritten in
-place in the template's text, so every other key and every comment stays as it was, and a comment block
-stating where the weights came from goes on top. The result is parsed back and compared with the
-template before it is written.
+place in the template's text, so every other key and every comment stays as it was. The comment above
+``weights`` (and one at the top of the file) says where the new weights came from; whatever the template
+said about its own weights there is dropped, since it no longer holds.
+
+Before anything is written the recipe is parsed with ``litgpt pretrain``'s own parser (a mistyped key is
+refused), and, when the template's corpus is on this machine, MixtureData's epoch guard runs against the
+recipe's ``train.max_tokens``; a mixture chosen for another ``--target_tokens`` is reported.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import warnings
 from pathlib import Path
 
 from regmix_plugin.atomic import write_text
+from regmix_plugin.errors import RegmixError
 from regmix_plugin.formats.mixture_yaml import read_mixture
 from regmix_plugin.resources import resolve_recipe
 
 _DATA_CLASS = "MixtureData"
+_TOP = "# data.init_args.weights set by `regmix recipe`"
 
 
 def recipe(mixture: Path, template: Path, out: Path) -> None:
@@ -51,7 +57,8 @@ def recipe(mixture: Path, template: Path, out: Path) -> None:
     # Ten significant digits keep every bound `regmix optimize` enforced (to 1e-10) and stay readable.
     weights = {d: float(f"{w:.10g}") for d, w in record["weights"].items() if w > 0 or d in listed}
     _check_domains(config["data"]["init_args"], weights, mixture)
-    new_text = edit_weights(text, init_args_node, weights)
+    provenance = _provenance(record, mixture, template)
+    new_text = edit_weights(text, init_args_node, weights, provenance)
     expected = copy.deepcopy(config)
     expected["data"]["init_args"]["weights"] = weights
     if "schedule" in expected["data"]["init_args"]:
@@ -59,12 +66,59 @@ def recipe(mixture: Path, template: Path, out: Path) -> None:
     if yaml.safe_load(new_text) != expected:
         warnings.warn(f"could not edit {template} in place; rewrote it whole, without its comments", stacklevel=2)
         new_text = yaml.safe_dump(expected, sort_keys=False)
-    write_text(out, _provenance(record, mixture, template) + new_text)
+    _check_runnable(expected, record, mixture, template)
+    write_text(out, "\n".join(f"# {line}" for line in provenance) + "\n\n" + _strip_top(new_text))
     print(f"wrote {out}: {template} with the {len(weights)}-domain mixture of {mixture}")
 
 
-def edit_weights(text: str, init_args, weights: dict[str, float]) -> str:
-    """Replace ``weights`` (and ``schedule``) under the composed ``init_args`` mapping node, in the text."""
+def _check_runnable(config: dict, record: dict, mixture: Path, template: Path) -> None:
+    """Refuse a recipe `litgpt pretrain` would reject, or whose budget repeats a domain too often (when the
+    corpus is here); warn when the mixture was chosen for another token budget."""
+    from regmix_plugin.litgpt_compat import litgpt_parse
+
+    try:
+        parsed = litgpt_parse(copy.deepcopy(config))
+    except Exception as e:  # jsonargparse raises several types; all mean the recipe is not runnable
+        msg = "\n    ".join(str(e).strip().splitlines()[:12])
+        raise RegmixError(
+            f"--template {template}: `litgpt pretrain` would reject the recipe:\n    {msg}\nFix the template (run "
+            "`litgpt pretrain --config TEMPLATE --print_config` to see the schema); nothing was written"
+        ) from None
+    max_tokens = parsed.train.max_tokens
+    target = (record.get("constraints") or {}).get("target_tokens")
+    if target and max_tokens and int(target) != int(max_tokens):
+        warnings.warn(
+            f"--mixture {mixture} was chosen for --target_tokens {int(target):,}, but the recipe trains "
+            f"train.max_tokens {int(max_tokens):,}: its per-domain epoch bounds were for the other budget; re-run "
+            f"`regmix optimize --target_tokens {int(max_tokens)}` for this recipe",
+            stacklevel=3,
+        )
+    data = parsed.data
+    if max_tokens is None or not (Path(data.data_path) / "manifest.json").is_file():
+        print(f"note: the corpus {data.data_path} is not here, so the epoch guard runs when `litgpt pretrain` "
+              "sets up")
+        return
+    from litgpt import Config
+
+    model = parsed.model_config or Config.from_name(parsed.model_name)
+    seq = min(parsed.train.max_seq_length or model.block_size, model.block_size)
+    devices = parsed.devices if isinstance(parsed.devices, int) and parsed.devices > 0 else 1
+    data.max_tokens = max_tokens
+    data.connect(None, batch_size=parsed.train.micro_batch_size, max_seq_length=seq)
+    data.setup()
+    try:
+        data.check_budget(world_size=devices * parsed.num_nodes)
+    except ValueError as e:
+        raise RegmixError(f"--mixture {mixture} in --template {template}: {e}; nothing was written") from None
+
+
+def edit_weights(text: str, init_args, weights: dict[str, float], provenance: list[str] = ()) -> str:
+    """Replace ``weights`` (and ``schedule``) under the composed ``init_args`` mapping node, in the text.
+
+    With ``provenance`` (lines), the comment above ``weights`` says where they came from: its first paragraphs
+    (what the template said about its own weights) are replaced; its last paragraph, the key's description
+    (paragraphs are separated by a bare ``#`` line), stays.
+    """
     import yaml
 
     flow = "{" + ", ".join(f"{d}: {w!r}" for d, w in weights.items()) + "}"
@@ -84,7 +138,10 @@ def edit_weights(text: str, init_args, weights: dict[str, float]) -> str:
         # Insert before the first key of init_args, at its indentation.
         first = init_args.value[0][0]
         at = _line_start(text, first.start_mark.index)
-        edits.append((at, at, " " * first.start_mark.column + f"weights: {flow}\n"))
+        indent = " " * first.start_mark.column
+        edits.append((at, at, "".join(f"{indent}# {line}\n" for line in provenance) + f"{indent}weights: {flow}\n"))
+    if "weights" in nodes and provenance:
+        edits.append(_comment_block(text, nodes["weights"][0], provenance))
     if "schedule" in nodes:
         key, value = nodes["schedule"]
         if isinstance(value, (yaml.MappingNode, yaml.SequenceNode)) and not value.flow_style and value.value:
@@ -94,6 +151,31 @@ def edit_weights(text: str, init_args, weights: dict[str, float]) -> str:
     for start, end, new in sorted(edits, reverse=True):
         text = text[:start] + new + text[end:]
     return text
+
+
+def _comment_block(text: str, key, provenance: list[str]) -> tuple[int, int, str]:
+    """The edit that puts ``provenance`` in place of the first paragraphs of the comment above ``key``."""
+    key_line = _line_start(text, key.start_mark.index)
+    indent = " " * key.start_mark.column
+    start = key_line
+    while start > 0:
+        prev = _line_start(text, start - 1)
+        if not text[prev:start].strip().startswith("#"):
+            break
+        start = prev
+    lines = text[start:key_line].splitlines()
+    bare = [i for i, line in enumerate(lines) if line.strip() == "#"]
+    description = lines[bare[-1] + 1 :] if bare else lines
+    new = [f"{indent}# {line}" for line in provenance] + ([f"{indent}#"] + description if description else [])
+    return start, key_line, "".join(line + "\n" for line in new)
+
+
+def _strip_top(text: str) -> str:
+    """The template without the file-top provenance of an earlier `regmix recipe` (re-running on its output)."""
+    if not text.startswith(_TOP):
+        return text
+    head, _, rest = text.partition("\n\n")
+    return rest
 
 
 def _key_comments(block: str) -> dict[str, list[str]]:
@@ -163,18 +245,21 @@ def _check_domains(init_args: dict, weights: dict[str, float], mixture: Path) ->
         )
 
 
-def _provenance(record: dict, mixture: Path, template: Path) -> str:
+def _provenance(record: dict, mixture: Path, template: Path) -> list[str]:
+    """Where the weights came from, as comment lines (without ``#``)."""
     prov, pred = record.get("provenance"), record.get("prediction")
-    lines = [f"# data.init_args.weights set by `regmix recipe` from {mixture} (template: {template})."]
-    if not prov or not pred:
-        return "\n".join(lines) + "\n\n"
-    lines += [
-        f"# That mixture was chosen by `regmix optimize` on {prov['created']} with a {prov['regressor']} model "
-        f"({prov['model']}),",
-        f"# CV Spearman {prov['cv_spearman']:.3f} over {prov['n_runs']} proxy runs; predicted target "
-        f"{pred['at_mixture']:.4f} vs {pred['at_prior']:.4f} at the prior.",
-    ]
-    return "\n".join(lines) + "\n\n"
+    lines = [f"{_TOP[2:]} from {mixture} (template: {template})."]
+    if prov and pred:
+        lines += [
+            f"That mixture was chosen by `regmix optimize` on {prov['created']} with a {prov['regressor']} model "
+            f"({prov['model']}),",
+            f"CV Spearman {prov['cv_spearman']:.3f} over {prov['n_runs']} proxy runs; predicted target "
+            f"{pred['at_mixture']:.4f} vs {pred['at_prior']:.4f} at the prior.",
+        ]
+    target = (record.get("constraints") or {}).get("target_tokens")
+    if target:
+        lines.append(f"It was chosen for a run of {int(target):,} tokens (--target_tokens).")
+    return lines
 
 
 def _is_schedule(path: Path) -> bool:
@@ -233,6 +318,7 @@ def _schedule_recipe(mixture: Path, template: Path, out: Path) -> None:
     if yaml.safe_load(new_text) != expected:
         warnings.warn(f"could not edit {template} in place; rewrote it whole, without its comments", stacklevel=2)
         new_text = yaml.safe_dump(expected, sort_keys=False)
+    _check_runnable(expected, {}, mixture, template)
     pred = sched.prediction
     head = [f"# data.init_args.schedule set by `regmix recipe` from {mixture} (template: {template}):",
             f"# {len(stages)} RegMix-D stage(s) by `regmix schedule`"
