@@ -51,10 +51,9 @@ def test_the_epoch_guard_runs_against_the_recipes_budget(tmp_path, prepared):
                          .replace("  max_tokens: 40960\n\n  # Limits the number", "  max_tokens: 25000000000\n\n"
                                   "  # Limits the number"))  # fmt: skip
     mixture = _mixture(tmp_path / "m.yaml", {"code": 0.5, "prose": 0.5}, target_tokens=400_000)
-    with pytest.warns(UserWarning, match=r"chosen for --target_tokens 400,000, but the recipe trains "
-                                         r"train.max_tokens 25,000,000,000"):  # fmt: skip
-        with pytest.raises(ValueError) as e:
-            recipe(mixture, template, tmp_path / "new.yaml")
+    warned = r"chosen for --target_tokens 400,000, but the recipe trains train.max_tokens 25,000,000,000"
+    with pytest.warns(UserWarning, match=warned), pytest.raises(ValueError) as e:
+        recipe(mixture, template, tmp_path / "new.yaml")
     message = str(e.value)
     assert message.startswith(f"--mixture {mixture} in --template {template}: with --data.max_tokens "
                               "25,000,000,000 some domains would repeat more than --data.max_epochs 15 times:")
