@@ -26,6 +26,7 @@ from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import LOSS_PREFIX, Results, read_results
 
 AUTO_ORDER = ("linear", "gp", "lightgbm")  # ties go to the simpler model
+_MIN_RUNS = 4  # leave-one-out over 3 runs trains on 2: no model, and a Spearman over 3 points means little
 
 
 def fit(
@@ -53,7 +54,8 @@ def fit(
             rate 1e-2), ``gp`` (Gaussian process on sqrt(weights)), or ``auto``: the one with the best
             mean K-fold Spearman on these runs.
         out: The model directory to write (replaced if it holds an earlier model).
-        cv_folds: Number of cross-validation folds (K).
+        cv_folds: Number of cross-validation folds (K). With fewer than 2K runs, leave-one-out CV is used
+            instead (and a note printed); at least 4 runs are needed.
         seed: Seed of the fold split and the regressors.
     """
     from regmix_plugin.regressors import REGRESSORS
@@ -61,6 +63,10 @@ def fit(
     data, source = _load_training(results, mixtures, losses)
     columns = data.resolve_target(target)
     data, y = _finite_rows(data, columns, cv_folds)
+    if len(y) < 2 * cv_folds:
+        print(f"note: {len(y)} runs are too few for {cv_folds}-fold CV (it needs {2 * cv_folds}, 2 per fold); "
+              f"using leave-one-out CV instead ({len(y)} folds of one run; Spearman over the pooled predictions)")
+        cv_folds = len(y)
     folds = make_folds(len(y), cv_folds, seed)
     names = AUTO_ORDER if regressor == "auto" else (regressor,)
     scores = {name: cross_validate(REGRESSORS[name](random_state=seed), data.weights, y, folds) for name in names}
@@ -69,6 +75,7 @@ def fit(
     interactions = _interactions(data, columns, y, seed)
     cv = {
         "folds": cv_folds,
+        "leave_one_out": cv_folds == len(y),
         "seed": seed,
         "n_runs": len(y),
         "selection": "mean fold Spearman on the training runs" if regressor == "auto" else "given",
@@ -109,8 +116,9 @@ def fit(
         if heat:
             plots.interaction_heatmap(tmp / "interactions.png", heat, data.domains)
         write_json(tmp / MODEL_FILE, meta)
+    scheme = "leave-one-out" if cv_folds == len(y) else f"{cv_folds}-fold"
     print(
-        f"fitted {chosen} on {len(y)} runs; {cv_folds}-fold CV Spearman {scores[chosen]['mean_spearman']:.4f}; "
+        f"fitted {chosen} on {len(y)} runs; {scheme} CV Spearman {scores[chosen]['mean_spearman']:.4f}; "
         f"wrote {out}"
     )
 
@@ -133,7 +141,8 @@ def predict(model: Path, mixtures: Path, out: Path = Path("predictions.csv")) ->
 
 
 def make_folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Shuffled K-fold split of ``n`` training runs as (train indices, held-out indices) pairs."""
+    """Shuffled K-fold split of ``n`` training runs as (train indices, held-out indices) pairs (``k == n``:
+    leave-one-out)."""
     from sklearn.model_selection import KFold
 
     return list(KFold(k, shuffle=True, random_state=seed).split(np.arange(n)))
@@ -164,11 +173,13 @@ def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds) -> dict:
             }
         )
     rhos = [p["spearman"] for p in per_fold if np.isfinite(p["spearman"])]
+    pooled = float(spearmanr(oof, y)[0])
+    leave_one_out = all(len(test) == 1 for _, test in folds)  # one run per fold has no rank correlation
     return {
         "folds": per_fold,
-        "mean_spearman": float(np.mean(rhos)) if rhos else float("nan"),
+        "mean_spearman": pooled if leave_one_out else (float(np.mean(rhos)) if rhos else float("nan")),
         "mean_mse": float(np.mean([p["mse"] for p in per_fold])),
-        "oof_spearman": float(spearmanr(oof, y)[0]),
+        "oof_spearman": pooled,
         "oof": oof,
     }
 
@@ -196,11 +207,10 @@ def _finite_rows(data: Results, columns: dict[str, float], cv_folds: int) -> tup
         bad = [i for i, ok in zip(data.ids, finite, strict=True) if not ok]
         warnings.warn(f"dropped {len(bad)} run(s) whose target is NaN or inf (diverged?): {', '.join(bad[:20])}",
                       stacklevel=2)  # fmt: skip
-    need = 2 * cv_folds
-    if finite.sum() < need:
+    if finite.sum() < _MIN_RUNS:
         raise ValueError(
-            f"--cv_folds {cv_folds} needs at least {need} runs with a finite target (2 per fold), {data.source} "
-            f"has {int(finite.sum())}: lower --cv_folds or add proxy runs"
+            f"fitting needs at least {_MIN_RUNS} runs with a finite target (leave-one-out CV below "
+            f"{2 * cv_folds}), {data.source} has {int(finite.sum())}: add proxy runs"
         )
     return data.subset(finite), y[finite]
 

@@ -142,21 +142,35 @@ def test_diverged_runs_are_dropped_with_their_ids(tmp_path, synthetic_rows):
     assert json.loads((tmp_path / "m" / "cv.json").read_text())["n_runs"] == 20
 
 
-def test_too_few_runs_for_the_folds_is_one_clear_error_and_writes_nothing(tmp_path, synthetic_rows):
+def test_too_few_runs_for_the_folds_fall_back_to_leave_one_out_with_a_note(tmp_path, synthetic_rows, capsys):
     rows = synthetic_rows(10, 3, seed=0)
     rows[0]["val_loss/arxiv"] = float("nan")
     write_results(tmp_path / "r.csv", rows)
-    with pytest.warns(UserWarning, match="dropped 1 run"), pytest.raises(ValueError) as e:
-        main(["fit", "--results", str(tmp_path / "r.csv"), "--out", str(tmp_path / "m")])
+    with pytest.warns(UserWarning, match="dropped 1 run"):
+        main(["fit", "--results", str(tmp_path / "r.csv"), "--regressor", "linear", "--out", str(tmp_path / "m")])
+    out = capsys.readouterr().out
+    assert ("note: 9 runs are too few for 5-fold CV (it needs 10, 2 per fold); using leave-one-out CV instead (9 "
+            "folds of one run; Spearman over the pooled predictions)") in out
+    cv = json.loads((tmp_path / "m" / "cv.json").read_text())
+    assert (cv["folds"], cv["leave_one_out"], cv["n_runs"]) == (9, True, 9)
+    linear = cv["candidates"]["linear"]
+    assert [f["n_test"] for f in linear["folds"]] == [1] * 9
+    assert linear["mean_spearman"] == linear["oof_spearman"] and -1 <= linear["mean_spearman"] <= 1
+    assert f"leave-one-out CV Spearman {linear['mean_spearman']:.4f}" in out
+    # 10 runs keep 5-fold CV
+    main(["fit", "--results", str(tmp_path / "r.csv"), "--target", "val_loss/enron_emails", "--regressor", "linear",
+          "--out", str(tmp_path / "m2")])  # fmt: skip
+    assert json.loads((tmp_path / "m2" / "cv.json").read_text())["folds"] == 5
+    assert "leave-one-out" not in capsys.readouterr().out
+    # below 4 runs nothing can be fitted: one clear error, nothing written
+    write_results(tmp_path / "r3.csv", rows[1:4])
+    with pytest.raises(ValueError) as e:
+        main(["fit", "--results", str(tmp_path / "r3.csv"), "--out", str(tmp_path / "m3")])
     assert str(e.value) == (
-        f"--cv_folds 5 needs at least 10 runs with a finite target (2 per fold), --results {tmp_path / 'r.csv'} "
-        "has 9: lower --cv_folds or add proxy runs"
+        f"fitting needs at least 4 runs with a finite target (leave-one-out CV below 10), --results "
+        f"{tmp_path / 'r3.csv'} has 3: add proxy runs"
     )
-    # fewer runs than folds, even with every run finite
-    with pytest.raises(ValueError, match="--cv_folds 12 needs at least 24 runs .* has 10: lower --cv_folds"):
-        main(["fit", "--results", str(tmp_path / "r.csv"), "--target", "val_loss/enron_emails", "--cv_folds", "12",
-              "--out", str(tmp_path / "m")])  # fmt: skip
-    assert [p.name for p in tmp_path.iterdir()] == ["r.csv"]  # no half-written model directory
+    assert not (tmp_path / "m3").exists()
 
 
 def test_unknown_target_lists_the_available_columns(tmp_path, results_table):
