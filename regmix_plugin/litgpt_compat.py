@@ -176,6 +176,15 @@ def pretrain_context() -> dict[str, Any] | None:
     return None
 
 
+def parse_or_explain(config: dict, where: str, fix: str) -> Any:
+    """:func:`litgpt_parse`, turning a rejection into one user error: ``where``, LitGPT's reason, then ``fix``."""
+    try:
+        return litgpt_parse(config)
+    except Exception as e:  # jsonargparse raises several types; all mean the recipe is not runnable
+        msg = "\n    ".join(str(e).strip().splitlines()[:12])
+        raise RegmixError(f"{where}: `litgpt pretrain` would reject the recipe:\n    {msg}\n{fix}") from None
+
+
 def install_worker_caches() -> None:
     """Make repeated in-process ``litgpt pretrain`` runs cheap (sweep workers; ~3 s -> ~1 s per run)."""
     check_version("litgpt")

@@ -59,31 +59,39 @@ def recipe(mixture: Path, template: Path, out: Path) -> None:
     _check_domains(config["data"]["init_args"], weights, mixture)
     provenance = _provenance(record, mixture, template)
     new_text = edit_weights(text, init_args_node, weights, provenance)
-    expected = copy.deepcopy(config)
-    expected["data"]["init_args"]["weights"] = weights
-    if "schedule" in expected["data"]["init_args"]:
-        expected["data"]["init_args"]["schedule"] = None
-    if yaml.safe_load(new_text) != expected:
-        warnings.warn(f"could not edit {template} in place; rewrote it whole, without its comments", stacklevel=2)
-        new_text = yaml.safe_dump(expected, sort_keys=False)
+    expected, new_text = _verified(config, new_text, "weights", weights, "schedule", template)
     _check_runnable(expected, record, mixture, template)
     write_text(out, "\n".join(f"# {line}" for line in provenance) + "\n\n" + _strip_top(new_text))
     print(f"wrote {out}: {template} with the {len(weights)}-domain mixture of {mixture}")
 
 
+def _verified(config: dict, new_text: str, key: str, value, other: str, template: Path) -> tuple[dict, str]:
+    """The config the edited text must parse to (``key`` set, ``other`` nulled) and the text that does so.
+
+    The in-place edit keeps the template's comments; if it did not produce exactly that config, the whole
+    config is written instead (with a warning), so the result is right either way.
+    """
+    import yaml
+
+    expected = copy.deepcopy(config)
+    init_args = expected["data"]["init_args"]
+    init_args[key] = value
+    if other in init_args:
+        init_args[other] = None
+    if yaml.safe_load(new_text) != expected:
+        warnings.warn(f"could not edit {template} in place; rewrote it whole, without its comments", stacklevel=3)
+        new_text = yaml.safe_dump(expected, sort_keys=False)
+    return expected, new_text
+
+
 def _check_runnable(config: dict, record: dict, mixture: Path, template: Path) -> None:
     """Refuse a recipe `litgpt pretrain` would reject, or whose budget repeats a domain too often (when the
     corpus is here); warn when the mixture was chosen for another token budget."""
-    from regmix_plugin.litgpt_compat import litgpt_parse
+    from regmix_plugin.litgpt_compat import parse_or_explain
 
-    try:
-        parsed = litgpt_parse(copy.deepcopy(config))
-    except Exception as e:  # jsonargparse raises several types; all mean the recipe is not runnable
-        msg = "\n    ".join(str(e).strip().splitlines()[:12])
-        raise RegmixError(
-            f"--template {template}: `litgpt pretrain` would reject the recipe:\n    {msg}\nFix the template (run "
-            "`litgpt pretrain --config TEMPLATE --print_config` to see the schema); nothing was written"
-        ) from None
+    parsed = parse_or_explain(copy.deepcopy(config), f"--template {template}",
+                              "Fix the template (run `litgpt pretrain --config TEMPLATE --print_config` to see the "
+                              "schema); nothing was written")
     max_tokens = parsed.train.max_tokens
     target = (record.get("constraints") or {}).get("target_tokens")
     if target and max_tokens and int(target) != int(max_tokens):
@@ -311,13 +319,7 @@ def _schedule_recipe(mixture: Path, template: Path, out: Path) -> None:
     new_text = text
     for start, end, new in sorted(edits, reverse=True):
         new_text = new_text[:start] + new + new_text[end:]
-    expected = copy.deepcopy(config)
-    expected["data"]["init_args"]["schedule"] = stages
-    if "weights" in expected["data"]["init_args"]:
-        expected["data"]["init_args"]["weights"] = None
-    if yaml.safe_load(new_text) != expected:
-        warnings.warn(f"could not edit {template} in place; rewrote it whole, without its comments", stacklevel=2)
-        new_text = yaml.safe_dump(expected, sort_keys=False)
+    expected, new_text = _verified(config, new_text, "schedule", stages, "weights", template)
     _check_runnable(expected, {}, mixture, template)
     pred = sched.prediction
     head = [f"# data.init_args.schedule set by `regmix recipe` from {mixture} (template: {template}):",

@@ -257,7 +257,7 @@ def test_bad_inputs_each_get_their_message_and_start_no_run(env, tmp_path, token
     cfg = yaml.safe_load(env["recipe"].read_text())
     cfg["train"]["bogus_key"] = 1
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(cfg))
-    _refused(env, out, r"`litgpt pretrain` would reject it(.|\n)*bogus_key", recipe=tmp_path / "bad.yaml")
+    _refused(env, out, r"`litgpt pretrain` would reject the recipe(.|\n)*bogus_key", recipe=tmp_path / "bad.yaml")
     _refused(
         env,
         out,

@@ -148,7 +148,7 @@ def plan_sweep(
 
     All problems are collected and raised as one ``ValueError`` naming the flag and the fix.
     """
-    from regmix_plugin.litgpt_compat import litgpt_parse
+    from regmix_plugin.litgpt_compat import parse_or_explain
     from regmix_plugin.scoring import eval_domains
 
     problems: list[str] = []
@@ -200,14 +200,8 @@ def plan_sweep(
     cfg.setdefault("train", {})
     if problems:
         raise ValueError("regmix sweep: nothing was run:\n  " + "\n  ".join(problems))
-    try:
-        parsed = litgpt_parse(cfg)
-    except Exception as e:  # jsonargparse raises several types; all mean the recipe is not runnable
-        msg = "\n    ".join(str(e).strip().splitlines()[:12])
-        raise ValueError(
-            f"--recipe {str(recipe)!r}: `litgpt pretrain` would reject it:\n    {msg}\n"
-            "Fix the recipe (run `litgpt pretrain --config RECIPE --print_config` to see the schema)"
-        ) from None
+    parsed = parse_or_explain(cfg, f"--recipe {str(recipe)!r}",
+                              "Fix the recipe (run `litgpt pretrain --config RECIPE --print_config` to see the schema)")
     from litgpt import Config
 
     train = parsed.train
