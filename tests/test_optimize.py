@@ -152,8 +152,11 @@ def test_candidates_follow_the_prior_and_projection_enforces_bounds():
     assert got[0].tolist() == pytest.approx([0.6, 0.15, 0.25, 0.0], abs=1e-9)  # clip(w + 0.15): the nearest point
 
 
-def test_top_k_larger_than_candidates_is_refused(models, tmp_path):
-    with pytest.raises(ValueError, match=r"--top_k must be between 1 and --n_candidates \(10\), got 50"):
+def test_top_k_larger_than_candidates_is_refused(models, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
         main(["optimize", "--model", str(models / "gp"), "--out", str(tmp_path / "m.yaml"), "--n_candidates", "10",
               "--top_k", "50"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("regmix optimize: error: --top_k must be between 1 and --n_candidates (10), got 50")
     assert not (tmp_path / "m.yaml").exists()
