@@ -178,3 +178,17 @@ def test_gpu_bench_says_there_is_no_gpu_and_exits_0_on_cpu():
     done = subprocess.run([sys.executable, str(bench)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("no CUDA device:") and "nothing was measured" in done.stdout
+
+
+def test_tokens_per_s_is_the_rolling_rate_or_for_short_runs_the_per_iteration_one(tmp_path):
+    from regmix_plugin.sweep.measure import steady_tokens_per_s
+
+    logs = tmp_path / "logs" / "csv" / "version_0"
+    logs.mkdir(parents=True)
+    head = "device/items_per_sec,iter,iter_time,loss,tokens\n"
+    # short run: no rolling window yet; the first logged iteration (compilation, 9 s) is left out
+    (logs / "metrics.csv").write_text(head + ",1,9.0,5.0,1000\n,2,0.5,4.0,2000\n,3,0.25,3.0,3000\n,4,1.0,3.0,4000\n")
+    assert steady_tokens_per_s(tmp_path) == 2000.0  # median of 2000, 4000 and 1000 tokens/s
+    (logs / "metrics.csv").write_text(head + "100.0,5,1,3,5000\n300.0,6,1,3,6000\n200.0,7,1,3,7000\n")
+    assert steady_tokens_per_s(tmp_path) == 200.0
+    assert steady_tokens_per_s(tmp_path / "nothing") is None

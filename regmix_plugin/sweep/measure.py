@@ -4,7 +4,7 @@ These go into every run record (:class:`regmix_plugin.formats.sweep_records.RunR
 proxies per GPU can be judged from measurements: peak memory is ``torch.cuda.max_memory_allocated`` over the
 whole run (training and scoring; ``None`` on CPU), and throughput is read from the CSV logger's rolling
 ``device/items_per_sec`` (tokens per second over LitGPT's last 5 log points), whose windows start after the first
-logged step, so compilation and start-up are not in it.
+logged step, so compilation and start-up are not in it (short runs: see :func:`steady_tokens_per_s`).
 """
 
 from __future__ import annotations
@@ -45,12 +45,26 @@ def finish(work: Path) -> Usage:
 
 
 def steady_tokens_per_s(work: Path) -> float | None:
-    """Median of the logged rolling tokens/s of a run (``None`` if it logged too few points for one window)."""
-    rates = []
+    """Median of the logged rolling tokens/s of a run.
+
+    A run that logged fewer than the 5 points of one window falls back to the median over logged iterations
+    after the first (which compiles) of tokens per iteration / ``iter_time``; that rate leaves out data-loading
+    waits, so it is an upper bound. ``None`` if the run logged nothing usable.
+    """
+    rolling, single = [], []
     for metrics in sorted(Path(work).glob("logs/**/metrics.csv")):
         with open(metrics, newline="") as f:
-            for row in csv.DictReader(f):
-                value = row.get(_RATE) or ""
-                if value and math.isfinite(float(value)):
-                    rates.append(float(value))
+            rows = [r for r in csv.DictReader(f) if r.get("iter")]
+        for i, row in enumerate(rows):
+            rolling += [float(row[_RATE])] if _finite(row.get(_RATE)) else []
+            if i > 0 and _finite(row.get("iter_time")) and _finite(row.get("tokens")) and float(row["iter_time"]) > 0:
+                single.append(float(row["tokens"]) / float(row["iter"]) / float(row["iter_time"]))
+    rates = rolling or single
     return round(statistics.median(rates), 1) if rates else None
+
+
+def _finite(value: str | None) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
