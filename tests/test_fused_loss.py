@@ -129,6 +129,8 @@ def test_auto_is_the_plain_path_on_cpu_and_on_needs_the_kernel():
 
 
 def test_sweep_records_usage_and_auto_keeps_todays_plain_path_on_cpu(tmp_path, prepared, tokenizer_dir):
+    import litgpt.model
+    import litgpt.pretrain
     import yaml
 
     from regmix_plugin.formats.mixtures import write_mixtures
@@ -142,16 +144,12 @@ def test_sweep_records_usage_and_auto_keeps_todays_plain_path_on_cpu(tmp_path, p
     common = dict(mixtures=tmp_path / "mix.csv", data_path=prepared, recipe=tmp_path / "proxy.yaml",
                   local=LocalArgs(workers=0), eval=EvalArgs(points=1, val_tokens=128, batch_size=4))
     sweep(out_dir=tmp_path / "auto", **common)
-    sweep(out_dir=tmp_path / "off", fused_loss="off", **common)
 
-    auto, off = read_records(tmp_path / "auto")["m1"], read_records(tmp_path / "off")["m1"]
+    auto = read_records(tmp_path / "auto")["m1"]
+    # auto on CPU is today's path: the worker resolved it to LitGPT's own loss and left LitGPT's names alone
     assert auto.status == "done" and auto.loss_kernel == "plain" and auto.device == "cpu"
-    assert auto.peak_memory_bytes is None and auto.tokens_per_s > 0
-    # auto on CPU is today's path: the same losses as an explicit --fused_loss off (to float32 noise: two sweeps
-    # in one process differ in the 7th digit on main too: in-process CPU training is not bit-reproducible here)
-    assert off.loss_kernel == "plain" and len(auto.losses) == len(off.losses) == 2
-    for a, b in zip(auto.losses, off.losses, strict=True):
-        assert a["tokens"] == b["tokens"] and a["losses"] == pytest.approx(b["losses"], rel=1e-5)
+    assert auto.peak_memory_bytes is None and auto.tokens_per_s > 0 and len(auto.losses) == 2
+    assert litgpt.pretrain.GPT is litgpt.model.GPT
     raw = json.loads((tmp_path / "auto" / "runs" / "m1.json").read_text())
     assert {"device", "peak_memory_bytes", "tokens_per_s", "loss_kernel"} <= set(raw)
     assert auto.usage_line().startswith("cpu, ") and "tokens/s, loss plain" in auto.usage_line()
