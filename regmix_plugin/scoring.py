@@ -72,7 +72,8 @@ def domain_losses(model, blocks: dict[str, np.ndarray], batch_size: int = 16, fu
     device = next(model.parameters()).device
     path = resolve(fused_loss, device.type, flag)
     out = {}
-    with torch.no_grad(), hidden_state_head(model) if path != PLAIN else contextlib.nullcontext(False) as bypassed:
+    head = hidden_state_head(model) if path != PLAIN else contextlib.nullcontext(False)
+    with torch.no_grad(), head as bypassed:
         for d, arr in sorted(blocks.items()):
             total, count = 0.0, 0
             for start in range(0, len(arr), batch_size):
