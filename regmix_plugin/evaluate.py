@@ -18,6 +18,7 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import Literal
 
 from regmix_plugin.atomic import write_text
 from regmix_plugin.formats.manifest import read_manifest
@@ -34,6 +35,7 @@ def evaluate(
     batch_size: int = 16,
     domains: list[str] | None = None,
     device: str = "cpu",
+    fused_loss: Literal["auto", "on", "off"] = "auto",
 ) -> dict[str, float]:
     """Score a LitGPT checkpoint on every val domain of a prepared corpus and write ``domain,val_loss,tokens``.
 
@@ -46,6 +48,9 @@ def evaluate(
         batch_size: Blocks per forward pass (changes speed, not the result beyond float rounding).
         domains: Domains to score; default: every domain with val data.
         device: Torch device, e.g. ``cpu`` or ``cuda:0``.
+        fused_loss: On a CUDA device, compute the loss without materialising the logits (the fused kernel of
+            ``pip install 'regmix-plugin[gpu]'``, as ``regmix sweep`` does): ``auto`` = when installed, ``on`` =
+            required, ``off`` = never. The CPU path is always the plain one under ``auto``.
     """
     checkpoint_dir, data_path = Path(checkpoint_dir), Path(data_path)
     manifest = read_manifest(data_path)
@@ -67,7 +72,7 @@ def evaluate(
         warnings.warn(
             f"domain(s) {', '.join(empty)} have fewer than {seq + 1} val tokens and are not evaluated", stacklevel=2
         )
-    losses = domain_losses(model, blocks, batch_size)
+    losses = domain_losses(model, blocks, batch_size, fused_loss)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["domain", "val_loss", "tokens"])

@@ -9,6 +9,8 @@ Public APIs come first everywhere else; what is here relies on details that a ne
   (:func:`pretrain_context`), read from the running ``litgpt.pretrain.main`` call;
 * the sweep worker's two caches (:func:`install_worker_caches`): jsonargparse's docstring parsing and LitGPT's
   per-checkpoint hyperparameter re-parse;
+* the proxy fast path (:func:`fused_pretrain`, :func:`hidden_state_head`): the output layer bypassed and
+  the loss function ``litgpt.pretrain`` calls swapped for a fused linear cross-entropy, within a ``with`` block;
 * litdata's private names: ``_DistributedEnv`` (rank/world size), the dtype tables and chunk header layout of
   token chunks, ``_convert_bytes_to_int``, the ``no_header_numpy`` data format.
 
@@ -24,7 +26,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import yaml
@@ -239,3 +241,126 @@ def _reuse_hyperparameters() -> None:
 
     save_hyperparameters._regmix_cached = True
     pretrain.save_hyperparameters = save_hyperparameters
+
+
+# ------------------------------------------------------------------------ fused output layer and loss
+# The proxy fast path (``regmix sweep --fused_loss``) without forking litgpt/pretrain.py: for the duration of a
+# ``with`` block, the model that ``litgpt.pretrain.main`` builds gets an output layer that returns its input and
+# its weight (:class:`HiddenStates`) instead of logits, and the ``chunked_cross_entropy`` that ``fit`` and
+# ``validate`` call computes the loss from them with a fused linear cross-entropy. Parameters and their names are
+# untouched (the head is the same ``nn.Linear`` with the same weight, only its class differs while the block
+# runs), so checkpoints are ordinary LitGPT checkpoints.
+class HiddenStates(NamedTuple):
+    """What the bypassed output layer returns in place of the logits (a named tuple: Fabric's output casting and
+    ``torch.compile`` both pass named tuples through)."""
+
+    hidden: Any
+    weight: Any
+    bias: Any
+
+
+@cache
+def _hidden_head_class():
+    import torch
+
+    class HiddenStateHead(torch.nn.Linear):
+        """An ``nn.Linear`` whose forward hands back its input and parameters instead of multiplying."""
+
+        def forward(self, x):
+            return HiddenStates(x, self.weight, self.bias)
+
+    return HiddenStateHead
+
+
+def _bypassable(model) -> bool:
+    import torch
+
+    # softcapped logits (Gemma 2) are not a linear cross-entropy; those models keep their plain head
+    return type(model.lm_head) is torch.nn.Linear and model.config.final_logit_softcapping is None
+
+
+@contextmanager
+def hidden_state_head(model):
+    """Within the block, ``model(idx)`` returns :class:`HiddenStates` instead of logits (if it can; see
+    :func:`_bypassable`); yields whether it does."""
+    if not _bypassable(model):
+        yield False
+        return
+    head, plain = model.lm_head, type(model.lm_head)
+    head.__class__ = _hidden_head_class()  # same object, same Parameter: no copy, no re-initialisation, no RNG
+    try:
+        yield True
+    finally:
+        head.__class__ = plain
+
+
+def fused_cross_entropy(out, targets, loss_fn, dtype=None, reduction: str = "mean", ignore_index: int = -100):
+    """The cross-entropy of a :class:`HiddenStates` through ``loss_fn(hidden, weight, bias, targets, ...)``.
+
+    ``dtype`` is the precision the plain head would have multiplied in (bf16 under ``bf16-mixed`` autocast);
+    Fabric hands module outputs back in fp32, so hidden and weight are cast to it here.
+    """
+    hidden, weight, bias = out
+    if dtype is not None:
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    return loss_fn(hidden, weight, bias, targets, reduction=reduction, ignore_index=ignore_index)
+
+
+#: ``precision`` of a pretrain config -> the dtype its output layer multiplies in.
+_HEAD_DTYPES = {"bf16-mixed": "bfloat16", "bf16-true": "bfloat16", "16-mixed": "float16", "16-true": "float16",
+                "32-true": "float32", "64-true": "float64"}
+
+
+def head_dtype(precision: str | None):
+    """The torch dtype the output layer computes in under a ``precision`` setting (``None``: fp32)."""
+    import torch
+
+    return getattr(torch, _HEAD_DTYPES.get(precision or "32-true", "float32"))
+
+
+class FusedRun:
+    """What a :func:`fused_pretrain` block did: ``used`` is True once a loss was computed by ``loss_fn``."""
+
+    used: bool = False
+
+
+@contextmanager
+def fused_pretrain(loss_fn, precision: str | None):
+    """Make ``litgpt pretrain`` (run in this process within the block) train and validate through ``loss_fn``.
+
+    Patches two names of ``litgpt.pretrain`` and restores them on exit: ``GPT`` (a subclass whose output layer
+    is bypassed, see :func:`hidden_state_head`) and ``chunked_cross_entropy`` (which sends :class:`HiddenStates`
+    to ``loss_fn`` and anything else to LitGPT's own function). LitGPT's FLOP counter runs the model and loss
+    on the meta device; there the plain product is computed, so its MFU still counts the output layer.
+    Yields a :class:`FusedRun`.
+    """
+    check_version("litgpt")
+    import litgpt.pretrain as pretrain
+    import torch
+
+    plain_gpt, plain_loss = pretrain.GPT, pretrain.chunked_cross_entropy
+    dtype, run = head_dtype(precision), FusedRun()
+
+    class GPT(plain_gpt):
+        def __init__(self, config, *args, **kwargs):
+            super().__init__(config, *args, **kwargs)
+            if _bypassable(self):
+                self.lm_head.__class__ = _hidden_head_class()
+
+    def chunked_cross_entropy(logits, targets, chunk_size: int = 128, ignore_index: int = -100):
+        if not isinstance(logits, HiddenStates):
+            return plain_loss(logits, targets, chunk_size=chunk_size, ignore_index=ignore_index)
+        hidden, weight, bias = logits
+        if hidden.device.type == "meta":
+            return plain_loss(torch.nn.functional.linear(hidden, weight, bias), targets, chunk_size=chunk_size,
+                              ignore_index=ignore_index)
+        run.used = True
+        return fused_cross_entropy(logits, targets, loss_fn, dtype, ignore_index=ignore_index)
+
+    GPT.__name__ = GPT.__qualname__ = plain_gpt.__name__
+    pretrain.GPT, pretrain.chunked_cross_entropy = GPT, chunked_cross_entropy
+    try:
+        yield run
+    finally:
+        pretrain.GPT, pretrain.chunked_cross_entropy = plain_gpt, plain_loss

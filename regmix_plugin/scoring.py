@@ -9,6 +9,7 @@ mean next-token cross-entropy over all those tokens, accumulated in float64. Wei
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
@@ -56,21 +57,34 @@ def val_blocks(
     return out, empty
 
 
-def domain_losses(model, blocks: dict[str, np.ndarray], batch_size: int = 16) -> dict[str, float]:
-    """Mean next-token cross-entropy of ``model`` on each domain's blocks (float64 accumulation)."""
+def domain_losses(model, blocks: dict[str, np.ndarray], batch_size: int = 16, fused_loss: str = "auto",
+                  flag: str = "--fused_loss") -> dict[str, float]:
+    """Mean next-token cross-entropy of ``model`` on each domain's blocks (float64 accumulation).
+
+    On a GPU with the fused kernel (``fused_loss`` auto or on; :mod:`regmix_plugin.fused_loss`) the loss is
+    computed from the hidden states without materialising the logits; on CPU ``auto`` is the plain path.
+    """
     import torch
 
+    from regmix_plugin.fused_loss import PLAIN, loss_function, resolve
+    from regmix_plugin.litgpt_compat import fused_cross_entropy, hidden_state_head
+
     device = next(model.parameters()).device
+    path = resolve(fused_loss, device.type, flag)
     out = {}
-    with torch.no_grad():
+    head = hidden_state_head(model) if path != PLAIN else contextlib.nullcontext(False)
+    with torch.no_grad(), head as bypassed:
         for d, arr in sorted(blocks.items()):
             total, count = 0.0, 0
             for start in range(0, len(arr), batch_size):
                 batch = torch.from_numpy(arr[start : start + batch_size]).to(device)
-                logits = model(batch[:, :-1])
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1), reduction="sum"
-                )
+                result = model(batch[:, :-1])
+                if bypassed:
+                    loss = fused_cross_entropy(result, batch[:, 1:], loss_function(path), reduction="sum")
+                else:
+                    loss = torch.nn.functional.cross_entropy(
+                        result.reshape(-1, result.size(-1)).float(), batch[:, 1:].reshape(-1), reduction="sum"
+                    )
                 total += float(loss.double())
                 count += batch[:, 1:].numel()
             out[d] = total / count

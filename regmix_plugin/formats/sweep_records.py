@@ -6,7 +6,11 @@ sweep's only state: a ``kill -9`` loses at most the runs in flight, and ``result
     {"run_id": "mix-0001", "status": "done" | "failed", "mixture": {domain: weight},
      "losses": [{"tokens": 4096, "final": false, "losses": {domain: loss}}, ..., {"final": true, ...}],
      "tokens": 24576, "wall_s": 3.1, "seed": 42, "setup_hash": "sha256:...", "recipe_hash": "...",
-     "manifest_hash": "...", "error": null | "first line ...", "log_tail": null | "..."}
+     "manifest_hash": "...", "error": null | "first line ...", "log_tail": null | "...",
+     "device": "cpu" | "NVIDIA H100 80GB HBM3", "peak_memory_bytes": null | 11811160064, "tokens_per_s": 630000.0,
+     "loss_kernel": "plain" | "cut-cross-entropy"}
+
+The last four fields are optional (records of older versions lack them and still load).
 """
 
 from __future__ import annotations
@@ -40,6 +44,14 @@ class RunRecord:
     manifest_hash: str | None = None
     error: str | None = None
     log_tail: str | None = None
+    device: str | None = None
+    """``cpu`` or the GPU's name (``torch.cuda.get_device_name``); null in older records."""
+    peak_memory_bytes: int | None = None
+    """Peak GPU memory of the run (``torch.cuda.max_memory_allocated``, training and scoring); null on CPU."""
+    tokens_per_s: float | None = None
+    """Steady-state training tokens/s (median of LitGPT's rolling rate; excludes compilation and start-up)."""
+    loss_kernel: str | None = None
+    """How the loss was computed: ``plain`` (LitGPT's) or ``cut-cross-entropy`` (``--fused_loss``)."""
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunRecord:
@@ -48,6 +60,17 @@ class RunRecord:
 
     def first_error_line(self) -> str:
         return (self.error or "failed").splitlines()[0] if self.error else "failed"
+
+    def usage_line(self) -> str:
+        """Device, peak memory and throughput in one line (``--status``); empty if the record has none."""
+        parts = [self.device or ""]
+        if self.peak_memory_bytes is not None:
+            parts.append(f"peak {self.peak_memory_bytes / 2**30:.1f} GiB")
+        if self.tokens_per_s is not None:
+            parts.append(f"{self.tokens_per_s:,.0f} tokens/s")
+        if self.loss_kernel:
+            parts.append(f"loss {self.loss_kernel}")
+        return ", ".join(p for p in parts if p)
 
 
 def record_path(sweep_dir: Path, run_id: str) -> Path:

@@ -34,6 +34,7 @@ from typing import Literal
 
 from regmix_plugin.formats import claims
 from regmix_plugin.formats.sweep_records import DONE, FAILED, read_records
+from regmix_plugin.fused_loss import check_mode
 from regmix_plugin.sweep.plan import EvalArgs, LocalArgs, SlurmArgs, SweepPlan, check_setup, plan_sweep
 
 
@@ -71,6 +72,7 @@ def sweep(
     slurm: SlurmArgs = SlurmArgs(),
     claim_timeout: float = claims.DEFAULT_TIMEOUT,
     status: Path | None = None,
+    fused_loss: Literal["auto", "on", "off"] = "auto",
 ) -> dict[str, int] | None:
     """Train one proxy per mixture with the stock ``litgpt pretrain`` loop and tabulate per-domain val losses.
 
@@ -94,6 +96,10 @@ def sweep(
             the run is trained here instead. Several launchers (on one machine or on several sharing the
             directory) may work on one sweep at once: each run is trained by whoever claims it first.
         status: Print the done/failed/pending counts and failure reasons of this sweep directory and exit.
+        fused_loss: Compute each proxy's loss from its hidden states with a fused linear cross-entropy kernel
+            (``pip install 'regmix-plugin[gpu]'``) instead of materialising the logits: ``auto`` = on where a
+            run has CUDA and the kernel, ``on`` = required, ``off`` = LitGPT's plain loss. Checkpoints and the
+            target run are unaffected.
     """
     if status is not None:
         return sweep_status(status, claim_timeout)
@@ -101,8 +107,12 @@ def sweep(
 
     eval, local, slurm = (cls(**v) if isinstance(v, dict) else v
                           for cls, v in ((EvalArgs, eval), (LocalArgs, local), (SlurmArgs, slurm)))
-    plan = plan_sweep(mixtures, data_path, recipe, out_dir, tokenizer_dir, eval, data_num_workers, keep_checkpoints)
+    plan = plan_sweep(mixtures, data_path, recipe, out_dir, tokenizer_dir, eval, data_num_workers, keep_checkpoints,
+                      fused_loss)
     problems = []
+    fused_problem = check_mode(fused_loss, need_cuda=launcher == "local")  # a Slurm job's GPUs are not here
+    if fused_problem:
+        problems.append(fused_problem)
     if (local.workers != "auto" and int(local.workers) < 0) or (local.threads is not None and local.threads < 1) \
             or slurm.tasks < 1:
         problems.append("--local.workers must be >= 0 or auto, --local.threads >= 1 and --slurm.tasks >= 1")

@@ -114,6 +114,9 @@ class SweepPlan:
     run_ids: list[str] = field(default_factory=list)
     mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
     """The runs of this invocation (not saved: the mixtures file is the source)."""
+    fused_loss: str = "auto"
+    """``--fused_loss``: resolved per run by the worker that trains it (it knows its device); not part of the
+    identity, since both loss paths train the same model (each record says which one it used)."""
 
     @property
     def eval(self) -> EvalSetup:
@@ -142,7 +145,7 @@ def _sha(obj: Any) -> str:
 
 def plan_sweep(
     mixtures: Path, data_path: Path, recipe: Path, out_dir: Path, tokenizer_dir: Path | None, eval: EvalArgs,
-    data_num_workers: int | None, keep_checkpoints: bool,
+    data_num_workers: int | None, keep_checkpoints: bool, fused_loss: str = "auto",
 ) -> SweepPlan:
     """Validate every input and return the sweep plan; starts no run.
 
@@ -258,6 +261,7 @@ def plan_sweep(
         keep_checkpoints=keep_checkpoints,
         run_ids=list(mixes),
         mixtures=mixes,
+        fused_loss=fused_loss,
     )
 
 

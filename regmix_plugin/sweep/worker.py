@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import shutil
@@ -121,7 +122,8 @@ def _score(plan: SweepPlan, work: Path) -> list[dict]:
         check_tokenizer(ckpt, manifest.tokenizer_hash, "checkpoint", f"--data_path {plan.data_path!r}")
         model = load_checkpoint(ckpt, device)
         model.max_seq_length = ev.seq_length
-        out.append({"tokens": tokens, "final": final, "losses": domain_losses(model, blocks, ev.eval_batch_size)})
+        out.append({"tokens": tokens, "final": final,
+                    "losses": domain_losses(model, blocks, ev.eval_batch_size, plan.fused_loss)})
     return out
 
 
@@ -147,7 +149,9 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
     """
     import torch
 
+    from regmix_plugin import fused_loss
     from regmix_plugin.litgpt_compat import run_pretrain
+    from regmix_plugin.sweep import measure
 
     sweep_dir = Path(sweep_dir)
     work, log = sweep_dir / "runs" / run_id, log_path(sweep_dir, run_id)
@@ -161,14 +165,18 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
         torch._dynamo.reset()
     _state["runs"] += 1
     t0 = time.perf_counter()
-    error, losses = None, []
+    error, losses, loss_kernel = None, [], None
+    measure.start()
     with _redirect_output(log):
         try:
             oom_hook = sweep_dir / f"{TEST_OOM_FILE}.{run_id}"
             if oom_hook.exists():
                 oom_hook.unlink()
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test hook)")
-            run_pretrain(config)
+            path = fused_loss.resolve(plan.fused_loss, "cuda" if torch.cuda.is_available() else "cpu")
+            with fused_loss.pretrain_context(path, config.get("precision")) as fused:
+                run_pretrain(config)
+            loss_kernel = path if fused is None or fused.used else fused_loss.PLAIN
             error = _train_divergence(work)
             if error is None:
                 losses = _score(plan, work)
@@ -191,6 +199,7 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
         record = RunRecord(run_id=run_id, status=DONE, mixture=weights, losses=losses, tokens=plan.final_tokens,
                            wall_s=wall_s, seed=plan.seed, setup_hash=plan.setup_hash,
                            recipe_hash=plan.identity["recipe"], manifest_hash=plan.identity["manifest"])
+    record = dataclasses.replace(record, loss_kernel=loss_kernel, **vars(measure.finish(work)))
     write_record(sweep_dir, record)
     if not plan.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
