@@ -49,6 +49,16 @@ def sweep_status(out_dir: Path, claim_timeout: float = claims.DEFAULT_TIMEOUT) -
     for r in plan.run_ids:
         if r in records and records[r].status == FAILED:
             print(f"  {r}: {records[r].first_error_line()}")
+    done = [records[r] for r in plan.run_ids if r in records and records[r].status == DONE]
+    rates = sorted(rec.tokens_per_s for rec in done if rec.tokens_per_s)
+    if rates:
+        peaks = [rec.peak_memory_bytes for rec in done if rec.peak_memory_bytes is not None]
+        devices = sorted({rec.device for rec in done if rec.device})
+        print(f"  usage over {len(rates)} done runs: {', '.join(devices)}; tokens/s median "
+              f"{rates[len(rates) // 2]:,.0f} (min {rates[0]:,.0f}, max {rates[-1]:,.0f})"
+              + (f"; peak GPU memory max {max(peaks) / 2**30:.1f} GiB" if peaks else ""))
+        for rec in done[-3:]:
+            print(f"  {rec.run_id}: {rec.usage_line()}")
     now = time.time()
     for r, (claim, beat) in claims.read_claims(out_dir).items():
         state = "stale, will be taken over" if claims.is_stale(claim, beat, claim_timeout, now) else "training"
