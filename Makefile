@@ -28,10 +28,10 @@ lint: install
 	$(BIN)/ruff check .
 
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile  # one file per process: module fixtures (a sweep, a demo) are built once
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow"
 
 demo: install
 	$(BIN)/regmix demo --out_dir demo_out

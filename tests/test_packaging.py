@@ -107,3 +107,9 @@ def test_readme_install_line_keeps_the_users_torch(wheel, tmp_path):
     assert out[0] == users_torch
     assert Path(out[1]).is_relative_to(venv) and Path(out[1]).name == "proxy.yaml"
     assert _run(venv / "bin" / "regmix", "--version", cwd=tmp_path).stdout.startswith("regmix ")
+    # the whole loop from the installed package alone, run from a directory that is not a clone (issue 8)
+    away = tmp_path / "elsewhere"
+    away.mkdir()
+    demo = _run(venv / "bin" / "regmix", "demo", "--quick", "true", "--out_dir", away / "demo", cwd=away, timeout=1200)
+    summary = json.loads((away / "demo" / "summary.json").read_text())
+    assert summary["n_proxies"] == 12 and summary["arms"], demo.stdout[-2000:]
