@@ -139,7 +139,7 @@ def test_law_optimised_mixture_recovers_the_generating_mixture(recovery):
     # bit-reproducible between invocations) measured 0.92 and 0.85, mean per-fold 0.86-0.92 over fold seeds.
     # The GP on the same runs measured 0.82-0.93: the noise of 60-step proxies limits every model here.
     assert bimix["oof_spearman"] >= MIN_LAW_SPEARMAN, recovery["laws"]
-    # Ye et al.'s single law on the target is monotone along every simplex edge, so its optimum lies on the
+    # Ye et al.'s single law on the target is a monotone function of a linear form, so its optimum lies on the
     # boundary: measured L1 1.0 (all weight on s0) and 0.53 on two sweeps. `fit` fits one law per loss column
     # when the target has several; a one-column target has no such remedy.
     assert recovery["laws"]["mixing_law"]["l1"] > L1_TOLERANCE, recovery["laws"]
