@@ -135,8 +135,8 @@ def test_law_optimised_mixture_recovers_the_generating_mixture(recovery):
     bimix = recovery["laws"]["bimix"]
     assert bimix["l1"] <= L1_TOLERANCE, recovery["laws"]  # measured 0.08 and 0.09 on two sweeps of this setup
     # Rank agreement with the true target loss of runs the law never saw (5-fold CV, out-of-fold predictions
-    # pooled over the 32 runs). The issue's bar is 0.9; two sweeps of this setup (the litgpt runs are not
-    # bit-reproducible between invocations) measured 0.92 and 0.85, mean per-fold 0.86-0.92 over fold seeds.
+    # pooled over the 32 runs). The issue's bar is 0.9; two sweeps of this setup (one of them on the code before
+    # the restructure, which changed the runs) measured 0.92 and 0.85, mean per-fold 0.86-0.92 over fold seeds.
     # The GP on the same runs measured 0.82-0.93: the noise of 60-step proxies limits every model here.
     assert bimix["oof_spearman"] >= MIN_LAW_SPEARMAN, recovery["laws"]
     # Ye et al.'s single law on the target is a monotone function of a linear form, so its optimum lies on the
