@@ -25,6 +25,7 @@ def _commands() -> dict:
     # Each stage module keeps its heavy imports (torch, litgpt, lightgbm) inside functions, so importing
     # them all here costs little and `regmix --help` stays fast.
     from regmix_plugin.demo import demo
+    from regmix_plugin.entropy import entropy
     from regmix_plugin.evaluate import evaluate
     from regmix_plugin.fit import fit, predict
     from regmix_plugin.fit_trajectory import fit_trajectory
@@ -39,6 +40,7 @@ def _commands() -> dict:
     return {
         "prepare": prepare,
         "inspect": inspect,
+        "entropy": entropy,
         "sample": sample,
         "sweep": sweep,
         "evaluate": evaluate,

@@ -4,8 +4,11 @@
     regmix fit --mixtures train_mixture_1m.csv --losses train_pile_loss_1m.csv --target 'val_loss/*' --out out/model
     regmix predict --model out/model --mixtures candidates.csv --out predictions.csv
 
+    regmix fit --results sweep/results.csv --target val_loss/pile_cc --regressor bimix --horizon_tokens 1e9
+
 A model directory holds ``model.json`` (format version, domains, target, chosen regressor and its settings,
-provenance), the regressor's own file (``linear.json``, ``lightgbm.txt`` or ``gp.npz``; never a pickle),
+provenance), the regressor's own file (``linear.json``, ``lightgbm.txt``, ``gp.npz``, ``bimix.json`` or
+``mixing_law.json``; never a pickle),
 ``cv.json``, ``cv_predictions.csv``, ``interactions.csv`` and the plots. It is written to a temporary
 directory and renamed into place, so it exists whole or not at all.
 """
@@ -13,6 +16,8 @@ directory and renamed into place, so it exists whole or not at all.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -21,11 +26,11 @@ import numpy as np
 
 from regmix_plugin.atomic import write_json, write_text
 from regmix_plugin.formats.mixtures import read_mixtures
-from regmix_plugin.formats.model_dir import MODEL_FILE, MODEL_FORMAT, load_fitted, model_dir_writer
+from regmix_plugin.formats.model_dir import LAW_KINDS, MODEL_FILE, MODEL_FORMAT, load_fitted, model_dir_writer
 from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import LOSS_PREFIX, Results, read_results
 
-AUTO_ORDER = ("linear", "gp", "lightgbm")  # ties go to the simpler model
+AUTO_ORDER = ("linear", "gp", "lightgbm", "mixing_law", "bimix")  # ties go to the simpler model
 _MIN_RUNS = 4  # leave-one-out over 3 runs trains on 2: no model, and a Spearman over 3 points means little
 
 
@@ -34,10 +39,13 @@ def fit(
     mixtures: Path | None = None,
     losses: Path | None = None,
     target: dict[str, float] | str = "val_loss/*",
-    regressor: Literal["auto", "linear", "lightgbm", "gp"] = "auto",
+    regressor: Literal["auto", "linear", "lightgbm", "gp", "bimix", "mixing_law"] = "auto",
     out: Path = Path("out/regmix/model"),
     cv_folds: int = 5,
     seed: int = 0,
+    horizon_tokens: float | None = None,
+    min_tokens: float = 0.0,
+    bimix_proportions: Literal["own", "all"] = "own",
 ) -> None:
     """Fit a regressor from mixture weights to a target metric of the proxy runs, with K-fold CV.
 
@@ -51,15 +59,23 @@ def fit(
             averaged (``val_loss/*``, the default: the mean final validation loss), or a mapping
             ``{column or glob: weight}`` whose weighted sum is the target.
         regressor: ``linear`` (ridge, alpha by 5-fold CV), ``lightgbm`` (the paper's 1000 trees at learning
-            rate 1e-2), ``gp`` (Gaussian process on sqrt(weights)), or ``auto``: the one with the best
-            mean K-fold Spearman on these runs.
+            rate 1e-2), ``gp`` (Gaussian process on sqrt(weights)), ``mixing_law`` (Ye et al.'s law, one per
+            target column, summed with the target's weights), ``bimix`` (BiMix's law per target column on the
+            runs' trajectories: needs ``val_loss/<d>@<tokens>`` columns and ``tokens``), or ``auto``: the one
+            with the best mean K-fold Spearman on these runs, among those whose inputs the table has.
         out: The model directory to write (replaced if it holds an earlier model).
-        cv_folds: Number of cross-validation folds (K). With fewer than 2K runs, leave-one-out CV is used
-            instead (and a note printed); at least 4 runs are needed.
+        cv_folds: Number of cross-validation folds (K); folds split runs, never a run's eval points. With fewer
+            than 2K runs, leave-one-out CV is used instead (and a note printed); at least 4 runs are needed.
         seed: Seed of the fold split and the regressors.
+        horizon_tokens: ``bimix``: the training length the saved model predicts at (``predict``,
+            ``optimize``); default: the proxies' own length. CV always scores each run at its own end.
+        min_tokens: ``bimix``: eval points before this many tokens are not fitted (the early transient, where
+            the loss is not yet a power law of the tokens).
+        bimix_proportions: ``own``: BiMix's law as published, a ``val_loss/<domain>`` column of a training
+            domain driven by that domain's proportion alone (other columns, e.g. a validation-only target, by
+            every proportion); ``all``: every column driven by every proportion,
+            ``prod_j r_j**-alpha_j * (B / s**beta + C)`` (a one-domain target then has an interior optimum).
     """
-    from regmix_plugin.regressors import REGRESSORS
-
     data, source = _load_training(results, mixtures, losses)
     columns = data.resolve_target(target)
     data, y = _finite_rows(data, columns, cv_folds)
@@ -68,11 +84,18 @@ def fit(
               f"using leave-one-out CV instead ({len(y)} folds of one run; Spearman over the pooled predictions)")
         cv_folds = len(y)
     folds = make_folds(len(y), cv_folds, seed)
-    names = AUTO_ORDER if regressor == "auto" else (regressor,)
-    scores = {name: cross_validate(REGRESSORS[name](random_state=seed), data.weights, y, folds) for name in names}
+    if regressor == "auto":
+        names = tuple(n for n in AUTO_ORDER if n != "bimix" or _has_trajectories(data, columns))
+    else:
+        names = (regressor,)
+    law_args = {"horizon_tokens": horizon_tokens, "min_tokens": min_tokens, "proportions": bimix_proportions}
+    candidates = {n: _candidate(n, data, columns, y, seed, **law_args) for n in names}
+    scores = {n: cross_validate(c.estimator, c.X, y, folds, c.train_data) for n, c in candidates.items()}
     chosen = max(names, key=lambda n: (_nan_to(scores[n]["mean_spearman"], -2.0), -names.index(n)))
-    model = REGRESSORS[chosen](random_state=seed).fit(data.weights, y)
+    best = candidates[chosen]
+    model = best.estimator.fit(*best.train_data(np.arange(len(y))))
     interactions = _interactions(data, columns, y, seed)
+    law = _law_report(chosen, model, best, data, columns, seed, min_tokens)
     cv = {
         "folds": cv_folds,
         "leave_one_out": cv_folds == len(y),
@@ -82,6 +105,7 @@ def fit(
         "chosen": chosen,
         "chosen_settings": model.settings(),
         "candidates": {n: {k: v for k, v in s.items() if k != "oof"} for n, s in scores.items()},
+        **({"law": law} if law else {}),
     }
     meta = {
         "format_version": MODEL_FORMAT,
@@ -94,6 +118,7 @@ def fit(
         "run_mean_mixture": dict(zip(data.domains, data.weights.mean(0).tolist(), strict=True)),
         "cv_spearman": scores[chosen]["mean_spearman"],
         "cv_rmse": float(np.sqrt(scores[chosen]["mean_mse"])),
+        **({"law": law} if law else {}),
         "source": source,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "regmix_plugin_version": _version(),
@@ -117,10 +142,13 @@ def fit(
             plots.interaction_heatmap(tmp / "interactions.png", heat, data.domains)
         write_json(tmp / MODEL_FILE, meta)
     scheme = "leave-one-out" if cv_folds == len(y) else f"{cv_folds}-fold"
-    print(
-        f"fitted {chosen} on {len(y)} runs; {scheme} CV Spearman {scores[chosen]['mean_spearman']:.4f}; "
-        f"wrote {out}"
-    )
+    extra = ""
+    if law and isinstance(law.get("extrapolation"), dict):
+        e = law["extrapolation"]
+        extra = (f"; extrapolation from {e['fitted_up_to_tokens']:.0f} to {e['predicted_tokens']:.0f} tokens: mean "
+                 f"relative error {e['mean_relative_error']:.4f} (flat forecast {e['naive_mean_relative_error']:.4f})")
+    print(f"fitted {chosen} on {len(y)} runs; {scheme} CV Spearman {scores[chosen]['mean_spearman']:.4f}"
+          f"{extra}; wrote {out}")
 
 
 def predict(model: Path, mixtures: Path, out: Path = Path("predictions.csv")) -> None:
@@ -148,18 +176,21 @@ def make_folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]
     return list(KFold(k, shuffle=True, random_state=seed).split(np.arange(n)))
 
 
-def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds) -> dict:
+def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds, train_data=None) -> dict:
     """Out-of-fold predictions and per-fold Spearman / MSE of fresh clones of ``estimator``.
 
     Each clone sees only its fold's training rows: hyperparameter searches inside ``fit`` (ridge alpha, GP
-    kernel) therefore never see the rows they are scored on.
+    kernel) therefore never see the rows they are scored on. ``train_data(train run indices)``, when given,
+    returns what the clone is fitted on instead of ``(X[train], y[train])`` (a law's loss columns, or every
+    eval point of those runs); it predicts ``X[test]`` all the same.
     """
     from scipy.stats import spearmanr
     from sklearn.base import clone
 
     oof, per_fold = np.empty(len(y)), []
     for f, (train, test) in enumerate(folds):
-        oof[test] = clone(estimator).fit(X[train], y[train]).predict(X[test])
+        fit_on = (X[train], y[train]) if train_data is None else train_data(train)
+        oof[test] = clone(estimator).fit(*fit_on).predict(X[test])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a constant fold has no rank correlation: NaN, reported as such
             rho = float(spearmanr(oof[test], y[test])[0]) if len(test) > 1 else float("nan")
@@ -182,6 +213,91 @@ def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds) -> dict:
         "oof_spearman": pooled,
         "oof": oof,
     }
+
+
+@dataclass
+class _Candidate:
+    """A regressor as fit.py feeds it: the estimator, the per-run rows it predicts, what it is fitted on."""
+
+    estimator: object
+    X: np.ndarray
+    train_data: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    trajectories: tuple | None = None
+
+
+def _candidate(name, data: Results, columns: dict[str, float], y, seed, horizon_tokens=None, min_tokens=0.0,
+               proportions="own") -> _Candidate:
+    from regmix_plugin.laws import BiMixLaw, MixingLaw
+    from regmix_plugin.regressors import REGRESSORS
+
+    if name not in LAW_KINDS:
+        return _Candidate(REGRESSORS[name](random_state=seed), data.weights, lambda idx: (data.weights[idx], y[idx]))
+    names, weights = list(columns), tuple(columns.values())
+    if name == "mixing_law":  # one law per target column, as Ye et al. fit one per validation domain
+        Y = np.column_stack([data.metrics[c] for c in names])
+        return _Candidate(MixingLaw(random_state=seed, column_weights=weights), data.weights,
+                          lambda idx: (data.weights[idx], Y[idx]))  # fmt: skip
+    if not _has_trajectories(data, columns):
+        raise ValueError(
+            "--regressor bimix needs trajectories: val_loss/<domain>@<tokens> columns for every --target column and "
+            f"a 'tokens' column in --results (run `regmix sweep` with --eval.points >= 2); {data.source} has none"
+        )
+    from regmix_plugin.laws import trajectories
+
+    runs, W, s, L = trajectories(data.weights, data.metrics, names, data.tokens)
+    if proportions not in ("own", "all"):
+        raise ValueError(f"--bimix_proportions must be own or all, got {proportions!r}")
+    own = tuple(_own_domain(c, data.domains) if proportions == "own" else -1 for c in names)
+    law = BiMixLaw(own_domain=own, column_weights=weights, horizon_tokens=horizon_tokens, min_tokens=min_tokens,
+                   random_state=seed)  # fmt: skip
+    XS = np.column_stack([W, s])
+
+    def points(idx):
+        mine = np.isin(runs, idx)
+        return XS[mine], L[mine]
+
+    # each held-out run is predicted at its own end, where its target was measured
+    return _Candidate(law, np.column_stack([data.weights, data.tokens]), points, (runs, XS, L, own))
+
+
+def _own_domain(column: str, domains: list[str]) -> int:
+    """The training domain whose proportion drives ``val_loss/<domain>`` in BiMix's law; -1 for any other column."""
+    base = column[len(LOSS_PREFIX) :] if column.startswith(LOSS_PREFIX) else None
+    return domains.index(base) if base in domains else -1
+
+
+def _has_trajectories(data: Results, columns: dict[str, float]) -> bool:
+    """Whether every target column has intermediate eval points and every run its token count."""
+    if data.tokens is None or not np.isfinite(data.tokens).all():
+        return False
+    return all(c.startswith(LOSS_PREFIX) and any(m.startswith(c + "@") for m in data.metrics) for c in columns)
+
+
+def _law_report(chosen, model, candidate: _Candidate, data: Results, columns, seed, min_tokens):
+    """A law's fitted coefficients per target column and, for BiMix, its extrapolation error."""
+    if chosen not in LAW_KINDS:
+        return None
+    if chosen == "mixing_law":
+        return {"coefficients": model.coefficients(data.domains, list(columns))}
+    from regmix_plugin.laws import extrapolation_error
+
+    runs, XS, L, own = candidate.trajectories
+    report = {
+        "coefficients": model.coefficients(list(columns), data.domains),
+        "horizon_tokens": model.horizon_,
+        "min_tokens": min_tokens,
+        "proportions": {c: "own" if j >= 0 else "all" for c, j in zip(columns, candidate.trajectories[3], strict=True)},
+    }
+    first_half = XS[:, -1] <= np.array([XS[runs == r, -1].max() for r in runs]) / 2
+    if len(np.unique(XS[first_half & (XS[:, -1] >= min_tokens), -1])) < 2:
+        report["extrapolation"] = "not measured: fewer than 2 eval points in the first half of the runs"
+    else:
+        try:
+            report["extrapolation"] = extrapolation_error(runs, XS, L, own_domain=own, min_tokens=min_tokens,
+                                                          random_state=seed)  # fmt: skip
+        except ValueError as e:
+            report["extrapolation"] = f"not measured: {e}"
+    return report
 
 
 def _load_training(results, mixtures, losses) -> tuple[Results, dict]:

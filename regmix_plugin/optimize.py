@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from regmix_plugin.formats.mixture_yaml import write_mixture
-from regmix_plugin.formats.model_dir import FittedModel, load_fitted, read_model_meta
+from regmix_plugin.formats.model_dir import LAW_KINDS, FittedModel, load_fitted, read_model_meta
 from regmix_plugin.mixture import (
     DEFAULT_MAX_EPOCHS,
     SamplerArgs,
@@ -56,6 +56,7 @@ def optimize(
     sampler: SamplerArgs = SamplerArgs(),
     seed: int = 0,
     num_threads: int = 2,
+    kl_to_prior: float = 0.0,
 ) -> None:
     """Find the mixture a fitted model predicts to be best, under data-availability and user constraints.
 
@@ -85,6 +86,8 @@ def optimize(
             to 5, 15 log-spaced values), shared with ``regmix sample``.
         seed: Seed of the simulation.
         num_threads: CPU threads for sampling and LightGBM prediction.
+        kl_to_prior: Law models only: add this times KL(mixture || prior) to the minimised target, keeping the
+            solution near the prior (olmix's default is 0.05). 0 (the default) solves the law alone.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -103,6 +106,10 @@ def optimize(
     lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude, target_tokens, max_epochs, tokens)
     if top_k < 1 or n_candidates < top_k:
         raise ValueError(f"--top_k must be between 1 and --n_candidates ({n_candidates}), got {top_k}")
+    is_law = meta["regressor"] in LAW_KINDS
+    if kl_to_prior and not is_law:
+        raise ValueError(f"--kl_to_prior needs a law model (regmix fit --regressor bimix or mixing_law); --model "
+                         f"{str(model)!r} holds {meta['regressor']!r}")  # fmt: skip
     # numpy's samplers and LightGBM's predict release the GIL; imports and model parsing do not: let them overlap.
     with ThreadPoolExecutor(2) as pool:
         drawn = pool.submit(sample_candidates, center, lower, upper, n_candidates, sampler, seed, num_threads)
@@ -111,6 +118,27 @@ def optimize(
         pool.submit(plots.warm_up)
         best, scores, n_full = top_k_search(fitted, candidates, top_k, maximize, search, num_threads)
     chosen = np.clip(candidates[best].mean(0), lower, upper)
+    direct = None
+    if is_law:
+        from regmix_plugin.laws import minimize_on_simplex
+
+        sign = -1.0 if maximize else 1.0
+        searched = chosen
+        chosen, value = minimize_on_simplex(lambda W: sign * fitted.predict(W), lower, upper, prior=center,
+                                            kl_to_prior=kl_to_prior, seed=seed)  # fmt: skip
+        chosen = np.where(chosen < 1e-12, 0.0, chosen)  # SLSQP's 1e-17 "zeros" are zeros
+        chosen /= chosen.sum()
+        at_searched = float(fitted.predict(searched[None])[0])
+        direct = {
+            "method": "SLSQP on the law from several starts (laws.minimize_on_simplex); no candidate search",
+            "kl_to_prior": kl_to_prior,
+            "candidate_search_would_pick": {
+                "weights": _rounded(domains, searched),
+                "prediction": at_searched,
+                "l1_to_chosen": float(np.abs(searched - chosen).sum()),
+                "note": f"mean of the top {top_k} of {n_candidates:,} candidates (`search` below) under the same model",
+            },
+        }
     if abs(chosen.sum() - 1) > _FEASIBLE or (chosen < lower - _FEASIBLE).any() or (chosen > upper + _FEASIBLE).any():
         raise RuntimeError("the averaged mixture left the constraint set; please report this with your command")
     at_mixture, at_prior = fitted.predict(np.stack([chosen, center]))
@@ -136,6 +164,7 @@ def optimize(
             "at_prior": float(at_prior),
             **uncertainty,
         },
+        **({"solver": direct} if direct else {}),
         "weights_std_top_k": _rounded(domains, candidates[best].std(0)),
         "prior": {
             "source": prior_source,
@@ -172,6 +201,10 @@ def optimize(
     spec = fitted.meta.get("target_spec")
     label = spec if isinstance(spec, str) else "the fitted target"
     plots.mixture_bars(Path(out).with_name(Path(out).stem + "_vs_prior.png"), domains, chosen, center, label)
+    if direct:
+        alt = direct["candidate_search_would_pick"]
+        print(f"law solved directly; the candidate search would have picked a mixture at L1 {alt['l1_to_chosen']:.3f} "
+              f"predicted {alt['prediction']:.4f}")
     print(f"predicted target {at_mixture:.4f} at the chosen mixture, {at_prior:.4f} at the prior; wrote {out}")
 
 
@@ -272,11 +305,12 @@ def _rounded(domains: Sequence[str], values: np.ndarray) -> dict[str, float]:
 
 def _header(record: dict) -> str:
     prov, pred = record["provenance"], record["prediction"]
+    search = record["search"]
+    how = "the minimum (SLSQP, no search) of" if "solver" in record else (
+        f"mean of the top {search['top_k']} of {search['n_candidates']:,} simulated mixtures,\nranked by")
     return (
-        f"Mixture chosen by `regmix optimize` ({prov['created']}): mean of the top {record['search']['top_k']} of "
-        f"{record['search']['n_candidates']:,} simulated mixtures,\n"
-        f"ranked by a {prov['regressor']} model ({prov['model']}; CV Spearman {prov['cv_spearman']:.3f} over "
-        f"{prov['n_runs']} runs).\n"
+        f"Mixture chosen by `regmix optimize` ({prov['created']}): {how} a {prov['regressor']} model\n"
+        f"({prov['model']}; CV Spearman {prov['cv_spearman']:.3f} over {prov['n_runs']} runs).\n"
         f"Predicted target {pred['at_mixture']:.4f} here vs {pred['at_prior']:.4f} at the prior.\n"
         "Make a training recipe: regmix recipe --mixture THIS.yaml --template RECIPE.yaml --out NEW.yaml"
     )

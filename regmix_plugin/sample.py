@@ -9,7 +9,8 @@ same file feeds ``regmix sweep`` (and :func:`read_mixtures` validates it for eve
 The sampler follows the paper's official one (sail-sg/regmix ``mixture_config/synthesize_mixture.py``):
 
 1. the base measure is the train-token distribution of the manifest, tempered: ``p ** temperature``,
-   renormalised (``temperature`` is honoured as given; the official code reads a global instead);
+   renormalised (``temperature`` is honoured as given; the official code reads a global instead); with
+   ``--prior entropy`` it is the entropy mixture of ``regmix entropy`` instead (BiMix's training-free mixture);
 2. each draw picks a concentration strength uniformly among ``num_strengths`` values log-spaced between
    ``min_strength`` and ``max_strength`` and samples ``Dirichlet(strength * p_tempered)``;
 3. weights below ``minimum`` become 0, the row is renormalised and rounded to ``decimals`` places by largest
@@ -30,6 +31,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -48,13 +50,19 @@ from regmix_plugin.mixture import (
 def sample_mixtures(
     train_tokens: dict[str, int], n: int, target_tokens: float | None = None, temperature: float = 0.5,
     sampler: SamplerArgs = SamplerArgs(), max_epochs: float = DEFAULT_MAX_EPOCHS, minimum: float = 2e-4,
-    decimals: int = 4, seed: int = 42, max_draws: int | None = None,
+    decimals: int = 4, seed: int = 42, max_draws: int | None = None, center: dict[str, float] | None = None,
 ) -> list[dict[str, float]]:
-    """``n`` distinct mixtures ``{domain: weight}`` over the domains of ``train_tokens`` (see module docstring)."""
+    """``n`` distinct mixtures ``{domain: weight}`` over the domains of ``train_tokens`` (see module docstring).
+
+    ``center``, when given, replaces the tempered token distribution as the Dirichlet base measure.
+    """
     domains = sorted(d for d, t in train_tokens.items() if t > 0)
     tokens = np.array([train_tokens[d] for d in domains], dtype=np.float64)
     target = float(target_tokens or tokens.sum())
-    prior = (tokens / tokens.sum()) ** temperature
+    if center is not None:
+        prior = np.maximum(np.array([center.get(d, 0.0) for d in domains], float), 1e-12)
+    else:
+        prior = (tokens / tokens.sum()) ** temperature
     prior /= prior.sum()
     bounds = epoch_bounds(dict(zip(domains, tokens, strict=True)), target, max_epochs)
     bound = np.array([bounds[d] for d in domains])
@@ -104,6 +112,7 @@ def sample(
     natural: bool = False,
     uniform: bool = False,
     baselines: dict[str, dict[str, float]] | None = None,
+    prior: Literal["tokens", "entropy"] = "tokens",
 ) -> None:
     """Sample proxy mixtures from a prepared corpus's token distribution and write them as a CSV.
 
@@ -124,6 +133,9 @@ def sample(
         natural: Add a row ``natural``: the untempered token distribution.
         uniform: Add a row ``uniform``: equal weight on every domain.
         baselines: Extra named rows ``{name: {domain: weight}}`` (domains left out get 0).
+        prior: Centre of the Dirichlet draws: ``tokens`` (the tempered token distribution, the paper's) or
+            ``entropy``: the training-free mixture of `regmix entropy` (softmax of each domain's conditional
+            token entropy on a seeded 4M-token sample; ``--temperature`` does not apply to it).
     """
     manifest = read_manifest(data_path)
     tokens = manifest.train_tokens()
@@ -151,8 +163,15 @@ def sample(
             named[str(name)] = validate_weights(w, domains, key=f"--baselines.{name}")
         except ValueError as e:
             problems.append(str(e))
+    if prior not in ("tokens", "entropy"):
+        problems.append(f"--prior must be tokens or entropy, got {prior!r}")
     if problems:
         raise ValueError("regmix sample: " + "; ".join(problems))
+    center = None
+    if prior == "entropy":
+        from regmix_plugin.token_entropy import entropy_mixture
+
+        center = entropy_mixture(data_path, seed=seed)["weights"]
 
     bounds = epoch_bounds({d: tokens[d] for d in domains}, float(target_tokens or sum(tokens.values())), max_epochs)
     mixtures: dict[str, dict[str, float]] = {}
@@ -173,6 +192,7 @@ def sample(
         minimum=minimum,
         decimals=decimals,
         seed=seed,
+        center=center,
     )
     width = max(4, len(str(n)))
     for i, row in enumerate(rows, start=1):

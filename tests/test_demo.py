@@ -22,7 +22,7 @@ def test_quick_demo_writes_report_plots_and_the_arm_table(quick_demo, capsys):
     summary = json.loads((quick_demo / "summary.json").read_text())
     assert summary["target"] == "prose" and summary["n_proxies"] == 12
     assert [r["arm"] for r in summary["arms"]] != [] and {r["arm"] for r in summary["arms"]} == {
-        "regmix", "natural", "uniform", "best_proxy"}
+        "regmix", "natural", "uniform", "best_proxy", "entropy", "bimix"}
     losses = [r["target_loss"] for r in summary["arms"]]
     assert losses == sorted(losses) and all(0 < x < 10 for x in losses)
     assert -1 <= summary["cv_spearman"] <= 1

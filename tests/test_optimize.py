@@ -160,3 +160,10 @@ def test_top_k_larger_than_candidates_is_refused(models, tmp_path, capsys):
     assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("regmix optimize: error: --top_k must be between 1 and --n_candidates (10), got 50")
     assert not (tmp_path / "m.yaml").exists()
+
+
+def test_kl_to_prior_is_refused_for_a_model_that_is_not_a_law(models, tmp_path):
+    with pytest.raises(ValueError, match="--kl_to_prior needs a law model .* holds 'gp'"):
+        main(["optimize", "--model", str(models / "gp"), "--out", str(tmp_path / "m.yaml"), "--kl_to_prior", "0.1",
+              "--debug"])  # fmt: skip
+    assert not (tmp_path / "m.yaml").exists()

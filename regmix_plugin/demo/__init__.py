@@ -1,6 +1,6 @@
 """``regmix demo``: the whole RegMix loop on an embedded corpus, on a CPU, with no downloads.
 
-    regmix demo --out_dir demo_out            # ~48 proxies, 4 target-model arms, report.md (< 10 min, 2 cores)
+    regmix demo --out_dir demo_out            # ~48 proxies, 6 target-model arms, report.md
     regmix demo --out_dir /tmp/d --quick true # the same path at toy size (the test suite runs it)
 
 An application over the user's commands (it may import them; no command imports it): ``corpus`` builds the
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | None = None, workers: int = 2,
-         seed: int = 0) -> dict:
+         seed: int = 0, arms: list[str] | None = None) -> dict:
     """Run RegMix end to end on a corpus built from this Python installation and report the arms.
 
     Arguments:
@@ -23,6 +23,8 @@ def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | N
         proxies: Proxy runs to sweep; default 48 (12 with ``--quick``).
         workers: Parallel training processes (proxies and target arms).
         seed: Seed of the mixture sampler, the fit and the optimizer.
+        arms: Target-model arms to train (default: all): regmix, natural, uniform, best_proxy, entropy (the
+            training-free `regmix entropy` mixture) and bimix (the BiMix law on the proxies' trajectories).
     """
     from regmix_plugin.demo.corpus import DEMO_TARGET, build_demo_corpus
     from regmix_plugin.demo.pipeline import Pipeline
@@ -41,6 +43,8 @@ def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | N
         }
     if proxies is not None:
         pipe.proxies = proxies
+    if arms is not None:
+        pipe.arm_names = tuple(arms)
     with pipe.stage("corpus"):
         caps = {d: 60_000 for d in ("code", "docs", "prose", "licenses", "math")} if quick else None
         build_demo_corpus(out_dir / "raw", max_chars=caps, seed=seed)

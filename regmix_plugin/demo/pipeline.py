@@ -2,7 +2,8 @@
 
 It runs: build a corpus, train a tokenizer,
 ``prepare``, ``sample``, ``sweep`` the proxies, ``fit``, ``optimize``, ``recipe``, then trains the target model
-on each arm's recipe (RegMix, natural token distribution, uniform, best proxy) through the same sweep
+on each arm's recipe (RegMix, natural token distribution, uniform, best proxy, the training-free entropy
+mixture of ``regmix entropy``, and the BiMix law fitted on the proxies' trajectories) through the same sweep
 machinery (two at a time, resumable, scored per domain) and writes ``report.md`` with the plots. Every stage
 is idempotent, so re-running after an interruption picks up where it stopped (the sweeps skip finished runs).
 The scientific check in the tests runs this same :class:`Pipeline` on the synthetic known-mixture corpus.
@@ -19,6 +20,12 @@ from typing import Any
 import yaml
 
 from regmix_plugin.atomic import write_text
+
+#: Target-model arms: RegMix (fit + optimize), the corpus's token distribution, uniform, the best proxy's
+#: mixture, `regmix entropy` (training-free) and the BiMix law solved directly.
+ARMS = ("regmix", "natural", "uniform", "best_proxy", "entropy", "bimix")
+#: Arms whose mixture.yaml a command wrote (the others are written by the demo).
+MIXTURE_FILES = {"regmix": "mixture.yaml", "entropy": "mixture_entropy.yaml", "bimix": "mixture_bimix.yaml"}
 
 
 @dataclass
@@ -47,8 +54,8 @@ class Pipeline:
     caveat, enforced)."""
     regressor: str = "auto"
     """`regmix fit --regressor`: auto (best CV Spearman), linear, lightgbm or gp."""
-    arm_names: tuple[str, ...] = ("regmix", "natural", "uniform", "best_proxy")
-    """Target-model arms to train: any of regmix, natural, uniform, best_proxy."""
+    arm_names: tuple[str, ...] = ("regmix", "natural", "uniform", "best_proxy", "entropy", "bimix")
+    """Target-model arms to train: any of :data:`ARMS`."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per recipe (``proxy``/``target``): dotted key -> value applied to the working copy (``--quick``)."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -136,21 +143,58 @@ class Pipeline:
                      max_epochs=self.max_epochs)
         return read_mixture(self.out_dir / "mixture.yaml")
 
+    def entropy_mixture(self) -> dict:
+        """`regmix entropy` under the demo's epoch bound: no proxies needed."""
+        from regmix_plugin.entropy import entropy
+        from regmix_plugin.formats.mixture_yaml import read_mixture
+
+        with self.stage("entropy"):
+            entropy(data_path=self.out_dir / "data", out=self.out_dir / "mixture_entropy.yaml",
+                    target_tokens=self.target_tokens(), max_epochs=self.max_epochs, seed=self.seed)
+        return read_mixture(self.out_dir / "mixture_entropy.yaml")
+
+    def bimix_mixture(self, results: Path) -> dict:
+        """`regmix fit --regressor bimix` on the proxies' trajectories, at the target model's length, then
+        `regmix optimize`, which solves the law directly.
+
+        The target is one domain's loss, so the law uses every proportion (``--bimix_proportions all``): the
+        published form, driven by the target's own proportion alone, would put every token on it.
+        """
+        from regmix_plugin.fit import fit
+        from regmix_plugin.formats.mixture_yaml import read_mixture
+        from regmix_plugin.optimize import optimize
+
+        with self.stage("bimix"):
+            fit(results=results, target=f"val_loss/{self.target}", regressor="bimix", bimix_proportions="all",
+                horizon_tokens=self.target_tokens(), out=self.out_dir / "model_bimix", seed=self.seed)
+            optimize(model=self.out_dir / "model_bimix", out=self.out_dir / "mixture_bimix.yaml",
+                     data_path=self.out_dir / "data", target_tokens=self.target_tokens(),
+                     n_candidates=min(self.n_candidates, 100_000), seed=self.seed, max_epochs=self.max_epochs)
+        return read_mixture(self.out_dir / "mixture_bimix.yaml")
+
     def arms(self, regmix: dict, results: Path) -> dict[str, dict[str, float]]:
-        """Arm name -> weights: RegMix, the natural token distribution, uniform, and the best proxy's mixture."""
+        """Arm name -> weights for every arm of ``arm_names`` (see :data:`ARMS`)."""
         from regmix_plugin.formats.manifest import read_manifest
         from regmix_plugin.formats.results import read_results
 
+        unknown = sorted(set(self.arm_names) - set(ARMS))
+        if unknown:
+            raise ValueError(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
         manifest = read_manifest(self.out_dir / "data")
         train = manifest.train_domains()
-        best = _best_run(read_results(results), f"val_loss/{self.target}")
         every = {
-            "regmix": {d: regmix["weights"].get(d, 0.0) for d in train},
-            "natural": {d: manifest.natural_weights()[d] for d in train},
-            "uniform": {d: 1 / len(train) for d in train},
-            "best_proxy": best,
+            "regmix": lambda: regmix["weights"],
+            "natural": manifest.natural_weights,
+            "uniform": lambda: {d: 1 / len(train) for d in train},
+            "best_proxy": lambda: _best_run(read_results(results), f"val_loss/{self.target}"),
+            "entropy": lambda: self.entropy_mixture()["weights"],
+            "bimix": lambda: self.bimix_mixture(results)["weights"],
         }
-        return {arm: every[arm] for arm in self.arm_names}
+        out = {}
+        for arm in self.arm_names:
+            weights = every[arm]()
+            out[arm] = {d: weights.get(d, 0.0) for d in train}
+        return out
 
     def train_arms(self, arms: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         """Emit each arm's recipe with `regmix recipe`, then train them (two at a time) and score every domain."""
@@ -163,8 +207,8 @@ class Pipeline:
         template = self.working_recipe("target")
         with self.stage("recipes"):
             for arm, weights in arms.items():
-                mixture = self.out_dir / "mixture.yaml" if arm == "regmix" else self.out_dir / "arms" / f"{arm}.yaml"
-                if arm != "regmix":
+                mixture = self.out_dir / MIXTURE_FILES.get(arm, f"arms/{arm}.yaml")
+                if arm not in MIXTURE_FILES:
                     write_mixture(mixture, {"weights": weights}, header=f"The demo's {arm} arm.")
                 recipe(mixture=mixture, template=template, out=self.out_dir / "recipes" / f"{arm}.yaml")
         domains = sorted(next(iter(arms.values())))

@@ -13,6 +13,8 @@ ARM_TITLES = {
     "natural": "natural token distribution",
     "uniform": "uniform",
     "best_proxy": "best proxy's mixture",
+    "entropy": "entropy, training-free (regmix entropy)",
+    "bimix": "BiMix law (fit --regressor bimix)",
 }
 
 

@@ -2,7 +2,8 @@
 
     out/model/model.json            format version, regressor kind and settings, domains, target, CV summary,
                                     provenance
-    out/model/linear.json | lightgbm.txt | gp.npz    the regressor itself (never a pickle: loading runs no code)
+    out/model/linear.json | lightgbm.txt | gp.npz | bimix.json | mixing_law.json
+                                    the regressor itself (never a pickle: loading runs no code)
     out/model/cv.json, cv_predictions.csv, interactions.csv, *.png    diagnostics
 
 The directory is written to a temporary directory and renamed into place (:func:`model_dir_writer`), so it
@@ -24,8 +25,9 @@ from regmix_plugin.formats.document import read_document
 MODEL_FORMAT = 1
 MODEL_FILE = "model.json"
 #: The regressor kinds a model directory may hold: the keys of ``regressors.REGRESSORS``, without importing
-#: scikit-learn here.
-REGRESSOR_KINDS = ("linear", "gp", "lightgbm")
+#: scikit-learn here. The last two are parametric laws (``regmix_plugin.laws``): ``optimize`` solves them directly.
+REGRESSOR_KINDS = ("linear", "gp", "lightgbm", "bimix", "mixing_law")
+LAW_KINDS = ("bimix", "mixing_law")
 
 
 @dataclass

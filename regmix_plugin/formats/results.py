@@ -14,8 +14,9 @@
 any other name                        another metric (a downstream score, ...): a float column
 ``status``                            ``"done"`` or ``"failed"``; only ``done`` rows are fitted (a table
                                       without the column is all done)
-``tokens``, ``wall_s``, ``seed``,     bookkeeping: never metrics, never features
-``error``
+``tokens``, ``wall_s``, ``seed``,     bookkeeping: never metrics, never features. ``tokens`` (tokens the run
+``error``                             trained on) is kept as :attr:`Results.tokens`: the ``s`` of the end
+                                      point of a trajectory (``regmix fit --regressor bimix``)
 ====================================  ====================================================================
 
 An empty cell (CSV) or null (Parquet) is a missing value. Example::
@@ -42,6 +43,7 @@ from regmix_plugin.formats.table import cell_id, listed, numeric, read_columns, 
 
 LOSS_PREFIX = "val_loss/"
 STATUS_COLUMN = "status"
+TOKENS_COLUMN = "tokens"
 DONE = "done"
 BOOKKEEPING = ("status", "tokens", "wall_s", "seed", "error")
 
@@ -58,6 +60,8 @@ class Results(Mixtures):
     metrics: dict[str, np.ndarray]
     #: Other names a metric answers to, e.g. ``val_loss/pile_cc`` -> ``metric/the_pile_pile_cc_val_loss``.
     aliases: dict[str, str]
+    #: Tokens each run trained on (the ``tokens`` column; NaN where empty), or None when the table has none.
+    tokens: np.ndarray | None = None
 
     def metric_names(self) -> list[str]:
         """Every name ``--target`` accepts: the columns and their aliases."""
@@ -116,6 +120,7 @@ class Results(Mixtures):
             weights=self.weights[keep],
             metrics={c: v[keep] for c, v in self.metrics.items()},
             aliases=dict(self.aliases),
+            tokens=None if self.tokens is None else self.tokens[keep],
         )
 
 
@@ -136,7 +141,10 @@ def read_results(path: str | Path, flag: str = "--results") -> Results:
         raise ValueError(f"{where} has no finished run (status 'done'); run `regmix sweep` until some finish")
     mix = mixtures_from_columns(columns, where, "ours")
     metric_cols = [c for c in columns if c != ID_COLUMN and not c.startswith(WEIGHT_PREFIX) and c not in BOOKKEEPING]
-    return Results(**vars(mix), metrics=numeric(columns, metric_cols), aliases={})
+    tokens = numeric(columns, [TOKENS_COLUMN]).get(TOKENS_COLUMN) if TOKENS_COLUMN in columns else None
+    if TOKENS_COLUMN in columns and tokens is None:
+        raise ValueError(f"{where}: column {TOKENS_COLUMN!r} must hold numbers (tokens each run trained on)")
+    return Results(**vars(mix), metrics=numeric(columns, metric_cols), aliases={}, tokens=tokens)
 
 
 def write_results(path: str | Path, rows: Sequence[Mapping[str, object]]) -> None:

@@ -1,0 +1,63 @@
+"""`regmix entropy`: a training-free mixture from the entropy of each domain's tokens (BiMix §5.3).
+
+    regmix entropy --data_path data/pile --out mixture.yaml --measure conditional
+    regmix recipe --mixture mixture.yaml --template recipes/pile/tinyllama_1b_regmix.yaml --out my_1b.yaml
+
+The weights are ``softmax(H)`` over the training domains (``regmix_plugin.token_entropy`` says how ``H`` is
+estimated), projected onto the same constraints as ``regmix optimize`` (``--target_tokens``/``--max_epochs``,
+``--min_weight``, ``--max_weight``, ``--exclude``). The output is a ``mixture.yaml`` like ``optimize``'s, so
+``regmix recipe`` takes it unchanged, and ``regmix sample --prior entropy`` centres the proxies on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from regmix_plugin.formats.mixture_yaml import write_mixture
+from regmix_plugin.mixture import DEFAULT_MAX_EPOCHS
+from regmix_plugin.token_entropy import entropy_mixture
+
+
+def entropy(
+    data_path: Path,
+    out: Path = Path("mixture.yaml"),
+    measure: Literal["conditional", "joint", "shannon"] = "conditional",
+    max_tokens: int = 4_000_000,
+    seed: int = 0,
+    tokenizer_dir: Path | None = None,
+    target_tokens: int | None = None,
+    max_epochs: float = DEFAULT_MAX_EPOCHS,
+    min_weight: dict[str, float] | None = None,
+    max_weight: dict[str, float] | None = None,
+    exclude: list[str] | None = None,
+) -> None:
+    """Write a mixture whose weights are the softmax of each training domain's token entropy.
+
+    Arguments:
+        data_path: A corpus prepared by `regmix prepare`.
+        out: The mixture YAML to write (same format as `regmix optimize`'s).
+        measure: ``conditional`` (H of the next token given the current one; BiMix's best), ``joint``
+            (H of adjacent pairs) or ``shannon`` (unigram H).
+        max_tokens: Tokens sampled per domain (random blocks, seeded); smaller domains are read whole.
+        seed: Seed of the sample.
+        tokenizer_dir: The tokenizer you will train with; refused if it is not the one the corpus was
+            prepared with.
+        target_tokens: Tokens the final model will train on; with it no domain may repeat more than
+            ``--max_epochs`` times.
+        max_epochs: Most epochs allowed over any domain's train tokens (needs ``--target_tokens``).
+        min_weight: Lowest weight per domain, ``{domain: weight}``.
+        max_weight: Highest weight per domain, ``{domain: weight}``.
+        exclude: Domains the mixture must not train on (weight 0).
+    """
+    record = entropy_mixture(data_path, measure, max_tokens, seed, tokenizer_dir, target_tokens, max_epochs,
+                             min_weight, max_weight, exclude)  # fmt: skip
+    header = (
+        f"Mixture chosen by `regmix entropy --measure {measure}` ({record['provenance']['created']}): softmax of each\n"
+        f"domain's token entropy on a seeded sample of at most {max_tokens:,} tokens, projected onto the constraints.\n"
+        "Make a training recipe: regmix recipe --mixture THIS.yaml --template RECIPE.yaml --out NEW.yaml"
+    )
+    write_mixture(Path(out), record, header)
+    top = sorted(record["weights"].items(), key=lambda kv: -kv[1])[:5]
+    print(f"{measure} entropy mixture over {len(record['weights'])} domains (largest: "
+          + ", ".join(f"{d} {w:.3f}" for d, w in top) + f"); wrote {out}")  # fmt: skip
