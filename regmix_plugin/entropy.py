@@ -50,8 +50,8 @@ def entropy(
         max_weight: Highest weight per domain, ``{domain: weight}``.
         exclude: Domains the mixture must not train on (weight 0).
     """
-    record = entropy_mixture(data_path, measure, max_tokens, seed, tokenizer_dir, target_tokens, max_epochs,
-                             min_weight, max_weight, exclude)  # fmt: skip
+    record = entropy_mixture(data_path, measure, max_tokens, seed, tokenizer_dir, target_tokens=target_tokens,
+                             max_epochs=max_epochs, min_weight=min_weight, max_weight=max_weight, exclude=exclude)
     header = (
         f"Mixture chosen by `regmix entropy --measure {measure}` ({record['provenance']['created']}): softmax of each\n"
         f"domain's token entropy on a seeded sample of at most {max_tokens:,} tokens, projected onto the constraints.\n"

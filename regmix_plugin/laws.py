@@ -93,7 +93,16 @@ def trajectories(
 ALL_DOMAINS = -1
 
 
-class BiMixLaw(RegressorMixin, BaseEstimator):
+
+class _LossColumns:
+    """Shared by the laws: one or several loss columns, remembered so ``predict`` returns the same shape."""
+
+    def _columns(self, X, y) -> tuple[np.ndarray, np.ndarray]:
+        y = np.asarray(y, float)
+        self.one_column_ = y.ndim == 1
+        return np.asarray(X, float), (y[:, None] if self.one_column_ else y)
+
+class BiMixLaw(_LossColumns, RegressorMixin, BaseEstimator):
     """BiMix's bivariate law per loss column, fitted on ``<r, s, L>`` tuples.
 
     ``fit(X, y)``: ``X`` is ``(n, D + 1)``, the mixture (D training domains) with ``s`` (tokens) in the last
@@ -133,9 +142,7 @@ class BiMixLaw(RegressorMixin, BaseEstimator):
     def fit(self, X, y):
         from scipy.optimize import least_squares
 
-        X, y = np.asarray(X, float), np.asarray(y, float)
-        self.one_column_ = y.ndim == 1
-        Y = y[:, None] if self.one_column_ else y
+        X, Y = self._columns(X, y)
         W, s = X[:, :-1], X[:, -1]
         D, M = W.shape[1], Y.shape[1]
         own = self._own(D, M)
@@ -307,7 +314,7 @@ def extrapolation_error(runs: np.ndarray, X: np.ndarray, y: np.ndarray, **law_pa
 
 
 # --------------------------------------------------------------------------------------------- Ye et al.
-class MixingLaw(RegressorMixin, BaseEstimator):
+class MixingLaw(_LossColumns, RegressorMixin, BaseEstimator):
     """Ye et al.'s data mixing law: ``L_m(r) = c_m + k_m * exp(t_m . r)`` per loss column, Huber-fitted.
 
     ``fit(X, y)``: ``y`` is one target (``(n,)``) or several loss columns (``(n, M)``), one law each, as Ye et
@@ -332,9 +339,7 @@ class MixingLaw(RegressorMixin, BaseEstimator):
         self.column_weights = column_weights
 
     def fit(self, X, y):
-        X, y = np.asarray(X, float), np.asarray(y, float)
-        self.one_column_ = y.ndim == 1
-        Y = y[:, None] if self.one_column_ else y
+        X, Y = self._columns(X, y)
         if self.column_weights is not None and len(self.column_weights) != Y.shape[1]:
             raise ValueError(f"MixingLaw: {len(self.column_weights)} column_weights for {Y.shape[1]} loss columns")
         rng = np.random.default_rng(self.random_state)

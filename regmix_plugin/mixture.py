@@ -173,6 +173,17 @@ def constraint_bounds(
     return lower, upper
 
 
+def constraints_record(domains: Sequence[str], lower: np.ndarray, upper: np.ndarray, given: Mapping) -> dict:
+    """The ``constraints:`` block of ``mixture.yaml``: the active bounds and what they came from."""
+    return {
+        "lower": {d: float(v) for d, v in zip(domains, lower, strict=True) if v > 0},
+        "upper": {d: float(v) for d, v in zip(domains, upper, strict=True) if v < 1},
+        "excluded": sorted(given.get("exclude") or []),
+        "target_tokens": given.get("target_tokens"),
+        "max_epochs": given.get("max_epochs") if given.get("target_tokens") else None,
+    }
+
+
 def project(W: np.ndarray, lower: np.ndarray, upper: np.ndarray, iters: int = 60) -> np.ndarray:
     """Euclidean projection of each row onto ``{lower <= w <= upper, sum(w) = 1}``: ``clip(w - tau)``, bisecting tau."""
     W = np.atleast_2d(W)

@@ -30,6 +30,7 @@ from regmix_plugin.mixture import (
     DEFAULT_MAX_EPOCHS,
     SamplerArgs,
     constraint_bounds,
+    constraints_record,
     dirichlet_draws,
     project,
     validate_weights,
@@ -171,13 +172,8 @@ def optimize(
             "weights": _rounded(domains, center),
             "within_constraints": bool(((center >= lower - _FEASIBLE) & (center <= upper + _FEASIBLE)).all()),
         },
-        "constraints": {
-            "lower": {d: float(v) for d, v in zip(domains, lower, strict=True) if v > 0},
-            "upper": {d: float(v) for d, v in zip(domains, upper, strict=True) if v < 1},
-            "excluded": sorted(exclude or []),
-            "target_tokens": target_tokens,
-            "max_epochs": max_epochs if target_tokens else None,
-        },
+        "constraints": constraints_record(domains, lower, upper, {"exclude": exclude, "target_tokens": target_tokens,
+                                                                  "max_epochs": max_epochs}),
         "search": {
             "method": search if fitted.meta["regressor"] == "lightgbm" else "full",
             "n_candidates": n_candidates,

@@ -115,18 +115,16 @@ def entropy_mixture(
     max_tokens: int = 4_000_000,
     seed: int = 0,
     tokenizer_dir: Path | None = None,
-    target_tokens: int | None = None,
-    max_epochs: float = DEFAULT_MAX_EPOCHS,
-    min_weight: dict[str, float] | None = None,
-    max_weight: dict[str, float] | None = None,
-    exclude: list[str] | None = None,
+    **constraints,
 ) -> dict:
     """The mixture record `regmix entropy` writes (weights, entropies, constraints, provenance).
 
-    ``regmix sample --prior entropy`` centres its Dirichlet draws on its ``weights``.
+    ``constraints`` are :func:`regmix_plugin.mixture.constraint_bounds`' keyword arguments (``target_tokens``,
+    ``max_epochs``, ``min_weight``, ``max_weight``, ``exclude``). ``regmix sample --prior entropy`` centres its
+    Dirichlet draws on the record's ``weights``.
     """
     from regmix_plugin.formats.manifest import read_manifest
-    from regmix_plugin.mixture import constraint_bounds, project
+    from regmix_plugin.mixture import constraint_bounds, constraints_record, project
     from regmix_plugin.tokenizer import check_tokenizer
 
     if measure not in MEASURES:
@@ -138,7 +136,8 @@ def entropy_mixture(
         check_tokenizer(tokenizer_dir, manifest.tokenizer_hash, "--tokenizer_dir", f"--data_path {str(data_path)!r}")
     domains = manifest.train_domains()
     tokens = manifest.train_tokens()
-    lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude, target_tokens, max_epochs, tokens)
+    constraints.setdefault("max_epochs", DEFAULT_MAX_EPOCHS)
+    lower, upper = constraint_bounds(domains, tokens=tokens, **constraints)
     H = domain_entropies(data_path, domains, max_tokens, seed, vocab_size=manifest.vocab_size)
     raw = softmax_mixture({d: H[d][measure] for d in domains})
     weights = project(np.array([[raw[d] for d in domains]]), lower, upper)[0]
@@ -151,13 +150,7 @@ def entropy_mixture(
             "sampled_tokens": {d: H[d]["sampled_tokens"] for d in domains},
             "all_measures": {d: {m: round(H[d][m], 6) for m in MEASURES} for d in domains},
         },
-        "constraints": {
-            "lower": {d: float(v) for d, v in zip(domains, lower, strict=False) if v > 0},
-            "upper": {d: float(v) for d, v in zip(domains, upper, strict=False) if v < 1},
-            "excluded": sorted(exclude or []),
-            "target_tokens": target_tokens,
-            "max_epochs": max_epochs if target_tokens else None,
-        },
+        "constraints": constraints_record(domains, lower, upper, constraints),
         "provenance": {
             "method": f"entropy ({measure})",
             "data_path": str(data_path),
