@@ -24,7 +24,7 @@ from test_sweep import DOMAINS, MIXES, _recipe
 from regmix_plugin.formats.claims import claim_path, read_claim
 from regmix_plugin.formats.mixtures import write_mixtures
 from regmix_plugin.formats.sweep_records import read_records
-from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
+from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep, sweep_status
 
 pytestmark = pytest.mark.slow
 FAST = EvalArgs(points=0, val_tokens=128, batch_size=4)
@@ -34,11 +34,12 @@ FAST = EvalArgs(points=0, val_tokens=128, batch_size=4)
 def coop(tmp_path_factory, prepared, tokenizer_dir):
     root = tmp_path_factory.mktemp("coop")
     write_mixtures(root / "mixtures.csv", MIXES, DOMAINS)
+    write_mixtures(root / "three.csv", {r: MIXES[r] for r in ("m2", "m3", "m4")}, DOMAINS)
     return {"root": root, "data": prepared, "recipe": _recipe(root / "proxy.yaml", prepared, tokenizer_dir)}
 
 
-def _cli(coop, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "regmix_plugin", "sweep", "--mixtures", str(coop["root"] / "mixtures.csv"),
+def _cli(coop, out: Path, *extra: str, mixtures: str = "mixtures.csv") -> list[str]:
+    return [sys.executable, "-m", "regmix_plugin", "sweep", "--mixtures", str(coop["root"] / mixtures),
             "--data_path", str(coop["data"]), "--recipe", str(coop["recipe"]), "--out_dir", str(out),
             "--eval.points", "0", "--eval.val_tokens", "128", "--eval.batch_size", "4", *extra]
 
@@ -88,29 +89,46 @@ def test_claims_of_a_killed_process_or_without_heartbeat_are_taken_over(coop, tm
     assert read_claim(out, "m1") is None and read_claim(out, "m2") is None
 
 
-def test_a_live_claim_elsewhere_is_waited_for_not_trained_twice(coop, tmp_path):
+def test_a_live_claim_elsewhere_is_waited_for_not_trained_twice(coop, tmp_path, capsys):
     out = tmp_path / "live"
     path = claim_path(out, "m3")
     path.parent.mkdir(parents=True, exist_ok=True)
     # a claim by this (live) test process, as another launcher's worker would hold it
     path.write_text(json.dumps({"run_id": "m3", "host": socket.gethostname(), "pid": os.getpid(),
                                 "launcher": "other", "started": time.time()}))
-    proc = subprocess.Popen(_cli(coop, out, "--local.workers", "0", "--local.threads", "1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        _cli(coop, out, "--local.workers", "0", "--local.threads", "1", mixtures="three.csv"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.time() + 300
-    while len(read_records(out)) < 5 and time.time() < deadline:
+    while len(read_records(out)) < 2 and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(3)
     assert "m3" not in read_records(out) and proc.poll() is None  # still waiting for the other launcher
+    capsys.readouterr()
+    sweep_status(out)
+    assert re.search(
+        rf"claimed m3: {re.escape(socket.gethostname())} pid {os.getpid()} \(launcher other\), "
+        r"heartbeat \d+ s ago \(training\)",
+        capsys.readouterr().out,
+    )
     path.unlink()  # the other launcher gave up without a record: the run is taken back and trained here
     stdout = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0 and _counts(stdout) == {"done": 6, "failed": 0, "skipped": 0, "pending": 0}
+    assert proc.returncode == 0 and _counts(stdout) == {"done": 3, "failed": 0, "skipped": 0, "pending": 0}
 
 
 def test_a_killed_worker_is_replaced_and_its_run_retried(coop, tmp_path):
     out = tmp_path / "killed-worker"
-    proc = subprocess.Popen(_cli(coop, out, "--local.workers", "1", "--local.threads", "1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        _cli(coop, out, "--local.workers", "1", "--local.threads", "1", mixtures="three.csv"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     deadline, victim = time.time() + 300, None
     while victim is None and time.time() < deadline:
         held = read_claim(out, "m2") if (out / "claims").exists() else None
@@ -122,7 +140,7 @@ def test_a_killed_worker_is_replaced_and_its_run_retried(coop, tmp_path):
     stdout = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, stdout[-2000:]
     assert re.search(r"worker 0 died \(exit code -9\) during m2; log: .*m2\.log; retrying", stdout), stdout[-2000:]
-    assert _counts(stdout) == {"done": 6, "failed": 0, "skipped": 0, "pending": 0}
+    assert _counts(stdout) == {"done": 3, "failed": 0, "skipped": 0, "pending": 0}
     assert read_records(out)["m2"].status == "done"
 
 
@@ -130,11 +148,16 @@ def test_out_of_memory_requeues_the_run_and_never_blames_the_mixture(coop, tmp_p
     out = tmp_path / "oom"
     out.mkdir()
     (out / ".test-oom.m4").touch()  # the next attempt of m4 raises torch.cuda.OutOfMemoryError
-    proc = subprocess.run(_cli(coop, out, "--local.workers", "2", "--local.threads", "1"), capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    proc = subprocess.run(
+        _cli(coop, out, "--local.workers", "2", "--local.threads", "1", mixtures="three.csv"),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "m4 ran out of GPU memory; re-queued with 1 run(s)" in proc.stdout
-    assert _counts(proc.stdout) == {"done": 6, "failed": 0, "skipped": 0, "pending": 0}
+    assert _counts(proc.stdout) == {"done": 3, "failed": 0, "skipped": 0, "pending": 0}
     assert read_records(out)["m4"].status == "done" and not (out / ".test-oom.m4").exists()
 
 
@@ -146,6 +169,5 @@ def test_a_failed_run_makes_the_sweep_exit_1_with_a_summary(coop, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "1 done, 1 failed, 0 skipped, 0 pending" in proc.stdout
-    assert re.search(r"val_loss/code over 1 done runs: best m1 \d+\.\d+, worst m1 \d+\.\d+, range 0\.0000",
-                     proc.stdout)
+    assert re.search(r"val_loss/code over 1 done runs: best m1 \d+\.\d+, worst m1 \d+\.\d+, range 0\.0000", proc.stdout)
     assert re.search(r"  failed bad: ValueError: with --data.max_tokens", proc.stdout)
