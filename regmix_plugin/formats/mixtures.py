@@ -98,10 +98,8 @@ def split_run(spec: RunSpec) -> tuple[dict[str, float], list[dict] | None]:
     stages = list(spec)
     domains = sorted({d for st in stages for d in st["weights"]})
     bounds = [0.0] + [float(st.get("until_fraction", 1.0)) for st in stages[:-1]] + [1.0]
-    mean = {
-        d: sum((b - a) * float(st["weights"].get(d, 0.0)) for a, b, st in zip(bounds, bounds[1:], stages, strict=True))
-        for d in domains
-    }
+    spans = [(b - a, st["weights"]) for a, b, st in zip(bounds[:-1], bounds[1:], stages, strict=True)]
+    mean = {d: sum(span * float(w.get(d, 0.0)) for span, w in spans) for d in domains}
     return mean, stages
 
 

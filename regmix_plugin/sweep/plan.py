@@ -194,6 +194,8 @@ def plan_sweep(
     init = dict(data.get("init_args") or {})
     first, first_stages = split_run(next(iter(mixes.values()), {domains[0]: 1.0}))
     init.update(data_path=str(data_path), weights=None if first_stages else first, schedule=first_stages)
+    if first_stages:  # until_fraction needs the budget to be checked at all; set for every run below
+        init["max_tokens"] = (base.get("train") or {}).get("max_tokens")
     if data_num_workers is not None:
         init["num_workers"] = data_num_workers
     cfg.update(
