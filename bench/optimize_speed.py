@@ -38,8 +38,8 @@ def main() -> None:
     from regmix_plugin.fit import fit
     from regmix_plugin.formats.model_dir import load_fitted as load_model
     from regmix_plugin.formats.results import write_results
-    from regmix_plugin.mixture import SamplerArgs, constraint_bounds
-    from regmix_plugin.optimize import sample_candidates, top_k_search
+    from regmix_plugin.mixture import SamplerArgs, constraint_bounds, sample_candidates
+    from regmix_plugin.optimize import top_k_search
 
     warnings.simplefilter("ignore")
     work = Path(tempfile.mkdtemp(prefix="optimize_speed."))

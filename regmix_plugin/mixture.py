@@ -259,3 +259,46 @@ def dirichlet_draws(prior: np.ndarray, n: int, sampler: SamplerArgs, rng: np.ran
     out = np.zeros((n, len(prior)))
     out[:, active] = draws / sums
     return out
+
+
+def sample_candidates(
+    prior: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    n: int,
+    sampler: SamplerArgs,
+    seed: int,
+    num_threads: int = 2,
+    chunk: int = 125_000,
+) -> np.ndarray:
+    """``n`` Dirichlet mixtures around ``prior`` (:func:`dirichlet_draws`), projected into
+    the bounds.
+
+    Rows are drawn in chunks, each from its own generator spawned from ``seed``, so the result does not
+    depend on ``num_threads`` (numpy's samplers release the GIL, so threads do help).
+    """
+    problems = sampler.problems()
+    if problems:
+        raise ValueError("; ".join(problems))
+    active = (prior > 0) & (upper > 0)
+    if not active.any():
+        active = upper > 0
+    base = np.where(active, np.maximum(prior, 1e-12), 0.0)
+    bounded = (lower > 0).any() or (upper < 1).any()
+    out = np.zeros((n, len(prior)))
+    seeds = np.random.SeedSequence(seed).spawn(-(-n // chunk))
+
+    def fill(c: int) -> None:
+        rows = slice(c * chunk, min(n, (c + 1) * chunk))
+        block = dirichlet_draws(base, rows.stop - rows.start, sampler, np.random.default_rng(seeds[c]))
+        if bounded:
+            bad = ((block < lower) | (block > upper)).any(1)
+            if bad.any():
+                block[bad] = project(block[bad], lower, upper)
+        out[rows] = block
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, num_threads)) as pool:
+        list(pool.map(fill, range(len(seeds))))
+    return out

@@ -56,6 +56,18 @@ def sample_mixtures(
 
     ``center``, when given, replaces the tempered token distribution as the Dirichlet base measure.
     """
+    return [s[0] for s in sample_schedules(train_tokens, n, 1, target_tokens, temperature, sampler, max_epochs,
+                                           minimum, decimals, seed, max_draws, center)]  # fmt: skip
+
+
+def sample_schedules(
+    train_tokens: dict[str, int], n: int, stages: int, target_tokens: float | None = None, temperature: float = 0.5,
+    sampler: SamplerArgs = SamplerArgs(), max_epochs: float = DEFAULT_MAX_EPOCHS, minimum: float = 2e-4,
+    decimals: int = 4, seed: int = 42, max_draws: int | None = None, center: dict[str, float] | None = None,
+) -> list[list[dict[str, float]]]:
+    """``n`` distinct proxy schedules of ``stages`` equal stages: an independent draw per stage (Marin's
+    multi-phase swarms, RegMix-D's proxies), each rounded and floored like a static draw; the epoch bound is
+    counted over the whole run, on the mean of the stages. ``stages=1`` gives :func:`sample_mixtures`' rows."""
     domains = sorted(d for d, t in train_tokens.items() if t > 0)
     tokens = np.array([train_tokens[d] for d in domains], dtype=np.float64)
     target = float(target_tokens or tokens.sum())
@@ -70,29 +82,31 @@ def sample_mixtures(
     unit = 10**decimals
     min_units = math.ceil(minimum * unit - 1e-9)
     seen: set[tuple[int, ...]] = set()
-    rows: list[dict[str, float]] = []
+    rows: list[list[dict[str, float]]] = []
     max_draws = max_draws or 1000 * n
     drawn = 0
     while len(rows) < n and drawn < max_draws:
-        batch = dirichlet_draws(prior, min(max(64, 2 * (n - len(rows))), max_draws - drawn), sampler, rng)
-        drawn += len(batch)
-        for x in batch:
+        size = min(max(64, 2 * (n - len(rows))), max_draws - drawn)
+        batch = dirichlet_draws(prior, size * stages, sampler, rng).reshape(size, stages, len(domains))
+        drawn += size
+        for draw in batch:
             if len(rows) == n:
                 break
-            x = np.where(x < minimum, 0.0, x)
-            if x.sum() <= 0:
+            x = np.where(draw < minimum, 0.0, draw)
+            if (x.sum(1) <= 0).any():
                 continue
-            units = largest_remainder(x, unit)
-            if np.any((units > 0) & (units < min_units)) or np.any(units > bound * unit + 1e-9):
+            units = np.stack([largest_remainder(row, unit) for row in x])
+            if np.any((units > 0) & (units < min_units)) or np.any(units.mean(0) > bound * unit + 1e-9):
                 continue
-            key = tuple(int(u) for u in units)
+            key = tuple(int(u) for u in units.ravel())
             if key in seen:
                 continue
             seen.add(key)
-            rows.append({d: int(u) / unit for d, u in zip(domains, units, strict=True)})
+            rows.append([{d: int(u) / unit for d, u in zip(domains, st, strict=True)} for st in units])
     if len(rows) < n:
+        what = "mixtures" if stages == 1 else f"{stages}-stage schedules"
         raise ValueError(
-            f"only {len(rows)} of --n {n} distinct mixtures passed the bounds in {max_draws} draws; raise "
+            f"only {len(rows)} of --n {n} distinct {what} passed the bounds in {max_draws} draws; raise "
             "--max_epochs, lower --target_tokens, lower --minimum, raise --decimals, or ask for fewer with --n"
         )
     return rows
@@ -113,6 +127,7 @@ def sample(
     uniform: bool = False,
     baselines: dict[str, dict[str, float]] | None = None,
     prior: Literal["tokens", "entropy"] = "tokens",
+    stages: int = 1,
 ) -> None:
     """Sample proxy mixtures from a prepared corpus's token distribution and write them as a CSV.
 
@@ -136,6 +151,9 @@ def sample(
         prior: Centre of the Dirichlet draws: ``tokens`` (the tempered token distribution, the paper's) or
             ``entropy``: the training-free mixture of `regmix entropy` (softmax of each domain's conditional
             token entropy on a seeded 4M-token sample; ``--temperature`` does not apply to it).
+        stages: Stages per proxy, for RegMix-D (``regmix fit_trajectory``): each proxy gets an independent
+            draw per equal stage, written as ``weight/<domain>@<stage>`` columns; the ``max_epochs`` bound is
+            counted over the whole run. Baseline rows keep their mixture in every stage. 1: static mixtures.
     """
     manifest = read_manifest(data_path)
     tokens = manifest.train_tokens()
@@ -143,6 +161,8 @@ def sample(
     problems = []
     if n < 0:
         problems.append(f"--n must be >= 0, got {n}")
+    if stages < 1:
+        problems.append(f"--stages must be >= 1, got {stages}")
     sampler = SamplerArgs(**sampler) if isinstance(sampler, dict) else sampler
     problems += sampler.problems()
     if temperature <= 0:
@@ -182,9 +202,10 @@ def sample(
         if over:
             warnings.warn(f"baseline {name!r} repeats {', '.join(over)} more than --max_epochs {max_epochs:g} times",
                           stacklevel=2)
-    rows = sample_mixtures(
+    rows = sample_schedules(
         {d: tokens[d] for d in domains},
         n,
+        stages,
         target_tokens=target_tokens,
         temperature=temperature,
         sampler=sampler,
@@ -194,8 +215,10 @@ def sample(
         seed=seed,
         center=center,
     )
+    runs: dict = {name: [w] * stages if stages > 1 else w for name, w in mixtures.items()}
     width = max(4, len(str(n)))
     for i, row in enumerate(rows, start=1):
-        mixtures[f"mix-{i:0{width}d}"] = row
-    write_mixtures(out, mixtures, domains)
-    print(f"wrote {len(mixtures)} mixtures over {len(domains)} domains to {out}")
+        runs[f"mix-{i:0{width}d}"] = row if stages > 1 else row[0]
+    write_mixtures(out, runs, domains, stages)
+    what = "mixtures" if stages == 1 else f"{stages}-stage schedules"
+    print(f"wrote {len(runs)} {what} over {len(domains)} domains to {out}")

@@ -448,19 +448,11 @@ def best_stage_mixture(
 
     Returns ``(mixture, predicted target of the top-k candidates)``.
     """
-    from regmix_plugin.mixture import SamplerArgs, dirichlet_draws, project
+    from regmix_plugin.mixture import SamplerArgs, project, sample_candidates
 
     sampler = SamplerArgs(min_strength=search.strength[0], max_strength=search.strength[1])
-    centre = np.where(upper > 0, prior, 0.0)
-    cands = dirichlet_draws(
-        centre if centre.sum() > 0 else (upper > 0).astype(float),
-        search.n_candidates,
-        sampler,
-        np.random.default_rng(search.seed + stage),
-    )
-    bad = ((cands < lower - _EPS) | (cands > upper + _EPS)).any(1)
-    if bad.any():
-        cands[bad] = project(cands[bad], lower, upper)
+    n, seed = search.n_candidates, search.seed + stage
+    cands = sample_candidates(prior, lower, upper, n, sampler, seed, search.num_threads)
     scores = np.empty(len(cands))
     for s in range(0, len(cands), 20_000):  # bounded memory: one chunk of rows through the chain at a time
         c = cands[s : s + 20_000]

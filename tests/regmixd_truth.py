@@ -17,6 +17,9 @@ proxies observe every loss with Gaussian noise. ``true_losses`` is exact (no noi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
 DOMAINS = ("fast", "other", "slow")  # sorted, as mixture domains are
@@ -88,3 +91,111 @@ def proxy_records(n_runs, stages, seed, eval_points=6, noise=0.01, tokens=1_000_
             ],
         }
     return records
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """RegMix against RegMix-D, fixed before any result was seen (the defaults are the full 3-seed protocol).
+
+    Per seed, ``n_runs`` static proxies for RegMix (``regmix fit`` auto, ``regmix optimize`` with
+    ``n_candidates``/``top_k``) and ``n_runs`` ``stages``-stage proxies for RegMix-D (``fit_trajectory`` auto
+    features, GP, run-wise ``cv_folds``-fold CV; ``regmix schedule`` with the same search, smoothing 0.2). Both
+    start from the uniform prior. Online: the same search, each stage from the run's observed (noisy) losses at
+    the switch, with a ``losses``-features model. The judge is the noise-free ground truth.
+    """
+
+    n_runs: int = 48
+    stages: int = 3
+    noise: float = 0.01
+    n_candidates: int = 100_000
+    top_k: int = 128
+    cv_folds: int = 5
+
+    def static(self, out: Path, seed: int) -> np.ndarray:
+        from regmix_plugin.fit import fit
+        from regmix_plugin.formats.mixture_yaml import read_mixture
+        from regmix_plugin.formats.results import write_results
+        from regmix_plugin.formats.sweep_records import RunRecord, table_rows
+        from regmix_plugin.optimize import optimize
+
+        records = proxy_records(self.n_runs, 1, seed + 100, noise=self.noise)
+        records = {k: RunRecord.from_dict(r) for k, r in records.items()}
+        write_results(out / "static.csv", table_rows(list(records), records))
+        fit(results=out / "static.csv", target="val_loss/target", out=out / "static_model", seed=seed,
+            cv_folds=self.cv_folds)  # fmt: skip
+        optimize(out / "static_model", out=out / "static.yaml", prior={d: 1 / 3 for d in DOMAINS},
+                 n_candidates=self.n_candidates, top_k=self.top_k, seed=seed, num_threads=1)  # fmt: skip
+        w = read_mixture(out / "static.yaml")["weights"]
+        return np.array([w[d] for d in DOMAINS])
+
+    def _search(self, seed: int):
+        from regmix_plugin.trajectory import SearchArgs
+
+        return SearchArgs(n_candidates=self.n_candidates, top_k=self.top_k, seed=seed)
+
+    def _trajectories(self, seed: int):
+        from regmix_plugin.trajectory import trajectories_from_records
+
+        trajs, wd, ld = trajectories_from_records(proxy_records(self.n_runs, self.stages, seed, noise=self.noise))
+        assert wd == list(DOMAINS) and ld == list(LOSS_DOMAINS)
+        return trajs, wd, ld
+
+    def offline(self, out: Path, seed: int) -> tuple[dict, list[np.ndarray]]:
+        from regmix_plugin.schedule import schedule
+        from regmix_plugin.trajectory import fit_trajectories
+
+        cv = fit_trajectories(*self._trajectories(seed), "val_loss/target", "auto", "gp", out / "traj",
+                              self.cv_folds, seed)  # fmt: skip
+        sched = schedule(out / "traj", out / "schedule.yaml", stages=self.stages, prior={d: 1 / 3 for d in DOMAINS},
+                         search=self._search(seed))  # fmt: skip
+        return cv, [np.array([st.weights[d] for d in DOMAINS]) for st in sched.stages]
+
+    def online(self, out: Path, seed: int, first: np.ndarray) -> list[np.ndarray]:
+        """The controller's decision rule (trajectory.best_stage_mixture) on the ground truth's observed losses.
+
+        It needs the ``losses`` feature set (the state it observes), whatever ``auto`` chose for offline.
+        """
+        from regmix_plugin.trajectory import (
+            best_stage_mixture,
+            fit_model,
+            load_trajectory_model,
+            resolve_target,
+            save_model,
+        )
+
+        # One feature set and one regressor leave cross-validation nothing to choose: fit_trajectory("losses",
+        # "gp") would fit this same model after its CV, which the offline fit above has already reported.
+        trajs, wd, ld = self._trajectories(seed)
+        save_model(fit_model(trajs, wd, ld, resolve_target("val_loss/target", ld), "losses", "gp", seed),
+                   out / "traj_online")  # fmt: skip
+        model = load_trajectory_model(out / "traj_online")
+        rng = np.random.default_rng(seed + 1000)
+        mixes, S = [first], self.stages
+        for k in range(1, S):
+            segs = [(j / S, (j + 1) / S, m) for j, m in enumerate(mixes)]
+            observed = true_losses(segs, [k / S])[0] + self.noise * rng.standard_normal(4)
+            mix, _ = best_stage_mixture(model, k / S, (k + 1) / S, observed, np.ones(3) / 3, np.zeros(3), np.ones(3),
+                                        self._search(seed), k, mixes[-1])  # fmt: skip
+            mixes.append(mix)
+        return mixes
+
+    def run(self, out: Path, seed: int) -> dict:
+        """One seed: the true target loss of each arm, the mixtures, and the trajectory features auto chose."""
+        out.mkdir(parents=True, exist_ok=True)
+        static = self.static(out, seed)
+        cv, offline = self.offline(out, seed)
+        live = self.online(out, seed, offline[0])
+        return {
+            "seed": seed,
+            "static": target_of([static]),
+            "offline": target_of(offline),
+            "online": target_of(live),
+            "chosen": cv["chosen"],
+            "mixtures": {"static": static, "offline": offline, "online": live},
+        }
+
+
+def target_of(mixes) -> float:
+    """True final target loss of equal-length stages ``mixes``."""
+    segs = [(j / len(mixes), (j + 1) / len(mixes), m) for j, m in enumerate(mixes)]
+    return float(true_losses(segs)[0, 3])

@@ -118,3 +118,53 @@ def test_impossible_bounds_and_bad_flags_name_the_fix(prepared, tmp_path):
     assert not (tmp_path / "m.csv").exists()
     with pytest.raises(FileNotFoundError, match="run `regmix prepare"):
         sample(data_path=tmp_path / "nothing", out=tmp_path / "m.csv", n=1)
+
+
+def test_stages_draw_each_stage_independently_under_a_whole_run_epoch_bound(prepared, tmp_path):
+    out = tmp_path / "staged.csv"
+    tokens = read_manifest(prepared).train_tokens()
+    target, max_epochs = 200_000, 15
+    sample(data_path=prepared, out=out, n=30, stages=2, target_tokens=target, max_epochs=max_epochs, minimum=2e-3,
+           seed=3, uniform=True)  # fmt: skip
+    header, rows = _cells(out)
+    assert header == ["run_id"] + [f"weight/{d}@{k}" for k in (1, 2) for d in ("code", "prose", "tiny")]
+    assert rows[0] == ["uniform"] + ["0.3334", "0.3333", "0.3333"] * 2  # a baseline keeps its mixture all run
+    for r in rows:
+        assert sum(map(Fraction, r[1:4])) == 1 and sum(map(Fraction, r[4:7])) == 1  # each stage, exactly
+    stage1 = np.array([[float(c) for c in r[1:4]] for r in rows[1:]])
+    stage2 = np.array([[float(c) for c in r[4:7]] for r in rows[1:]])
+    assert not np.allclose(stage1, stage2)  # independent draws, not one mixture repeated
+    mean = (stage1 + stage2) / 2
+    assert (mean[:, 2] * target <= max_epochs * tokens["tiny"] + 1e-6).all()  # the bound counts the whole run
+    assert (np.maximum(stage1, stage2)[:, 2] * target > max_epochs * tokens["tiny"]).any()  # ...not each stage
+
+    table = read_mixtures(out, known=["code", "prose", "tiny"])
+    assert table.stages.shape == (31, 2, 3) and np.allclose(table.weights[1:], mean)
+    runs = table.as_runs()
+    assert runs["mix-0001"] == [
+        {"weights": dict(zip(("code", "prose", "tiny"), stage1[0], strict=True)), "until_fraction": 0.5},
+        {"weights": dict(zip(("code", "prose", "tiny"), stage2[0], strict=True))},
+    ]
+    # stages=1 is the static sampler, draw for draw
+    sample(data_path=prepared, out=tmp_path / "a.csv", n=10, seed=3, stages=1)
+    sample(data_path=prepared, out=tmp_path / "b.csv", n=10, seed=3)
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_a_table_is_static_or_staged_never_both(tmp_path):
+    bad = tmp_path / "mixed.csv"
+    bad.write_text("run_id,weight/a,weight/a@1,weight/b@1\nr1,1,0.5,0.5\n")
+    with pytest.raises(ValueError, match="static or staged"):
+        read_mixtures(bad)
+    gap = tmp_path / "gap.csv"
+    gap.write_text("run_id,weight/a@1,weight/b@1,weight/a@3,weight/b@3\nr1,1,0,0,1\n")
+    with pytest.raises(ValueError, match="numbered 1..S"):
+        read_mixtures(gap)
+    short = tmp_path / "short.csv"
+    short.write_text("run_id,weight/a@1,weight/b@1,weight/a@2\nr1,0.5,0.5,1\n")
+    with pytest.raises(ValueError, match="every domain of stage 1"):
+        read_mixtures(short)
+    off = tmp_path / "off.csv"
+    off.write_text("run_id,weight/a@1,weight/b@1,weight/a@2,weight/b@2\nr1,0.5,0.5,0.7,0.7\n")
+    with pytest.raises(ValueError, match="stage 2"):
+        read_mixtures(off)

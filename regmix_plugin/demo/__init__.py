@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | None = None, workers: int = 2,
-         seed: int = 0, arms: list[str] | None = None) -> dict:
+         seed: int = 0, arms: list[str] | None = None, regmix_d: bool = False) -> dict:
     """Run RegMix end to end on a corpus built from this Python installation and report the arms.
 
     Arguments:
@@ -25,6 +25,9 @@ def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | N
         seed: Seed of the mixture sampler, the fit and the optimizer.
         arms: Target-model arms to train (default: all): regmix, natural, uniform, best_proxy, entropy (the
             training-free `regmix entropy` mixture) and bimix (the BiMix law on the proxies' trajectories).
+        regmix_d: Add the ``regmix_d`` arm (RegMix-D offline): a second sweep of as many 2-stage proxies,
+            ``fit_trajectory``, ``schedule`` and one more target run. Off by default: it roughly doubles the
+            proxy sweep, which takes the demo past 10 minutes on 2 cores.
     """
     from regmix_plugin.demo.corpus import DEMO_TARGET, build_demo_corpus
     from regmix_plugin.demo.pipeline import Pipeline
@@ -52,6 +55,12 @@ def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | N
     results = pipe.proxy_sweep()
     chosen = pipe.fit_and_optimize(results)
     arms = pipe.arms(chosen, results)
+    stages = pipe.regmix_d_schedule() if regmix_d else None
     losses = pipe.train_arms(arms)
+    if stages is not None:
+        from regmix_plugin.formats.mixtures import split_run
+
+        arms["regmix_d"] = split_run(stages)[0]  # the report's weights and epochs: the whole run's mixture
+        losses["regmix_d"] = pipe.train_regmix_d(stages)
     summary = write_report(pipe, arms, losses, chosen)
     return summary

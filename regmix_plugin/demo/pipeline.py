@@ -56,6 +56,8 @@ class Pipeline:
     """`regmix fit --regressor`: auto (best CV Spearman), linear, lightgbm or gp."""
     arm_names: tuple[str, ...] = ("regmix", "natural", "uniform", "best_proxy", "entropy", "bimix")
     """Target-model arms to train: any of :data:`ARMS`."""
+    regmixd_stages: int = 2
+    """Stages of the RegMix-D proxies and of the ``regmix_d`` arm's schedule (equal slices of the run)."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per recipe (``proxy``/``target``): dotted key -> value applied to the working copy (``--quick``)."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -128,6 +130,57 @@ class Pipeline:
                   eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
                   local=LocalArgs(workers=self.workers), data_num_workers=0)
         return self.out_dir / "sweep" / "results.csv"
+
+    def regmix_d_schedule(self) -> list[dict]:
+        """RegMix-D offline: staged proxies (their own sweep), `fit_trajectory`, `schedule`; returns the stages."""
+        from regmix_plugin.formats.schedule import read_schedule
+        from regmix_plugin.sample import sample
+        from regmix_plugin.schedule import schedule
+        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
+        from regmix_plugin.trajectory import SearchArgs, fit_trajectories, trajectories_from_records
+
+        staged = self.out_dir / "regmix_d"
+        with self.stage("sample (staged)"):
+            sample(data_path=self.out_dir / "data", out=staged / "mixtures.csv", n=self.proxies,
+                   stages=self.regmixd_stages, target_tokens=self.target_tokens(), max_epochs=self.max_epochs,
+                   seed=self.seed)  # fmt: skip
+        with self.stage("sweep (staged)"):
+            sweep(mixtures=staged / "mixtures.csv", data_path=self.out_dir / "data",
+                  recipe=self.working_recipe("proxy"), out_dir=staged / "sweep",
+                  eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
+                  local=LocalArgs(workers=self.workers), data_num_workers=0)  # fmt: skip
+        with self.stage("fit_trajectory"):
+            from regmix_plugin.formats.sweep_records import read_records
+
+            trajs, wd, ld = trajectories_from_records(read_records(staged / "sweep"))
+            fit_trajectories(trajs, wd, ld, f"val_loss/{self.target}", "auto", "linear", staged / "trajectory",
+                             min(5, len(trajs) // 2), self.seed, source={"sweep": str(staged / "sweep")})  # fmt: skip
+        with self.stage("schedule"):
+            schedule(model=staged / "trajectory", out=self.out_dir / "schedule.yaml", stages=self.regmixd_stages,
+                     data_path=self.out_dir / "data", target_tokens=self.target_tokens(), max_epochs=self.max_epochs,
+                     search=SearchArgs(n_candidates=min(self.n_candidates, 100_000), seed=self.seed))  # fmt: skip
+        return [{"weights": st.weights, **({"until_fraction": st.until_fraction} if st.until_fraction else {})}
+                for st in read_schedule(self.out_dir / "schedule.yaml").stages]  # fmt: skip
+
+    def train_regmix_d(self, stages: list[dict]) -> dict[str, float]:
+        """The ``regmix_d`` arm: its recipe from schedule.yaml, trained as a one-run staged sweep (same scoring)."""
+        from regmix_plugin.formats.mixtures import write_mixtures
+        from regmix_plugin.formats.sweep_records import read_records
+        from regmix_plugin.recipe import recipe
+        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
+
+        template = self.working_recipe("target")
+        with self.stage("recipes"):
+            recipe(mixture=self.out_dir / "schedule.yaml", template=template,
+                   out=self.out_dir / "recipes" / "regmix_d.yaml")  # fmt: skip
+        domains = sorted(stages[0]["weights"])
+        write_mixtures(self.out_dir / "arms" / "regmix_d.csv", {"regmix_d": [st["weights"] for st in stages]},
+                       domains, stages=len(stages))  # fmt: skip
+        with self.stage("target models"):
+            sweep(mixtures=self.out_dir / "arms" / "regmix_d.csv", data_path=self.out_dir / "data", recipe=template,
+                  out_dir=self.out_dir / "arms" / "runs_regmix_d", local=LocalArgs(workers=1),
+                  eval=EvalArgs(points=0, val_tokens=self.target_val_tokens))  # fmt: skip
+        return _final_losses(read_records(self.out_dir / "arms" / "runs_regmix_d")["regmix_d"])
 
     def fit_and_optimize(self, results: Path) -> dict:
         from regmix_plugin.fit import fit

@@ -15,6 +15,7 @@ ARM_TITLES = {
     "best_proxy": "best proxy's mixture",
     "entropy": "entropy, training-free (regmix entropy)",
     "bimix": "BiMix law (fit --regressor bimix)",
+    "regmix_d": "RegMix-D offline (regmix schedule; mean weights shown)",
 }
 
 

@@ -5,7 +5,18 @@
 
 ``run_id`` is unique per row; one ``weight/<domain>`` column per domain (names as
 :func:`regmix_plugin.mixture.normalize_domain` gives them), each row summing to 1 within
-:data:`regmix_plugin.mixture.SUM_TOLERANCE`. ``regmix sample`` writes it; the results table
+:data:`regmix_plugin.mixture.SUM_TOLERANCE`.
+
+Staged proxies (``regmix sample --stages S``, for RegMix-D) put one column per domain *and stage* instead,
+``weight/<domain>@<stage>`` with stages numbered 1..S, each stage's cells of a row summing to 1; the S stages
+are equal slices of the run (stage ``k`` ends at ``k/S`` of its tokens)::
+
+    run_id,weight/arxiv@1,weight/pile_cc@1,weight/arxiv@2,weight/pile_cc@2
+    mix-0001,0.9,0.1,0.2,0.8
+
+A file has plain or staged columns, never both. Readers of a staged file get :attr:`Mixtures.weights` = the
+mean over stages (the whole run's mixture, what the epoch bound and a static ``regmix fit`` see) and the
+stages in :attr:`Mixtures.stages`. A static file is a one-stage schedule. ``regmix sample`` writes it; the results table
 (:mod:`regmix_plugin.formats.results`) extends it with metrics. The official RegMix mixture CSV
 (:mod:`regmix_plugin.formats.official`) is accepted wherever mixtures are read. This module is the one reader
 and writer of mixture rows.
@@ -13,6 +24,7 @@ and writer of mixture rows.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +45,12 @@ from regmix_plugin.mixture import normalize_domain, validate_weights
 
 ID_COLUMN = "run_id"
 WEIGHT_PREFIX = "weight/"
+STAGE_MARK = "@"
 _OFFICIAL_PREFIXES = ("train_the_pile_", "train_")
+_STAGED = re.compile(r"^(.+)@([0-9]+)$")
+#: One run's mixture: ``{domain: weight}`` (static), or the stages ``[{"weights": ..., "until_fraction": ...},
+#: ..., {"weights": ...}]`` that MixtureData's ``schedule:`` takes (staged).
+RunSpec = dict[str, float] | list[dict]
 
 
 @dataclass
@@ -45,13 +62,45 @@ class Mixtures:
     ids: list[str]
     domains: list[str]
     weights: np.ndarray
+    """(rows x domains); for a staged file, the mean over its stages."""
+    stages: np.ndarray | None = None
+    """(rows x stages x domains) for a staged file (``weight/<domain>@<stage>`` columns), else None."""
 
     def as_dict(self) -> dict[str, dict[str, float]]:
-        """``{run_id: {domain: weight}}`` in file order."""
+        """``{run_id: {domain: weight}}`` in file order (a staged run: its mean mixture)."""
         return {
             i: {d: float(w) for d, w in zip(self.domains, row, strict=True)}
             for i, row in zip(self.ids, self.weights, strict=True)
         }
+
+    def as_runs(self) -> dict[str, RunSpec]:
+        """``{run_id: RunSpec}`` in file order: the weights of a static file, the stage list of a staged one."""
+        if self.stages is None:
+            return dict(self.as_dict())
+        return {i: stage_list([self._named(w) for w in st]) for i, st in zip(self.ids, self.stages, strict=True)}
+
+    def _named(self, row: np.ndarray) -> dict[str, float]:
+        return {d: float(w) for d, w in zip(self.domains, row, strict=True)}
+
+
+def stage_list(weights: Sequence[Mapping[str, float]]) -> list[dict]:
+    """S per-stage mixtures -> MixtureData's ``schedule:`` stages of equal length (stage k ends at k/S)."""
+    n = len(weights)
+    return [
+        {"weights": dict(w), **({"until_fraction": (k + 1) / n} if k < n - 1 else {})} for k, w in enumerate(weights)
+    ]
+
+
+def split_run(spec: RunSpec) -> tuple[dict[str, float], list[dict] | None]:
+    """A run's whole-run mixture (the mean over equal-length stages) and its stage list (None when static)."""
+    if isinstance(spec, Mapping):
+        return dict(spec), None
+    stages = list(spec)
+    domains = sorted({d for st in stages for d in st["weights"]})
+    bounds = [0.0] + [float(st.get("until_fraction", 1.0)) for st in stages[:-1]] + [1.0]
+    spans = [(b - a, st["weights"]) for a, b, st in zip(bounds[:-1], bounds[1:], stages, strict=True)]
+    mean = {d: sum(span * float(w.get(d, 0.0)) for span, w in spans) for d in domains}
+    return mean, stages
 
 
 def read_mixtures(
@@ -86,18 +135,65 @@ def mixtures_from_columns(
             raise ValueError(f"{where} has '{WEIGHT_PREFIX}' columns but no {ID_COLUMN!r} column")
         id_column = ID_COLUMN
         weight_cols = {c: c[len(WEIGHT_PREFIX) :] for c in columns if c.startswith(WEIGHT_PREFIX)}
+        staged = {c: _STAGED.match(raw) for c, raw in weight_cols.items()}
+        if any(staged.values()):
+            plain = [c for c, m in staged.items() if m is None]
+            if plain:
+                raise ValueError(
+                    f"{where} mixes staged 'weight/<domain>@<stage>' columns with plain ones ({listed(plain)}); "
+                    "a file is static or staged: drop one kind"
+                )
+            return _staged_mixtures(columns, where, staged, known, known_from)
     else:
         id_column = next(iter(columns))
         weight_cols = {c: strip_official(c) for c in columns if c != id_column}
     if not weight_cols:
         raise ValueError(f"{where} has no '{WEIGHT_PREFIX}<domain>' (or official) weight column; columns: "
                          f"{', '.join(columns)}")  # fmt: skip
+    named = _domain_columns(weight_cols, where)
+    _check_known(named, where, known, known_from)
+    ids = read_ids(columns[id_column], where)
+    weights = weight_matrix(ids, id_column, {d: columns[c] for d, c in named.items()}, where, known)
+    return Mixtures(where, id_column, ids, sorted(known) if known is not None else sorted(named), weights)
+
+
+def _staged_mixtures(columns, where, staged, known, known_from) -> Mixtures:
+    """The rows of a staged table: one weight matrix per stage, validated like a static one."""
+    by_stage: dict[int, dict[str, str]] = {}
+    for column, m in staged.items():
+        by_stage.setdefault(int(m.group(2)), {})[column] = m.group(1)
+    stages = sorted(by_stage)
+    if stages != list(range(1, len(stages) + 1)):
+        raise ValueError(f"{where}: stages {stages} must be numbered 1..S with none missing ('weight/<domain>@1', ...)")
+    named = {k: _domain_columns(by_stage[k], where) for k in stages}
+    differ = [k for k in stages if set(named[k]) != set(named[1])]
+    if differ:
+        raise ValueError(f"{where}: stage(s) {differ} do not have a column for every domain of stage 1; add them")
+    _check_known(named[1], where, known, known_from)
+    ids = read_ids(columns[ID_COLUMN], where)
+    mats = np.stack(
+        [
+            weight_matrix(ids, ID_COLUMN, {d: columns[c] for d, c in named[k].items()}, f"{where} stage {k}", known)
+            for k in stages
+        ],
+        1,
+    )
+    domains = sorted(known) if known is not None else sorted(named[1])
+    return Mixtures(where, ID_COLUMN, ids, domains, mats.mean(1), mats)
+
+
+def _domain_columns(weight_cols: Mapping[str, str], where: str) -> dict[str, str]:
+    """``{column: raw domain}`` -> ``{domain: column}``, refusing two columns for one domain."""
     named: dict[str, str] = {}
     for column, raw in weight_cols.items():
         domain = normalize_domain(raw)
         if domain in named:
             raise ValueError(f"{where}: columns {named[domain]!r} and {column!r} both name domain {domain!r}")
         named[domain] = column
+    return named
+
+
+def _check_known(named: Mapping[str, str], where: str, known, known_from: str) -> None:
     if known is not None:
         missing, extra = sorted(set(known) - set(named)), sorted(set(named) - set(known))
         problems = []
@@ -114,9 +210,6 @@ def mixtures_from_columns(
             raise ValueError(
                 f"{where} does not fit {known_from} (domains: {', '.join(sorted(known))}):\n  " + "\n  ".join(problems)
             )
-    ids = read_ids(columns[id_column], where)
-    weights = weight_matrix(ids, id_column, {d: columns[c] for d, c in named.items()}, where, known)
-    return Mixtures(where, id_column, ids, sorted(known) if known is not None else sorted(named), weights)
 
 
 def strip_official(column: str) -> str:
@@ -127,8 +220,26 @@ def strip_official(column: str) -> str:
     return column
 
 
-def write_mixtures(path: str | Path, mixtures: Mapping[str, Mapping[str, float]], domains: Sequence[str]) -> None:
-    """Atomically write ``{run_id: {domain: weight}}`` as ``run_id,weight/<domain>,...`` (domains left out: 0)."""
+def write_mixtures(
+    path: str | Path, mixtures: Mapping[str, Mapping[str, float]], domains: Sequence[str], stages: int = 1
+) -> None:
+    """Atomically write ``{run_id: {domain: weight}}`` as ``run_id,weight/<domain>,...`` (domains left out: 0).
+
+    With ``stages`` > 1 every value is a list of that many ``{domain: weight}`` (one per equal stage), written
+    as ``weight/<domain>@<stage>`` columns.
+    """
+    if stages > 1:
+        bad = [r for r, w in mixtures.items() if isinstance(w, Mapping) or len(w) != stages]
+        if bad:
+            raise ValueError(f"write_mixtures({str(path)!r}): run(s) {listed(bad)} do not have {stages} stages")
+        for k in range(stages):  # each stage is a mixture of its own
+            check_rows(path, [{ID_COLUMN: r, **{WEIGHT_PREFIX + d: w[k].get(d, 0.0) for d in domains}}
+                              for r, w in mixtures.items()], "write_mixtures")  # fmt: skip
+        names = [f"{WEIGHT_PREFIX}{d}{STAGE_MARK}{k}" for k in range(1, stages + 1) for d in domains]
+        rows = [{ID_COLUMN: r, **dict(zip(names, (w[k].get(d, 0.0) for k in range(stages) for d in domains),
+                                          strict=True))} for r, w in mixtures.items()]  # fmt: skip
+        write_rows(path, [ID_COLUMN] + names, rows)
+        return
     rows = [{ID_COLUMN: r, **{WEIGHT_PREFIX + d: w.get(d, 0.0) for d in domains}} for r, w in mixtures.items()]
     check_rows(path, rows, "write_mixtures")
     write_rows(path, [ID_COLUMN] + [WEIGHT_PREFIX + d for d in domains], rows)

@@ -33,7 +33,7 @@ import fnmatch
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,9 +57,9 @@ def loss_column(domain: str, tokens: int | None = None) -> str:
 class Results(Mixtures):
     """Finished proxy runs: mixtures plus float metric columns (NaN where missing), aligned by row."""
 
-    metrics: dict[str, np.ndarray]
+    metrics: dict[str, np.ndarray] = field(default_factory=dict)
     #: Other names a metric answers to, e.g. ``val_loss/pile_cc`` -> ``metric/the_pile_pile_cc_val_loss``.
-    aliases: dict[str, str]
+    aliases: dict[str, str] = field(default_factory=dict)
     #: Tokens each run trained on (the ``tokens`` column; NaN where empty), or None when the table has none.
     tokens: np.ndarray | None = None
 
@@ -118,6 +118,7 @@ class Results(Mixtures):
             ids=[i for i, k in zip(self.ids, keep, strict=True) if k],
             domains=list(self.domains),
             weights=self.weights[keep],
+            stages=None if self.stages is None else self.stages[keep],
             metrics={c: v[keep] for c, v in self.metrics.items()},
             aliases=dict(self.aliases),
             tokens=None if self.tokens is None else self.tokens[keep],

@@ -2,9 +2,13 @@
 
 One record per finished run, written atomically, so a record is whole or absent and the records are the
 sweep's only state: a ``kill -9`` loses at most the runs in flight, and ``results.csv`` is rebuilt from them.
+A staged proxy (``regmix sample --stages S``) keeps its stages in ``schedule`` and their mean in ``mixture``
+(so the results table and a static ``regmix fit`` see the whole run's mixture); ``losses`` then include the
+stage boundaries. Records written before ``schedule`` existed load with ``schedule: null`` (static).
 
     {"run_id": "mix-0001", "status": "done" | "failed", "mixture": {domain: weight},
      "losses": [{"tokens": 4096, "final": false, "losses": {domain: loss}}, ..., {"final": true, ...}],
+     "schedule": null | [{"weights": {domain: weight}, "until_fraction": 0.5}, {"weights": {...}}],
      "tokens": 24576, "wall_s": 3.1, "seed": 42, "setup_hash": "sha256:...", "recipe_hash": "...",
      "manifest_hash": "...", "error": null | "first line ...", "log_tail": null | "...",
      "device": "cpu" | "NVIDIA H100 80GB HBM3", "peak_memory_bytes": null | 11811160064, "tokens_per_s": 630000.0,
@@ -37,6 +41,8 @@ class RunRecord:
     mixture: dict[str, float]
     losses: list[dict[str, Any]] = field(default_factory=list)
     tokens: int | None = None
+    schedule: list[dict[str, Any]] | None = None
+    """The mixture in force on each segment (MixtureData ``schedule:`` stages) of a staged proxy; None: static."""
     wall_s: float | None = None
     seed: int | None = None
     setup_hash: str | None = None

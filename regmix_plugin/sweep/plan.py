@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,7 +21,7 @@ import yaml
 
 from regmix_plugin.atomic import write_json
 from regmix_plugin.formats.manifest import MANIFEST, read_manifest
-from regmix_plugin.formats.mixtures import read_mixtures
+from regmix_plugin.formats.mixtures import RunSpec, read_mixtures, split_run
 from regmix_plugin.formats.sweep_records import read_records
 from regmix_plugin.resources import resolve_recipe
 from regmix_plugin.tokenizer import check_tokenizer
@@ -93,6 +94,7 @@ class EvalSetup:
     eval_batch_size: int
     seq_length: int
     domains: list[str]
+    stages: int = 1
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ class SweepPlan:
     final_tokens: int
     keep_checkpoints: bool
     run_ids: list[str] = field(default_factory=list)
-    mixtures: dict[str, dict[str, float]] = field(default_factory=dict)
+    mixtures: dict[str, RunSpec] = field(default_factory=dict)
     """The runs of this invocation (not saved: the mixtures file is the source)."""
     fused_loss: str = "auto"
     """``--fused_loss``: resolved per run by the worker that trains it (it knows its device); not part of the
@@ -158,10 +160,11 @@ def plan_sweep(
     manifest = read_manifest(data_path)
     domains = manifest.train_domains()
     try:
-        mixes = read_mixtures(mixtures, "--mixtures", known=domains, known_from="the prepared corpus").as_dict()
+        table = read_mixtures(mixtures, "--mixtures", known=domains, known_from="the prepared corpus")
+        mixes, stages = table.as_runs(), 1 if table.stages is None else table.stages.shape[1]
     except ValueError as e:
         problems.append(str(e))
-        mixes = {}
+        mixes, stages = {}, 1
     bad_ids = [i for i in mixes if "/" in i or i.startswith(".")]
     if bad_ids:
         problems.append(f"--mixtures {str(mixtures)!r}: run id(s) {bad_ids[:10]} cannot be file names; rename them")
@@ -189,7 +192,10 @@ def plan_sweep(
                         "regmix_plugin.MixtureData")
     cfg = copy.deepcopy(base)
     init = dict(data.get("init_args") or {})
-    init.update(data_path=str(data_path), weights=next(iter(mixes.values()), {domains[0]: 1.0}), schedule=None)
+    first, first_stages = split_run(next(iter(mixes.values()), {domains[0]: 1.0}))
+    init.update(data_path=str(data_path), weights=None if first_stages else first, schedule=first_stages)
+    if first_stages:  # until_fraction needs the budget to be checked at all; set for every run below
+        init["max_tokens"] = (base.get("train") or {}).get("max_tokens")
     if data_num_workers is not None:
         init["num_workers"] = data_num_workers
     cfg.update(
@@ -220,10 +226,20 @@ def plan_sweep(
             f"--eval.points {eval.points} needs at least {eval.points + 1} optimizer steps; the recipe "
             f"trains {steps}: lower --eval.points or raise train.max_tokens"
         )
+    eval_steps = [k * interval for k in range(1, eval.points + 1)] if interval else []
+    # A staged proxy is also scored where each stage ends (what a transition model starts the next stage from):
+    # the step whose samples reach the stage's until_fraction of the data's max_tokens.
+    boundaries = [round(k / stages * train.max_tokens / (accum * train.micro_batch_size * seq))
+                  for k in range(1, stages)]  # fmt: skip
+    if any(not 0 < b < steps for b in boundaries):
+        problems.append(f"--mixtures has {stages} stages, but the recipe trains only {steps} optimizer steps; "
+                        "raise train.max_tokens")  # fmt: skip
+    eval_steps = sorted(set(eval_steps) | {b for b in boundaries if 0 < b < steps})
+    save_every = math.gcd(*eval_steps) if eval_steps else None
     if eval.val_tokens < 1 or eval.batch_size < 1:
         problems.append("--eval.val_tokens and --eval.batch_size must be >= 1")
     init["max_tokens"] = train.max_tokens  # lets MixtureData's epoch guard fail at set-up, not mid-run
-    cfg["train"]["save_interval"] = interval
+    cfg["train"]["save_interval"] = save_every
     if problems:
         raise ValueError("regmix sweep: nothing was run:\n  " + "\n  ".join(problems))
     with warnings.catch_warnings(record=True) as caught:
@@ -248,6 +264,8 @@ def plan_sweep(
             "domains": eval_names,
         },
     }
+    if stages > 1:  # kept out of static sweeps' identity, so theirs are unchanged
+        identity["eval"]["stages"] = stages
     return SweepPlan(
         setup_hash=_sha(identity),
         identity=identity,
@@ -255,7 +273,7 @@ def plan_sweep(
         config=template,
         data_path=str(data_path),
         seed=parsed.seed,
-        eval_steps=[k * interval for k in range(1, eval.points + 1)] if interval else [],
+        eval_steps=eval_steps,
         tokens_per_step=accum * train.micro_batch_size * seq,
         final_tokens=iters * train.micro_batch_size * seq,
         keep_checkpoints=keep_checkpoints,
@@ -263,6 +281,15 @@ def plan_sweep(
         mixtures=mixes,
         fused_loss=fused_loss,
     )
+
+
+def _differs(record, spec: RunSpec) -> bool:
+    """Whether a recorded run's mixture (and stages) differ from what the mixtures file now asks for."""
+    weights, stages = split_run(spec)
+    if any(abs(record.mixture.get(d, 0.0) - w) > 1e-9 for d, w in weights.items()):
+        return True
+    flat = [(st.get("until_fraction"), sorted(st["weights"].items())) for st in stages or []]
+    return flat != [(st.get("until_fraction"), sorted(st["weights"].items())) for st in record.schedule or []]
 
 
 def check_setup(out_dir: Path, plan: SweepPlan) -> SweepPlan:
@@ -277,11 +304,7 @@ def check_setup(out_dir: Path, plan: SweepPlan) -> SweepPlan:
             "mixing their results would poison the regression. Use a new --out_dir, or restore the old "
             "recipe/corpus/settings to resume it"
         )
-    changed = [
-        r
-        for r, rec in records.items()
-        if r in plan.mixtures and any(abs(rec.mixture.get(d, 0.0) - w) > 1e-9 for d, w in plan.mixtures[r].items())
-    ]
+    changed = [r for r, rec in records.items() if r in plan.mixtures and _differs(rec, plan.mixtures[r])]
     if changed:
         raise ValueError(
             f"--mixtures changes the weights of run(s) already recorded in {out_dir}: "

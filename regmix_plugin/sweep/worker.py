@@ -22,6 +22,7 @@ import traceback
 from pathlib import Path
 
 from regmix_plugin.formats import claims
+from regmix_plugin.formats.mixtures import RunSpec, split_run
 from regmix_plugin.formats.sweep_records import DONE, FAILED, RunRecord, log_path, read_record, write_record
 from regmix_plugin.sweep.plan import SweepPlan
 
@@ -127,10 +128,11 @@ def _score(plan: SweepPlan, work: Path) -> list[dict]:
     return out
 
 
-def failed_record(plan: SweepPlan, run_id: str, weights: dict[str, float], error: str, wall_s: float | None,
+def failed_record(plan: SweepPlan, run_id: str, spec: RunSpec, error: str, wall_s: float | None,
                   log: str) -> RunRecord:
     """The record of a run that did not finish (the one place a failure is recorded)."""
-    return RunRecord(run_id=run_id, status=FAILED, mixture=weights, wall_s=wall_s, seed=plan.seed,
+    weights, schedule = split_run(spec)
+    return RunRecord(run_id=run_id, status=FAILED, mixture=weights, schedule=schedule, wall_s=wall_s, seed=plan.seed,
                      setup_hash=plan.setup_hash, recipe_hash=plan.identity["recipe"],
                      manifest_hash=plan.identity["manifest"], error=error, log_tail=log)
 
@@ -141,8 +143,9 @@ def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(error)
 
 
-def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, float]) -> RunRecord | None:
-    """Train, score and record one proxy; never raises for a failure of the run itself.
+def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> RunRecord | None:
+    """Train, score and record one proxy (static weights, or stages through MixtureData's ``schedule:``); never
+    raises for a failure of the run itself.
 
     Returns the record written, or None when the run ran out of GPU memory: that is the launcher's
     concurrency, not the mixture's fault, so nothing is recorded and the launcher re-queues the run.
@@ -160,7 +163,8 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
     log.write_text("")
     config = copy.deepcopy(plan.config)
     config["out_dir"] = str(work)
-    config["data"]["init_args"]["weights"] = weights
+    weights, schedule = split_run(spec)
+    config["data"]["init_args"].update(weights=None if schedule else weights, schedule=schedule)
     if _state["runs"] % _RESET_EVERY == 0:
         torch._dynamo.reset()
     _state["runs"] += 1
@@ -194,9 +198,10 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
                 error = "diverged: " + error
     wall_s = round(time.perf_counter() - t0, 3)
     if error:
-        record = failed_record(plan, run_id, weights, error, wall_s, tail(log))
+        record = failed_record(plan, run_id, spec, error, wall_s, tail(log))
     else:
-        record = RunRecord(run_id=run_id, status=DONE, mixture=weights, losses=losses, tokens=plan.final_tokens,
+        record = RunRecord(run_id=run_id, status=DONE, mixture=weights, schedule=schedule, losses=losses,
+                           tokens=plan.final_tokens,
                            wall_s=wall_s, seed=plan.seed, setup_hash=plan.setup_hash,
                            recipe_hash=plan.identity["recipe"], manifest_hash=plan.identity["manifest"])
     record = dataclasses.replace(record, loss_kernel=loss_kernel, **vars(measure.finish(work)))
@@ -206,7 +211,7 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, fl
     return record
 
 
-def run_claimed(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: dict[str, float], launcher: str,
+def run_claimed(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: RunSpec, launcher: str,
                 timeout: float) -> str:
     """Claim, train and record one run unless another launcher has it or it is done; returns what happened.
 
