@@ -34,7 +34,7 @@ test-fast: install
 	$(BIN)/pytest -q -n 2 --dist loadfile -m "not slow"
 
 demo: install
-	$(BIN)/regmix demo --out_dir demo_out
+	$(BIN)/regmix demo --out_dir demo_out --regmix_d true
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache demo_out
