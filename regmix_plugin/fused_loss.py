@@ -29,11 +29,9 @@ prove the plumbing (the loss equals the plain path's); it is not a fast path.
 from __future__ import annotations
 
 from importlib.util import find_spec
-from typing import Literal
 
 from regmix_plugin.errors import RegmixError
 
-FusedLossMode = Literal["auto", "on", "off"]
 MODES = ("auto", "on", "off")
 KERNEL = "cut-cross-entropy"
 PLAIN = "plain"

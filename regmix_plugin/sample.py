@@ -47,19 +47,6 @@ from regmix_plugin.mixture import (
 )
 
 
-def sample_mixtures(
-    train_tokens: dict[str, int], n: int, target_tokens: float | None = None, temperature: float = 0.5,
-    sampler: SamplerArgs = SamplerArgs(), max_epochs: float = DEFAULT_MAX_EPOCHS, minimum: float = 2e-4,
-    decimals: int = 4, seed: int = 42, max_draws: int | None = None, center: dict[str, float] | None = None,
-) -> list[dict[str, float]]:
-    """``n`` distinct mixtures ``{domain: weight}`` over the domains of ``train_tokens`` (see module docstring).
-
-    ``center``, when given, replaces the tempered token distribution as the Dirichlet base measure.
-    """
-    return [s[0] for s in sample_schedules(train_tokens, n, 1, target_tokens, temperature, sampler, max_epochs,
-                                           minimum, decimals, seed, max_draws, center)]  # fmt: skip
-
-
 def sample_schedules(
     train_tokens: dict[str, int], n: int, stages: int, target_tokens: float | None = None, temperature: float = 0.5,
     sampler: SamplerArgs = SamplerArgs(), max_epochs: float = DEFAULT_MAX_EPOCHS, minimum: float = 2e-4,
@@ -67,7 +54,7 @@ def sample_schedules(
 ) -> list[list[dict[str, float]]]:
     """``n`` distinct proxy schedules of ``stages`` equal stages: an independent draw per stage (Marin's
     multi-phase swarms, RegMix-D's proxies), each rounded and floored like a static draw; the epoch bound is
-    counted over the whole run, on the mean of the stages. ``stages=1`` gives :func:`sample_mixtures`' rows."""
+    counted over the whole run, on the mean of the stages. ``stages=1`` gives static mixtures (one-stage schedules)."""
     domains = sorted(d for d, t in train_tokens.items() if t > 0)
     tokens = np.array([train_tokens[d] for d in domains], dtype=np.float64)
     target = float(target_tokens or tokens.sum())

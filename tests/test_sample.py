@@ -11,7 +11,7 @@ import pytest
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixtures import read_mixtures
 from regmix_plugin.mixture import SamplerArgs, largest_remainder
-from regmix_plugin.sample import sample, sample_mixtures
+from regmix_plugin.sample import sample, sample_schedules
 
 
 def _cells(path):
@@ -76,16 +76,17 @@ def test_temperature_argument_is_honoured():
     p = np.array([900, 90, 10], dtype=float)
     for temperature in (0.5, 1.0):
         # a huge strength concentrates every draw on the (tempered) base measure
-        rows = sample_mixtures(
+        rows = [stages[0] for stages in sample_schedules(
             tokens,
             300,
+            1,
             temperature=temperature,
             sampler=SamplerArgs(min_strength=1e5, max_strength=1e5, num_strengths=1),
             minimum=0,
             decimals=6,
             seed=0,
             max_epochs=1e9,
-        )
+        )]
         mean = np.mean([[r[d] for d in "abc"] for r in rows], axis=0)
         expected = p**temperature / np.sum(p**temperature)
         np.testing.assert_allclose(mean, expected, atol=2e-3)
