@@ -33,7 +33,8 @@ import json
 
 import numpy as np
 import pytest
-from synthetic import DEFAULT_ALPHA, TARGET, build_synthetic_corpus
+from scipy.stats import spearmanr
+from synthetic import DEFAULT_ALPHA, TARGET, bigram_limit_loss, build_synthetic_corpus
 
 from regmix_plugin.demo.pipeline import Pipeline
 from regmix_plugin.resources import recipe_path
@@ -42,8 +43,9 @@ L1_TOLERANCE = 0.3  # measured 0.12
 ZERO_SOURCE_MAX = 0.05  # weight of s3 (alpha 0); measured 0.003
 MIN_CV_SPEARMAN = 0.75  # measured 0.93 (0.82-0.93 over fold seeds)
 MIN_LOSS_GAIN = 0.05  # uniform minus RegMix target loss, nats; measured 0.14
-MIN_LAW_SPEARMAN = 0.8  # BiMix, every run predicted by a law fitted without it; measured 0.85 and 0.92 (see below)
-MAX_TOY_EXTRAPOLATION_ERROR = 0.15  # measured 0.068-0.080: worse than the flat forecast on these toy runs
+MIN_LAW_SPEARMAN_TRUE = 0.9  # BiMix out-of-fold vs the corpus's exact loss; measured 0.943-0.977 (see below)
+MIN_LAW_SPEARMAN_OBSERVED = 0.8  # BiMix out-of-fold vs the proxies' own noisy losses; measured 0.84-0.90
+MAX_TOY_EXTRAPOLATION_ERROR = 0.10  # measured 0.068-0.080: worse than the flat forecast on these toy runs
 
 CORPUS = {"train_words": 100_000, "val_words": 10_000, "target_val_words": 30_000}
 
@@ -78,7 +80,7 @@ def recovery(tmp_path_factory):
     recovered = np.array([chosen["weights"].get(d, 0.0) for d in names])
     alpha = np.array([manifest["alpha"][d] for d in names])
     model = json.loads((pipe.out_dir / "model" / "model.json").read_text())
-    laws = _laws(pipe, results, names, alpha)
+    laws = _laws(pipe, results, names, alpha, root / "synthetic")
     summary = {
         "recovered": dict(zip(names, recovered.round(4).tolist(), strict=True)),
         "l1": float(np.abs(recovered - alpha).sum()),
@@ -92,7 +94,7 @@ def recovery(tmp_path_factory):
     return summary
 
 
-def _laws(pipe, results, names: list[str], alpha: np.ndarray) -> dict:
+def _laws(pipe, results, names: list[str], alpha: np.ndarray, corpus) -> dict:
     """The law families on the same sweep: fit on the target's own loss column, solve, compare with alpha.
 
     The target is validation-only, so no training domain's proportion is "its own": BiMix's law for it is
@@ -112,6 +114,9 @@ def _laws(pipe, results, names: list[str], alpha: np.ndarray) -> dict:
         cv = json.loads((model / "cv.json").read_text())["candidates"][meta["regressor"]]
         out[kind] = {"cv_spearman": meta["cv_spearman"], "oof_spearman": cv["oof_spearman"],
                      "extrapolation": meta["law"].get("extrapolation")}  # fmt: skip
+        if kind == "bimix":
+            out[kind]["true_loss_spearman"] = _spearman_to_true_loss(model / "cv_predictions.csv", results, corpus)
+            out[kind]["broken_extrapolation"] = _broken_extrapolations(results, f"val_loss/{TARGET}")
         if kind != "bimix_sources":
             optimize(model=model, out=pipe.out_dir / f"mixture_{kind}.yaml", data_path=pipe.out_dir / "data",
                      target_tokens=pipe.target_tokens(), n_candidates=20_000, max_epochs=pipe.max_epochs, seed=0)
@@ -119,6 +124,55 @@ def _laws(pipe, results, names: list[str], alpha: np.ndarray) -> dict:
             got = np.array([weights.get(d, 0.0) for d in names])
             out[kind].update(recovered=got.round(4).tolist(), l1=float(np.abs(got - alpha).sum()))
     return out
+
+
+def _spearman_to_true_loss(cv_predictions, results, corpus) -> float:
+    """Spearman of the out-of-fold predictions with each run's *exact* target loss under its mixture.
+
+    The synthetic corpus knows the loss its mixture deserves: ``bigram_limit_loss`` is the target loss of the
+    ideal next-word model of the w-mixture of the chains (no training noise, no finite-step lag). A 60-step
+    proxy's measured loss is a noisy reading of that order (measured Spearman 0.944 between the two).
+    """
+    from regmix_plugin.formats.results import read_results
+    from regmix_plugin.formats.table import read_columns
+
+    data = read_results(results)
+    mixture = dict(zip(data.ids, data.weights, strict=True))
+    table = read_columns(cv_predictions, "cv_predictions.csv")
+    ids, predicted = table["run_id"], np.asarray(table["prediction"], float)
+    exact = [bigram_limit_loss(corpus, dict(zip(data.domains, mixture[i], strict=True))) for i in ids]
+    return float(spearmanr(predicted, exact).statistic)
+
+
+def _broken_extrapolations(results, column: str) -> dict[str, float]:
+    """What broken BiMix fits score on the extrapolation check (fit on the first halves, predict the ends).
+
+    A bound on the real fit's error means something only if these cannot meet it: a law blind to the mixture
+    (every run fitted as uniform), the mean first-half loss for every run, and the real law asked in the
+    wrong unit (steps instead of tokens: the s of a 2048-token step).
+    """
+    from regmix_plugin.formats.results import read_results
+    from regmix_plugin.laws import BiMixLaw, trajectories
+
+    data = read_results(results)
+    runs, W, s, L = trajectories(data.weights, data.metrics, [column], data.tokens)
+    X = np.column_stack([W, s])
+    ends = np.array([s[runs == r].max() for r in runs])
+    first, last = s <= ends / 2, s == ends
+    truth = L[last, 0]
+
+    def error(predicted) -> float:
+        return float(np.mean(np.abs(predicted - truth) / truth))
+
+    law = BiMixLaw(own_domain=(-1,), column_weights=(1.0,)).fit(X[first], L[first])
+    blind = X.copy()
+    blind[:, :-1] = 1 / W.shape[1]
+    blind_law = BiMixLaw(own_domain=(-1,), column_weights=(1.0,)).fit(blind[first], L[first])
+    return {
+        "blind_to_mixture": error(blind_law.predict(blind[last])),
+        "mean_first_half_loss": error(np.full(truth.shape, L[first, 0].mean())),
+        "s_in_steps": error(law.predict(np.column_stack([W[last], s[last] / 2048]))),
+    }
 
 
 @pytest.mark.slow
@@ -134,11 +188,16 @@ def test_pipeline_recovers_the_generating_mixture(recovery):
 def test_law_optimised_mixture_recovers_the_generating_mixture(recovery):
     bimix = recovery["laws"]["bimix"]
     assert bimix["l1"] <= L1_TOLERANCE, recovery["laws"]  # measured 0.08 and 0.09 on two sweeps of this setup
-    # Rank agreement with the true target loss of runs the law never saw (5-fold CV, out-of-fold predictions
-    # pooled over the 32 runs). The issue's bar is 0.9; two sweeps of this setup (one of them on the code before
-    # the restructure, which changed the runs) measured 0.92 and 0.85, mean per-fold 0.86-0.92 over fold seeds.
-    # The GP on the same runs measured 0.82-0.93: the noise of 60-step proxies limits every model here.
-    assert bimix["oof_spearman"] >= MIN_LAW_SPEARMAN, recovery["laws"]
+    # Rank agreement on runs the law never saw (5-fold CV, out-of-fold predictions pooled over the 32 runs), against
+    # the target loss each run's mixture truly deserves (the corpus's exact loss, see _spearman_to_true_loss; the
+    # issue's bar 0.9; measured 0.943-0.977 over 5 fold seeds on a sweep of this setup) and against the proxies'
+    # own measured losses, which are noisy readings of it (0.84-0.90 on the same folds; 0.85 and 0.92 on two
+    # earlier sweeps; the GP measured 0.82-0.93): the law ranks unseen mixtures by their true loss better than
+    # the proxies' measurements do (those correlate 0.944 with it).
+    print("bimix out-of-fold Spearman: vs exact loss", bimix["true_loss_spearman"], "vs measured",
+          bimix["oof_spearman"])
+    assert bimix["true_loss_spearman"] >= MIN_LAW_SPEARMAN_TRUE, recovery["laws"]
+    assert bimix["oof_spearman"] >= MIN_LAW_SPEARMAN_OBSERVED, recovery["laws"]
     # Ye et al.'s single law on the target is a monotone function of a linear form, so its optimum lies on the
     # boundary: measured L1 1.0 (all weight on s0) and 0.53 on two sweeps. `fit` fits one law per loss column
     # when the target has several; a one-column target has no such remedy.
@@ -152,13 +211,19 @@ def test_bimix_extrapolation_on_toy_runs_is_reported_honestly(recovery):
     # cannot express, so the law does NOT beat the flat forecast "loss at step 30" (measured on two sweeps:
     # target 6.8% and 7.8% vs 3.6% and 4.0%; per-domain laws 7.3% and 8.0% vs 6.0% and 6.8%). Longer,
     # constant-LR proxies did not fix it (16 runs x 180 steps, eval from step 30: 4.3% vs 3.7%; CHANGELOG).
-    # What this asserts is only that the fit is sane (s in the wrong unit or a diverged fit is off by far more),
-    # not that the law extrapolates: here it does not.
+    # What this asserts is that the fit is sane, not that the law extrapolates better than flat: here it does not.
+    # Broken fits on the same sweep score worse than the real one and than the bound (measured: blind to the
+    # mixture 11.2%, the mean first-half loss 12.4%, asked in steps 31%, against the law's 6.8%).
+    broken = recovery["laws"]["bimix"]["broken_extrapolation"]
+    print("broken fits' extrapolation error", json.dumps(broken))
+    assert min(broken.values()) > MAX_TOY_EXTRAPOLATION_ERROR, broken
     for kind in ("bimix", "bimix_sources"):
         e = recovery["laws"][kind]["extrapolation"]
         print(kind, "extrapolation", json.dumps(e))
         assert e["fitted_up_to_tokens"] == e["predicted_tokens"] / 2
         assert e["mean_relative_error"] < MAX_TOY_EXTRAPOLATION_ERROR, e
+        if kind == "bimix":  # the broken fits are of the same column
+            assert e["mean_relative_error"] < min(broken.values()), (e, broken)
 
 
 @pytest.mark.slow
