@@ -221,6 +221,7 @@ def _kill_mid_run(cfg, out, ready):
             time.sleep(0.005)
         while True:
             os.killpg(proc.pid, signal.SIGSTOP)
+            _wait_stopped(proc.pid)
             saved = sorted(p for p in [*out.glob("step-*"), out / "final"] if (p / "lit_model.pth").exists())
             if proc.poll() is not None or all(_complete(p) for p in saved):
                 break
@@ -236,6 +237,20 @@ def _kill_mid_run(cfg, out, ready):
     return at_kill
 
 
+def _wait_stopped(pid):
+    """Return once ``pid`` is stopped: SIGSTOP is delivered asynchronously, and a check of its files made while
+    it still runs could miss a checkpoint write it is starting."""
+    stat = Path(f"/proc/{pid}/stat")
+    for _ in range(2000):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] in "TtZ":
+                return
+        except OSError:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 def _tail(path, chars=3000):
     return path.read_text()[-chars:] if path.is_file() else ""
 
@@ -246,17 +261,21 @@ def _without_run_id(recs):
 
 @pytest.mark.slow
 def test_run_killed_mid_way_and_resumed_reproduces_decisions_and_weights(
-    uninterrupted, tmp_path, prepared, tokenizer_dir, traj_model
+    with_workers, tmp_path, prepared, tokenizer_dir, traj_model
 ):
-    """A real SIGKILL of `litgpt pretrain` after its step-12 checkpoint; `resume: auto` in the same out_dir."""
+    """A real SIGKILL of `litgpt pretrain` (2 dataloader workers) between two decisions; `resume: auto`.
+
+    The workers' lag puts the decisions at batches 4 and 12; the kill lands after the step-8 checkpoint: stage 1
+    is replayed (from the checkpoint), stage 2 is decided by the resumed run, each worker stream reads them.
+    """
+    workers, reference, kill_after = 2, with_workers, "step-00000008"
     out = tmp_path / "killed"
     out.mkdir()
-    cfg = config(out, prepared, tokenizer_dir, traj_model)
-    at_kill = _kill_mid_run(cfg, out, lambda: _complete(out / "step-00000012"))
-    assert "final" not in at_kill and "step-00000024" not in at_kill, at_kill  # the kill landed mid-run
-    assert "step-00000012" in at_kill
+    cfg = config(out, prepared, tokenizer_dir, traj_model, num_workers=workers)
+    at_kill = _kill_mid_run(cfg, out, lambda: _complete(out / kill_after))
+    assert kill_after in at_kill and "final" not in at_kill and "step-00000024" not in at_kill, at_kill
     logged = _read_jsonl(out / "decisions.jsonl")
-    assert [r["stage"] for r in logged][:1] == [1]  # stage 1 was decided (batch 8) before the kill
+    assert [r["stage"] for r in logged][:1] == [1]  # stage 1 was decided before the kill
     cfg["resume"] = "auto"
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # a replayed decision must not fault (nothing is recomputed)
@@ -264,10 +283,10 @@ def test_run_killed_mid_way_and_resumed_reproduces_decisions_and_weights(
     # each stage decided once (a recomputed decision would add a line) and equal to the uninterrupted run's:
     # batch, checkpoint scored, observed losses, weights, prediction; only the run id differs
     recs = decisions(out)
-    assert _without_run_id(recs) == _without_run_id(decisions(uninterrupted)), at_kill
+    assert _without_run_id(recs) == _without_run_id(decisions(reference)), at_kill
     assert read_data_state(out / "final")["regmixd"]["decisions"] == recs
-    assert read_data_state(out / "final")["streams"] == read_data_state(uninterrupted / "final")["streams"]
-    assert _same_final(out, uninterrupted), at_kill  # bit-exact: same data, same kernels, restored optimizer
+    assert read_data_state(out / "final")["streams"] == read_data_state(reference / "final")["streams"]
+    assert _same_final(out, reference), at_kill  # bit-exact: same data, same kernels, restored optimizer
 
 
 @pytest.mark.slow
