@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import pretrain_config
 
 import regmix_plugin
@@ -191,8 +192,12 @@ def _same_final(a, b):
 
 
 def _complete(step_dir):
-    """True once litgpt's ``save_checkpoint`` has finished ``step_dir``: it writes ``model_config.yaml`` last."""
-    return (step_dir / "model_config.yaml").is_file()
+    """True once litgpt's ``save_checkpoint`` has finished ``step_dir``: it writes ``model_config.yaml`` last
+    (sorted keys, ``vocab_size`` last; the file exists, empty, while it is being written)."""
+    try:
+        return "vocab_size" in (yaml.safe_load((step_dir / "model_config.yaml").read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        return False
 
 
 def _kill_mid_run(cfg, out, ready):
@@ -315,10 +320,6 @@ def test_missing_model_keeps_the_current_mixture_and_the_run_finishes(tmp_path, 
 @pytest.mark.slow
 def test_schedule_yaml_round_trips_through_recipe_into_litgpt_pretrain(tmp_path, prepared, tokenizer_dir):
     """`regmix schedule`'s file -> `regmix recipe` -> a recipe stock `litgpt pretrain` runs, stage by stage."""
-    from pathlib import Path
-
-    import yaml
-
     from regmix_plugin.__main__ import main
     from regmix_plugin.formats.schedule import Schedule, ScheduleStage, write_schedule
 
