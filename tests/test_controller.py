@@ -171,10 +171,13 @@ def test_dataloader_workers_train_on_the_decided_weights(with_workers, uninterru
     assert [nonzero(s["weights"]) for s in final["stages"]] == [PLAN] + [nonzero(r["weights"]) for r in recs]
 
 
-def _resume(tmp_path, uninterrupted, prepared, tokenizer_dir, model, lines):
+def _resume(tmp_path, uninterrupted, prepared, tokenizer_dir, model, lines, step="step-00000012", damage=None):
+    """Resume in a new out_dir from a copy of the uninterrupted run's ``step`` and its first ``lines`` decisions."""
     out = tmp_path / "resumed"
     out.mkdir()
-    shutil.copytree(uninterrupted / "step-00000012", out / "step-00000012")
+    shutil.copytree(uninterrupted / step, out / step)
+    if damage is not None:
+        damage(out / step)
     kept = (uninterrupted / "decisions.jsonl").read_text().splitlines()[:lines]
     (out / "decisions.jsonl").write_text("".join(line + "\n" for line in kept))
     cfg = config(out, prepared, tokenizer_dir, model)
@@ -299,6 +302,24 @@ def test_resume_replays_logged_decisions_without_the_model(uninterrupted, tmp_pa
     # both decisions were logged before the kill; with the model gone, only a replay can reproduce them
     out = _resume(tmp_path, uninterrupted, prepared, tokenizer_dir, tmp_path / "no-model", lines=2)
     assert read_data_state(out / "final")["regmixd"]["decisions"] == decisions(uninterrupted)
+    assert _same_final(out, uninterrupted)
+
+
+@pytest.mark.slow
+def test_resume_decides_from_a_checkpoint_whose_config_files_a_kill_left_unwritten(
+    uninterrupted, tmp_path, prepared, tokenizer_dir, traj_model
+):
+    # litgpt writes a checkpoint's weights first, then hyperparameters.yaml, the tokenizer files and
+    # model_config.yaml; a SIGKILL in between (seen in a real kill: model_config.yaml left at 0 bytes) leaves
+    # weights that `resume: auto` loads. Killed at step 16, before stage 2 was decided: the resumed run must
+    # score that checkpoint as the uninterrupted run did, not fault and keep the mixture in force.
+    def damage(step_dir):
+        (step_dir / "model_config.yaml").write_text("")
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (step_dir / name).unlink()
+
+    out = _resume(tmp_path, uninterrupted, prepared, tokenizer_dir, traj_model, 1, "step-00000016", damage)
+    assert _without_run_id(decisions(out)) == _without_run_id(decisions(uninterrupted))
     assert _same_final(out, uninterrupted)
 
 
