@@ -231,8 +231,14 @@ class RegMixDController(MixtureCallback):
                 f"no checkpoint step-* at or before batch {index} in {self.out_dir}; set "
                 "train.save_interval so one is saved before each switch"
             )
-        check_tokenizer(ckpt, data.manifest.tokenizer_hash, "checkpoint", str(data.data_path))
-        model = load_checkpoint(ckpt)
+        # Inside `litgpt pretrain` the checkpoint is this run's: its architecture is the run's config and its
+        # tokenizer was checked against the corpus at set-up. So neither comes from the checkpoint's copies,
+        # which litgpt writes after the weights: a run killed in between leaves weights `resume: auto` loads
+        # next to an empty model_config.yaml, and the resumed run must score them as the uninterrupted run did.
+        context = data.run_context or {}
+        if context.get("tokenizer_dir") is None:
+            check_tokenizer(ckpt, data.manifest.tokenizer_hash, "checkpoint", str(data.data_path))
+        model = load_checkpoint(ckpt, config=context.get("config"))
         if self._blocks is None:
             self._blocks = val_blocks(data.data_path, traj.loss_domains, model.config.block_size, self.val_tokens)[0]
         missing = [d for d in traj.loss_domains if d not in self._blocks]

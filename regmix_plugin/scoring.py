@@ -18,19 +18,25 @@ import numpy as np
 from regmix_plugin.formats.manifest import Manifest
 
 
-def load_checkpoint(checkpoint_dir: Path, device: str = "cpu"):
-    """The ``litgpt.GPT`` of a checkpoint directory, in eval mode (weights loaded without unpickling code)."""
+def load_checkpoint(checkpoint_dir: Path, device: str = "cpu", config=None):
+    """The ``litgpt.GPT`` of a checkpoint directory, in eval mode (weights loaded without unpickling code).
+
+    ``config``: the ``litgpt.Config`` to build, when the caller knows it (the run that wrote the checkpoint);
+    by default the directory's ``model_config.yaml``.
+    """
     import torch
     from litgpt import GPT, Config
 
     checkpoint_dir = Path(checkpoint_dir)
-    missing = [f for f in ("lit_model.pth", "model_config.yaml") if not (checkpoint_dir / f).is_file()]
+    need = ("lit_model.pth",) if config is not None else ("lit_model.pth", "model_config.yaml")
+    missing = [f for f in need if not (checkpoint_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(
             f"--checkpoint_dir {str(checkpoint_dir)!r} lacks {', '.join(missing)}; pass a LitGPT checkpoint directory "
             "such as out/pretrain/final"
         )
-    config = Config.from_file(checkpoint_dir / "model_config.yaml")
+    if config is None:
+        config = Config.from_file(checkpoint_dir / "model_config.yaml")
     state = torch.load(checkpoint_dir / "lit_model.pth", map_location="cpu", weights_only=True)
     state = state.get("model", state)
     # a state dict saved from a torch.compile'd module without Fabric's unwrapping carries this prefix
