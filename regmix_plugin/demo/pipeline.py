@@ -58,6 +58,8 @@ class Pipeline:
     """Target-model arms to train: any of :data:`ARMS`."""
     regmixd_stages: int = 2
     """Stages of the RegMix-D proxies and of the ``regmix_d`` arm's schedule (equal slices of the run)."""
+    regmixd_regressor: str = "linear"
+    """`regmix fit_trajectory --regressor` for the ``regmix_d`` arm: linear, lightgbm or gp."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per recipe (``proxy``/``target``): dotted key -> value applied to the working copy (``--quick``)."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -153,7 +155,8 @@ class Pipeline:
             from regmix_plugin.formats.sweep_records import read_records
 
             trajs, wd, ld = trajectories_from_records(read_records(staged / "sweep"))
-            fit_trajectories(trajs, wd, ld, f"val_loss/{self.target}", "auto", "linear", staged / "trajectory",
+            fit_trajectories(trajs, wd, ld, f"val_loss/{self.target}", "auto", self.regmixd_regressor,
+                             staged / "trajectory",
                              min(5, len(trajs) // 2), self.seed, source={"sweep": str(staged / "sweep")})  # fmt: skip
         with self.stage("schedule"):
             schedule(model=staged / "trajectory", out=self.out_dir / "schedule.yaml", stages=self.regmixd_stages,
