@@ -37,9 +37,11 @@ def main() -> None:
     ap.add_argument("--first_seed", type=int, default=0)
     ap.add_argument("--premise", action="store_true", help="train the hand-written arms of the corpus' premise")
     ap.add_argument("--out_dir", type=Path, default=None, help="keep everything here (default: a temp dir)")
+    ap.add_argument("--objective", default="greedy", choices=("greedy", "joint"),
+                    help="RegMix-D's search objective (regmix schedule --search.objective, the controller's)")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
-    protocol = TokenProtocol()
+    protocol = TokenProtocol(objective=args.objective)
     print(f"protocol: {protocol}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out_dir or Path(tmp)

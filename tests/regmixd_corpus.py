@@ -138,6 +138,13 @@ class TokenProtocol:
     n_candidates: int = 100_000
     top_k: int = 128
     workers: int = 2
+    objective: str = "greedy"
+    """`regmix schedule --search.objective` and the controller's: ``greedy`` (the default on main when this
+    protocol was fixed) or ``joint`` (added after the greedy run: see the README)."""
+
+    @property
+    def arm(self) -> str:
+        return "regmix_d" if self.objective == "greedy" else f"regmix_d_{self.objective}"
 
     def pipeline(self, root: Path, seed: int):
         from regmix_plugin.demo.pipeline import Pipeline
@@ -181,8 +188,8 @@ class TokenProtocol:
         results = pipe.proxy_sweep()
         chosen = pipe.fit_and_optimize(results)
         static = pipe.train_arms({"regmix": chosen["weights"]})["regmix"][TARGET]
-        stages = pipe.regmix_d_schedule()
-        offline = pipe.train_regmix_d(stages)[TARGET]
+        stages = pipe.regmix_d_schedule(self.objective, self.arm)
+        offline = pipe.train_regmix_d(stages, self.arm)[TARGET]
         online, decisions = self.online(pipe, seed)
         return {
             "seed": seed, "static": static, "offline": offline, "online": online,
@@ -204,12 +211,12 @@ class TokenProtocol:
         from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
 
         staged = pipe.out_dir / "regmix_d"
-        out = pipe.out_dir / "arms" / "online"
+        out = pipe.out_dir / "arms" / ("online" if self.objective == "greedy" else f"online_{self.objective}")
         with pipe.stage("fit_trajectory (online, losses features)"):
             trajs, wd, ld = trajectories_from_records(read_records(staged / "sweep"))
             fit_trajectories(trajs, wd, ld, f"val_loss/{TARGET}", "losses", self.regressor, staged / "traj_online",
                              min(5, len(trajs) // 2), seed)  # fmt: skip
-        cfg = yaml.safe_load((pipe.out_dir / "recipes" / "regmix_d.yaml").read_text())
+        cfg = yaml.safe_load((pipe.out_dir / "recipes" / f"{self.arm}.yaml").read_text())
         lag = 2  # one data worker (the recipe's) prefetching 2 batches; decide 2 batches before the switch
         switch = TARGET_STEPS // self.stages
         cfg["out_dir"] = str(out)
@@ -217,7 +224,8 @@ class TokenProtocol:
         cfg["data"]["init_args"]["callbacks"] = [{
             "class_path": "regmix_plugin.RegMixDController",
             "init_args": {"model": str(staged / "traj_online"), "out_dir": str(out), "lag": lag,
-                          "val_tokens": 8192, "n_candidates": self.n_candidates, "top_k": self.top_k, "seed": seed},
+                          "val_tokens": 8192, "n_candidates": self.n_candidates, "top_k": self.top_k, "seed": seed,
+                          "objective": self.objective},
         }]  # fmt: skip
         if not (out / "final" / "lit_model.pth").is_file():
             with pipe.stage("target models"):
