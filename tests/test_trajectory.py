@@ -177,7 +177,7 @@ def test_joint_objective_spends_a_scarce_domain_where_it_pays_and_greedy_does_no
     has none left for stage 2, where it counts for the final loss; `joint` keeps it for stage 2."""
     model = _recency_model()
     allowance = np.array([1.0, 0.3])  # near, scarce
-    args = {"n_candidates": 20_000, "top_k": 32, "smoothing": 0.0}
+    args = {"n_candidates": 8000, "top_k": 32, "smoothing": 0.0}
     greedy = derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance, SearchArgs(**args))
     joint = derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance,
                             SearchArgs(**args, objective="joint"))  # fmt: skip
@@ -192,3 +192,19 @@ def test_joint_objective_spends_a_scarce_domain_where_it_pays_and_greedy_does_no
     with pytest.raises(ValueError, match="objective"):
         derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance,
                         SearchArgs(**args, objective="lookahead"))  # fmt: skip
+
+
+def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(tmp_path):
+    """`save_model` without CV (cv_rollout_rmse null) used to crash the schedule.yaml header."""
+    from regmix_plugin.schedule import schedule
+    from regmix_plugin.trajectory import save_model
+
+    save_model(_recency_model(), tmp_path / "m")
+    sched = schedule(tmp_path / "m", tmp_path / "s.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
+                     target_tokens=1000, max_epochs=1.0,
+                     search=SearchArgs(n_candidates=4000, top_k=32, objective="joint"))  # fmt: skip
+    back = read_schedule(tmp_path / "s.yaml")
+    assert back.search["objective"] == "joint" and "rollout RMSE nan" in (tmp_path / "s.yaml").read_text()
+    for got, want in zip(back.stages, sched.stages, strict=True):
+        assert got.weights == pytest.approx(want.weights)
+    assert back.stages[1].weights["scarce"] > back.stages[0].weights["scarce"]
