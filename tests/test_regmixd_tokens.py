@@ -2,14 +2,14 @@
 
 The corpus is built so that *when* a domain is trained matters: ``scarce`` (the target's chain, one pass
 fills ~30% of the run) spent in the second half of the run ("late") must beat the same tokens spread evenly
-(the best static mixture found: all of ``scarce``'s allowance, the rest ``near``), and spent in the first
-half ("early") must lose to it. That is the order effect a schedule needs in order to beat every static
-mixture; without it the RegMix-D comparison in ``bench/regmixd_tokens.py`` would say nothing.
+(the best static mixture found: all of ``scarce``'s allowance, the rest ``near``). That is the order effect a
+schedule needs in order to beat every static mixture; without it the RegMix-D comparison in
+``bench/regmixd_tokens.py`` would say nothing.
 
 Settings are the bench's premise (same corpus, target model and budget), fixed before this test was
-written; measured there (seed 0): late 3.1233, static_cap 3.2615, early 3.4631. The method itself (static
-RegMix vs offline and online RegMix-D, 3 seeds) is too slow for the suite: it is in the bench, and its numbers
-are in the README.
+written; measured there (seed 0): late 3.1233, static_cap 3.2615 (early 3.4631: the bench's other arms are
+left out to keep this to two target runs, trained side by side). The method itself (static RegMix vs offline
+and online RegMix-D, 3 seeds) is too slow for the suite: it is in the bench, and its numbers are in the README.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def test_spending_the_scarce_domain_late_beats_the_best_static_mixture(tmp_path,
     pipe = TokenProtocol().pipeline(tmp_path, seed=0)
     pipe.tokenizer_and_data()
     cap = read_manifest(pipe.out_dir / "data").train_tokens()["scarce"] / pipe.target_tokens()
-    arms = {k: v for k, v in premise_arms(cap).items() if k in ("static_cap", "late", "early")}
+    arms = {k: v for k, v in premise_arms(cap).items() if k in ("static_cap", "late")}  # two runs: one round
     write_mixtures(pipe.out_dir / "premise.csv", arms, list(DOMAINS), stages=2)
     sweep(mixtures=pipe.out_dir / "premise.csv", data_path=pipe.out_dir / "data",
           recipe=pipe.working_recipe("target"), out_dir=pipe.out_dir / "premise",
@@ -38,4 +38,4 @@ def test_spending_the_scarce_domain_late_beats_the_best_static_mixture(tmp_path,
     with capsys.disabled():
         print(f"\nregmixd corpus premise: {', '.join(f'{k} {v:.4f}' for k, v in loss.items())}")
     assert 0.25 < cap < 0.35  # the designed allowance (~30% of the run)
-    assert loss["late"] < loss["static_cap"] < loss["early"], loss
+    assert loss["late"] < loss["static_cap"], loss
