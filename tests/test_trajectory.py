@@ -194,7 +194,7 @@ def test_joint_objective_spends_a_scarce_domain_where_it_pays_and_greedy_does_no
                         SearchArgs(**args, objective="lookahead"))  # fmt: skip
 
 
-def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(tmp_path):
+def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(tmp_path, capsys):
     """`save_model` without CV (cv_rollout_rmse null) used to crash the schedule.yaml header."""
     from regmix_plugin.schedule import schedule
     from regmix_plugin.trajectory import save_model
@@ -208,3 +208,7 @@ def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(t
     for got, want in zip(back.stages, sched.stages, strict=True):
         assert got.weights == pytest.approx(want.weights)
     assert back.stages[1].weights["scarce"] > back.stages[0].weights["scarce"]
+    assert "warning" not in capsys.readouterr().out
+    schedule(tmp_path / "m", tmp_path / "g.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
+             target_tokens=1000, max_epochs=1.0, search=SearchArgs(n_candidates=4000, top_k=32))  # fmt: skip
+    assert "predicts the schedule worse than the best single mixture (greedy" in capsys.readouterr().out
