@@ -73,6 +73,7 @@ class RegMixDController(MixtureCallback):
         smoothing: float = 0.2,
         seed: int = 0,
         wait_timeout_s: float = 3600.0,
+        objective: str = "greedy",
     ):
         """
         Arguments:
@@ -86,12 +87,16 @@ class RegMixDController(MixtureCallback):
             smoothing: Weight of the mixture in force in the next stage's mixture.
             seed: Seed of the candidates (switch k draws with ``seed + k``).
             wait_timeout_s: Longest a data worker waits for a decision before keeping its mixture.
+            objective: ``greedy`` (best predicted target at the end of this stage) or ``joint`` (the remaining
+                stages searched together for the predicted target at the run's end; this stage is their first;
+                no smoothing), as ``regmix schedule --search.objective``.
         """
         super().__init__(interval=2**62)  # never called per sample: the controller acts at stage switches
         self.model, self.out_dir, self.lag = model, out_dir, lag
         self.val_tokens, self.eval_batch_size = val_tokens, eval_batch_size
         self.n_candidates, self.top_k, self.smoothing, self.seed = n_candidates, top_k, smoothing, seed
         self.wait_timeout_s = wait_timeout_s
+        self.objective = objective
         self.run_id: str | None = None
         self.decisions: dict[int, dict] = {}
         self._restored = False
@@ -220,6 +225,7 @@ class RegMixDController(MixtureCallback):
         from regmix_plugin.tokenizer import check_tokenizer
         from regmix_plugin.trajectory import (
             SearchArgs,
+            best_remaining_schedule,
             best_stage_mixture,
             load_trajectory_model,
         )
@@ -258,18 +264,18 @@ class RegMixDController(MixtureCallback):
         active = np.array([d in opened for d in domains], float)
         prior = 0.5 * cur + 0.5 * active / active.sum()
         upper = active * self._allowance(k, domains)
-        mix, top = best_stage_mixture(
-            traj,
-            a,
-            b,
-            state,
-            prior,
-            np.zeros(len(domains)),
-            upper,
-            SearchArgs(self.n_candidates, self.top_k, self.smoothing, seed=self.seed),
-            k,
-            cur,
-        )
+        search = SearchArgs(self.n_candidates, self.top_k, self.smoothing, seed=self.seed, objective=self.objective)
+        if self.objective == "joint":
+            bounds = self._plan["bounds"][k:]
+            left = self._allowance(k, domains, of_run=True)
+            mixes, top = best_remaining_schedule(
+                traj, bounds, state, prior, np.zeros(len(domains)), active.copy(), left, search, k
+            )
+            mix = mixes[0]
+        elif self.objective == "greedy":
+            mix, top = best_stage_mixture(traj, a, b, state, prior, np.zeros(len(domains)), upper, search, k, cur)
+        else:
+            raise ValueError(f"RegMixDController objective must be greedy or joint, got {self.objective!r}")
         losses, _ = traj.advance(a, b, mix[None], np.atleast_2d(state))
         return {
             "checkpoint": ckpt.name,
@@ -287,8 +293,11 @@ class RegMixDController(MixtureCallback):
             acc += span * np.array([w.get(d, 0.0) for d in domains])
         return acc / a
 
-    def _allowance(self, k: int, domains: list[str]) -> np.ndarray:
-        """Highest weight per domain in stage k so no domain exceeds max_epochs over the whole run."""
+    def _allowance(self, k: int, domains: list[str], of_run: bool = False) -> np.ndarray:
+        """Highest weight per domain in stage k so no domain exceeds max_epochs over the whole run.
+
+        ``of_run``: instead, what each domain may still use from stage k on, as a share of the whole run.
+        """
         plan = self._plan
         used = {d: 0.0 for d in domains}
         for j in range(k):
@@ -296,6 +305,9 @@ class RegMixDController(MixtureCallback):
             for d in domains:
                 used[d] += w.get(d, 0.0) * plan["stage_samples"][j]
         n = plan["stage_samples"][k]
+        if of_run:
+            return np.array([max(0.0, plan["max_epochs"] * plan["per_epoch"].get(d, 0) - used[d]) / plan["total"]
+                             for d in domains])  # fmt: skip
         out = []
         for d in domains:
             cap = plan["max_epochs"] * plan["per_epoch"].get(d, 0)

@@ -125,6 +125,12 @@ def schedule(
         f"predicted target {plan['predicted_target'][-1]:.4f} with the {stages}-stage schedule, "
         f"{static['predicted_target'][-1]:.4f} with the best single mixture; wrote {out}"
     )
+    if plan["predicted_target"][-1] > static["predicted_target"][-1]:
+        print(
+            f"warning: this model predicts the schedule worse than the best single mixture "
+            f"({search.objective} objective); a greedy search spends a capped domain in the first stage that "
+            "wants it: try --search.objective joint, or use `regmix optimize`"
+        )
     return result
 
 

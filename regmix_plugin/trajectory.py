@@ -430,6 +430,11 @@ class SearchArgs:
     """Seed of the candidates (stage k draws with ``seed + k``)."""
     num_threads: int = 1
     """Threads for drawing candidates."""
+    objective: str = "greedy"
+    """``greedy``: each stage keeps the candidates with the best predicted target at *that stage's* end (a
+    domain's epoch allowance goes to whichever stage wants it first); ``joint``: candidates are whole
+    remaining schedules (an independent draw per stage, within the whole-run allowance), scored by the
+    predicted target at the *run's* end, and each stage is the top-k mean of its own draws (no smoothing)."""
 
 
 def best_stage_mixture(
@@ -468,6 +473,55 @@ def best_stage_mixture(
     return mix / mix.sum(), scores[best]
 
 
+def best_remaining_schedule(
+    model: TrajectoryModel,
+    bounds: Sequence[float],
+    state: np.ndarray,
+    prior: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    allowance: np.ndarray | None,
+    search: SearchArgs,
+    stage: int,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The ``joint`` objective: mixtures for the stages ``[bounds[j], bounds[j+1]]`` searched together.
+
+    Each candidate is a whole remaining schedule, one Dirichlet draw per stage (stage ``stage + j`` draws
+    with ``seed + stage + j``); candidates whose use of a domain over the remaining stages exceeds
+    ``allowance`` (share of the whole run still allowed, or None) are dropped; the rest are chained from
+    ``state`` and scored by the predicted target at ``bounds[-1]``. Returns the per-stage top-k means (a mean
+    of feasible schedules is feasible: the bounds are linear) and the top-k scores.
+    """
+    from regmix_plugin.mixture import SamplerArgs, sample_candidates
+
+    sampler = SamplerArgs(min_strength=search.strength[0], max_strength=search.strength[1])
+    spans = np.diff(np.asarray(bounds, float))
+    draws = []
+    for j, span in enumerate(spans):
+        hi = upper if allowance is None else np.minimum(upper, np.maximum(allowance, 0.0) / span)
+        if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
+            raise ValueError(f"stage {stage + j}: the epoch allowance admits no mixture; raise --max_epochs or lower "
+                             "--target_tokens")  # fmt: skip
+        draws.append(sample_candidates(prior, lower, hi, search.n_candidates, sampler, search.seed + stage + j,
+                                       search.num_threads))  # fmt: skip
+    cands = np.stack(draws, 1)  # (n, stages, domains)
+    if allowance is not None:
+        cands = cands[(np.einsum("nsd,s->nd", cands, spans) <= allowance + 1e-9).all(1)]
+        if not len(cands):
+            raise ValueError(f"stage {stage}: no candidate schedule keeps within the epoch allowance; raise "
+                             "--search.n_candidates or --max_epochs")  # fmt: skip
+    scores = np.empty(len(cands))
+    for s in range(0, len(cands), 20_000):  # bounded memory, as best_stage_mixture
+        c = cands[s : s + 20_000]
+        st = np.repeat(np.atleast_2d(state), len(c), 0)
+        for j, (a, b) in enumerate(pairwise(bounds)):
+            losses, st = model.advance(a, b, c[:, j], st)
+        scores[s : s + 20_000] = model.predict_target(losses)
+    best = np.argsort(scores, kind="stable")[: min(search.top_k, len(cands))]
+    mixes = [m / m.sum() for m in cands[best].mean(0)]
+    return mixes, scores[best]
+
+
 def derive_schedule(
     model: TrajectoryModel,
     stages: int,
@@ -486,6 +540,14 @@ def derive_schedule(
     ends = [(k + 1) / stages for k in range(stages)]
     state, previous, used = model.start_state(1), None, np.zeros(len(prior))
     mixes, at_end, spread = [], [], []
+    if search.objective not in ("greedy", "joint"):
+        raise ValueError(f"--search.objective must be greedy or joint, got {search.objective!r}")
+    if search.objective == "joint":
+        mixes, top = best_remaining_schedule(model, [0.0, *ends], state, prior, lower, upper, allowance, search, 0)
+        for a, b, mix in zip([0.0, *ends[:-1]], ends, mixes, strict=True):
+            losses, state = model.advance(a, b, mix[None], state)
+            at_end.append(float(model.predict_target(losses)[0]))
+        return {"ends": ends, "mixtures": mixes, "predicted_target": at_end, "top_k_std": [float(top.std())] * stages}
     a = 0.0
     for k, b in enumerate(ends):
         hi = upper.copy()

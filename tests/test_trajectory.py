@@ -150,3 +150,65 @@ def test_ground_truth_rewards_a_schedule():
     ]
     assert true_losses(sched)[0, 3] < best_static - 0.02
     assert tuple(sorted(DOMAINS)) == DOMAINS
+
+
+def _recency_model():
+    """A linear transition model of a known law: the loss after an interval is half the loss before it plus
+    3, minus the ``scarce`` share of the interval (the mixture trained on last counts most)."""
+    from regmix_plugin.trajectory import resolve_target
+
+    rng = np.random.default_rng(0)
+    records = {}
+    for r in range(24):
+        s1, s2 = rng.uniform(0, 1, 2)
+        l1 = 0.5 * 6.0 + 3 - s1
+        l2 = 0.5 * l1 + 3 - s2
+        sched = [{"until_fraction": 0.5, "weights": {"near": 1 - s1, "scarce": s1}},
+                 {"weights": {"near": 1 - s2, "scarce": s2}}]  # fmt: skip
+        losses = [{"tokens": 50, "final": False, "losses": {"target": l1}},
+                  {"tokens": 100, "final": True, "losses": {"target": l2}}]  # fmt: skip
+        records[f"r{r}"] = {"run_id": f"r{r}", "status": "done", "tokens": 100, "schedule": sched, "losses": losses}
+    runs, wd, ld = trajectories_from_records(records)
+    return fit_model(runs, wd, ld, resolve_target("val_loss/target", ld), "losses", "linear")
+
+
+def test_joint_objective_spends_a_scarce_domain_where_it_pays_and_greedy_does_not():
+    """With `scarce` capped at 30% of the run, greedy gives it all to stage 1 (best loss at stage 1's end) and
+    has none left for stage 2, where it counts for the final loss; `joint` keeps it for stage 2."""
+    model = _recency_model()
+    allowance = np.array([1.0, 0.3])  # near, scarce
+    args = {"n_candidates": 8000, "top_k": 32, "smoothing": 0.0}
+    greedy = derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance, SearchArgs(**args))
+    joint = derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance,
+                            SearchArgs(**args, objective="joint"))  # fmt: skip
+    for plan in (greedy, joint):
+        assert sum(m[1] / 2 for m in plan["mixtures"]) <= 0.3 + 1e-9  # both keep the whole-run bound
+    assert greedy["mixtures"][0][1] > 0.5 and greedy["mixtures"][1][1] < 0.1
+    assert joint["mixtures"][1][1] > 0.5 and joint["mixtures"][0][1] < 0.1
+    # the law's final loss: 0.25 * 6 + 1.5 + 3 - s1 / 2 - s2
+    final = {k: 6.0 - p["mixtures"][0][1] / 2 - p["mixtures"][1][1] for k, p in (("g", greedy), ("j", joint))}
+    assert final["j"] < final["g"] - 0.2
+    assert joint["predicted_target"][-1] < greedy["predicted_target"][-1] - 0.2
+    with pytest.raises(ValueError, match="objective"):
+        derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance,
+                        SearchArgs(**args, objective="lookahead"))  # fmt: skip
+
+
+def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(tmp_path, capsys):
+    """`save_model` without CV (cv_rollout_rmse null) used to crash the schedule.yaml header."""
+    from regmix_plugin.schedule import schedule
+    from regmix_plugin.trajectory import save_model
+
+    save_model(_recency_model(), tmp_path / "m")
+    sched = schedule(tmp_path / "m", tmp_path / "s.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
+                     target_tokens=1000, max_epochs=1.0,
+                     search=SearchArgs(n_candidates=4000, top_k=32, objective="joint"))  # fmt: skip
+    back = read_schedule(tmp_path / "s.yaml")
+    assert back.search["objective"] == "joint" and "rollout RMSE nan" in (tmp_path / "s.yaml").read_text()
+    for got, want in zip(back.stages, sched.stages, strict=True):
+        assert got.weights == pytest.approx(want.weights)
+    assert back.stages[1].weights["scarce"] > back.stages[0].weights["scarce"]
+    assert "warning" not in capsys.readouterr().out
+    schedule(tmp_path / "m", tmp_path / "g.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
+             target_tokens=1000, max_epochs=1.0, search=SearchArgs(n_candidates=4000, top_k=32))  # fmt: skip
+    assert "predicts the schedule worse than the best single mixture (greedy" in capsys.readouterr().out

@@ -125,7 +125,7 @@ def write_schedule(path: Path, schedule: Schedule) -> None:
     if prov.get("model"):
         header.append(
             f"# ranked by the trajectory model {prov['model']} ({prov.get('features')} features, "
-            f"{prov.get('regressor')}; held-out rollout RMSE {prov.get('cv_rollout_rmse', float('nan')):.4f})."
+            f"{prov.get('regressor')}; held-out rollout RMSE {_or_nan(prov.get('cv_rollout_rmse')):.4f})."
         )
     if "at_schedule" in pred:
         best = pred.get("at_best_static", float("nan"))
@@ -134,6 +134,10 @@ def write_schedule(path: Path, schedule: Schedule) -> None:
         )
     header.append("# Make a training recipe: regmix recipe --mixture THIS.yaml --template RECIPE.yaml --out NEW.yaml")
     write_text(path, "\n".join(header) + "\n" + yaml.safe_dump(schedule.as_dict(), sort_keys=False))
+
+
+def _or_nan(x: Any) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def is_schedule_record(record: Any) -> bool:
