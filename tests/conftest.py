@@ -160,3 +160,34 @@ def synthetic_rows():
 def true_losses():
     """``synthetic_true_losses``: the known per-domain losses of mixtures."""
     return synthetic_true_losses
+
+
+# --------------------------------------------------------------------------------------------- measured numbers
+@pytest.fixture
+def measured(request):
+    """``measured("text")`` puts a measured figure in the "measured" section printed at the end of the run.
+
+    The issues ask for some numbers "in the test output" (extrapolation error, rank agreement, ground-truth
+    margins). The lines travel as the test report's ``user_properties``, so they survive pytest-xdist workers,
+    whose own stdout is never shown.
+    """
+
+    def record(text: str) -> None:
+        request.node.user_properties.append(("measured", text))
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    lines = [
+        f"{report.nodeid.split('::')[-1]}: {value}"
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when == "call"
+        for key, value in report.user_properties
+        if key == "measured"
+    ]
+    if lines:
+        terminalreporter.section("measured")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -185,7 +185,7 @@ def test_pipeline_recovers_the_generating_mixture(recovery):
 
 
 @pytest.mark.slow
-def test_law_optimised_mixture_recovers_the_generating_mixture(recovery):
+def test_law_optimised_mixture_recovers_the_generating_mixture(recovery, measured):
     bimix = recovery["laws"]["bimix"]
     assert bimix["l1"] <= L1_TOLERANCE, recovery["laws"]  # measured 0.08 and 0.09 on two sweeps of this setup
     # Rank agreement on runs the law never saw (5-fold CV, out-of-fold predictions pooled over the 32 runs), against
@@ -194,8 +194,8 @@ def test_law_optimised_mixture_recovers_the_generating_mixture(recovery):
     # own measured losses, which are noisy readings of it (0.84-0.90 on the same folds; 0.85 and 0.92 on two
     # earlier sweeps; the GP measured 0.82-0.93): the law ranks unseen mixtures by their true loss better than
     # the proxies' measurements do (those correlate 0.944 with it).
-    print("bimix out-of-fold Spearman: vs exact loss", bimix["true_loss_spearman"], "vs measured",
-          bimix["oof_spearman"])
+    measured(f"bimix out-of-fold Spearman: vs exact loss {bimix['true_loss_spearman']:.3f}, vs measured "
+             f"{bimix['oof_spearman']:.3f}")
     assert bimix["true_loss_spearman"] >= MIN_LAW_SPEARMAN_TRUE, recovery["laws"]
     assert bimix["oof_spearman"] >= MIN_LAW_SPEARMAN_OBSERVED, recovery["laws"]
     # Ye et al.'s single law on the target is a monotone function of a linear form, so its optimum lies on the
@@ -205,7 +205,7 @@ def test_law_optimised_mixture_recovers_the_generating_mixture(recovery):
 
 
 @pytest.mark.slow
-def test_bimix_extrapolation_on_toy_runs_is_reported_honestly(recovery):
+def test_bimix_extrapolation_on_toy_runs_is_reported_honestly(recovery, measured):
     # Fit on eval points up to 30 of 60 steps, predict step 60. On these toy runs the loss is still in its
     # early phase and the curves of different mixtures differ in shape, which a law shared across mixtures
     # cannot express, so the law does NOT beat the flat forecast "loss at step 30" (measured on two sweeps:
@@ -215,11 +215,12 @@ def test_bimix_extrapolation_on_toy_runs_is_reported_honestly(recovery):
     # Broken fits on the same sweep score worse than the real one and than the bound (measured: blind to the
     # mixture 11.2%, the mean first-half loss 12.4%, asked in steps 31%, against the law's 6.8%).
     broken = recovery["laws"]["bimix"]["broken_extrapolation"]
-    print("broken fits' extrapolation error", json.dumps(broken))
+    measured("broken fits' extrapolation error " + json.dumps({k: round(v, 4) for k, v in broken.items()}))
     assert min(broken.values()) > MAX_TOY_EXTRAPOLATION_ERROR, broken
     for kind in ("bimix", "bimix_sources"):
         e = recovery["laws"][kind]["extrapolation"]
-        print(kind, "extrapolation", json.dumps(e))
+        measured(f"{kind} extrapolation: mean relative error {e['mean_relative_error']:.4f} (flat forecast "
+                 f"{e['naive_mean_relative_error']:.4f}), fitted up to {e['fitted_up_to_tokens']:.0f} tokens")
         assert e["fitted_up_to_tokens"] == e["predicted_tokens"] / 2
         assert e["mean_relative_error"] < MAX_TOY_EXTRAPOLATION_ERROR, e
         if kind == "bimix":  # the broken fits are of the same column

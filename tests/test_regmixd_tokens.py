@@ -19,7 +19,7 @@ from regmixd_corpus import DOMAINS, TARGET, TokenProtocol, _final, premise_arms
 
 
 @pytest.mark.slow
-def test_spending_the_scarce_domain_late_beats_the_best_static_mixture(tmp_path, capsys):
+def test_spending_the_scarce_domain_late_beats_the_best_static_mixture(tmp_path, measured):
     from regmix_plugin.formats.manifest import read_manifest
     from regmix_plugin.formats.mixtures import write_mixtures
     from regmix_plugin.formats.sweep_records import read_records
@@ -35,7 +35,6 @@ def test_spending_the_scarce_domain_late_beats_the_best_static_mixture(tmp_path,
           eval=EvalArgs(points=0, val_tokens=pipe.target_val_tokens), local=LocalArgs(workers=2))  # fmt: skip
     records = read_records(pipe.out_dir / "premise")
     loss = {arm: _final(records[arm])[TARGET] for arm in arms}
-    with capsys.disabled():
-        print(f"\nregmixd corpus premise: {', '.join(f'{k} {v:.4f}' for k, v in loss.items())}")
+    measured(f"regmixd corpus premise: {', '.join(f'{k} {v:.4f}' for k, v in loss.items())}")
     assert 0.25 < cap < 0.35  # the designed allowance (~30% of the run)
     assert loss["late"] < loss["static_cap"], loss

@@ -26,10 +26,9 @@ def test_proxy_records_follow_the_sweep_record_shape():
     assert abs(r["losses"][0]["losses"]["fast"] - exact[0]) < 0.05  # observed = exact + noise (std 0.01)
 
 
-def test_regmix_d_beats_static_regmix_on_one_seed(tmp_path, capsys):
+def test_regmix_d_beats_static_regmix_on_one_seed(tmp_path, measured):
     r = CHEAP.run(tmp_path, seed=0)
-    with capsys.disabled():
-        print(f"\nseed 0 (cheap protocol): static {r['static']:.4f}  offline {r['offline']:.4f}  "
-              f"online {r['online']:.4f}  chosen {r['chosen']}")  # fmt: skip
+    measured(f"seed 0 (cheap protocol): static {r['static']:.4f}  offline {r['offline']:.4f}  "
+             f"online {r['online']:.4f}  chosen {r['chosen']}")  # fmt: skip
     assert r["offline"] < r["static"], f"offline schedule {r['offline']:.4f} not below static {r['static']:.4f}"
     assert r["online"] <= r["offline"] + CHEAP.noise, f"online {r['online']:.4f} worse than offline {r['offline']:.4f}"
