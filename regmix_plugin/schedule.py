@@ -126,11 +126,14 @@ def schedule(
         f"{static['predicted_target'][-1]:.4f} with the best single mixture; wrote {out}"
     )
     if plan["predicted_target"][-1] > static["predicted_target"][-1]:
-        print(
-            f"warning: this model predicts the schedule worse than the best single mixture "
-            f"({search.objective} objective); a greedy search spends a capped domain in the first stage that "
-            "wants it: try --search.objective joint, or use `regmix optimize`"
+        why = (
+            "a greedy search spends a capped domain in the first stage that wants it: try --search.objective joint, "
+            "or use `regmix optimize`"
+            if search.objective == "greedy"
+            else "the search found no better schedule: use `regmix optimize`, or raise --search.n_candidates"
         )
+        print(f"warning: this model predicts the schedule worse than the best single mixture ({search.objective} "
+              f"objective); {why}")  # fmt: skip
     return result
 
 
