@@ -1,6 +1,6 @@
 """RegMix-D against RegMix on a simulated ground truth where the best mixture changes during training.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python bench/regmixd_truth.py [--seeds 3]
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python bench/regmixd_truth.py [--seeds 3] [--objective joint]
 
 The learning dynamics (``tests/regmixd_truth.py``) are written down in advance: one domain is learned fast
 and saturates, one keeps paying and is learned faster once the first is mastered. Per seed it runs the
@@ -33,8 +33,10 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--objective", choices=("greedy", "joint"), default="greedy",
+                    help="regmix schedule --search.objective (offline) and the online rule's")
     args = ap.parse_args()
-    protocol = Protocol()
+    protocol = Protocol(objective=args.objective)
     print(f"protocol: {protocol}")
     print("seed  regmix_static  regmix_d_offline  regmix_d_online  offline margin  online-offline  chosen       wall_s")
     rows = []

@@ -110,6 +110,7 @@ class Protocol:
     n_candidates: int = 100_000
     top_k: int = 128
     cv_folds: int = 5
+    objective: str = "greedy"  # `regmix schedule --search.objective` (and the online rule's)
 
     def static(self, out: Path, seed: int) -> np.ndarray:
         from regmix_plugin.fit import fit
@@ -131,7 +132,7 @@ class Protocol:
     def _search(self, seed: int):
         from regmix_plugin.trajectory import SearchArgs
 
-        return SearchArgs(n_candidates=self.n_candidates, top_k=self.top_k, seed=seed)
+        return SearchArgs(n_candidates=self.n_candidates, top_k=self.top_k, seed=seed, objective=self.objective)
 
     def _trajectories(self, seed: int):
         from regmix_plugin.trajectory import trajectories_from_records
@@ -156,6 +157,7 @@ class Protocol:
         It needs the ``losses`` feature set (the state it observes), whatever ``auto`` chose for offline.
         """
         from regmix_plugin.trajectory import (
+            best_remaining_schedule,
             best_stage_mixture,
             fit_model,
             load_trajectory_model,
@@ -174,8 +176,12 @@ class Protocol:
         for k in range(1, S):
             segs = [(j / S, (j + 1) / S, m) for j, m in enumerate(mixes)]
             observed = true_losses(segs, [k / S])[0] + self.noise * rng.standard_normal(4)
-            mix, _ = best_stage_mixture(model, k / S, (k + 1) / S, observed, np.ones(3) / 3, np.zeros(3), np.ones(3),
-                                        self._search(seed), k, mixes[-1])  # fmt: skip
+            if self.objective == "joint":  # the remaining stages together, keep the first (as the controller)
+                mix = best_remaining_schedule(model, [j / S for j in range(k, S + 1)], observed, np.ones(3) / 3,
+                                              np.zeros(3), np.ones(3), None, self._search(seed), k)[0][0]  # fmt: skip
+            else:
+                mix, _ = best_stage_mixture(model, k / S, (k + 1) / S, observed, np.ones(3) / 3, np.zeros(3),
+                                            np.ones(3), self._search(seed), k, mixes[-1])  # fmt: skip
             mixes.append(mix)
         return mixes
 
