@@ -139,7 +139,7 @@ def _spearman_to_true_loss(cv_predictions, results, corpus) -> float:
     data = read_results(results)
     mixture = dict(zip(data.ids, data.weights, strict=True))
     table = read_columns(cv_predictions, "cv_predictions.csv")
-    ids, predicted = table["run_id"], np.asarray(table["prediction"], float)
+    ids, predicted = table[data.id_column], np.asarray(table["prediction"], float)
     exact = [bigram_limit_loss(corpus, dict(zip(data.domains, mixture[i], strict=True))) for i in ids]
     return float(spearmanr(predicted, exact).statistic)
 
