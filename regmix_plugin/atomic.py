@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,8 @@ def atomic_path(path: str | Path, suffix: str = ""):
     """Yield a temporary path next to ``path``; on success rename it over ``path``, on error delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(path), suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -37,13 +39,14 @@ def atomic_dir(path: str | Path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_orphans(path)
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700)
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=".old", dir=path.parent))
             path.rename(old / path.name)
         tmp.rename(path)
         if old is not None:
@@ -51,6 +54,57 @@ def atomic_dir(path: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
+
+
+def _prefix(path: Path) -> str:
+    """Temporaries are named ``.<name>.<host>.<pid>.<random>.tmp``: whose they are is in the name."""
+    return f".{path.name}.{_host()}.{os.getpid()}."
+
+
+def remove_orphans(path: str | Path) -> list[Path]:
+    """Delete temporaries of ``path`` left by a writer that was killed (``kill -9``, OOM, power loss).
+
+    A kill inside :func:`atomic_dir` between moving the old directory aside and moving the new one in leaves
+    ``path`` missing: the old copy is put back first.
+
+    Only writers on this host are judged (a pid means nothing on another node of a shared file system), and
+    only dead ones: a live writer's temporary is never touched. Returns what was removed.
+    """
+    path = Path(path)
+    head = f".{path.name}.{_host()}."
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return removed
+    for p in siblings:
+        if not (p.name.startswith(head) and p.name.endswith((".tmp", ".old"))):
+            continue
+        pid = p.name[len(head) :].split(".", 1)[0]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        try:
+            if p.name.endswith(".old") and not path.exists() and (p / path.name).exists():
+                (p / path.name).rename(path)  # killed between moving the old copy aside and the new one in
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
 
 
 def _umask() -> int:

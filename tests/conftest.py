@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread per test process, as `make test` exports: the kill/resume tests compare an in-process run with a
+# subprocess run bit for bit, and float sums differ between thread counts (a bare `pytest` would use all cores
+# in process and 1 in the subprocesses, which they pin to OMP_NUM_THREADS=1).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 # Three domains with disjoint word pools and very different sizes; "tiny" is small enough to cycle quickly.
 DOMAIN_WORDS = {
