@@ -40,9 +40,12 @@ def main() -> None:
     ap.add_argument("--objective", nargs="+", default=["greedy"], choices=("greedy", "joint"),
                     help="RegMix-D's search objective(s) (regmix schedule --search.objective, the controller's); "
                     "several share each seed's proxy sweeps")  # fmt: skip
+    ap.add_argument("--pessimism", type=float, default=0.0,
+                    help="regmix schedule --search.pessimism and the controller's (default: the fixed protocol's 0; "
+                    "the product's default is 1)")  # fmt: skip
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
-    protocols = [TokenProtocol(objective=o) for o in args.objective]
+    protocols = [TokenProtocol(objective=o, pessimism=args.pessimism) for o in args.objective]
     print(f"protocol: {protocols[0]} (objectives {args.objective})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out_dir or Path(tmp)

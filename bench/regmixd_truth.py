@@ -35,8 +35,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--objective", choices=("greedy", "joint"), default="greedy",
                     help="regmix schedule --search.objective (offline) and the online rule's")
+    ap.add_argument("--pessimism", type=float, default=0.0,
+                    help="regmix schedule --search.pessimism (offline) and the online rule's (default: the fixed "
+                    "protocol's 0; the product's default is 1)")
     args = ap.parse_args()
-    protocol = Protocol(objective=args.objective)
+    protocol = Protocol(objective=args.objective, pessimism=args.pessimism)
     print(f"protocol: {protocol}")
     print("seed  regmix_static  regmix_d_offline  regmix_d_online  offline margin  online-offline  chosen       wall_s")
     rows = []

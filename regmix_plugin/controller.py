@@ -73,7 +73,8 @@ class RegMixDController(MixtureCallback):
         smoothing: float = 0.2,
         seed: int = 0,
         wait_timeout_s: float = 3600.0,
-        objective: str = "greedy",
+        objective: str = "joint",
+        pessimism: float = 1.0,
     ):
         """
         Arguments:
@@ -87,16 +88,18 @@ class RegMixDController(MixtureCallback):
             smoothing: Weight of the mixture in force in the next stage's mixture.
             seed: Seed of the candidates (switch k draws with ``seed + k``).
             wait_timeout_s: Longest a data worker waits for a decision before keeping its mixture.
-            objective: ``greedy`` (best predicted target at the end of this stage) or ``joint`` (the remaining
-                stages searched together for the predicted target at the run's end; this stage is their first;
-                no smoothing), as ``regmix schedule --search.objective``.
+            objective: ``joint`` (the remaining stages searched together for the predicted target at the run's
+                end; this stage is their first; no smoothing) or ``greedy`` (best predicted target at the end of
+                this stage), as ``regmix schedule --search.objective``.
+            pessimism: Rank candidates by the prediction plus this many stds of the model's fold models, as
+                ``regmix schedule --search.pessimism``.
         """
         super().__init__(interval=2**62)  # never called per sample: the controller acts at stage switches
         self.model, self.out_dir, self.lag = model, out_dir, lag
         self.val_tokens, self.eval_batch_size = val_tokens, eval_batch_size
         self.n_candidates, self.top_k, self.smoothing, self.seed = n_candidates, top_k, smoothing, seed
         self.wait_timeout_s = wait_timeout_s
-        self.objective = objective
+        self.objective, self.pessimism = objective, pessimism
         self.run_id: str | None = None
         self.decisions: dict[int, dict] = {}
         self._restored = False
@@ -264,7 +267,14 @@ class RegMixDController(MixtureCallback):
         active = np.array([d in opened for d in domains], float)
         prior = 0.5 * cur + 0.5 * active / active.sum()
         upper = active * self._allowance(k, domains)
-        search = SearchArgs(self.n_candidates, self.top_k, self.smoothing, seed=self.seed, objective=self.objective)
+        search = SearchArgs(
+            self.n_candidates,
+            self.top_k,
+            self.smoothing,
+            seed=self.seed,
+            objective=self.objective,
+            pessimism=self.pessimism,
+        )
         if self.objective == "joint":
             bounds = self._plan["bounds"][k:]
             left = self._allowance(k, domains, of_run=True)

@@ -11,6 +11,8 @@ Public APIs come first everywhere else; what is here relies on details that a ne
   per-checkpoint hyperparameter re-parse;
 * the proxy fast path (:func:`fused_pretrain`, :func:`hidden_state_head`): the output layer bypassed and
   the loss function ``litgpt.pretrain`` calls swapped for a fused linear cross-entropy, within a ``with`` block;
+* an eager proxy (:func:`eager_pretrain`): the ``torch.compile`` that ``litgpt.pretrain.main`` always calls made
+  a no-op, within a ``with`` block;
 * litdata's private names: ``_DistributedEnv`` (rank/world size), the dtype tables and chunk header layout of
   token chunks, ``_convert_bytes_to_int``, the ``no_header_numpy`` data format.
 
@@ -241,6 +243,37 @@ def _reuse_hyperparameters() -> None:
 
     save_hyperparameters._regmix_cached = True
     pretrain.save_hyperparameters = save_hyperparameters
+
+
+# ------------------------------------------------------------------------------------------ eager runs
+@contextmanager
+def eager_pretrain(enabled: bool = True):
+    """Within the block, the ``torch.compile(model)`` of ``litgpt.pretrain.main`` returns the model unchanged.
+
+    Only ``litgpt.pretrain``'s own name ``torch`` is swapped (for a view of torch whose ``compile`` is the
+    identity), so nothing else in the process is affected; restored on exit. ``enabled=False`` does nothing.
+    """
+    if not enabled:
+        yield
+        return
+    check_version("litgpt")
+    import types
+
+    import litgpt.pretrain as pretrain
+
+    real = pretrain.torch
+
+    class _EagerTorch(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    view = _EagerTorch("torch")
+    view.compile = lambda model, *args, **kwargs: model
+    pretrain.torch = view
+    try:
+        yield
+    finally:
+        pretrain.torch = real
 
 
 # ------------------------------------------------------------------------ fused output layer and loss

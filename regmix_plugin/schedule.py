@@ -69,9 +69,14 @@ def schedule(
         problems.append(f"--search.top_k must be between 1 and --search.n_candidates, got {search.top_k}")
     if not 0 <= search.smoothing < 1:
         problems.append(f"--search.smoothing must be in [0, 1), got {search.smoothing}")
+    if not (search.pessimism >= 0 and np.isfinite(search.pessimism)):
+        problems.append(f"--search.pessimism must be a finite number >= 0, got {search.pessimism}")
     if problems:
         raise ValueError("; ".join(problems))
     traj = load_trajectory_model(model)
+    if search.pessimism > 0 and len(traj.members) < 2:
+        print(f"note: {model} has no cross-validation fold models (written before they were kept): "
+              "--search.pessimism has no effect; re-run `regmix fit_trajectory` to use it")  # fmt: skip
     domains = traj.weight_domains
     manifest = None
     if data_path is not None:

@@ -150,6 +150,9 @@ class TrajectoryModel:
     grid: list[float]
     regressors: dict[str, object]
     meta: dict = field(default_factory=dict)
+    members: list[TrajectoryModel] = field(default_factory=list)
+    """The cross-validation folds' models (same features and regressor, each fitted without one fold's runs):
+    their disagreement on a schedule is how little the proxies say about it (``--search.pessimism``)."""
 
     @property
     def target_vector(self) -> np.ndarray:
@@ -245,9 +248,20 @@ def fit_model(
 
 
 def cross_validate(
-    trajs, weight_domains, loss_domains, target, features: str, regressor: str, folds: int, seed: int = 0
+    trajs,
+    weight_domains,
+    loss_domains,
+    target,
+    features: str,
+    regressor: str,
+    folds: int,
+    seed: int = 0,
+    models: list | None = None,
 ) -> dict:
-    """Held-out errors with folds split by run: one-step target error and chained final-target error."""
+    """Held-out errors with folds split by run: one-step target error and chained final-target error.
+
+    ``models``, if given, receives each fold's fitted model (the ensemble members of the final model).
+    """
     from scipy.stats import spearmanr
     from sklearn.model_selection import GroupKFold
 
@@ -256,6 +270,8 @@ def cross_validate(
     step_err, roll_pred, roll_true, per_fold = [], [], [], []
     for f, (train, test) in enumerate(GroupKFold(min(folds, len(trajs))).split(np.zeros(len(trajs)), groups=groups)):
         model = fit_model([trajs[i] for i in train], weight_domains, loss_domains, target, features, regressor, seed)
+        if models is not None:
+            models.append(model)
         Xt, Yt, _ = build_rows([trajs[i] for i in test], features, model.initial_state)
         pred = np.stack([model.regressors[d].predict(Xt) for d in loss_domains], 1)
         errs = (pred - Yt) @ tvec
@@ -293,12 +309,11 @@ def save_model(model: TrajectoryModel, out: Path, cv: dict | None = None) -> Non
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / TRAJECTORY_FILE).exists())):
         raise ValueError(f"--out {str(out)!r} exists and is not a trajectory model directory; choose a new path")
     with atomic_dir(out) as tmp:
-        settings = {}
-        for i, d in enumerate(model.loss_domains):
-            sub = tmp / "regressors" / f"{i:03d}"
-            sub.mkdir(parents=True)
-            model.regressors[d].save(sub)
-            settings[d] = model.regressors[d].settings()
+        settings = _save_regressors(model, tmp / "regressors")
+        members = [
+            {"initial_state": m.initial_state.tolist(), "settings": _save_regressors(m, tmp / "members" / f"{k:02d}")}
+            for k, m in enumerate(model.members)
+        ]
         write_json(
             tmp / TRAJECTORY_FILE,
             {
@@ -311,11 +326,22 @@ def save_model(model: TrajectoryModel, out: Path, cv: dict | None = None) -> Non
                 "initial_state": model.initial_state.tolist(),
                 "grid": model.grid,
                 "settings": settings,
+                "members": members,
                 **model.meta,
             },
         )
         if cv is not None:
             write_json(tmp / "cv.json", cv)
+
+
+def _save_regressors(model: TrajectoryModel, root: Path) -> dict:
+    settings = {}
+    for i, d in enumerate(model.loss_domains):
+        sub = root / f"{i:03d}"
+        sub.mkdir(parents=True)
+        model.regressors[d].save(sub)
+        settings[d] = model.regressors[d].settings()
+    return settings
 
 
 def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
@@ -334,10 +360,13 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
             f"{flag} {str(path)!r} is trajectory format {meta.get('format_version')!r}; this version "
             f"reads {TRAJECTORY_FORMAT}: re-run `regmix fit_trajectory --out {path}`"
         )
-    regs = {
-        d: load_regressor(meta["regressor"], path / "regressors" / f"{i:03d}", meta["settings"][d])
-        for i, d in enumerate(meta["loss_domains"])
-    }
+    def regressors(root: Path, settings: dict) -> dict:
+        return {
+            d: load_regressor(meta["regressor"], root / f"{i:03d}", settings[d])
+            for i, d in enumerate(meta["loss_domains"])
+        }
+
+    regs = regressors(path / "regressors", meta["settings"])
     known = {
         "format_version",
         "features",
@@ -348,7 +377,18 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
         "initial_state",
         "grid",
         "settings",
+        "members",
     }
+    common = (meta["features"], meta["regressor"], meta["weight_domains"], meta["loss_domains"], meta["target"])
+    members = [
+        TrajectoryModel(
+            *common,
+            np.array(m["initial_state"], float),
+            meta["grid"],
+            regressors(path / "members" / f"{k:02d}", m["settings"]),
+        )
+        for k, m in enumerate(meta.get("members", []))
+    ]
     return TrajectoryModel(
         meta["features"],
         meta["regressor"],
@@ -359,6 +399,7 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
         meta["grid"],
         regs,
         {k: v for k, v in meta.items() if k not in known},
+        members,
     )
 
 
@@ -374,8 +415,10 @@ def fit_trajectories(
     tmap = resolve_target(target, ldomains)
     fsets = FEATURE_SETS if features == "auto" else (features,)
     regs = REGRESSOR_ORDER if regressor == "auto" else (regressor,)
+    fold_models: dict[str, list] = {f"{f}/{r}": [] for f in fsets for r in regs}
     scores = {
-        f"{f}/{r}": cross_validate(trajs, wdomains, ldomains, tmap, f, r, cv_folds, seed) for f in fsets for r in regs
+        k: cross_validate(trajs, wdomains, ldomains, tmap, *k.split("/"), cv_folds, seed, fold_models[k])
+        for k in fold_models
     }
     order = [f"{f}/{r}" for f in fsets for r in regs]
     chosen = min(order, key=lambda k: (_nan_to(scores[k]["rollout_rmse"]), order.index(k)))
@@ -389,6 +432,7 @@ def fit_trajectories(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     model = fit_model(trajs, wdomains, ldomains, tmap, fset, reg, seed, meta)
+    model.members = fold_models[chosen]
     cv = {
         "folds": cv_folds,
         "split": "GroupKFold by run",
@@ -430,11 +474,41 @@ class SearchArgs:
     """Seed of the candidates (stage k draws with ``seed + k``)."""
     num_threads: int = 1
     """Threads for drawing candidates."""
-    objective: str = "greedy"
-    """``greedy``: each stage keeps the candidates with the best predicted target at *that stage's* end (a
-    domain's epoch allowance goes to whichever stage wants it first); ``joint``: candidates are whole
-    remaining schedules (an independent draw per stage, within the whole-run allowance), scored by the
-    predicted target at the *run's* end, and each stage is the top-k mean of its own draws (no smoothing)."""
+    objective: str = "joint"
+    """``joint``: candidates are whole remaining schedules (an independent draw per stage, within the
+    whole-run allowance), scored by the predicted target at the *run's* end, and each stage is the top-k mean
+    of its own draws (no smoothing); ``greedy`` (the paper's per-switch rule as far as it is described): each
+    stage keeps the candidates with the best predicted target at *that stage's* end, so a domain's epoch
+    allowance goes to whichever stage wants it first."""
+    pessimism: float = 1.0
+    """Candidates are ranked by the predicted target plus ``pessimism`` times the spread (std) of the model's
+    cross-validation fold models on them: a schedule the proxies say little about is not trusted to be good.
+    0 ranks by the prediction alone. Models written before ensemble members were kept ignore it."""
+
+
+def chained_target(model: TrajectoryModel, bounds: Sequence[float], cands: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """Predicted target at ``bounds[-1]`` of each candidate schedule (``cands``: (n, stages, domains), stage j on
+    ``[bounds[j], bounds[j+1]]``), chained from ``state`` (one row) in chunks of bounded memory."""
+    out = np.empty(len(cands))
+    for s in range(0, len(cands), 20_000):
+        c = cands[s : s + 20_000]
+        st = np.repeat(np.atleast_2d(state), len(c), 0)
+        for j, (a, b) in enumerate(pairwise(bounds)):
+            losses, st = model.advance(a, b, c[:, j], st)
+        out[s : s + 20_000] = model.predict_target(losses)
+    return out
+
+
+def schedule_scores(
+    model: TrajectoryModel, bounds: Sequence[float], cands: np.ndarray, state: np.ndarray, pessimism: float
+) -> np.ndarray:
+    """What the search ranks by (lower is better): the model's predicted target, plus ``pessimism`` times the std
+    of its fold models' predictions (each chained from the same ``state``) when it has them."""
+    scores = chained_target(model, bounds, cands, state)
+    if pessimism > 0 and len(model.members) >= 2:
+        spread = np.std([chained_target(m, bounds, cands, state) for m in model.members], axis=0)
+        scores = scores + pessimism * spread
+    return scores
 
 
 def best_stage_mixture(
@@ -451,18 +525,14 @@ def best_stage_mixture(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The mixture for ``[a, b]`` from ``state`` (one row): top-k mean of candidates, smoothed, inside the bounds.
 
-    Returns ``(mixture, predicted target of the top-k candidates)``.
+    Returns ``(mixture, scores of the top-k candidates)`` (scores: :func:`schedule_scores`).
     """
     from regmix_plugin.mixture import SamplerArgs, project, sample_candidates
 
     sampler = SamplerArgs(min_strength=search.strength[0], max_strength=search.strength[1])
     n, seed = search.n_candidates, search.seed + stage
     cands = sample_candidates(prior, lower, upper, n, sampler, seed, search.num_threads)
-    scores = np.empty(len(cands))
-    for s in range(0, len(cands), 20_000):  # bounded memory: one chunk of rows through the chain at a time
-        c = cands[s : s + 20_000]
-        losses, _ = model.advance(a, b, c, np.repeat(np.atleast_2d(state), len(c), 0))
-        scores[s : s + 20_000] = model.predict_target(losses)
+    scores = schedule_scores(model, [a, b], cands[:, None], state, search.pessimism)
     k = min(search.top_k, len(cands))
     best = np.argsort(scores, kind="stable")[:k]
     mix = cands[best].mean(0)
@@ -489,8 +559,9 @@ def best_remaining_schedule(
     Each candidate is a whole remaining schedule, one Dirichlet draw per stage (stage ``stage + j`` draws
     with ``seed + stage + j``); candidates whose use of a domain over the remaining stages exceeds
     ``allowance`` (share of the whole run still allowed, or None) are dropped; the rest are chained from
-    ``state`` and scored by the predicted target at ``bounds[-1]``. Returns the per-stage top-k means (a mean
-    of feasible schedules is feasible: the bounds are linear) and the top-k scores.
+    ``state`` and scored by the predicted target at ``bounds[-1]`` (:func:`schedule_scores`, so with
+    ``search.pessimism``). Returns the per-stage top-k means (a mean of feasible schedules is feasible: the
+    bounds are linear) and the top-k scores.
     """
     from regmix_plugin.mixture import SamplerArgs, sample_candidates
 
@@ -510,13 +581,7 @@ def best_remaining_schedule(
         if not len(cands):
             raise ValueError(f"stage {stage}: no candidate schedule keeps within the epoch allowance; raise "
                              "--search.n_candidates or --max_epochs")  # fmt: skip
-    scores = np.empty(len(cands))
-    for s in range(0, len(cands), 20_000):  # bounded memory, as best_stage_mixture
-        c = cands[s : s + 20_000]
-        st = np.repeat(np.atleast_2d(state), len(c), 0)
-        for j, (a, b) in enumerate(pairwise(bounds)):
-            losses, st = model.advance(a, b, c[:, j], st)
-        scores[s : s + 20_000] = model.predict_target(losses)
+    scores = schedule_scores(model, bounds, cands, state, search.pessimism)
     best = np.argsort(scores, kind="stable")[: min(search.top_k, len(cands))]
     mixes = [m / m.sum() for m in cands[best].mean(0)]
     return mixes, scores[best]

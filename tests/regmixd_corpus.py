@@ -141,10 +141,14 @@ class TokenProtocol:
     objective: str = "greedy"
     """`regmix schedule --search.objective` and the controller's: ``greedy`` (the default on main when this
     protocol was fixed) or ``joint`` (added after the greedy run: see the README)."""
+    pessimism: float = 0.0
+    """`regmix schedule --search.pessimism` and the controller's (0, ranking by the prediction alone, when this
+    protocol was fixed; added later: see the README)."""
 
     @property
     def arm(self) -> str:
-        return "regmix_d" if self.objective == "greedy" else f"regmix_d_{self.objective}"
+        name = "regmix_d" if self.objective == "greedy" else f"regmix_d_{self.objective}"
+        return name if self.pessimism == 0 else f"{name}_p{self.pessimism:g}"
 
     def pipeline(self, root: Path, seed: int):
         from regmix_plugin.demo.pipeline import Pipeline
@@ -188,7 +192,7 @@ class TokenProtocol:
         results = pipe.proxy_sweep()
         chosen = pipe.fit_and_optimize(results)
         static = pipe.train_arms({"regmix": chosen["weights"]})["regmix"][TARGET]
-        stages = pipe.regmix_d_schedule(self.objective, self.arm)
+        stages = pipe.regmix_d_schedule(self.objective, self.arm, self.pessimism)
         offline = pipe.train_regmix_d(stages, self.arm)[TARGET]
         online, decisions = self.online(pipe, seed)
         return {
@@ -211,7 +215,7 @@ class TokenProtocol:
         from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
 
         staged = pipe.out_dir / "regmix_d"
-        out = pipe.out_dir / "arms" / ("online" if self.objective == "greedy" else f"online_{self.objective}")
+        out = pipe.out_dir / "arms" / ("online" + self.arm.removeprefix("regmix_d"))
         with pipe.stage("fit_trajectory (online, losses features)"):
             trajs, wd, ld = trajectories_from_records(read_records(staged / "sweep"))
             fit_trajectories(trajs, wd, ld, f"val_loss/{TARGET}", "losses", self.regressor, staged / "traj_online",
@@ -225,7 +229,7 @@ class TokenProtocol:
             "class_path": "regmix_plugin.RegMixDController",
             "init_args": {"model": str(staged / "traj_online"), "out_dir": str(out), "lag": lag,
                           "val_tokens": 8192, "n_candidates": self.n_candidates, "top_k": self.top_k, "seed": seed,
-                          "objective": self.objective},
+                          "objective": self.objective, "pessimism": self.pessimism},
         }]  # fmt: skip
         if not (out / "final" / "lit_model.pth").is_file():
             with pipe.stage("target models"):

@@ -17,6 +17,8 @@ proxies observe every loss with Gaussian noise. ``true_losses`` is exact (no noi
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +113,7 @@ class Protocol:
     top_k: int = 128
     cv_folds: int = 5
     objective: str = "greedy"  # `regmix schedule --search.objective` (and the online rule's)
+    pessimism: float = 0.0  # `--search.pessimism` (0: rank by the prediction alone, as when this was fixed)
 
     def static(self, out: Path, seed: int) -> np.ndarray:
         from regmix_plugin.fit import fit
@@ -132,7 +135,8 @@ class Protocol:
     def _search(self, seed: int):
         from regmix_plugin.trajectory import SearchArgs
 
-        return SearchArgs(n_candidates=self.n_candidates, top_k=self.top_k, seed=seed, objective=self.objective)
+        return SearchArgs(n_candidates=self.n_candidates, top_k=self.top_k, seed=seed, objective=self.objective,
+                          pessimism=self.pessimism)  # fmt: skip
 
     def _trajectories(self, seed: int):
         from regmix_plugin.trajectory import trajectories_from_records
@@ -159,17 +163,14 @@ class Protocol:
         from regmix_plugin.trajectory import (
             best_remaining_schedule,
             best_stage_mixture,
-            fit_model,
+            fit_trajectories,
             load_trajectory_model,
-            resolve_target,
-            save_model,
         )
 
-        # One feature set and one regressor leave cross-validation nothing to choose: fit_trajectory("losses",
-        # "gp") would fit this same model after its CV, which the offline fit above has already reported.
-        trajs, wd, ld = self._trajectories(seed)
-        save_model(fit_model(trajs, wd, ld, resolve_target("val_loss/target", ld), "losses", "gp", seed),
-                   out / "traj_online")  # fmt: skip
+        # fit_trajectory with the losses features (its CV also gives the fold models --search.pessimism uses)
+        with contextlib.redirect_stdout(io.StringIO()):
+            fit_trajectories(*self._trajectories(seed), "val_loss/target", "losses", "gp", out / "traj_online",
+                             self.cv_folds, seed)  # fmt: skip
         model = load_trajectory_model(out / "traj_online")
         rng = np.random.default_rng(seed + 1000)
         mixes, S = [first], self.stages

@@ -152,10 +152,23 @@ def test_sweep_records_usage_and_auto_keeps_todays_plain_path_on_cpu(tmp_path, p
     assert litgpt.pretrain.GPT is litgpt.model.GPT
     raw = json.loads((tmp_path / "auto" / "runs" / "m1.json").read_text())
     assert {"device", "peak_memory_bytes", "tokens_per_s", "loss_kernel"} <= set(raw)
-    assert auto.usage_line().startswith("cpu, ") and "tokens/s, loss plain" in auto.usage_line()
+    assert auto.usage_line().startswith("cpu, ") and auto.usage_line().endswith("tokens/s, loss plain, eager")
     with pytest.raises(ValueError, match="--fused_loss on: "):
         sweep(out_dir=tmp_path / "on", fused_loss="on", **common)
     assert not (tmp_path / "on" / "runs").exists()
+    # --compile auto trains eagerly on CPU (measured no faster compiled); `on` compiles as litgpt pretrain does,
+    # and both follow the same curve
+    assert auto.compiled is False
+    sweep(out_dir=tmp_path / "compiled", compile="on", **common)
+    compiled = read_records(tmp_path / "compiled")["m1"]
+    assert compiled.status == "done" and compiled.compiled is True
+    for a, c in zip(auto.losses, compiled.losses, strict=True):
+        assert a["losses"] == pytest.approx(c["losses"], abs=1e-4)
+    import torch
+
+    assert litgpt.pretrain.torch is torch  # the eager view was put back
+    with pytest.raises(ValueError, match="--compile must be one of auto, on, off, got 'fast'"):
+        sweep(out_dir=tmp_path / "bad", compile="fast", **common)
 
 
 def test_records_of_older_versions_still_load():

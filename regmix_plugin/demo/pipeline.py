@@ -136,10 +136,10 @@ class Pipeline:
     def schedule_path(self, name: str = "regmix_d") -> Path:
         return self.out_dir / ("schedule.yaml" if name == "regmix_d" else f"schedule_{name}.yaml")
 
-    def regmix_d_schedule(self, objective: str = "greedy", name: str = "regmix_d") -> list[dict]:
+    def regmix_d_schedule(self, objective: str = "joint", name: str = "regmix_d", pessimism: float = 1.0) -> list[dict]:
         """RegMix-D offline: staged proxies (their own sweep), `fit_trajectory`, `schedule`; returns the stages.
 
-        ``objective`` is `regmix schedule --search.objective`; ``name`` the arm (its schedule file and runs).
+        ``objective`` and ``pessimism`` are `regmix schedule --search.*`; ``name`` the arm (its schedule file and runs).
         """
         from regmix_plugin.formats.schedule import read_schedule
         from regmix_plugin.sample import sample
@@ -168,7 +168,7 @@ class Pipeline:
             schedule(model=staged / "trajectory", out=self.schedule_path(name), stages=self.regmixd_stages,
                      data_path=self.out_dir / "data", target_tokens=self.target_tokens(), max_epochs=self.max_epochs,
                      search=SearchArgs(n_candidates=min(self.n_candidates, 100_000), seed=self.seed,
-                                       objective=objective))  # fmt: skip
+                                       objective=objective, pessimism=pessimism))  # fmt: skip
         return [{"weights": st.weights, **({"until_fraction": st.until_fraction} if st.until_fraction else {})}
                 for st in read_schedule(self.schedule_path(name)).stages]  # fmt: skip
 

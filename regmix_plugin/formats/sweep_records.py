@@ -58,6 +58,8 @@ class RunRecord:
     """Steady-state training tokens/s (median of LitGPT's rolling rate; excludes compilation and start-up)."""
     loss_kernel: str | None = None
     """How the loss was computed: ``plain`` (LitGPT's) or ``cut-cross-entropy`` (``--fused_loss``)."""
+    compiled: bool | None = None
+    """Whether the model was ``torch.compile``d (``--compile``); null in older records (they all were)."""
 
     @classmethod
     def from_dict(cls, raw: dict) -> RunRecord:
@@ -76,6 +78,8 @@ class RunRecord:
             parts.append(f"{self.tokens_per_s:,.0f} tokens/s")
         if self.loss_kernel:
             parts.append(f"loss {self.loss_kernel}")
+        if self.compiled is not None:
+            parts.append("compiled" if self.compiled else "eager")
         return ", ".join(p for p in parts if p)
 
 

@@ -119,6 +119,8 @@ class SweepPlan:
     fused_loss: str = "auto"
     """``--fused_loss``: resolved per run by the worker that trains it (it knows its device); not part of the
     identity, since both loss paths train the same model (each record says which one it used)."""
+    compile: str = "auto"
+    """``--compile``: resolved per run by its worker, like ``fused_loss``, and for the same reason not identity."""
 
     @property
     def eval(self) -> EvalSetup:
@@ -147,7 +149,7 @@ def _sha(obj: Any) -> str:
 
 def plan_sweep(
     mixtures: Path, data_path: Path, recipe: Path, out_dir: Path, tokenizer_dir: Path | None, eval: EvalArgs,
-    data_num_workers: int | None, keep_checkpoints: bool, fused_loss: str = "auto",
+    data_num_workers: int | None, keep_checkpoints: bool, fused_loss: str = "auto", compile: str = "auto",
 ) -> SweepPlan:
     """Validate every input and return the sweep plan; starts no run.
 
@@ -280,6 +282,7 @@ def plan_sweep(
         run_ids=list(mixes),
         mixtures=mixes,
         fused_loss=fused_loss,
+        compile=compile,
     )
 
 

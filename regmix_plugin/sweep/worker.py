@@ -153,7 +153,7 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> Run
     import torch
 
     from regmix_plugin import fused_loss
-    from regmix_plugin.litgpt_compat import run_pretrain
+    from regmix_plugin.litgpt_compat import eager_pretrain, run_pretrain
     from regmix_plugin.sweep import measure
 
     sweep_dir = Path(sweep_dir)
@@ -170,6 +170,7 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> Run
     _state["runs"] += 1
     t0 = time.perf_counter()
     error, losses, loss_kernel = None, [], None
+    compiled = plan.compile == "on" or (plan.compile == "auto" and torch.cuda.is_available())
     measure.start()
     with _redirect_output(log):
         try:
@@ -178,7 +179,7 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> Run
                 oom_hook.unlink()
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test hook)")
             path = fused_loss.resolve(plan.fused_loss, "cuda" if torch.cuda.is_available() else "cpu")
-            with fused_loss.pretrain_context(path, config.get("precision")) as fused:
+            with fused_loss.pretrain_context(path, config.get("precision")) as fused, eager_pretrain(not compiled):
                 run_pretrain(config)
             loss_kernel = path if fused is None or fused.used else fused_loss.PLAIN
             error = _train_divergence(work)
@@ -204,7 +205,7 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> Run
                            tokens=plan.final_tokens,
                            wall_s=wall_s, seed=plan.seed, setup_hash=plan.setup_hash,
                            recipe_hash=plan.identity["recipe"], manifest_hash=plan.identity["manifest"])
-    record = dataclasses.replace(record, loss_kernel=loss_kernel, **vars(measure.finish(work)))
+    record = dataclasses.replace(record, loss_kernel=loss_kernel, compiled=compiled, **vars(measure.finish(work)))
     write_record(sweep_dir, record)
     if not plan.keep_checkpoints:
         shutil.rmtree(work, ignore_errors=True)
