@@ -40,13 +40,13 @@ def main() -> None:
     ap.add_argument("--objective", nargs="+", default=["greedy"], choices=("greedy", "joint"),
                     help="RegMix-D's search objective(s) (regmix schedule --search.objective, the controller's); "
                     "several share each seed's proxy sweeps")  # fmt: skip
-    ap.add_argument("--pessimism", type=float, default=0.0,
+    ap.add_argument("--pessimism", type=float, nargs="+", default=[0.0],
                     help="regmix schedule --search.pessimism and the controller's (default: the fixed protocol's 0; "
-                    "the product's default is 1)")  # fmt: skip
+                    "the product's default is 1); several share each seed's proxy sweeps")  # fmt: skip
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
-    protocols = [TokenProtocol(objective=o, pessimism=args.pessimism) for o in args.objective]
-    print(f"protocol: {protocols[0]} (objectives {args.objective})", flush=True)
+    protocols = [TokenProtocol(objective=o, pessimism=p) for o in args.objective for p in args.pessimism]
+    print(f"protocol: {protocols[0]} (objectives {args.objective}, pessimism {args.pessimism})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out_dir or Path(tmp)
         quiet = contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(io.StringIO())
@@ -59,8 +59,8 @@ def main() -> None:
             for arm, loss in sorted(res["losses"].items(), key=lambda kv: kv[1]):
                 print(f"  {arm:<20} {loss:.4f}   {res['arms'][arm]}")
             return
-        print("seed  objective  regmix_static  regmix_d_offline  regmix_d_online  static-offline  online-offline"
-              "  wall_s")
+        print("seed  objective/pessimism  regmix_static  regmix_d_offline  regmix_d_online  static-offline  "
+              "online-offline  wall_s")
         rows = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for protocol in protocols:
@@ -68,18 +68,18 @@ def main() -> None:
                 with quiet:
                     r = protocol.run(root / f"seed{seed}", seed)
                 r["wall_s"] = time.perf_counter() - t0
-                r["objective"] = protocol.objective
+                r["config"] = f"{protocol.objective}/{protocol.pessimism:g}"
                 rows.append(r)
-                print(f"{seed:>4}  {protocol.objective:<9}  {r['static']:.4f}         {r['offline']:.4f}            "
+                print(f"{seed:>4}  {r['config']:<19}  {r['static']:.4f}         {r['offline']:.4f}            "
                       f"{r['online']:.4f}           {r['static'] - r['offline']:+.4f}         "
                       f"{r['online'] - r['offline']:+.4f}         {r['wall_s']:.0f}", flush=True)  # fmt: skip
                 print(f"      mixtures: {r['mixtures']}", flush=True)
                 print(f"      decisions: {r['decisions']}", flush=True)
                 print(f"      timings (s, cumulative over this seed's runs): {r['timings']}", flush=True)
-        for objective in args.objective:
-            sel = [r for r in rows if r["objective"] == objective]
+        for config in dict.fromkeys(r["config"] for r in rows):
+            sel = [r for r in rows if r["config"] == config]
             static, offline, online = (np.array([r[k] for r in sel]) for k in ("static", "offline", "online"))
-            print(f"{objective}: mean static {static.mean():.4f}, offline {offline.mean():.4f}, online "
+            print(f"{config}: mean static {static.mean():.4f}, offline {offline.mean():.4f}, online "
                   f"{online.mean():.4f}; static-offline {(static - offline).mean():+.4f} (min "
                   f"{(static - offline).min():+.4f}), online-offline {(online - offline).mean():+.4f}; offline below "
                   f"static on {(offline < static).sum()}/{len(sel)} seeds, online <= offline on "

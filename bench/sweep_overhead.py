@@ -1,13 +1,15 @@
 """Per-run overhead of `regmix sweep`: its wall time against N x one proxy's training-loop time, in one run.
 
     .venv/bin/python bench/sweep_overhead.py [--runs 8] [--steps 100] [--eval_points 5] [--val_tokens 4096] \\
-        [--threads 1]
+        [--threads 1] [--compile on off]
 
 Overhead is everything but the training iterations: worker start, imports, torch.compile, data set-up,
 checkpoints, per-domain evaluation, records and the table. The training-loop time of one proxy is measured
 as the marginal cost of its iterations: T(2 x steps) - T(steps) for two warm in-process runs of the same
 recipe (everything else cancels). The sweep then trains ``runs`` proxies with one local worker; per-run
 overhead after the worker's first run = (sweep wall - time to the first record) / (runs - 1) - loop time.
+Both are measured for each ``--compile`` mode (``regmix sweep --compile``: ``on`` is what ``litgpt pretrain``
+always does, ``off`` trains eagerly), and the sweeps' wall-time ratio is printed.
 """
 
 from __future__ import annotations
@@ -98,10 +100,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval_points", type=int, default=5)
     ap.add_argument("--val_tokens", type=int, default=4096)
+    ap.add_argument("--compile", nargs="+", default=["on", "off"], choices=("on", "off"))
     args = ap.parse_args()
 
     from regmix_plugin.formats.mixtures import write_mixtures
-    from regmix_plugin.litgpt_compat import run_pretrain
+    from regmix_plugin.litgpt_compat import eager_pretrain, run_pretrain
     from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
     from regmix_plugin.sweep.worker import setup_worker
 
@@ -109,56 +112,62 @@ def main() -> None:
         root = Path(tmp)
         data, tok = build(root)
 
-        # 1) the training loop of one proxy, measured in this process like a warm worker
         setup_worker(args.threads)
-
-        def timed(steps: int, i: int) -> float:
-            cfg = recipe(data, tok, steps)
-            cfg["out_dir"] = str(root / f"single{i}")
-            t = time.perf_counter()
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                run_pretrain(cfg)
-            return time.perf_counter() - t
-
-        timed(args.steps, 0)  # imports, compile
-        loops = [timed(2 * args.steps, 2 * i + 1) - timed(args.steps, 2 * i + 2) for i in range(2)]
-        loop = max(1e-3, min(loops))
-
-        # 2) the sweep: N proxies in one local worker
         (root / "proxy.yaml").write_text(yaml.safe_dump(recipe(data, tok, args.steps), sort_keys=False))
         mixes = {
             f"r{i:02d}": {"prose": (i + 1) / (args.runs + 1), "code": 1 - (i + 1) / (args.runs + 1), "math": 0.0}
             for i in range(args.runs)
         }
         write_mixtures(root / "mixtures.csv", mixes, sorted(WORDS))
-        t0 = time.time()
-        counts = sweep(
-            mixtures=root / "mixtures.csv",
-            data_path=data,
-            recipe=root / "proxy.yaml",
-            out_dir=root / "sweep",
-            local=LocalArgs(workers=1, threads=args.threads),
-            eval=EvalArgs(points=args.eval_points, val_tokens=args.val_tokens),
-        )
-        wall = time.time() - t0
-        firsts = sorted(p.stat().st_mtime for p in (root / "sweep" / "runs").glob("*.json"))
-        to_first = firsts[0] - t0
-        per_run = (wall - to_first) / (args.runs - 1)
         print(
-            f"runs: {args.runs} ({counts['done']} done), {args.steps} steps each, "
-            f"{args.eval_points} eval points + end, "
+            f"runs: {args.runs}, {args.steps} steps each, {args.eval_points} eval points + end, "
             f"{args.val_tokens} val tokens per domain per point"
         )
-        print(f"training loop of one proxy: {loop:.2f} s (T(2x steps) - T(steps), best of 2)")
-        print(
-            f"sweep wall: {wall:.1f} s = {to_first:.1f} s to the first record (worker start, imports, compile) "
-            f"+ {args.runs - 1} x {per_run:.2f} s"
-        )
-        print(f"sweep wall / (N x loop): {wall / (args.runs * loop):.2f}")
-        print(
-            f"per-run overhead after the first run: {per_run - loop:.2f} s "
-            f"({(per_run - loop) / per_run:.0%} of a run here)"
-        )
+        walls = {}
+        for mode in args.compile:
+            # 1) the training loop of one proxy, measured in this process like a warm worker
+            def timed(steps: int, i: int, mode=mode) -> float:
+                cfg = recipe(data, tok, steps)
+                cfg["out_dir"] = str(root / f"single-{mode}{i}")
+                t = time.perf_counter()
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                        eager_pretrain(mode == "off"):  # fmt: skip
+                    run_pretrain(cfg)
+                return time.perf_counter() - t
+
+            first = timed(args.steps, 0)  # imports (first mode only), compile
+            loops = [timed(2 * args.steps, 2 * i + 1) - timed(args.steps, 2 * i + 2) for i in range(2)]
+            loop = max(1e-3, min(loops))
+
+            # 2) the sweep: N proxies in one local worker (a fresh process: its first run pays imports, compile)
+            t0 = time.time()
+            counts = sweep(
+                mixtures=root / "mixtures.csv",
+                data_path=data,
+                recipe=root / "proxy.yaml",
+                out_dir=root / f"sweep-{mode}",
+                local=LocalArgs(workers=1, threads=args.threads),
+                eval=EvalArgs(points=args.eval_points, val_tokens=args.val_tokens),
+                compile=mode,
+            )
+            wall = walls[mode] = time.time() - t0
+            firsts = sorted(p.stat().st_mtime for p in (root / f"sweep-{mode}" / "runs").glob("*.json"))
+            to_first = firsts[0] - t0
+            per_run = (wall - to_first) / (args.runs - 1)
+            print(f"--compile {mode}: {counts['done']} done")
+            print(f"  first in-process run: {first:.1f} s; training loop of one proxy: {loop:.2f} s "
+                  "(T(2x steps) - T(steps), best of 2)")  # fmt: skip
+            print(
+                f"  sweep wall: {wall:.1f} s = {to_first:.1f} s to the first record (worker start, imports, compile) "
+                f"+ {args.runs - 1} x {per_run:.2f} s"
+            )
+            print(f"  sweep wall / (N x loop): {wall / (args.runs * loop):.2f}")
+            print(
+                f"  per-run overhead after the first run: {per_run - loop:.2f} s "
+                f"({(per_run - loop) / per_run:.0%} of a run here)"
+            )
+        if {"on", "off"} <= set(walls):
+            print(f"sweep wall, --compile off / on: {walls['off'] / walls['on']:.2f}")
 
 
 if __name__ == "__main__":

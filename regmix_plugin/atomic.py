@@ -85,7 +85,7 @@ def remove_orphans(path: str | Path) -> list[Path]:
         if not (p.name.startswith(head) and p.name.endswith((".tmp", ".old"))):
             continue
         pid = p.name[len(head) :].split(".", 1)[0]
-        if not pid.isdigit() or _alive(int(pid)):
+        if not pid.isdigit() or pid_alive(int(pid)):
             continue
         try:
             if p.name.endswith(".old") and not path.exists() and (p / path.name).exists():
@@ -97,7 +97,8 @@ def remove_orphans(path: str | Path) -> list[Path]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (someone else's live process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

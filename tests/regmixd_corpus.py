@@ -210,7 +210,7 @@ class TokenProtocol:
         import yaml
 
         from regmix_plugin.formats.sweep_records import read_records
-        from regmix_plugin.litgpt_compat import run_pretrain
+        from regmix_plugin.litgpt_compat import eager_pretrain, run_pretrain
         from regmix_plugin.scoring import domain_losses, load_checkpoint, val_blocks
         from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
 
@@ -232,7 +232,7 @@ class TokenProtocol:
                           "objective": self.objective, "pessimism": self.pessimism},
         }]  # fmt: skip
         if not (out / "final" / "lit_model.pth").is_file():
-            with pipe.stage("target models"):
+            with pipe.stage("target models"), eager_pretrain():  # as the other arms' (`regmix sweep --compile auto`)
                 run_pretrain(cfg)
         decisions = [json.loads(line) for line in (out / "decisions.jsonl").read_text().splitlines()]
         model = load_checkpoint(out / "final")

@@ -145,11 +145,12 @@ def test_dataloader_workers_train_on_the_decided_weights(with_workers, uninterru
     # each worker stream reads its own disjoint share of every domain, so the scored checkpoints and observed
     # losses differ from the num_workers=0 run's; the rest of a decision is the same function of the same plan
     # (stage spans, mixture in force, epoch allowance, candidate seed): with the fixture's linear model, whose
-    # best mixture does not move with the observed losses, the decided weights are the same
+    # best mixture does not move with the observed losses, the decided weights are the same (to rounding: the
+    # pessimistic search's fold spread does take the observed state in, ~1e-16 here)
     base = decisions(uninterrupted)
-    assert [(r["stage"], r["fraction"], r["weights"]) for r in recs] == [
-        (r["stage"], r["fraction"], r["weights"]) for r in base
-    ]
+    assert [(r["stage"], r["fraction"]) for r in recs] == [(r["stage"], r["fraction"]) for r in base]
+    for r, b in zip(recs, base, strict=True):
+        assert r["weights"] == pytest.approx(b["weights"], abs=1e-12)
     assert all(r["observed"] != b["observed"] for r, b in zip(recs, base, strict=True))
     assert recs[0]["weights"] != PLAN  # a stream that ignored the decision would keep PLAN
 
@@ -161,7 +162,10 @@ def test_dataloader_workers_train_on_the_decided_weights(with_workers, uninterru
     assert sorted(final["streams"]) == [0, 1]
     for k, state in ((1, mid), (2, final)):
         for stream in state["streams"].values():
-            assert stream["stage"] == k and nonzero(stream["override"]) == nonzero(recs[k - 1]["weights"])
+            # (the recorded weights, as MixtureData validates them: renormalised, so equal to ~1e-10)
+            assert stream["stage"] == k and nonzero(stream["override"]) == pytest.approx(
+                nonzero(recs[k - 1]["weights"]), rel=1e-9, abs=1e-12
+            )
             # ... exactly: 8 samples per stream into stage 1 at step 12, 16 into stage 2 at the end
             n = sum(stream["stage_samples"].values())
             assert n == {1: 8, 2: 16}[k]

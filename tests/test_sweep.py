@@ -117,7 +117,7 @@ def test_local_sweep_has_every_loss_at_every_eval_point_and_isolates_a_failure(e
     printed = capsys.readouterr().out
     assert "7 runs: 6 done, 1 failed, 0 pending" in printed and "  bad: ValueError: with --data.max_tokens" in printed
     assert re.search(r"usage over 6 done runs: cpu; tokens/s median [\d,]+ \(min [\d,]+, max [\d,]+\)\n", printed)
-    assert re.search(r"  m6: cpu, [\d,]+ tokens/s, loss plain\n", printed)
+    assert re.search(r"  m6: cpu, [\d,]+ tokens/s, loss plain, eager\n", printed)
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from regmix_plugin.atomic import pid_alive
+
 #: A claim whose heartbeat is older than this many seconds is stale (default of ``--claim_timeout``).
 DEFAULT_TIMEOUT = 120.0
 _BEATS_PER_TIMEOUT = 6
@@ -66,22 +68,12 @@ def read_claim(sweep_dir: Path, run_id: str) -> tuple[Claim, float] | None:
         return (Claim(run_id, "?", 0, "?", time.time()), time.time()) if path.exists() else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_stale(claim: Claim, heartbeat: float, timeout: float, now: float | None = None) -> bool:
     """Whether a claim may be taken over: no heartbeat for ``timeout`` s, or its process on this host is gone."""
     now = time.time() if now is None else now
     if now - heartbeat > timeout:
         return True
-    return claim.host == socket.gethostname() and claim.pid > 0 and not _pid_alive(claim.pid)
+    return claim.host == socket.gethostname() and claim.pid > 0 and not pid_alive(claim.pid)
 
 
 def try_claim(sweep_dir: Path, run_id: str, launcher: str, timeout: float = DEFAULT_TIMEOUT) -> bool:

@@ -289,9 +289,13 @@ def launch(sweep_dir: Path, plan: SweepPlan, launcher: str, local: LocalArgs, sl
     """
     records = read_records(sweep_dir)
     order = list(plan.mixtures)
-    if not plan.keep_checkpoints:  # a kill between a run's record and its clean-up leaves its out_dir
-        for run_id in records:
-            if claims.read_claim(sweep_dir, run_id) is None:
+    if not plan.keep_checkpoints:  # a kill between a run's record and its clean-up leaves its out_dir (and claim)
+        for run_id, rec in records.items():
+            held = claims.read_claim(sweep_dir, run_id)
+            if held is not None and rec.status == DONE and claims.is_stale(*held, claim_timeout):
+                claims.claim_path(sweep_dir, run_id).unlink(missing_ok=True)
+                held = None
+            if held is None:
                 shutil.rmtree(sweep_dir / "runs" / run_id, ignore_errors=True)
     todo = [(r, w) for r, w in plan.mixtures.items()
             if (r not in records or records[r].status != DONE) and (retry_failed or r not in records)]
