@@ -112,9 +112,9 @@ def sweep(
             run has CUDA and the kernel, ``on`` = required, ``off`` = LitGPT's plain loss. Checkpoints and the
             target run are unaffected.
         compile: ``torch.compile`` each proxy, as ``litgpt pretrain`` always does (``on``), or train it eagerly
-            (``off``); ``auto`` = on where a run has CUDA, off on CPU. On CPU a 2-layer 64-wide proxy steps no
-            faster compiled (78.5 vs 77.3 ms per 16 x 128 tokens) and compiling costs ~15 s per worker and ~2 s
-            per later run (`bench/sweep_overhead.py`). The target run is unaffected.
+            (``off``); ``auto`` = on where a run has CUDA, off on CPU, where compiling costs ~15 s per worker
+            that short proxies rarely earn back (`bench/sweep_overhead.py`; long CPU proxies with small batches
+            run faster with ``on``). The target run is unaffected.
     """
     if status is not None:
         return sweep_status(status, claim_timeout)
