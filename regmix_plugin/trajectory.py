@@ -420,7 +420,7 @@ def fit_trajectories(
         k: cross_validate(trajs, wdomains, ldomains, tmap, *k.split("/"), cv_folds, seed, fold_models[k])
         for k in fold_models
     }
-    order = [f"{f}/{r}" for f in fsets for r in regs]
+    order = list(fold_models)
     chosen = min(order, key=lambda k: (_nan_to(scores[k]["rollout_rmse"]), order.index(k)))
     fset, reg = chosen.split("/")
     meta = {
