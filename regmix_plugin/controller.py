@@ -94,6 +94,10 @@ class RegMixDController(MixtureCallback):
             pessimism: Rank candidates by the prediction plus this many stds of the model's fold models, as
                 ``regmix schedule --search.pessimism``.
         """
+        if objective not in ("greedy", "joint"):
+            raise ValueError(f"RegMixDController objective must be greedy or joint, got {objective!r}")
+        if not (pessimism >= 0 and math.isfinite(pessimism)):
+            raise ValueError(f"RegMixDController pessimism must be a finite number >= 0, got {pessimism}")
         super().__init__(interval=2**62)  # never called per sample: the controller acts at stage switches
         self.model, self.out_dir, self.lag = model, out_dir, lag
         self.val_tokens, self.eval_batch_size = val_tokens, eval_batch_size
@@ -282,10 +286,8 @@ class RegMixDController(MixtureCallback):
                 traj, bounds, state, prior, np.zeros(len(domains)), active.copy(), left, search, k
             )
             mix = mixes[0]
-        elif self.objective == "greedy":
-            mix, top = best_stage_mixture(traj, a, b, state, prior, np.zeros(len(domains)), upper, search, k, cur)
         else:
-            raise ValueError(f"RegMixDController objective must be greedy or joint, got {self.objective!r}")
+            mix, top = best_stage_mixture(traj, a, b, state, prior, np.zeros(len(domains)), upper, search, k, cur)
         losses, _ = traj.advance(a, b, mix[None], np.atleast_2d(state))
         return {
             "checkpoint": ckpt.name,

@@ -366,3 +366,14 @@ def test_schedule_yaml_round_trips_through_recipe_into_litgpt_pretrain(tmp_path,
     assert (half["code"]["samples"], half["prose"]["samples"]) == (8, 24)
     full = realized_mixture(tmp_path / "run" / "final")  # then 32 samples of code only
     assert (full["code"]["samples"], full["prose"]["samples"]) == (40, 24)
+
+
+def test_a_bad_objective_or_pessimism_is_refused_when_the_recipe_is_read_not_at_a_switch(tmp_path):
+    from regmix_plugin.controller import RegMixDController
+
+    with pytest.raises(ValueError, match="objective must be greedy or joint, got 'lookahead'"):
+        RegMixDController(str(tmp_path / "m"), str(tmp_path), objective="lookahead")
+    with pytest.raises(ValueError, match="pessimism must be a finite number >= 0, got -1"):
+        RegMixDController(str(tmp_path / "m"), str(tmp_path), pessimism=-1.0)
+    ok = RegMixDController(str(tmp_path / "m"), str(tmp_path), objective="greedy", pessimism=0.0)
+    assert (ok.objective, ok.pessimism) == ("greedy", 0.0)
