@@ -62,7 +62,8 @@ def test_sweep_names_every_damaged_file_before_the_first_proxy(tmp_path, prepare
     size = manifest["domains"]["code"]["chunks"][chunk]["bytes"]
     with open(data / "code" / chunk, "r+b") as f:
         f.truncate(10)
-    (data / "prose" / "val" / "index.json").unlink()
+    gone = next(n for n in sorted(manifest["domains"]["prose"]["chunks"]) if n.startswith("val/chunk-"))
+    (data / "prose" / gone).unlink()  # index.json is still there: only the manifest's records show the damage
     write_mixtures(tmp_path / "mixtures.csv", MIXES, ["code", "prose", "tiny"])
     recipe = _proxy_recipe(tmp_path / "proxy.yaml", data, tokenizer_dir)
     out = tmp_path / "sweep"
@@ -72,7 +73,7 @@ def test_sweep_names_every_damaged_file_before_the_first_proxy(tmp_path, prepare
         "regmix sweep: error: nothing was run:",
         f"  the prepared corpus {str(data)!r} is damaged (2 domain(s)):",
         f"    domain 'code': {data / 'code' / chunk} is 10 bytes, the manifest says {size:,} (truncated?)",
-        f"    domain 'prose': {data / 'prose' / 'val' / 'index.json'} is missing",
+        f"    domain 'prose': {data / 'prose' / gone} is missing",
         f"    repair: `regmix prepare --source RAW --tokenizer_dir {tokenizer_dir} --out_dir {data}` re-does the "
         "damaged domains and keeps the others (RAW and any other flags: as when it was prepared)",
     ]
