@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shlex
 from functools import cache
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,7 @@ def test_readme_command_names_a_real_subcommand_real_flags_and_real_recipes(line
     assert not unknown, f"README.md:{line}: `regmix {sub}` has no flag(s) {unknown}"
     if rest and not rest[0].startswith("-"):
         assert sub in _POSITIONAL, f"README.md:{line}: `regmix {sub}` takes no positional argument {rest[0]!r}"
-    for flag, value in zip(rest, rest[1:]):
+    for flag, value in pairwise(rest):
         # a recipe is shipped (in a fresh clone it is the only kind there is); so is any recipes/ path
         if flag in RECIPE_FLAGS or value.startswith("recipes/"):
             assert (ROOT / value).is_file(), f"README.md:{line}: {flag} {value}: no such shipped recipe"
