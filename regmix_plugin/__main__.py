@@ -86,8 +86,8 @@ def is_user_error(exc: BaseException) -> bool:
 
 
 def _warned_from_package() -> bool:
-    """Whether the ``warnings.warn`` being shown was called from regmix_plugin's code (walks the live stack:
-    the frames above ``showwarning`` are the warnings machinery, then the caller of ``warn``)."""
+    """Whether the warning being formatted was raised by regmix_plugin's code: walks the live stack past the
+    warnings machinery to the caller of ``warnings.warn``."""
     frame = sys._getframe(2)
     while frame is not None and Path(frame.f_code.co_filename).name == "warnings.py":
         frame = frame.f_back
@@ -95,21 +95,21 @@ def _warned_from_package() -> bool:
 
 
 def _plain_warnings(prog: str):
-    """A ``warnings.showwarning`` that prints regmix_plugin's own UserWarnings as ``PROG: warning: MESSAGE``.
+    """A ``warnings.formatwarning`` that writes regmix_plugin's own UserWarnings as ``PROG: warning: MESSAGE``.
 
     They are messages to the user (a baseline over its epoch bound, runs dropped from a fit), so they read
     like the CLI's errors, without Python's ``file:line: UserWarning:`` prefix and source line. Warnings
-    from other libraries keep Python's format, which says where they come from.
+    from other libraries keep Python's format, which says where they come from. Only the format changes:
+    filters and recorders (``catch_warnings(record=True)``, ``pytest.warns``) see every warning as before.
     """
-    default = warnings.showwarning
+    default = warnings.formatwarning
 
-    def show(message, category, filename, lineno, file=None, line=None):
+    def plain(message, category, filename, lineno, line=None):
         if issubclass(category, UserWarning) and _warned_from_package():
-            print(f"{prog}: warning: {message}", file=file or sys.stderr, flush=True)
-        else:
-            default(message, category, filename, lineno, file, line)
+            return f"{prog}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
 
-    return show
+    return plain
 
 
 def _parser_class():
@@ -148,11 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     sub = next((a for a in argv if a in commands), None)
     prog = f"regmix{' ' + sub if sub else ''}"
     try:
-        with warnings.catch_warnings():  # the CLI's warning format and filters end with the command
+        # the CLI's warning filter and format end with the command (catch_warnings does not keep the format)
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is not a known type.*")
-            warnings.showwarning = _plain_warnings(prog)
-            result = CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
-                         version=__version__)
+            default_format, warnings.formatwarning = warnings.formatwarning, _plain_warnings(prog)
+            try:
+                result = CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
+                             version=__version__)
+            finally:
+                warnings.formatwarning = default_format
     except Exception as e:
         if debug or not is_user_error(e):
             raise

@@ -172,3 +172,14 @@ def test_warnings_print_as_regmix_messages_without_file_and_line(tmp_path, prepa
     assert p.stderr.splitlines() == ["regmix sample: warning: baseline 'heavy' repeats tiny more than --max_epochs 15 "
                                      "times"]  # fmt: skip
 
+
+
+def test_the_warning_format_is_the_cli_s_alone(tmp_path, prepared):
+    import warnings
+
+    before = warnings.formatwarning
+    with pytest.warns(UserWarning, match="baseline 'heavy' repeats tiny") as caught:  # recorders still see it
+        main(["sample", "--data_path", str(prepared), "--n", "2", "--baselines", "{heavy: {tiny: 1.0}}", "--out",
+              str(tmp_path / "m.csv")])  # fmt: skip
+    assert len(caught) == 1 and warnings.formatwarning is before  # restored when the command ends
+    assert "UserWarning" in warnings.formatwarning("x", UserWarning, "f.py", 1)  # Python's own format again
