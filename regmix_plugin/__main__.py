@@ -85,6 +85,33 @@ def is_user_error(exc: BaseException) -> bool:
     return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
 
 
+def _warned_from_package() -> bool:
+    """Whether the warning being formatted was raised by regmix_plugin's code: walks the live stack past the
+    warnings machinery to the caller of ``warnings.warn``."""
+    frame = sys._getframe(2)
+    while frame is not None and Path(frame.f_code.co_filename).name == "warnings.py":
+        frame = frame.f_back
+    return frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+def _plain_warnings(prog: str):
+    """A ``warnings.formatwarning`` that writes regmix_plugin's own UserWarnings as ``PROG: warning: MESSAGE``.
+
+    They are messages to the user (a baseline over its epoch bound, runs dropped from a fit), so they read
+    like the CLI's errors, without Python's ``file:line: UserWarning:`` prefix and source line. Warnings
+    from other libraries keep Python's format, which says where they come from. Only the format changes:
+    filters and recorders (``catch_warnings(record=True)``, ``pytest.warns``) see every warning as before.
+    """
+    default = warnings.formatwarning
+
+    def plain(message, category, filename, lineno, line=None):
+        if issubclass(category, UserWarning) and _warned_from_package():
+            return f"{prog}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    return plain
+
+
 def _parser_class():
     from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
@@ -117,16 +144,24 @@ def main(argv: list[str] | None = None) -> None:
         if arg in _SWITCHES and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
             argv.insert(i + 1, "true")
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    warnings.filterwarnings("ignore", message=".*is not a known type.*")
     commands = _commands()
+    sub = next((a for a in argv if a in commands), None)
+    prog = f"regmix{' ' + sub if sub else ''}"
     try:
-        result = CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
-                     version=__version__)
+        # the CLI's warning filter and format end with the command (catch_warnings does not keep the format)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is not a known type.*")
+            default_format, warnings.formatwarning = warnings.formatwarning, _plain_warnings(prog)
+            try:
+                result = CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
+                             version=__version__)
+            finally:
+                warnings.formatwarning = default_format
     except Exception as e:
         if debug or not is_user_error(e):
             raise
-        sub = next((a for a in argv if a in commands), None)
-        print(f"regmix{' ' + sub if sub else ''}: error: {e}", file=sys.stderr)
+        message = str(e).removeprefix(f"{prog}: ")  # some messages already name the subcommand
+        print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
     if argv[:1] == ["sweep"] and isinstance(result, dict) and result.get("failed"):
         sys.exit(1)  # a run of this invocation failed: scripts and schedulers must see it

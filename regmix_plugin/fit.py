@@ -31,7 +31,6 @@ from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import LOSS_PREFIX, Results, read_results
 
 AUTO_ORDER = ("linear", "gp", "lightgbm", "mixing_law", "bimix")  # ties go to the simpler model
-_MIN_RUNS = 4  # leave-one-out over 3 runs trains on 2: no model, and a Spearman over 3 points means little
 
 
 def fit(
@@ -78,11 +77,10 @@ def fit(
     """
     data, source = _load_training(results, mixtures, losses)
     columns = data.resolve_target(target)
-    data, y = _finite_rows(data, columns, cv_folds)
-    if len(y) < 2 * cv_folds:
-        print(f"note: {len(y)} runs are too few for {cv_folds}-fold CV (it needs {2 * cv_folds}, 2 per fold); "
-              f"using leave-one-out CV instead ({len(y)} folds of one run; Spearman over the pooled predictions)")
-        cv_folds = len(y)
+    from regmix_plugin.regressors import cv_fold_count
+
+    data, y = _finite_rows(data, columns)
+    cv_folds = cv_fold_count(len(y), cv_folds, data.source)
     folds = make_folds(len(y), cv_folds, seed)
     if regressor == "auto":
         names = tuple(n for n in AUTO_ORDER if n != "bimix" or _has_trajectories(data, columns))
@@ -313,21 +311,14 @@ def _load_training(results, mixtures, losses) -> tuple[Results, dict]:
     return read_regmix_csv(mixtures, losses), {"mixtures": str(mixtures), "losses": str(losses)}
 
 
-def _finite_rows(data: Results, columns: dict[str, float], cv_folds: int) -> tuple[Results, np.ndarray]:
+def _finite_rows(data: Results, columns: dict[str, float]) -> tuple[Results, np.ndarray]:
     """Drop runs whose target is NaN or inf (diverged or unfinished proxies), with a warning naming them."""
-    if cv_folds < 2:
-        raise ValueError(f"--cv_folds must be at least 2, got {cv_folds}")
     y = data.target_values(columns)
     finite = np.isfinite(y)
     if not finite.all():
         bad = [i for i, ok in zip(data.ids, finite, strict=True) if not ok]
         warnings.warn(f"dropped {len(bad)} run(s) whose target is NaN or inf (diverged?): {', '.join(bad[:20])}",
                       stacklevel=2)  # fmt: skip
-    if finite.sum() < _MIN_RUNS:
-        raise ValueError(
-            f"fitting needs at least {_MIN_RUNS} runs with a finite target (leave-one-out CV below "
-            f"{2 * cv_folds}), {data.source} has {int(finite.sum())}: add proxy runs"
-        )
     return data.subset(finite), y[finite]
 
 

@@ -33,12 +33,13 @@ def fit_trajectory(
             rollout RMSE. Both are cross-validated and reported either way.
         regressor: ``linear``, ``lightgbm``, ``gp`` (as in `regmix fit`) or ``auto`` (lowest rollout RMSE).
         out: The model directory to write (replaced if it holds an earlier trajectory model).
-        cv_folds: K of the K-fold cross-validation; folds are split by run.
+        cv_folds: K of the K-fold cross-validation; folds are split by run. With fewer than 2K runs,
+            leave-one-out CV is used instead (and a note printed), as in `regmix fit`; at least 4 runs are needed.
         seed: Seed of the fold assignment and the regressors.
     """
     from regmix_plugin.formats.sweep_records import read_records
 
-    trajs, wdomains, ldomains = trajectories_from_records(read_records(sweep))
+    trajs, wdomains, ldomains = trajectories_from_records(read_records(sweep, flag="--sweep"))
     return fit_trajectories(
         trajs, wdomains, ldomains, target, features, regressor, out, cv_folds, seed, source={"sweep": str(sweep)}
     )

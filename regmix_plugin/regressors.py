@@ -29,6 +29,32 @@ from regmix_plugin.atomic import atomic_path, write_json, write_text
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2, 1e3)
 
 
+MIN_CV_RUNS = 4
+"""Fewest runs a cross-validated fit accepts: leave-one-out over 3 trains on 2, and a Spearman over 3 points
+means little."""
+
+
+def cv_fold_count(n_runs: int, cv_folds: int, source: str) -> int:
+    """K for ``--cv_folds`` on ``n_runs`` runs: ``cv_folds`` itself, or ``n_runs`` (leave-one-out, with a note)
+    when there are fewer than 2 runs per fold. The one policy of `regmix fit` and `regmix fit_trajectory`.
+
+    Raises naming the flag when ``cv_folds < 2`` or ``source`` (e.g. "the sweep 'out/sweep'") has fewer than
+    :data:`MIN_CV_RUNS` runs.
+    """
+    if cv_folds < 2:
+        raise ValueError(f"--cv_folds must be at least 2, got {cv_folds}")
+    if n_runs < MIN_CV_RUNS:
+        raise ValueError(
+            f"fitting needs at least {MIN_CV_RUNS} runs with a finite target (leave-one-out CV below "
+            f"{2 * cv_folds}), {source} has {n_runs}: add proxy runs"
+        )
+    if n_runs < 2 * cv_folds:
+        print(f"note: {n_runs} runs are too few for {cv_folds}-fold CV (it needs {2 * cv_folds}, 2 per fold); "
+              f"using leave-one-out CV instead ({n_runs} folds of one run; Spearman over the pooled predictions)")
+        return n_runs
+    return cv_folds
+
+
 def sensible_min_child_samples(n_runs: int) -> int:
     """LightGBM's ``min_child_samples`` for ``n_runs`` training rows: its default 20 from 400 rows on, fewer below."""
     return int(max(2, min(20, n_runs // 20)))

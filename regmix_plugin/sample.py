@@ -122,7 +122,7 @@ def sample(
         data_path: Prepared corpus (the ``--out_dir`` of ``regmix prepare``); its manifest gives the domains and
             their train tokens.
         out: The mixtures CSV to write: ``run_id`` then one ``weight/<domain>`` column per domain.
-        n: Number of sampled mixtures (baseline rows come on top).
+        n: Number of sampled mixtures (baseline rows come on top); 0 writes the baseline rows only.
         target_tokens: Token budget of the run the mixture is for, used by the ``max_epochs`` bound; default:
             the corpus's train tokens (the official sampler's assumption).
         temperature: Exponent applied to the token distribution before it becomes the Dirichlet base measure;
@@ -170,6 +170,10 @@ def sample(
             named[str(name)] = validate_weights(w, domains, key=f"--baselines.{name}")
         except ValueError as e:
             problems.append(str(e))
+    if n == 0 and not named:
+        problems.append("--n 0 with no baseline row would write an empty mixtures file: give --n >= 1 (the number "
+                        "of proxy mixtures to draw; RegMix's sweeps use 512), or add rows with --natural true, "
+                        "--uniform true or --baselines")
     if prior not in ("tokens", "entropy"):
         problems.append(f"--prior must be tokens or entropy, got {prior!r}")
     if problems:

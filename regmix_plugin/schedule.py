@@ -39,7 +39,7 @@ def schedule(
     min_weight: dict[str, float] | None = None,
     max_weight: dict[str, float] | None = None,
     exclude: list[str] | None = None,
-    search: SearchArgs | None = None,
+    search: SearchArgs = SearchArgs(),
 ) -> Schedule:
     """Derive a stage-by-stage mixture schedule from a trajectory model and write schedule.yaml.
 
@@ -57,11 +57,12 @@ def schedule(
         min_weight: Lowest weight per domain in every stage.
         max_weight: Highest weight per domain in every stage.
         exclude: Domains no stage may train on.
-        search: Candidates, top-k, smoothing and seed of each stage's search.
+        search: How each stage's mixture is searched: candidates, top-k, smoothing, seed, objective and
+            pessimism (every ``--search.*`` flag is listed below).
     """
     from regmix_plugin.mixture import constraint_bounds
 
-    search = search or SearchArgs()
+    search = SearchArgs(**search) if isinstance(search, dict) else search or SearchArgs()
     problems = []
     if stages < 1:
         problems.append(f"--stages must be >= 1, got {stages}")

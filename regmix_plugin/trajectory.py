@@ -406,12 +406,15 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
 def fit_trajectories(
     trajs, wdomains, ldomains, target, features="auto", regressor="linear", out=None, cv_folds=5, seed=0, source=None
 ) -> dict:
-    """:func:`fit_trajectory` on trajectories already in memory; returns the CV report."""
-    if cv_folds < 2 or len(trajs) < 2 * cv_folds:
-        raise ValueError(
-            f"--cv_folds {cv_folds} needs at least 2 and 2 runs per fold; the sweep has {len(trajs)} "
-            "finished runs: lower --cv_folds or add proxy runs"
-        )
+    """:func:`fit_trajectory` on trajectories already in memory; returns the CV report.
+
+    Folds as in `regmix fit` (:func:`regmix_plugin.regressors.cv_fold_count`): leave-one-out, with a note,
+    when there are fewer than 2 runs per fold.
+    """
+    from regmix_plugin.regressors import cv_fold_count
+
+    where = f"the sweep {str(source['sweep'])!r}" if source and "sweep" in source else "the sweep"
+    cv_folds = cv_fold_count(len(trajs), cv_folds, where)
     tmap = resolve_target(target, ldomains)
     fsets = FEATURE_SETS if features == "auto" else (features,)
     regs = REGRESSOR_ORDER if regressor == "auto" else (regressor,)
@@ -435,6 +438,7 @@ def fit_trajectories(
     model.members = fold_models[chosen]
     cv = {
         "folds": cv_folds,
+        "leave_one_out": cv_folds == len(trajs),
         "split": "GroupKFold by run",
         "seed": seed,
         "n_runs": len(trajs),

@@ -252,7 +252,7 @@ def test_bad_inputs_each_get_their_message_and_start_no_run(env, tmp_path, token
     data = tmp_path / "data"
     shutil.copytree(env["data"], data)
     shutil.rmtree(data / "code" / "train")
-    _refused(env, out, r"prepared domain 'code' is missing .*code/train/index.json", data_path=data)
+    _refused(env, out, r"domain 'code': .*code/train/index.json is missing", data_path=data)
     from regmix_plugin.tokenizer import train_tokenizer
 
     other = train_tokenizer(["completely different text for another vocabulary"] * 4, tmp_path / "tok2", 300)
@@ -295,3 +295,38 @@ def test_changed_setup_under_an_existing_sweep_is_refused(env, local_sweep, tmp_
     write_mixtures(changed, {"m1": {"code": 0.4, "prose": 0.6, "tiny": 0.0}}, DOMAINS)
     with pytest.raises(ValueError, match=r"changes the weights of run\(s\) already recorded .*: m1"):
         sweep(mixtures=changed, data_path=env["data"], recipe=env["recipe"], out_dir=out, **EVAL)
+
+
+@pytest.mark.slow
+def test_fit_trajectory_on_this_small_sweep_falls_back_to_leave_one_out_like_fit(local_sweep, tmp_path, capsys):
+    from regmix_plugin.__main__ import main
+
+    out, _ = local_sweep
+    sweep_dir = tmp_path / "sweep"  # the records only: the runs below are dropped from a copy
+    (sweep_dir / "runs").mkdir(parents=True)
+    for rec in (out / "runs").glob("*.json"):
+        shutil.copy(rec, sweep_dir / "runs" / rec.name)
+    capsys.readouterr()
+    # 6 finished real proxies: too few for the default 5 folds (2 runs each); `regmix fit` says the same words
+    note = ("note: 6 runs are too few for 5-fold CV (it needs 10, 2 per fold); using leave-one-out CV instead (6 "
+            "folds of one run; Spearman over the pooled predictions)")  # fmt: skip
+    main(["fit_trajectory", "--sweep", str(sweep_dir), "--target", "val_loss/*", "--out", str(tmp_path / "traj")])
+    assert capsys.readouterr().out.splitlines()[0] == note
+    cv = json.loads((tmp_path / "traj" / "cv.json").read_text())
+    assert (cv["folds"], cv["leave_one_out"], cv["n_runs"]) == (6, True, 6)
+    for scores in cv["candidates"].values():
+        assert [(f["n_train_runs"], f["n_test_runs"]) for f in scores["folds"]] == [(5, 1)] * 6
+    assert len(json.loads((tmp_path / "traj" / "trajectory.json").read_text())["members"]) == 6
+    main(["fit", "--results", str(out / "results.csv"), "--target", "val_loss/*", "--regressor", "linear", "--out",
+          str(tmp_path / "model")])  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[0] == note
+    # fewer than 4 finished runs: the one message `regmix fit` gives too
+    for name in ("m1", "m2", "m3"):
+        (sweep_dir / "runs" / f"{name}.json").unlink()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit_trajectory", "--sweep", str(sweep_dir), "--out", str(tmp_path / "t2")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == (
+        f"regmix fit_trajectory: error: fitting needs at least 4 runs with a finite target (leave-one-out CV below "
+        f"10), the sweep {str(sweep_dir)!r} has 3: add proxy runs\n"
+    )

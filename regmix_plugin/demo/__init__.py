@@ -48,6 +48,7 @@ def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | N
         pipe.proxies = proxies
     if arms is not None:
         pipe.arm_names = tuple(arms)
+    pipe.check()  # every flag, before the corpus is built or anything trains
     with pipe.stage("corpus"):
         caps = {d: 60_000 for d in ("code", "docs", "prose", "licenses", "math")} if quick else None
         build_demo_corpus(out_dir / "raw", max_chars=caps, seed=seed)

@@ -73,6 +73,26 @@ class Pipeline:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
         print(f"=== {name}: {self.timings[name]:.1f} s", flush=True)
 
+    def check(self) -> None:
+        """Refuse settings that would fail at a later stage, before anything is built or trained (all at once)."""
+        from regmix_plugin.regressors import MIN_CV_RUNS
+
+        problems = []
+        unknown = [a for a in self.arm_names if a not in ARMS]
+        if unknown:
+            hint = " (the RegMix-D arm is added with --regmix_d true)" if "regmix_d" in unknown else ""
+            problems.append(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}{hint}")
+        elif not self.arm_names or len(set(self.arm_names)) < len(self.arm_names):
+            problems.append(f"--arms {list(self.arm_names)} must name each arm at most once and at least one of: "
+                            f"{', '.join(ARMS)}")  # fmt: skip
+        if self.proxies < MIN_CV_RUNS:
+            problems.append(f"--proxies {self.proxies}: the fit needs at least {MIN_CV_RUNS} proxy runs; give "
+                            f"--proxies {MIN_CV_RUNS} or more")  # fmt: skip
+        if self.workers < 1:
+            problems.append(f"--workers must be >= 1 (parallel training processes), got {self.workers}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
     # ---------------------------------------------------------------------------------------- stages
     def tokenizer_and_data(self) -> None:
         from regmix_plugin.demo.corpus import read_texts
@@ -240,9 +260,7 @@ class Pipeline:
         from regmix_plugin.formats.manifest import read_manifest
         from regmix_plugin.formats.results import read_results
 
-        unknown = sorted(set(self.arm_names) - set(ARMS))
-        if unknown:
-            raise ValueError(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+        self.check()
         manifest = read_manifest(self.out_dir / "data")
         train = manifest.train_domains()
         every = {

@@ -81,6 +81,35 @@ def chunk_problems(domain_dir: Path, stats: DomainStats, checksums: bool = False
     return problems
 
 
+def damaged_domains(data_path: Path, manifest: Manifest, domains: list[str] | None = None) -> dict[str, list[str]]:
+    """``{domain: problems}`` for the listed ``domains`` (default: all) whose files disagree with the manifest.
+
+    A split with tokens but no ``index.json`` (the one check possible for a corpus prepared before chunk
+    records), and every missing or wrong-sized file (:func:`chunk_problems`); one ``stat`` per file.
+    """
+    out = {}
+    for d in sorted(manifest.domains if domains is None else domains):
+        stats = manifest.domains[d]
+        problems = chunk_problems(Path(data_path) / d, stats)
+        for split in ("train", "val"):
+            index = Path(data_path) / d / split / "index.json"
+            if getattr(stats, split).tokens and not index.is_file() and f"{index} is missing" not in problems:
+                problems.append(f"{index} is missing")
+        if problems:
+            out[d] = problems
+    return out
+
+
+def damage_message(data_path: Path, damaged: dict[str, list[str]], tokenizer_dir: Path | str | None = None) -> str:
+    """One message naming every damaged domain and file of :func:`damaged_domains`, and the command that repairs it."""
+    lines = [f"the prepared corpus {str(data_path)!r} is damaged ({len(damaged)} domain(s)):"]
+    lines += [f"    domain {d!r}: {'; '.join(problems)}" for d, problems in sorted(damaged.items())]
+    tok = tokenizer_dir or "TOKENIZER"
+    lines.append(f"    repair: `regmix prepare --source RAW --tokenizer_dir {tok} --out_dir {data_path}` re-does the "
+                 "damaged domains and keeps the others (RAW and any other flags: as when it was prepared)")
+    return "\n".join(lines)
+
+
 @dataclass
 class Manifest:
     """The parsed ``manifest.json`` of a prepared corpus."""

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from regmix_plugin.atomic import write_json
-from regmix_plugin.formats.manifest import MANIFEST, read_manifest
+from regmix_plugin.formats.manifest import MANIFEST, damage_message, damaged_domains, read_manifest
 from regmix_plugin.formats.mixtures import RunSpec, read_mixtures, split_run
 from regmix_plugin.formats.sweep_records import read_records
 from regmix_plugin.resources import resolve_recipe
@@ -170,17 +170,18 @@ def plan_sweep(
     bad_ids = [i for i in mixes if "/" in i or i.startswith(".")]
     if bad_ids:
         problems.append(f"--mixtures {str(mixtures)!r}: run id(s) {bad_ids[:10]} cannot be file names; rename them")
-    for d in sorted(manifest.domains):
-        for split in ("train", "val"):
-            tokens = getattr(manifest.domains[d], split).tokens
-            if tokens and not (Path(data_path) / d / split / "index.json").is_file():
-                problems.append(f"prepared domain {d!r} is missing {Path(data_path) / d / split}/index.json; "
-                                f"re-run `regmix prepare --out_dir {data_path}`")
     recipe = resolve_recipe(recipe, "--recipe")
     base = yaml.safe_load(recipe.read_text())
     if not isinstance(base, dict):
         raise ValueError(f"--recipe {str(recipe)!r} is not a YAML mapping of `litgpt pretrain` arguments")
     tok_dir = Path(tokenizer_dir or base.get("tokenizer_dir") or "")
+    # every domain: each run trains on some and is scored on every val split
+    damaged = damaged_domains(data_path, manifest)
+    if damaged:
+        problems.append(damage_message(data_path, damaged, tokenizer_dir or base.get("tokenizer_dir")))
+    if eval.points < 0:
+        problems.append(f"--eval.points must be >= 0, got {eval.points}: it counts the evaluation points "
+                        "besides the end of each run (0 scores the end only)")
     if not tokenizer_dir and not base.get("tokenizer_dir"):
         problems.append("no tokenizer: set --tokenizer_dir or tokenizer_dir in the --recipe")
     else:
@@ -223,7 +224,7 @@ def plan_sweep(
     iters = train.max_tokens // (train.micro_batch_size * seq)
     steps = iters // accum
     interval = steps // (eval.points + 1) if eval.points > 0 else None
-    if eval.points < 0 or (interval is not None and interval < 1):
+    if interval is not None and interval < 1:
         problems.append(
             f"--eval.points {eval.points} needs at least {eval.points + 1} optimizer steps; the recipe "
             f"trains {steps}: lower --eval.points or raise train.max_tokens"
