@@ -31,6 +31,7 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import Manifest, read_manifest
 from regmix_plugin.mixture import validate_weights
 from regmix_plugin.stream import (
@@ -53,7 +54,7 @@ class MixtureData(DataModule):
     schedule: list[dict[str, Any]] | None = None
     """Piecewise stages instead of ``weights``: ``[{until_fraction: 0.2, weights: {...}}, {weights: {...}}]``
     (or ``until_tokens``); the last stage runs to the end. ``until_fraction`` needs ``max_tokens``."""
-    max_tokens: int | None = None
+    max_tokens: TokenCount | None = None
     """The run's token budget (repeat ``train.max_tokens``): lets the epoch guard fail at set-up and places
     ``until_fraction`` stage switches. LitGPT does not pass it to data modules."""
     max_epochs: float = 15

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
 from regmix_plugin.mixture import DEFAULT_MAX_EPOCHS
 from regmix_plugin.token_entropy import entropy_mixture
@@ -23,10 +24,10 @@ def entropy(
     data_path: Path,
     out: Path = Path("mixture.yaml"),
     measure: Literal["conditional", "joint", "shannon"] = "conditional",
-    max_tokens: int = 4_000_000,
+    max_tokens: TokenCount = 4_000_000,
     seed: int = 0,
     tokenizer_dir: Path | None = None,
-    target_tokens: int | None = None,
+    target_tokens: TokenCount | None = None,
     max_epochs: float = DEFAULT_MAX_EPOCHS,
     min_weight: dict[str, float] | None = None,
     max_weight: dict[str, float] | None = None,

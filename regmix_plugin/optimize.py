@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
 from regmix_plugin.formats.model_dir import LAW_KINDS, FittedModel, load_fitted, read_model_meta
 from regmix_plugin.mixture import (
@@ -45,9 +46,9 @@ def optimize(
     prior: dict[str, float] | None = None,
     n_candidates: int = 1_000_000,
     top_k: int = 100,
-    target_tokens: int | None = None,
+    target_tokens: TokenCount | None = None,
     max_epochs: float = DEFAULT_MAX_EPOCHS,
-    domain_tokens: dict[str, int] | None = None,
+    domain_tokens: dict[str, TokenCount] | None = None,
     min_weight: dict[str, float] | None = None,
     max_weight: dict[str, float] | None = None,
     exclude: list[str] | None = None,

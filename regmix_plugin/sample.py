@@ -35,6 +35,7 @@ from typing import Literal
 
 import numpy as np
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixtures import write_mixtures
 from regmix_plugin.mixture import (
@@ -103,7 +104,7 @@ def sample(
     data_path: Path = Path("data/"),
     out: Path = Path("mixtures.csv"),
     n: int = 512,
-    target_tokens: int | None = None,
+    target_tokens: TokenCount | None = None,
     temperature: float = 0.5,
     sampler: SamplerArgs = SamplerArgs(),
     max_epochs: float = DEFAULT_MAX_EPOCHS,

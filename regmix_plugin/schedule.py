@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.schedule import Schedule, ScheduleStage, write_schedule
 from regmix_plugin.trajectory import SearchArgs, derive_schedule, load_trajectory_model
 
@@ -33,9 +34,9 @@ def schedule(
     stages: int = 3,
     data_path: Path | None = None,
     prior: dict[str, float] | None = None,
-    target_tokens: int | None = None,
+    target_tokens: TokenCount | None = None,
     max_epochs: float = 15.0,
-    domain_tokens: dict[str, int] | None = None,
+    domain_tokens: dict[str, TokenCount] | None = None,
     min_weight: dict[str, float] | None = None,
     max_weight: dict[str, float] | None = None,
     exclude: list[str] | None = None,
