@@ -11,7 +11,7 @@ is listed is complete. Each entry records the size and SHA-256 of every file it 
 chunk truncated or damaged later is found: by size whenever MixtureData sets up or ``prepare`` re-runs, by
 checksum with ``regmix prepare --verify true``.
 
-``chunks``, ``max_token_id`` and ``dropped`` were added without a format-version bump: they are optional on
+``chunks``, ``max_token_id``, ``prepared_with`` and ``dropped`` were added without a format-version bump: they are optional on
 read (a manifest written before them still reads; its chunks cannot be checked, which ``--verify`` says), and
 older readers ignore them, so a corpus never has to be re-tokenized just to be read.
 """
@@ -48,6 +48,8 @@ class DomainStats:
     """The largest token id in the domain's chunks (None: prepared before it was recorded)."""
     chunks: dict[str, dict] | None = None
     """``{"train/chunk-0-0.bin": {"bytes": N, "sha256": "..."}, ...}``: every file of the domain's directory."""
+    prepared_with: list[str] | None = None
+    """The ``regmix prepare`` flags that wrote the domain (absolute paths, no ``--out_dir``): how to re-do it."""
 
 
 def record_chunks(domain_dir: Path) -> dict[str, dict]:
@@ -165,7 +167,7 @@ def read_manifest(data_path: str | Path, flag: str = "--data_path") -> Manifest:
     domains = {
         name: DomainStats(
             train=SplitStats(**d.get("train", {})), val=SplitStats(**d.get("val", {})), sources=d.get("sources", []),
-            max_token_id=d.get("max_token_id"), chunks=d.get("chunks"),
+            max_token_id=d.get("max_token_id"), chunks=d.get("chunks"), prepared_with=d.get("prepared_with"),
         )
         for name, d in raw["domains"].items()
     }
