@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import Manifest, read_manifest
-from regmix_plugin.mixture import validate_weights
+from regmix_plugin.mixture import epoch_allowance, exceeds_allowance, validate_weights
 from regmix_plugin.stream import (
     MixtureCallback,
     MixtureLoader,
@@ -249,8 +249,10 @@ class MixtureData(DataModule):
             start = end
         lines = []
         for d, n in sorted(planned.items()):
-            per_epoch = sources[d].num_blocks // num_streams if d in sources else 0
-            if n > 0 and (per_epoch == 0 or n > self.max_epochs * per_epoch):
+            blocks = sources[d].num_blocks if d in sources else 0
+            per_epoch = blocks // num_streams
+            # the planners' bound too (sample/optimize/schedule/entropy --block_size): one unit, one edge
+            if exceeds_allowance(n, epoch_allowance(blocks, self.max_epochs, num_streams)):
                 epochs = n / per_epoch if per_epoch else math.inf
                 lines.append(
                     f"  {d}: {n:,.0f} samples per stream from {per_epoch:,} blocks per stream = {epochs:.1f} epochs"

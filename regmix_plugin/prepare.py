@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -165,6 +166,7 @@ def prepare(
     num_workers: int | None = None,
     chunk_bytes: str = "64MB",
     verify: bool = False,
+    block_size: int | None = None,
 ) -> Manifest:
     """Tokenize a raw corpus into per-domain litdata chunks (train and val) and write ``manifest.json``.
 
@@ -195,12 +197,17 @@ def prepare(
             on damage it names each damaged file and the command that repairs it, changes nothing and exits 2.
             With ``--source`` a damaged domain is prepared again; it stays listed in the manifest until its
             new chunks replace it.
+        block_size: The block size of the model the corpus is for (the recipe's ``model_config.block_size``):
+            a domain with less than ``block_size + 1`` train tokens in its chunks is warned about, since
+            MixtureData cannot sample it. Default: assume LitGPT's 2048.
     """
     out_dir = Path(out_dir)
     if not source:
         if not verify:
             raise ValueError("--source is required (it may be left out only with --verify true)")
-        return _verify_only(out_dir)
+        manifest = _verify_only(out_dir)
+        _warn_small(out_dir, manifest, block_size)
+        return manifest
     command = _prepare_command(source, tokenizer_dir, layout, domain_field, on_missing_domain, text_key, val_fraction,
                                val_source, chunk_bytes)  # fmt: skip
     if tokenizer_dir is None:
@@ -294,6 +301,7 @@ def prepare(
         raise RegmixError(_disk_full_message(e, out_dir, listed, jobs, manifest, measured)) from None
     shutil.rmtree(tmp_root, ignore_errors=True)
     manifest.write(out_dir)
+    _warn_small(out_dir, manifest, block_size)
     if dropped:
         print(f"dropped {sum(dropped.values())} document(s): "
               + ", ".join(f"{n} {reason.replace('_', ' ')} ({domain_field})" for reason, n in dropped.items()))
@@ -383,6 +391,26 @@ def _verify_only(out_dir: Path) -> Manifest:
             + "; ".join(_repair_commands(out_dir, manifest, list(damaged)))
         )
     return manifest
+
+
+#: The block size ``prepare`` checks domains against when ``--block_size`` is not given: LitGPT's default
+#: ``max_seq_length`` (and MixtureData's when it is not told one).
+ASSUMED_BLOCK_SIZE = 2048
+
+
+def _warn_small(out_dir: Path, manifest: Manifest, block_size: int | None) -> None:
+    """One line per train domain smaller than one block: MixtureData could not sample it, the planners refuse it."""
+    from regmix_plugin.mixture import domain_blocks
+
+    size = block_size or ASSUMED_BLOCK_SIZE
+    where = (f"--block_size {block_size}" if block_size else
+             f"assuming block_size {size}, LitGPT's default; pass --block_size to check your recipe's")  # fmt: skip
+    train = manifest.train_domains()
+    for d, n in domain_blocks(out_dir, train, size).items():
+        if n == 0:
+            print(f"warning: domain {d} has {manifest.domains[d].train.tokens} train token(s), less than one block "
+                  f"of {size + 1} tokens ({where}): MixtureData cannot sample it; prepare more data for it",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _prepare_command(source, tokenizer_dir, layout, domain_field, on_missing_domain, text_key, val_fraction,

@@ -11,9 +11,10 @@ is listed is complete. Each entry records the size and SHA-256 of every file it 
 chunk truncated or damaged later is found: by size whenever MixtureData sets up or ``prepare`` re-runs, by
 checksum with ``regmix prepare --verify true``.
 
-``chunks``, ``max_token_id``, ``prepared_with`` and ``dropped`` were added without a format-version bump: they are optional on
-read (a manifest written before them still reads; its chunks cannot be checked, which ``--verify`` says), and
-older readers ignore them, so a corpus never has to be re-tokenized just to be read.
+``chunks``, ``max_token_id``, ``prepared_with`` and ``dropped`` were added without a format-version bump: they
+are optional on read (a manifest written before them still reads; its chunks cannot be checked, which
+``--verify`` says, and its repair command has placeholders), and older readers ignore them, so a corpus never
+has to be re-tokenized just to be read.
 """
 
 from __future__ import annotations
