@@ -177,8 +177,13 @@ def epoch_bounds(
 
 
 def too_small(sizes: Mapping[str, float], block_size: int | None) -> list[str]:
-    """Domains that hold no whole block: 0 blocks of ``block_size + 1`` tokens, or (no block size) under 2 tokens."""
-    return [d for d, n in sizes.items() if n < (1 if block_size is not None else 2)]
+    """Domains that hold no whole block: 0 blocks of ``block_size + 1`` tokens, or (no block size) 1 token.
+
+    Without a block size a domain of 0 train tokens is not one of them: it is an evaluation-only domain, which
+    the epoch bound already keeps at weight 0."""
+    if block_size is not None:
+        return [d for d, n in sizes.items() if n < 1]
+    return [d for d, n in sizes.items() if 0 < n < 2]
 
 
 def too_small_message(domains: Sequence[str], block_size: int | None, fix: str) -> str:
