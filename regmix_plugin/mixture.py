@@ -188,10 +188,10 @@ def too_small(sizes: Mapping[str, float], block_size: int | None) -> list[str]:
 
 def too_small_message(domains: Sequence[str], block_size: int | None, fix: str) -> str:
     """The refusal of :func:`too_small` domains, naming them and the fix (``fix``: how to leave one out)."""
-    unit = (f"one block of --block_size {block_size} + 1 = {block_size + 1} tokens" if block_size is not None
-            else "one block of any size (2 tokens)")  # fmt: skip
+    unit = (f"block of --block_size {block_size} + 1 = {block_size + 1} tokens" if block_size is not None
+            else "block of any size (2 tokens)")  # fmt: skip
     return (
-        f"domain(s) {', '.join(domains)} hold less than {unit} of train data, so no run can sample them: prepare "
+        f"domain(s) {', '.join(domains)} hold no whole {unit} of train data, so no run can sample them: prepare "
         f"more data for them, or leave them out with {fix}"
     )
 

@@ -408,8 +408,9 @@ def _warn_small(out_dir: Path, manifest: Manifest, block_size: int | None) -> No
     train = manifest.train_domains()
     for d, n in domain_blocks(out_dir, train, size).items():
         if n == 0:
-            print(f"warning: domain {d} has {manifest.domains[d].train.tokens} train token(s), less than one block "
-                  f"of {size + 1} tokens ({where}): MixtureData cannot sample it; prepare more data for it",
+            print(f"warning: domain {d} has {manifest.domains[d].train.tokens} train token(s) but no whole block of "
+                  f"{size + 1} tokens in any chunk ({where}): MixtureData cannot sample it; prepare more data for it"
+                  + ("" if manifest.domains[d].train.tokens <= size else " or use a larger --chunk_bytes"),
                   file=sys.stderr)  # fmt: skip
 
 

@@ -174,15 +174,15 @@ def test_prepare_warns_about_a_domain_smaller_than_one_block(with_empty, tokeniz
                          tmp_path / "data", "--num_workers", 1, "--val_fraction", 0)  # fmt: skip
     assert code == 0, err
     warning = [line for line in (out + err).splitlines() if "enron_emails" in line]
-    assert warning == ["warning: domain enron_emails has 1 train token(s), less than one block of 2049 tokens "
-                       "(assuming block_size 2048, LitGPT's default; pass --block_size to check your recipe's): "
+    assert warning == ["warning: domain enron_emails has 1 train token(s) but no whole block of 2049 tokens in any "
+                       "chunk (assuming block_size 2048, LitGPT's default; pass --block_size to check your recipe's): "
                        "MixtureData cannot sample it; prepare more data for it"], out + err
     assert ".py:" not in out + err
     # with the recipe's block size it says which one, and domains that hold a block are not warned about
     code, out, err = cli("prepare", "--verify", "true", "--out_dir", tmp_path / "data", "--block_size", SEQ)
     assert code == 0, err
-    assert "warning: domain enron_emails has 1 train token(s), less than one block of 33 tokens (--block_size 32)" \
-        in out + err
+    assert "warning: domain enron_emails has 1 train token(s) but no whole block of 33 tokens in any chunk " \
+        "(--block_size 32)" in out + err
     assert "arxiv" not in out + err and "dm_mathematics" not in out + err
 
 
@@ -197,8 +197,8 @@ def test_planners_refuse_a_domain_without_one_block_naming_it_and_the_fix(with_e
     flags += ["--n", 3] if planner == "sample" else []
     code, _, err = cli(planner, *flags)
     assert code == 2, err
-    unit = "one block of --block_size 32 + 1 = 33 tokens" if block_size else "one block of any size (2 tokens)"
-    assert f"domain(s) enron_emails hold less than {unit} of train data" in err, err
+    unit = "block of --block_size 32 + 1 = 33 tokens" if block_size else "block of any size (2 tokens)"
+    assert f"domain(s) enron_emails hold no whole {unit} of train data" in err, err
     assert "prepare more data for them, or leave them out with --exclude [enron_emails]" in err
     # the fix it names works
     code, _, err = cli(planner, *flags, "--exclude", "[enron_emails]")
