@@ -260,3 +260,19 @@ def _spy(function, capture):
         capture(**kwargs)
 
     return wrapper
+
+
+def test_mixture_data_max_tokens_in_a_recipe_takes_25e9(tmp_path):
+    import subprocess
+    import sys
+
+    from regmix_plugin.resources import recipe_path
+
+    recipe = yaml.safe_load(recipe_path("tiny_cpu.yaml").read_text())
+    recipe["data"]["init_args"]["max_tokens"] = "25e9"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    litgpt = [sys.executable, "-c", "from litgpt.__main__ import main; main()"]
+    r = subprocess.run([*litgpt, "pretrain", "--config", str(tmp_path / "r.yaml"), "--print_config"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(r.stdout)["data"]["init_args"]["max_tokens"] == 25_000_000_000
