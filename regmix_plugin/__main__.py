@@ -127,6 +127,16 @@ def _parser_class():
         def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
             super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
+        def error(self, message, ex=None):
+            from regmix_plugin.counts import token_count_error
+
+            short = token_count_error(message)
+            if short is None or not self.exit_on_error:
+                super().error(message, ex)
+            # a bad token count: one line naming the flag, not jsonargparse's one line per union member
+            sys.stderr.write(f"{self.prog.replace(' [options]', '')}: error: {short}\n")
+            self.exit(2)
+
     return Parser
 
 

@@ -31,8 +31,9 @@ from litgpt.data import DataModule
 from litgpt.tokenizer import Tokenizer
 from torch.utils.data import DataLoader, IterableDataset
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import Manifest, read_manifest
-from regmix_plugin.mixture import validate_weights
+from regmix_plugin.mixture import epoch_allowance, exceeds_allowance, validate_weights
 from regmix_plugin.stream import (
     MixtureCallback,
     MixtureLoader,
@@ -53,7 +54,7 @@ class MixtureData(DataModule):
     schedule: list[dict[str, Any]] | None = None
     """Piecewise stages instead of ``weights``: ``[{until_fraction: 0.2, weights: {...}}, {weights: {...}}]``
     (or ``until_tokens``); the last stage runs to the end. ``until_fraction`` needs ``max_tokens``."""
-    max_tokens: int | None = None
+    max_tokens: TokenCount | None = None
     """The run's token budget (repeat ``train.max_tokens``): lets the epoch guard fail at set-up and places
     ``until_fraction`` stage switches. LitGPT does not pass it to data modules."""
     max_epochs: float = 15
@@ -248,8 +249,10 @@ class MixtureData(DataModule):
             start = end
         lines = []
         for d, n in sorted(planned.items()):
-            per_epoch = sources[d].num_blocks // num_streams if d in sources else 0
-            if n > 0 and (per_epoch == 0 or n > self.max_epochs * per_epoch):
+            blocks = sources[d].num_blocks if d in sources else 0
+            per_epoch = blocks // num_streams
+            # the planners' bound too (sample/optimize/schedule/entropy --block_size): one unit, one edge
+            if exceeds_allowance(n, epoch_allowance(blocks, self.max_epochs, num_streams)):
                 epochs = n / per_epoch if per_epoch else math.inf
                 lines.append(
                     f"  {d}: {n:,.0f} samples per stream from {per_epoch:,} blocks per stream = {epochs:.1f} epochs"

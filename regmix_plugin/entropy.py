@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
 from regmix_plugin.mixture import DEFAULT_MAX_EPOCHS
 from regmix_plugin.token_entropy import entropy_mixture
@@ -23,11 +24,12 @@ def entropy(
     data_path: Path,
     out: Path = Path("mixture.yaml"),
     measure: Literal["conditional", "joint", "shannon"] = "conditional",
-    max_tokens: int = 4_000_000,
+    max_tokens: TokenCount = 4_000_000,
     seed: int = 0,
     tokenizer_dir: Path | None = None,
-    target_tokens: int | None = None,
+    target_tokens: TokenCount | None = None,
     max_epochs: float = DEFAULT_MAX_EPOCHS,
+    block_size: int | None = None,
     min_weight: dict[str, float] | None = None,
     max_weight: dict[str, float] | None = None,
     exclude: list[str] | None = None,
@@ -46,12 +48,17 @@ def entropy(
         target_tokens: Tokens the final model will train on; with it no domain may repeat more than
             ``--max_epochs`` times.
         max_epochs: Most epochs allowed over any domain's train tokens (needs ``--target_tokens``).
+        block_size: Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as
+            MixtureData's guard does, instead of in tokens: give the training recipe's ``model_config.block_size``
+            (LitGPT's ``max_seq_length``), so a mixture at the bound passes the guard with ``on_epoch_limit: error``.
+            A domain without one whole block is then refused.
         min_weight: Lowest weight per domain, ``{domain: weight}``.
         max_weight: Highest weight per domain, ``{domain: weight}``.
         exclude: Domains the mixture must not train on (weight 0).
     """
     record = entropy_mixture(data_path, measure, max_tokens, seed, tokenizer_dir, target_tokens=target_tokens,
-                             max_epochs=max_epochs, min_weight=min_weight, max_weight=max_weight, exclude=exclude)
+                             max_epochs=max_epochs, block_size=block_size, min_weight=min_weight,
+                             max_weight=max_weight, exclude=exclude)
     header = (
         f"Mixture chosen by `regmix entropy --measure {measure}` ({record['provenance']['created']}): softmax of each\n"
         f"domain's token entropy on a seeded sample of at most {max_tokens:,} tokens, projected onto the constraints.\n"

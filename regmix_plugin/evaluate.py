@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from regmix_plugin.atomic import write_text
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.scoring import domain_losses, eval_domains, load_checkpoint, val_blocks
 from regmix_plugin.tokenizer import check_tokenizer
@@ -30,7 +31,7 @@ def evaluate(
     checkpoint_dir: Path,
     data_path: Path = Path("data/"),
     out: Path | None = Path("losses.csv"),
-    val_tokens: int = 262144,
+    val_tokens: TokenCount = 262144,
     seq_length: int | None = None,
     batch_size: int = 16,
     domains: list[str] | None = None,

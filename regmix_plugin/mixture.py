@@ -13,6 +13,7 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -99,9 +100,100 @@ def validate_weights(
 
 
 # ------------------------------------------------------------------------------------------- constraints
-def epoch_bounds(train_tokens: Mapping[str, float], target_tokens: float, max_epochs: float) -> dict[str, float]:
-    """Largest weight per domain such that a run of ``target_tokens`` repeats it at most ``max_epochs`` times."""
-    return {d: min(1.0, max_epochs * float(t) / float(target_tokens)) for d, t in train_tokens.items()}
+#: A planned draw may exceed its allowance by this fraction: weights written to YAML and renormalised by
+#: ``validate_weights`` move by a few ulps, which must not turn a mixture planned at the edge into a refusal.
+ALLOWANCE_SLACK = 1e-9
+
+
+def epoch_allowance(blocks: int, max_epochs: float, num_streams: int = 1) -> float:
+    """Samples one of ``num_streams`` streams may take from a domain of ``blocks`` blocks: ``max_epochs`` passes.
+
+    Each stream owns ``blocks // num_streams`` of the domain's blocks per epoch (``stream.EpochOrder``). This is
+    the one definition of a domain's epoch allowance: MixtureData's guard calls it per stream, and the planners
+    (``sample``, ``optimize``, ``schedule``, ``entropy``) with one stream, counting blocks of ``--block_size + 1``
+    tokens (:func:`domain_blocks`), or tokens when no block size is given.
+    """
+    return max_epochs * (int(blocks) // int(num_streams))
+
+
+def exceeds_allowance(samples: float, allowance: float) -> bool:
+    """Whether drawing ``samples`` from a domain breaks its ``allowance`` (:func:`epoch_allowance`)."""
+    return samples > 0 and (allowance <= 0 or samples > allowance * (1 + ALLOWANCE_SLACK))
+
+
+def domain_blocks(data_path: str | Path, domains: Iterable[str], block_size: int) -> dict[str, int]:
+    """Train blocks per domain as MixtureData reads them: ``sum over chunks of dim // (block_size + 1)``.
+
+    ``block_size`` is the recipe's (the model's ``block_size``, LitGPT's ``max_seq_length``); every sample is
+    ``block_size + 1`` tokens, the last one the final target.
+    """
+    from regmix_plugin.stream import TokenSource
+
+    return {d: TokenSource(Path(data_path) / d / "train", int(block_size) + 1).num_blocks for d in domains}
+
+
+def train_sizes(
+    domains: Iterable[str],
+    block_size: int | None = None,
+    data_path: str | Path | None = None,
+    train_tokens: Mapping[str, int] | None = None,
+) -> Mapping[str, int] | None:
+    """Each domain's train size in the unit of its epoch allowance, for the planners' ``--block_size`` flag.
+
+    With ``block_size``: blocks of ``block_size + 1`` tokens counted from the chunks under ``data_path``
+    (:func:`domain_blocks`); without: ``train_tokens`` (the manifest's, or ``--domain_tokens``), or None.
+    """
+    if block_size is None:
+        return train_tokens
+    if block_size < 1:
+        raise ValueError(f"--block_size must be >= 1 (the recipe's model block_size), got {block_size}")
+    if data_path is None:
+        raise ValueError("--block_size needs --data_path: the allowance is counted in the blocks of the prepared "
+                         "chunks (--domain_tokens gives tokens only)")  # fmt: skip
+    from regmix_plugin.formats.manifest import read_manifest
+
+    prepared = read_manifest(data_path, flag="--data_path").domains
+    return domain_blocks(data_path, [d for d in domains if d in prepared], block_size)
+
+
+def run_samples(target_tokens: float, block_size: int | None) -> float:
+    """The size of a run of ``target_tokens`` in the unit of the allowance: samples, or tokens without a block size.
+
+    LitGPT counts ``block_size`` tokens per sample against ``train.max_tokens``.
+    """
+    return float(target_tokens) if block_size is None else float(int(target_tokens) // int(block_size))
+
+
+def epoch_bounds(
+    sizes: Mapping[str, float], target_tokens: float, max_epochs: float, block_size: int | None = None
+) -> dict[str, float]:
+    """Largest weight per domain such that a run of ``target_tokens`` repeats it at most ``max_epochs`` times.
+
+    ``sizes`` are train blocks of ``block_size + 1`` tokens (:func:`domain_blocks`) when ``block_size`` is
+    given, as MixtureData's guard counts them; train tokens otherwise.
+    """
+    run = run_samples(target_tokens, block_size)
+    return {d: min(1.0, epoch_allowance(n, max_epochs) / run) if run > 0 else 1.0 for d, n in sizes.items()}
+
+
+def too_small(sizes: Mapping[str, float], block_size: int | None) -> list[str]:
+    """Domains that hold no whole block: 0 blocks of ``block_size + 1`` tokens, or (no block size) 1 token.
+
+    Without a block size a domain of 0 train tokens is not one of them: it is an evaluation-only domain, which
+    the epoch bound already keeps at weight 0."""
+    if block_size is not None:
+        return [d for d, n in sizes.items() if n < 1]
+    return [d for d, n in sizes.items() if 0 < n < 2]
+
+
+def too_small_message(domains: Sequence[str], block_size: int | None, fix: str) -> str:
+    """The refusal of :func:`too_small` domains, naming them and the fix (``fix``: how to leave one out)."""
+    unit = (f"block of --block_size {block_size} + 1 = {block_size + 1} tokens" if block_size is not None
+            else "block of any size (2 tokens)")  # fmt: skip
+    return (
+        f"domain(s) {', '.join(domains)} hold no whole {unit} of train data, so no run can sample them: prepare "
+        f"more data for them, or leave them out with {fix}"
+    )
 
 
 def epochs_used(
@@ -125,8 +217,14 @@ def constraint_bounds(
     target_tokens: int | None = None,
     max_epochs: float = DEFAULT_MAX_EPOCHS,
     tokens: Mapping[str, int] | None = None,
+    block_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-domain lower and upper weight bounds from every constraint; raises once listing all conflicts."""
+    """Per-domain lower and upper weight bounds from every constraint; raises once listing all conflicts.
+
+    ``tokens`` is each domain's train size: blocks of ``block_size + 1`` tokens when ``block_size`` is given
+    (:func:`domain_blocks`, the unit of MixtureData's guard), else tokens. With it, a domain holding no block
+    that is not excluded is refused, with or without ``target_tokens``.
+    """
     index = {d: i for i, d in enumerate(domains)}
     lower, upper = np.zeros(len(domains)), np.ones(len(domains))
     problems = []
@@ -145,6 +243,11 @@ def constraint_bounds(
             problems.append(f"{d} is both excluded and given --min_weight {lower[index[d]]}")
         else:
             upper[index[d]] = 0.0
+    if tokens is not None:
+        sizes = {d: tokens[d] for d in domains if d in tokens}
+        small = [d for d in too_small(sizes, block_size) if upper[index[d]] > 0]
+        if small:
+            problems.append(too_small_message(small, block_size, f"--exclude [{','.join(small)}]"))
     if target_tokens is not None:
         if tokens is None:
             problems.append("--target_tokens needs each domain's train tokens: give --data_path or --domain_tokens")
@@ -154,7 +257,7 @@ def constraint_bounds(
             missing = [d for d in domains if d not in tokens]
             if missing:
                 problems.append(f"no token count for {', '.join(missing)} (from --data_path or --domain_tokens)")
-            bound = epoch_bounds({d: tokens[d] for d in domains if d in tokens}, target_tokens, max_epochs)
+            bound = epoch_bounds({d: tokens[d] for d in domains if d in tokens}, target_tokens, max_epochs, block_size)
             for d, b in bound.items():
                 upper[index[d]] = min(upper[index[d]], b)
     if not problems:
@@ -181,6 +284,7 @@ def constraints_record(domains: Sequence[str], lower: np.ndarray, upper: np.ndar
         "excluded": sorted(given.get("exclude") or []),
         "target_tokens": given.get("target_tokens"),
         "max_epochs": given.get("max_epochs") if given.get("target_tokens") else None,
+        **({"block_size": given["block_size"]} if given.get("block_size") and given.get("target_tokens") else {}),
     }
 
 

@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
 from regmix_plugin.formats.model_dir import LAW_KINDS, FittedModel, load_fitted, read_model_meta
 from regmix_plugin.mixture import (
@@ -32,6 +33,7 @@ from regmix_plugin.mixture import (
     constraint_bounds,
     constraints_record,
     sample_candidates,
+    train_sizes,
     validate_weights,
 )
 
@@ -45,9 +47,10 @@ def optimize(
     prior: dict[str, float] | None = None,
     n_candidates: int = 1_000_000,
     top_k: int = 100,
-    target_tokens: int | None = None,
+    target_tokens: TokenCount | None = None,
     max_epochs: float = DEFAULT_MAX_EPOCHS,
-    domain_tokens: dict[str, int] | None = None,
+    block_size: int | None = None,
+    domain_tokens: dict[str, TokenCount] | None = None,
     min_weight: dict[str, float] | None = None,
     max_weight: dict[str, float] | None = None,
     exclude: list[str] | None = None,
@@ -75,6 +78,10 @@ def optimize(
         max_epochs: Most epochs allowed over any domain's train tokens (needs ``--target_tokens``). 15, as
             the paper's sampler (MAXIMUM_USAGE) and MixtureData's guard; repeating data more than ~4 times
             starts to cost quality (Muennighoff et al., 2023), so consider lowering it.
+        block_size: Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as
+            MixtureData's guard does, instead of in tokens: give the training recipe's ``model_config.block_size``
+            (LitGPT's ``max_seq_length``), so a mixture at the bound passes the guard with ``on_epoch_limit: error``.
+            Needs ``--data_path``; a domain without one whole block is then refused.
         domain_tokens: Train tokens per domain for the max-epochs bound, when there is no ``--data_path``.
         min_weight: Lowest weight per domain, ``{domain: weight}``.
         max_weight: Highest weight per domain, ``{domain: weight}``.
@@ -103,7 +110,9 @@ def optimize(
     sampler = SamplerArgs(**sampler) if isinstance(sampler, dict) else sampler
     center, prior_source = _prior(meta, prior, manifest)
     tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
-    lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude, target_tokens, max_epochs, tokens)
+    tokens = train_sizes(domains, block_size, data_path, tokens)
+    lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude, target_tokens, max_epochs, tokens,
+                                     block_size)  # fmt: skip
     if top_k < 1 or n_candidates < top_k:
         raise ValueError(f"--top_k must be between 1 and --n_candidates ({n_candidates}), got {top_k}")
     is_law = meta["regressor"] in LAW_KINDS
@@ -172,7 +181,7 @@ def optimize(
             "within_constraints": bool(((center >= lower - _FEASIBLE) & (center <= upper + _FEASIBLE)).all()),
         },
         "constraints": constraints_record(domains, lower, upper, {"exclude": exclude, "target_tokens": target_tokens,
-                                                                  "max_epochs": max_epochs}),
+                                                                  "max_epochs": max_epochs, "block_size": block_size}),
         "search": {
             "method": search if fitted.meta["regressor"] == "lightgbm" else "full",
             "n_candidates": n_candidates,

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,6 +32,7 @@ from regmix_plugin.formats.manifest import (
     chunk_problems,
     read_manifest,
     record_chunks,
+    repair_commands,
 )
 from regmix_plugin.formats.raw_corpus import discover, first_document_keys, iter_documents
 from regmix_plugin.mixture import is_safe_domain, normalize_domain
@@ -165,6 +167,7 @@ def prepare(
     num_workers: int | None = None,
     chunk_bytes: str = "64MB",
     verify: bool = False,
+    block_size: int | None = None,
 ) -> Manifest:
     """Tokenize a raw corpus into per-domain litdata chunks (train and val) and write ``manifest.json``.
 
@@ -191,14 +194,23 @@ def prepare(
         num_workers: Tokenizer processes; default: all CPU cores.
         chunk_bytes: Size of each litdata chunk file.
         verify: Check every finished domain's chunk files against the sizes and SHA-256 checksums in the
-            manifest (without it a re-run checks sizes only). A damaged domain is dropped from the manifest and,
-            when ``--source`` is given, prepared again; without ``--source`` the check only reports.
+            manifest (without it a re-run checks sizes only). Without ``--source`` it only reads and reports:
+            on damage it names each damaged file and the command that repairs it, changes nothing and exits 2.
+            With ``--source`` a damaged domain is prepared again; it stays listed in the manifest until its
+            new chunks replace it.
+        block_size: The block size of the model the corpus is for (the recipe's ``model_config.block_size``):
+            a domain with less than ``block_size + 1`` train tokens in its chunks is warned about, since
+            MixtureData cannot sample it. Default: assume LitGPT's 2048.
     """
     out_dir = Path(out_dir)
     if not source:
         if not verify:
             raise ValueError("--source is required (it may be left out only with --verify true)")
-        return _verify_only(out_dir)
+        manifest = _verify_only(out_dir)
+        _warn_small(out_dir, manifest, block_size)
+        return manifest
+    command = _prepare_command(source, tokenizer_dir, layout, domain_field, on_missing_domain, text_key, val_fraction,
+                               val_source, chunk_bytes)  # fmt: skip
     if tokenizer_dir is None:
         raise ValueError("--tokenizer_dir is required with --source")
     tokenizer_dir = Path(tokenizer_dir)
@@ -216,10 +228,13 @@ def prepare(
             f"--out_dir {str(out_dir)!r}",
             fix="use a new --out_dir or delete the old one",
         )
-        _drop_damaged(out_dir, manifest, checksums=verify)
+        redo = set(_report_damage(out_dir, manifest, checksums=verify, redo=True))
     else:
         manifest = Manifest(tokenizer_hash=tok_hash, vocab_size=vocab, domains={})
-    done = set(manifest.domains)
+        redo = set()
+    # a damaged domain keeps its (old) manifest entry until its new chunks are in place, so no crash or
+    # missing source can leave a domain unlisted that the user never asked to remove
+    done = set(manifest.domains) - redo
 
     listed = [(p, d, None, s) for s in sources for p, d in discover(Path(s), layout, domain_field)]
     listed += [(p, d, "val", s) for s in val_sources for p, d in discover(Path(s), layout, domain_field)]
@@ -266,19 +281,28 @@ def prepare(
         new = sorted({key.rsplit(".", 1)[0] for r in results for key in r["sizes"]} - done)
         if not new and not manifest.domains:
             raise RegmixError(_nothing_prepared(listed, domain_field, dropped))
-        _write_domains(new, results, labels, manifest, out_dir, tmp_root, chunk_bytes)
+        lost = sorted(redo - set(new))
+        if lost:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+            raise RegmixError(
+                f"damaged domain(s) {', '.join(lost)} of --out_dir {str(out_dir)!r} have no documents in --source, "
+                "so they cannot be re-done; nothing was changed. Re-run with the source they were prepared from: "
+                + "; ".join(repair_commands(out_dir, manifest, lost))
+            )
+        _write_domains(new, results, labels, manifest, out_dir, tmp_root, chunk_bytes, command)
     except OSError as e:
         if not _disk_full(e):
             raise
         # all files tokenized: the unfinished domains' temporary tokens are exactly what a re-run writes twice
         measured = None if results is None else sum(
-            f.stat().st_size for f in tmp_root.rglob("*.npy") if f.name.split(".")[0] not in manifest.domains)
+            f.stat().st_size for f in tmp_root.rglob("*.npy") if f.name.split(".")[0] not in done)
         shutil.rmtree(tmp_root, ignore_errors=True)
         for partial in out_dir.glob(".*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
         raise RegmixError(_disk_full_message(e, out_dir, listed, jobs, manifest, measured)) from None
     shutil.rmtree(tmp_root, ignore_errors=True)
     manifest.write(out_dir)
+    _warn_small(out_dir, manifest, block_size)
     if dropped:
         print(f"dropped {sum(dropped.values())} document(s): "
               + ", ".join(f"{n} {reason.replace('_', ' ')} ({domain_field})" for reason, n in dropped.items()))
@@ -310,12 +334,13 @@ def _tokenize(jobs: list[dict], tokenizer_dir: Path, num_workers: int | None) ->
     return results
 
 
-def _write_domains(new, results, labels, manifest, out_dir: Path, tmp_root: Path, chunk_bytes: str) -> None:
+def _write_domains(new, results, labels, manifest, out_dir: Path, tmp_root: Path, chunk_bytes: str,
+                   command: list[str]) -> None:  # fmt: skip
     """Write each new domain's chunks under ``.<domain>.partial``, rename it into place, then list it."""
     from tqdm import tqdm
 
     for domain in tqdm(new, desc="writing domains", unit="domain"):
-        stats = DomainStats(sources=sorted(labels.get(domain, {domain})))
+        stats = DomainStats(sources=sorted(labels.get(domain, {domain})), prepared_with=command)
         partial = out_dir / f".{domain}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         for split in ("train", "val"):
@@ -333,8 +358,8 @@ def _write_domains(new, results, labels, manifest, out_dir: Path, tmp_root: Path
         manifest.write(out_dir)
 
 
-def _drop_damaged(out_dir: Path, manifest: Manifest, checksums: bool) -> dict[str, list[str]]:
-    """Check finished domains' chunks against the manifest; drop the damaged ones so this run re-does them."""
+def _report_damage(out_dir: Path, manifest: Manifest, checksums: bool, redo: bool) -> dict[str, list[str]]:
+    """Check finished domains' chunks against the manifest and say what is damaged; reads only, writes nothing."""
     damaged = {}
     unrecorded = []
     for domain, stats in sorted(manifest.domains.items()):
@@ -344,29 +369,71 @@ def _drop_damaged(out_dir: Path, manifest: Manifest, checksums: bool) -> dict[st
         problems = chunk_problems(out_dir / domain, stats, checksums=checksums)
         if problems:
             damaged[domain] = problems
-    for domain, problems in damaged.items():
-        print(f"domain {domain} is damaged, re-doing it: " + "; ".join(problems[:3]))
-        del manifest.domains[domain]
-    if damaged:
-        manifest.write(out_dir)
+    if redo:
+        for domain, problems in damaged.items():
+            print(f"domain {domain} is damaged, re-doing it: " + "; ".join(problems[:3]))
     if unrecorded and checksums:
         print(f"cannot verify {', '.join(unrecorded)}: prepared by an older regmix-plugin that recorded no chunk "
               "sizes; prepare them into a new --out_dir to get them")
-    elif checksums:
+    elif checksums and not damaged:
         print(f"verified {len(manifest.domains) - len(unrecorded)} domain(s) of {out_dir}: sizes and SHA-256 match")
     return damaged
 
 
 def _verify_only(out_dir: Path) -> Manifest:
+    """``--verify true`` without ``--source``: report every damaged file and how to repair it; change nothing."""
     manifest = read_manifest(out_dir, flag="--out_dir")
-    damaged = _drop_damaged(out_dir, manifest, checksums=True)
+    damaged = _report_damage(out_dir, manifest, checksums=True, redo=False)
     if damaged:
+        lines = [f"  {domain}: {p}" for domain, problems in damaged.items() for p in problems]
         raise RegmixError(
-            f"{len(damaged)} damaged domain(s) in --out_dir {str(out_dir)!r} ({', '.join(damaged)}), now dropped "
-            "from its manifest: re-run `regmix prepare` with the same --source, --tokenizer_dir and --out_dir to "
-            "prepare them again"
+            f"{len(damaged)} damaged domain(s) in --out_dir {str(out_dir)!r} ({', '.join(damaged)}); nothing was "
+            "changed:\n" + "\n".join(lines) + "\nRepair (re-does only the damaged domains): "
+            + "; ".join(repair_commands(out_dir, manifest, list(damaged)))
         )
     return manifest
+
+
+#: The block size ``prepare`` checks domains against when ``--block_size`` is not given: LitGPT's default
+#: ``max_seq_length`` (and MixtureData's when it is not told one).
+ASSUMED_BLOCK_SIZE = 2048
+
+
+def _warn_small(out_dir: Path, manifest: Manifest, block_size: int | None) -> None:
+    """One line per train domain smaller than one block: MixtureData could not sample it, the planners refuse it."""
+    from regmix_plugin.mixture import domain_blocks
+
+    size = block_size or ASSUMED_BLOCK_SIZE
+    where = (f"--block_size {block_size}" if block_size else
+             f"assuming block_size {size}, LitGPT's default; pass --block_size to check your recipe's")  # fmt: skip
+    train = manifest.train_domains()
+    for d, n in domain_blocks(out_dir, train, size).items():
+        if n == 0:
+            print(f"warning: domain {d} has {manifest.domains[d].train.tokens} train token(s) but no whole block of "
+                  f"{size + 1} tokens in any chunk ({where}): MixtureData cannot sample it; prepare more data for it"
+                  + ("" if manifest.domains[d].train.tokens <= size else " or use a larger --chunk_bytes"),
+                  file=sys.stderr)  # fmt: skip
+
+
+def _prepare_command(source, tokenizer_dir, layout, domain_field, on_missing_domain, text_key, val_fraction,
+                     val_source, chunk_bytes) -> list[str]:  # fmt: skip
+    """The flags of this run that shape its output (paths made absolute), recorded per domain for repairs."""
+
+    def paths(value) -> str:
+        items = [value] if isinstance(value, (str, Path)) else list(value)
+        absolute = [str(Path(p).resolve()) for p in items]
+        return absolute[0] if len(absolute) == 1 else "[" + ",".join(absolute) + "]"
+
+    defaults = {"layout": "auto", "domain_field": None, "on_missing_domain": "error", "text_key": "text",
+                "val_fraction": 0.01, "val_source": None, "chunk_bytes": "64MB"}  # fmt: skip
+    given = {"layout": layout, "domain_field": domain_field, "on_missing_domain": on_missing_domain,
+             "text_key": text_key, "val_fraction": val_fraction, "val_source": val_source or None,
+             "chunk_bytes": chunk_bytes}  # fmt: skip
+    out = ["--source", paths(source), "--tokenizer_dir", str(Path(tokenizer_dir).resolve())]
+    for key, value in given.items():
+        if value != defaults[key]:
+            out += [f"--{key}", paths(value) if key == "val_source" else str(value)]
+    return out
 
 
 def _nothing_prepared(listed, domain_field: str | None, dropped: dict[str, int]) -> str:

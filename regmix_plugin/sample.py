@@ -16,7 +16,8 @@ The sampler follows the paper's official one (sail-sg/regmix ``mixture_config/sy
 3. weights below ``minimum`` become 0, the row is renormalised and rounded to ``decimals`` places by largest
    remainder, so it sums to exactly 1 (the official rounding to multiples of ``minimum`` does not);
 4. the row is rejected if, at ``target_tokens`` (the size of the run the mixture is meant for), any domain
-   would be repeated more than ``max_epochs`` times: ``w_d * target_tokens > max_epochs * train_tokens_d``.
+   would be repeated more than ``max_epochs`` times: ``w_d * target_tokens > max_epochs * train_tokens_d``
+   (with ``--block_size``: ``w_d * (target_tokens // block_size) > max_epochs * blocks_d``, MixtureData's unit).
    The bound uses the real token counts and is checked on the final, rounded row; the official code checks
    it before zeroing and renormalising (which raise the other weights) and assumes ``target_tokens`` equals
    the corpus size;
@@ -35,6 +36,7 @@ from typing import Literal
 
 import numpy as np
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixtures import write_mixtures
 from regmix_plugin.mixture import (
@@ -43,6 +45,9 @@ from regmix_plugin.mixture import (
     dirichlet_draws,
     epoch_bounds,
     largest_remainder,
+    too_small,
+    too_small_message,
+    train_sizes,
     validate_weights,
 )
 
@@ -51,10 +56,14 @@ def sample_schedules(
     train_tokens: dict[str, int], n: int, stages: int, target_tokens: float | None = None, temperature: float = 0.5,
     sampler: SamplerArgs = SamplerArgs(), max_epochs: float = DEFAULT_MAX_EPOCHS, minimum: float = 2e-4,
     decimals: int = 4, seed: int = 42, max_draws: int | None = None, center: dict[str, float] | None = None,
+    block_size: int | None = None, sizes: dict[str, int] | None = None, exclude: list[str] | None = None,
 ) -> list[list[dict[str, float]]]:
     """``n`` distinct proxy schedules of ``stages`` equal stages: an independent draw per stage (Marin's
     multi-phase swarms, RegMix-D's proxies), each rounded and floored like a static draw; the epoch bound is
-    counted over the whole run, on the mean of the stages. ``stages=1`` gives static mixtures (one-stage schedules)."""
+    counted over the whole run, on the mean of the stages. ``stages=1`` gives static mixtures (one-stage schedules).
+
+    The bound counts ``sizes`` (blocks of ``block_size + 1`` tokens, :func:`regmix_plugin.mixture.train_sizes`)
+    when ``block_size`` is given, else ``train_tokens``; the domains in ``exclude`` get weight 0 in every row."""
     domains = sorted(d for d, t in train_tokens.items() if t > 0)
     tokens = np.array([train_tokens[d] for d in domains], dtype=np.float64)
     target = float(target_tokens or tokens.sum())
@@ -62,9 +71,10 @@ def sample_schedules(
         prior = np.maximum(np.array([center.get(d, 0.0) for d in domains], float), 1e-12)
     else:
         prior = (tokens / tokens.sum()) ** temperature
+    prior[[d in set(exclude or ()) for d in domains]] = 0.0
     prior /= prior.sum()
-    bounds = epoch_bounds(dict(zip(domains, tokens, strict=True)), target, max_epochs)
-    bound = np.array([bounds[d] for d in domains])
+    bounds = epoch_bounds({d: (sizes or train_tokens)[d] for d in domains}, target, max_epochs, block_size)
+    bound = np.array([0.0 if p == 0 else bounds[d] for d, p in zip(domains, prior, strict=True)])
     rng = np.random.default_rng(seed)
     unit = 10**decimals
     min_units = math.ceil(minimum * unit - 1e-9)
@@ -103,7 +113,7 @@ def sample(
     data_path: Path = Path("data/"),
     out: Path = Path("mixtures.csv"),
     n: int = 512,
-    target_tokens: int | None = None,
+    target_tokens: TokenCount | None = None,
     temperature: float = 0.5,
     sampler: SamplerArgs = SamplerArgs(),
     max_epochs: float = DEFAULT_MAX_EPOCHS,
@@ -115,6 +125,8 @@ def sample(
     baselines: dict[str, dict[str, float]] | None = None,
     prior: Literal["tokens", "entropy"] = "tokens",
     stages: int = 1,
+    block_size: int | None = None,
+    exclude: list[str] | None = None,
 ) -> None:
     """Sample proxy mixtures from a prepared corpus's token distribution and write them as a CSV.
 
@@ -141,6 +153,11 @@ def sample(
         stages: Stages per proxy, for RegMix-D (``regmix fit_trajectory``): each proxy gets an independent
             draw per equal stage, written as ``weight/<domain>@<stage>`` columns; the ``max_epochs`` bound is
             counted over the whole run. Baseline rows keep their mixture in every stage. 1: static mixtures.
+        block_size: Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as
+            MixtureData's guard does, instead of in tokens: give the training recipe's ``model_config.block_size``
+            (LitGPT's ``max_seq_length``), so a mixture at the bound passes the guard with ``on_epoch_limit: error``.
+            A domain without one whole block is then refused.
+        exclude: Domains every sampled mixture leaves out (weight 0; their columns stay).
     """
     manifest = read_manifest(data_path)
     tokens = manifest.train_tokens()
@@ -176,6 +193,15 @@ def sample(
                         "--uniform true or --baselines")
     if prior not in ("tokens", "entropy"):
         problems.append(f"--prior must be tokens or entropy, got {prior!r}")
+    unknown = sorted(set(exclude or ()) - set(domains))
+    if unknown:
+        problems.append(f"--exclude: unknown domain(s) {', '.join(unknown)}; domains: {', '.join(domains)}")
+    if len(set(exclude or ()) & set(domains)) == len(domains):
+        problems.append("--exclude leaves no domain to sample")
+    sizes = train_sizes(domains, block_size, data_path, tokens)
+    small = [d for d in too_small({d: sizes[d] for d in domains}, block_size) if d not in (exclude or ())]
+    if small:
+        problems.append(too_small_message(small, block_size, f"--exclude [{','.join(small)}]"))
     if problems:
         raise ValueError("regmix sample: " + "; ".join(problems))
     center = None
@@ -184,7 +210,8 @@ def sample(
 
         center = entropy_mixture(data_path, seed=seed)["weights"]
 
-    bounds = epoch_bounds({d: tokens[d] for d in domains}, float(target_tokens or sum(tokens.values())), max_epochs)
+    bounds = epoch_bounds({d: sizes[d] for d in domains}, float(target_tokens or sum(tokens.values())), max_epochs,
+                          block_size)  # fmt: skip
     mixtures: dict[str, dict[str, float]] = {}
     for name, w in named.items():
         units = largest_remainder([w.get(d, 0.0) for d in domains], 10**decimals)
@@ -205,6 +232,9 @@ def sample(
         decimals=decimals,
         seed=seed,
         center=center,
+        block_size=block_size,
+        sizes=sizes,
+        exclude=exclude,
     )
     runs: dict = {name: [w] * stages if stages > 1 else w for name, w in mixtures.items()}
     width = max(4, len(str(n)))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.schedule import Schedule, ScheduleStage, write_schedule
 from regmix_plugin.trajectory import SearchArgs, derive_schedule, load_trajectory_model
 
@@ -33,9 +34,10 @@ def schedule(
     stages: int = 3,
     data_path: Path | None = None,
     prior: dict[str, float] | None = None,
-    target_tokens: int | None = None,
+    target_tokens: TokenCount | None = None,
     max_epochs: float = 15.0,
-    domain_tokens: dict[str, int] | None = None,
+    block_size: int | None = None,
+    domain_tokens: dict[str, TokenCount] | None = None,
     min_weight: dict[str, float] | None = None,
     max_weight: dict[str, float] | None = None,
     exclude: list[str] | None = None,
@@ -53,6 +55,10 @@ def schedule(
         target_tokens: Tokens of the run the schedule is for; with it no domain is repeated more than
             ``--max_epochs`` times over the whole run.
         max_epochs: Most epochs over any domain's train tokens over the whole run (needs ``--target_tokens``).
+        block_size: Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as
+            MixtureData's guard does, instead of in tokens: give the training recipe's ``model_config.block_size``
+            (LitGPT's ``max_seq_length``), so a mixture at the bound passes the guard with ``on_epoch_limit: error``.
+            Needs ``--data_path``; a domain without one whole block is then refused.
         domain_tokens: Train tokens per domain for the max-epochs bound, when there is no ``--data_path``.
         min_weight: Lowest weight per domain in every stage.
         max_weight: Highest weight per domain in every stage.
@@ -60,7 +66,7 @@ def schedule(
         search: How each stage's mixture is searched: candidates, top-k, smoothing, seed, objective and
             pessimism (every ``--search.*`` flag is listed below).
     """
-    from regmix_plugin.mixture import constraint_bounds
+    from regmix_plugin.mixture import constraint_bounds, train_sizes
 
     search = SearchArgs(**search) if isinstance(search, dict) else search or SearchArgs()
     problems = []
@@ -85,10 +91,11 @@ def schedule(
 
         manifest = read_manifest(data_path, flag="--data_path")
     tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
-    lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude)
+    tokens = train_sizes(domains, block_size, data_path, tokens)
+    lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude, tokens=tokens, block_size=block_size)
     allowance = None
     if target_tokens is not None:
-        _, allowance = constraint_bounds(domains, None, None, None, target_tokens, max_epochs, tokens)
+        _, allowance = constraint_bounds(domains, None, None, exclude, target_tokens, max_epochs, tokens, block_size)
     center = _prior(domains, prior, manifest)
     plan = derive_schedule(traj, stages, center, lower, upper, allowance, search)
     static = derive_schedule(traj, 1, center, lower, upper, allowance, SearchArgs(**{**vars(search), "smoothing": 0.0}))
@@ -113,6 +120,7 @@ def schedule(
             "excluded": sorted(exclude or []),
             "target_tokens": target_tokens,
             "max_epochs": max_epochs if target_tokens else None,
+            **({"block_size": block_size} if block_size and target_tokens else {}),
             "epochs_counted_over": "whole run",
         },
         provenance={

@@ -120,11 +120,11 @@ def entropy_mixture(
     """The mixture record `regmix entropy` writes (weights, entropies, constraints, provenance).
 
     ``constraints`` are :func:`regmix_plugin.mixture.constraint_bounds`' keyword arguments (``target_tokens``,
-    ``max_epochs``, ``min_weight``, ``max_weight``, ``exclude``). ``regmix sample --prior entropy`` centres its
-    Dirichlet draws on the record's ``weights``.
+    ``max_epochs``, ``block_size``, ``min_weight``, ``max_weight``, ``exclude``). ``regmix sample --prior
+    entropy`` centres its Dirichlet draws on the record's ``weights``.
     """
     from regmix_plugin.formats.manifest import read_manifest
-    from regmix_plugin.mixture import constraint_bounds, constraints_record, project
+    from regmix_plugin.mixture import constraint_bounds, constraints_record, project, train_sizes
     from regmix_plugin.tokenizer import check_tokenizer
 
     if measure not in MEASURES:
@@ -135,7 +135,7 @@ def entropy_mixture(
     if tokenizer_dir is not None:
         check_tokenizer(tokenizer_dir, manifest.tokenizer_hash, "--tokenizer_dir", f"--data_path {str(data_path)!r}")
     domains = manifest.train_domains()
-    tokens = manifest.train_tokens()
+    tokens = train_sizes(domains, constraints.get("block_size"), data_path, manifest.train_tokens())
     constraints.setdefault("max_epochs", DEFAULT_MAX_EPOCHS)
     lower, upper = constraint_bounds(domains, tokens=tokens, **constraints)
     H = domain_entropies(data_path, domains, max_tokens, seed, vocab_size=manifest.vocab_size)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def test_demo_refuses_every_bad_flag_before_building_anything(tmp_path, capsys):
     assert time.perf_counter() - t0 < 30
 
 
-def test_sweep_names_every_damaged_file_before_the_first_proxy(tmp_path, prepared, tokenizer_dir, capsys):
+def test_sweep_names_every_damaged_file_before_the_first_proxy(tmp_path, prepared, raw_corpus, tokenizer_dir, capsys):
     data = tmp_path / "data"
     shutil.copytree(prepared, data)
     manifest = json.loads((data / "manifest.json").read_text())
@@ -74,9 +75,13 @@ def test_sweep_names_every_damaged_file_before_the_first_proxy(tmp_path, prepare
         f"  the prepared corpus {str(data)!r} is damaged (2 domain(s)):",
         f"    domain 'code': {data / 'code' / chunk} is 10 bytes, the manifest says {size:,} (truncated?)",
         f"    domain 'prose': {data / 'prose' / gone} is missing",
-        f"    repair: `regmix prepare --source RAW --tokenizer_dir {tokenizer_dir} --out_dir {data}` re-does the "
-        "damaged domains and keeps the others (RAW and any other flags: as when it was prepared)",
+        "    repair (re-does only the damaged domains, keeps the others): "
+        + shlex.join(["regmix", "prepare", *manifest["domains"]["code"]["prepared_with"], "--out_dir", str(data)]),
     ]
+    # the flags that prepared the corpus, recorded in its manifest: the same for both damaged domains
+    assert manifest["domains"]["code"]["prepared_with"] == manifest["domains"]["prose"]["prepared_with"]
+    assert manifest["domains"]["code"]["prepared_with"][:4] == ["--source", str(raw_corpus), "--tokenizer_dir",
+                                                                str(tokenizer_dir)]
     assert not (out / "runs").exists()
 
 

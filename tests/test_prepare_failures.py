@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -150,20 +151,59 @@ def test_truncated_chunk_is_found_by_verify_and_redone_by_a_rerun(tmp_path, toke
     prose_chunk = out / "prose" / "train" / "chunk-0-0.bin"
     prose_before = prose_chunk.stat().st_mtime_ns
     os.truncate(chunk, len(full) // 2)
-    # --verify without --source only reports, and drops the domain from the manifest
-    r = cli("prepare", "--verify", "true", "--out_dir", str(out))
-    assert r.returncode == 2, r.stderr
-    assert f"domain code is damaged, re-doing it: {chunk} is {len(full) // 2:,} bytes, the manifest says " \
-           f"{len(full):,} (truncated?)" in r.stdout
-    assert "1 damaged domain(s) in --out_dir" in r.stderr
-    assert "re-run `regmix prepare` with the same --source" in r.stderr
-    assert sorted(read_manifest(out).domains) == ["prose"]
-    # the re-run prepares it again, byte for byte, and leaves the healthy domain alone
-    m = prepare(source=str(tmp_path / "raw"), tokenizer_dir=tokenizer_dir, out_dir=out, num_workers=1,
-                chunk_bytes="1KB", val_fraction=0.1)
+    before = (out / "manifest.json").read_bytes()
+    # --verify without --source only reads and reports: exit 2, the file named, the repair command, nothing changed
+    for _ in range(2):  # and it says so again: the damage is still there, nothing "fixed" it by forgetting it
+        r = cli("prepare", "--verify", "true", "--out_dir", str(out))
+        assert r.returncode == 2, r.stderr
+        assert f"  code: {chunk} is {len(full) // 2:,} bytes, the manifest says {len(full):,} (truncated?)" in r.stderr
+        assert "1 damaged domain(s) in --out_dir" in r.stderr and "nothing was changed" in r.stderr
+        assert "re-doing" not in r.stdout + r.stderr
+        assert (out / "manifest.json").read_bytes() == before
+    repair = r.stderr.split("Repair (re-does only the damaged domains): ")[1].strip()
+    assert repair == (f"regmix prepare --source {(tmp_path / 'raw').resolve()} --tokenizer_dir "
+                      f"{Path(tokenizer_dir).resolve()} --val_fraction 0.1 --chunk_bytes 1KB --out_dir {out}")
+    # the printed command, run word for word, prepares it again byte for byte and leaves the healthy domain alone
+    r = cli(*shlex.split(repair)[1:])
+    assert r.returncode == 0, r.stderr
+    assert "domain code is damaged, re-doing it" in r.stdout
+    m = read_manifest(out)
     bins = lambda c: {k: v for k, v in c.items() if k.endswith(".bin")}  # noqa: E731 (index.json holds a path)
     assert chunk.read_bytes() == full and bins(m.domains["code"].chunks) == bins(chunks)
     assert prose_chunk.stat().st_mtime_ns == prose_before
+    r = cli("prepare", "--verify", "true", "--out_dir", str(out))
+    assert r.returncode == 0 and "verified 2 domain(s)" in r.stdout, r.stderr
+
+
+def test_verify_names_a_deleted_chunk_and_training_names_the_damage(tmp_path, tokenizer_dir, cli):
+    from regmix_plugin.data import MixtureData
+
+    out = _corpus(tmp_path, tokenizer_dir)
+    gone = out / "prose" / "train" / "chunk-0-0.bin"
+    gone.unlink()
+    before = (out / "manifest.json").read_bytes()
+    r = cli("prepare", "--verify", "true", "--out_dir", str(out))
+    assert r.returncode == 2 and f"  prose: {gone} is missing" in r.stderr, r.stderr
+    assert (out / "manifest.json").read_bytes() == before
+    # the data module then names the damage (not "unknown domain 'prose'": verify did not unlist it)
+    dm = MixtureData(data_path=out, weights={"prose": 0.5, "code": 0.5}, num_workers=0)
+    with pytest.raises(ValueError, match=r"domain 'prose' of --data.data_path .* damaged: .*chunk-0-0.bin is missing"):
+        dm.setup()
+
+
+def test_a_source_without_the_damaged_domain_changes_nothing(tmp_path, tokenizer_dir, cli):
+    out = _corpus(tmp_path, tokenizer_dir)
+    os.truncate(out / "code" / "train" / "chunk-0-1.bin", 5)
+    write_jsonl(tmp_path / "other" / "web" / "x.jsonl", [{"text": "the city " * 20}] * 10)
+    before = (out / "manifest.json").read_bytes()
+    for extra in ((), ("--verify", "true")):
+        r = cli("prepare", "--source", str(tmp_path / "other"), "--tokenizer_dir", str(tokenizer_dir), "--out_dir",
+                str(out), "--num_workers", "1", "--chunk_bytes", "1KB", "--val_fraction", "0.1", *extra)
+        assert r.returncode == 2, r.stderr
+        assert "damaged domain(s) code of --out_dir" in r.stderr and "have no documents in --source" in r.stderr
+        assert f"regmix prepare --source {(tmp_path / 'raw').resolve()} " in r.stderr
+        assert (out / "manifest.json").read_bytes() == before
+        assert not (out / "web").exists() and not (out / ".prepare-tmp").exists()
 
 
 def test_a_rerun_without_verify_checks_sizes_and_verify_checks_content(tmp_path, tokenizer_dir, capsys):

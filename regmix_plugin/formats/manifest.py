@@ -11,9 +11,10 @@ is listed is complete. Each entry records the size and SHA-256 of every file it 
 chunk truncated or damaged later is found: by size whenever MixtureData sets up or ``prepare`` re-runs, by
 checksum with ``regmix prepare --verify true``.
 
-``chunks``, ``max_token_id`` and ``dropped`` were added without a format-version bump: they are optional on
-read (a manifest written before them still reads; its chunks cannot be checked, which ``--verify`` says), and
-older readers ignore them, so a corpus never has to be re-tokenized just to be read.
+``chunks``, ``max_token_id``, ``prepared_with`` and ``dropped`` were added without a format-version bump: they
+are optional on read (a manifest written before them still reads; its chunks cannot be checked, which
+``--verify`` says, and its repair command has placeholders), and older readers ignore them, so a corpus never
+has to be re-tokenized just to be read.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class DomainStats:
     """The largest token id in the domain's chunks (None: prepared before it was recorded)."""
     chunks: dict[str, dict] | None = None
     """``{"train/chunk-0-0.bin": {"bytes": N, "sha256": "..."}, ...}``: every file of the domain's directory."""
+    prepared_with: list[str] | None = None
+    """The ``regmix prepare`` flags that wrote the domain (absolute paths, no ``--out_dir``): how to re-do it."""
 
 
 def record_chunks(domain_dir: Path) -> dict[str, dict]:
@@ -100,14 +103,29 @@ def damaged_domains(data_path: Path, manifest: Manifest, domains: list[str] | No
     return out
 
 
-def damage_message(data_path: Path, damaged: dict[str, list[str]], tokenizer_dir: Path | str | None = None) -> str:
+def damage_message(data_path: Path, manifest: Manifest, damaged: dict[str, list[str]]) -> str:
     """One message naming every damaged domain and file of :func:`damaged_domains`, and the command that repairs it."""
     lines = [f"the prepared corpus {str(data_path)!r} is damaged ({len(damaged)} domain(s)):"]
     lines += [f"    domain {d!r}: {'; '.join(problems)}" for d, problems in sorted(damaged.items())]
-    tok = tokenizer_dir or "TOKENIZER"
-    lines.append(f"    repair: `regmix prepare --source RAW --tokenizer_dir {tok} --out_dir {data_path}` re-does the "
-                 "damaged domains and keeps the others (RAW and any other flags: as when it was prepared)")
+    lines.append("    repair (re-does only the damaged domains, keeps the others): "
+                 + "; ".join(repair_commands(data_path, manifest, sorted(damaged))))  # fmt: skip
     return "\n".join(lines)
+
+
+def repair_commands(data_path: Path, manifest: Manifest, domains: list[str]) -> list[str]:
+    """The ``regmix prepare`` command line(s) that re-do ``domains``, from the flags recorded with each."""
+    import shlex
+
+    by_command: dict[tuple[str, ...], list[str]] = {}
+    for d in domains:
+        recorded = manifest.domains[d].prepared_with or [  # prepared before the flags were recorded
+            "--source", "<its raw corpus>", "--tokenizer_dir", "<its tokenizer>"]  # fmt: skip
+        by_command.setdefault(tuple(recorded), []).append(d)
+    return [
+        shlex.join(["regmix", "prepare", *flags, "--out_dir", str(data_path)])
+        + ("" if len(by_command) == 1 else f" (for {', '.join(ds)})")
+        for flags, ds in by_command.items()
+    ]
 
 
 @dataclass
@@ -194,7 +212,7 @@ def read_manifest(data_path: str | Path, flag: str = "--data_path") -> Manifest:
     domains = {
         name: DomainStats(
             train=SplitStats(**d.get("train", {})), val=SplitStats(**d.get("val", {})), sources=d.get("sources", []),
-            max_token_id=d.get("max_token_id"), chunks=d.get("chunks"),
+            max_token_id=d.get("max_token_id"), chunks=d.get("chunks"), prepared_with=d.get("prepared_with"),
         )
         for name, d in raw["domains"].items()
     }

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from regmix_plugin.atomic import write_json
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import MANIFEST, damage_message, damaged_domains, read_manifest
 from regmix_plugin.formats.mixtures import RunSpec, read_mixtures, split_run
 from regmix_plugin.formats.sweep_records import read_records
@@ -37,7 +38,7 @@ class EvalArgs:
 
     points: int = 5
     """Intermediate evaluation points, evenly spaced, scored besides the end of each run."""
-    val_tokens: int = 262144
+    val_tokens: TokenCount = 262144
     """Validation tokens scored per domain at every eval point (the same tokens for every run)."""
     batch_size: int = 16
     """Blocks per forward pass when scoring (speed only)."""
@@ -178,7 +179,7 @@ def plan_sweep(
     # every domain: each run trains on some and is scored on every val split
     damaged = damaged_domains(data_path, manifest)
     if damaged:
-        problems.append(damage_message(data_path, damaged, tokenizer_dir or base.get("tokenizer_dir")))
+        problems.append(damage_message(data_path, manifest, damaged))
     if eval.points < 0:
         problems.append(f"--eval.points must be >= 0, got {eval.points}: it counts the evaluation points "
                         "besides the end of each run (0 scores the end only)")
