@@ -19,6 +19,7 @@ from regmixd_corpus import DOMAINS, TARGET, TokenProtocol, _final, premise_arms
 
 
 @pytest.mark.slow
+@pytest.mark.science
 def test_spending_the_scarce_domain_late_beats_the_best_static_mixture(tmp_path, measured):
     from regmix_plugin.formats.manifest import read_manifest
     from regmix_plugin.formats.mixtures import write_mixtures

@@ -10,6 +10,7 @@ noise). A failure is a finding to report, not a test to tune.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from regmixd_truth import DOMAINS, Protocol, proxy_records, true_losses
 
 CHEAP = Protocol(n_candidates=10_000, top_k=32, cv_folds=3)
@@ -26,6 +27,7 @@ def test_proxy_records_follow_the_sweep_record_shape():
     assert abs(r["losses"][0]["losses"]["fast"] - exact[0]) < 0.05  # observed = exact + noise (std 0.01)
 
 
+@pytest.mark.science
 def test_regmix_d_beats_static_regmix_on_one_seed(tmp_path, measured):
     r = CHEAP.run(tmp_path, seed=0)
     measured(f"seed 0 (cheap protocol): static {r['static']:.4f}  offline {r['offline']:.4f}  "

@@ -60,6 +60,8 @@ class Pipeline:
     """Stages of the RegMix-D proxies and of the ``regmix_d`` arm's schedule (equal slices of the run)."""
     regmixd_regressor: str = "linear"
     """`regmix fit_trajectory --regressor` for the ``regmix_d`` arm: linear, lightgbm or gp."""
+    compile: str = "auto"
+    """`regmix sweep --compile` for every model the pipeline trains: auto (eager on CPU), on or off."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per recipe (``proxy``/``target``): dotted key -> value applied to the working copy (``--quick``)."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -150,7 +152,7 @@ class Pipeline:
             sweep(mixtures=self.out_dir / "mixtures.csv", data_path=self.out_dir / "data",
                   recipe=self.working_recipe("proxy"), out_dir=self.out_dir / "sweep",
                   eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
-                  local=LocalArgs(workers=self.workers), data_num_workers=0)
+                  local=LocalArgs(workers=self.workers), data_num_workers=0, compile=self.compile)
         return self.out_dir / "sweep" / "results.csv"
 
     def schedule_path(self, name: str = "regmix_d") -> Path:
@@ -176,7 +178,7 @@ class Pipeline:
             sweep(mixtures=staged / "mixtures.csv", data_path=self.out_dir / "data",
                   recipe=self.working_recipe("proxy"), out_dir=staged / "sweep",
                   eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
-                  local=LocalArgs(workers=self.workers), data_num_workers=0)  # fmt: skip
+                  local=LocalArgs(workers=self.workers), data_num_workers=0, compile=self.compile)  # fmt: skip
         with self.stage("fit_trajectory"):
             from regmix_plugin.formats.sweep_records import read_records
 
@@ -209,7 +211,7 @@ class Pipeline:
         with self.stage("target models"):
             sweep(mixtures=self.out_dir / "arms" / f"{name}.csv", data_path=self.out_dir / "data", recipe=template,
                   out_dir=self.out_dir / "arms" / f"runs_{name}", local=LocalArgs(workers=1),
-                  eval=EvalArgs(points=0, val_tokens=self.target_val_tokens))  # fmt: skip
+                  eval=EvalArgs(points=0, val_tokens=self.target_val_tokens), compile=self.compile)  # fmt: skip
         return _final_losses(read_records(self.out_dir / "arms" / f"runs_{name}")[name])
 
     def fit_and_optimize(self, results: Path) -> dict:
@@ -297,7 +299,7 @@ class Pipeline:
         with self.stage("target models"):
             sweep(mixtures=self.out_dir / "arms" / "mixtures.csv", data_path=self.out_dir / "data", recipe=template,
                   out_dir=self.out_dir / "arms" / "runs", eval=EvalArgs(points=0, val_tokens=self.target_val_tokens),
-                  local=LocalArgs(workers=self.workers))
+                  local=LocalArgs(workers=self.workers), compile=self.compile)
         records = read_records(self.out_dir / "arms" / "runs")
         return {arm: _final_losses(records[arm]) for arm in arms if arm in records}
 
