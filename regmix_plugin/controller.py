@@ -56,6 +56,7 @@ from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream
 
 DECISIONS = "decisions.jsonl"
 STAGE_DIR = "regmixd"
+FAULT_FILE = "fault-stage-{stage}-rank-{rank}-worker-{worker}.json"
 
 
 class RegMixDController(MixtureCallback):
@@ -72,7 +73,7 @@ class RegMixDController(MixtureCallback):
         top_k: int = 64,
         smoothing: float = 0.2,
         seed: int = 0,
-        wait_timeout_s: float = 3600.0,
+        wait_timeout_s: float = 300.0,
         objective: str = "joint",
         pessimism: float = 1.0,
     ):
@@ -87,7 +88,12 @@ class RegMixDController(MixtureCallback):
             top_k: The stage's mixture is the mean of the best ``top_k`` candidates.
             smoothing: Weight of the mixture in force in the next stage's mixture.
             seed: Seed of the candidates (switch k draws with ``seed + k``).
-            wait_timeout_s: Longest a data worker waits for a decision before keeping its mixture.
+            wait_timeout_s: Longest a data stream waits for a decision before it keeps its mixture and records a
+                fault (``out_dir/regmixd/fault-*.json``, shown by ``regmix inspect``). A decision is made ``lag``
+                batches ahead, so a stream normally waits not at all, or (on a rank other than 0) for as long as
+                deciding takes: ~1 s on CPU for the tiny test models, est. under a minute for a 1B model on a GPU.
+                A stream only runs out of time when the decision cannot come (rank 0 stuck, or ``out_dir`` not
+                shared between nodes); 300 s bounds that loss per switch and leaves deciding 5x its estimate.
             objective: ``joint`` (the remaining stages searched together for the predicted target at the run's
                 end; this stage is their first; no smoothing) or ``greedy`` (best predicted target at the end of
                 this stage), as ``regmix schedule --search.objective``.
@@ -104,6 +110,7 @@ class RegMixDController(MixtureCallback):
         self.n_candidates, self.top_k, self.smoothing, self.seed = n_candidates, top_k, smoothing, seed
         self.wait_timeout_s = wait_timeout_s
         self.objective, self.pessimism = objective, pessimism
+        _warn_if_open_loop(model)
         self.run_id: str | None = None
         self.decisions: dict[int, dict] = {}
         self._restored = False
@@ -114,24 +121,30 @@ class RegMixDController(MixtureCallback):
     def stage_file(self, k: int) -> Path:
         return Path(self.out_dir) / STAGE_DIR / f"stage-{k}.json"
 
-    def await_decision(self, k: int, current: dict[str, float]) -> dict[str, float]:
-        """The weights of stage ``k`` as decided by the main process (the mixture in force on a fault)."""
-        deadline = time.monotonic() + self.wait_timeout_s
+    def await_decision(self, k: int) -> tuple[dict[str, float] | None, float]:
+        """``(weights of stage k as decided by rank 0, seconds waited)``; weights ``None`` if no decision came
+        within ``wait_timeout_s``, ``{}`` if the decision was to keep the mixture in force (a controller fault)."""
+        start = time.monotonic()
         while True:
             try:
                 rec = json.loads(self.stage_file(k).read_text())
                 if rec.get("run") == self.run_id:
-                    return dict(rec["weights"]) if rec.get("weights") else dict(current)
+                    return dict(rec.get("weights") or {}), time.monotonic() - start
             except (OSError, json.JSONDecodeError):
                 pass
-            if time.monotonic() > deadline:
-                warnings.warn(
-                    f"RegMixDController: no decision for stage {k} after {self.wait_timeout_s:g} s; this "
-                    "data stream keeps its current mixture",
-                    stacklevel=2,
-                )
-                return dict(current)
+            waited = time.monotonic() - start
+            if waited > self.wait_timeout_s:
+                return None, waited
             time.sleep(0.02)
+
+    def record_fault(self, fault: dict) -> Path:
+        """Write a stream's fault next to the stage's decision: ``regmixd/fault-stage-<k>-rank-<r>-worker-<w>.json``
+        (one file per stream and stage, written atomically: streams live in separate processes and ranks)."""
+        from regmix_plugin.atomic import write_json
+
+        path = self.stage_file(0).parent / FAULT_FILE.format(**fault)
+        write_json(path, {"run": self.run_id, **fault})
+        return path
 
     # ------------------------------------------------------------------------------------- main side
     def begin(self, loader: ControlledLoader) -> None:
@@ -146,19 +159,18 @@ class RegMixDController(MixtureCallback):
         budget = loader._budget
         if budget is None:
             raise ValueError("RegMixDController needs --data.max_tokens (the run's budget) to place its switches")
-        workers = max(1, loader.num_workers)
-        total = math.ceil(budget / workers) * ds.batch_size
+        layout = loader.data.layout(ds.distributed_env.world_size)  # the data module's own stage-end arithmetic
+        total = layout.stream_samples(budget)
         lag = self.lag if self.lag is not None else loader.num_workers * (loader.prefetch_factor or 0)
         ends = [st.end for st in ds.stages[:-1]]
-        switch = [(e // ds.batch_size) * workers * ds.distributed_env.world_size for e in ends]
+        switch = [layout.switch_batch(e) for e in ends]  # rank batches: the same index on every rank
         self._plan = {
             "total": total,
             "bounds": [0.0] + [e / total for e in ends] + [1.0],
+            "switch_at": switch,
             "decide_at": [max(0, s - lag) for s in switch],
             "rank": ds.distributed_env.global_rank,
-            "per_epoch": {
-                d: src.num_blocks // (workers * ds.distributed_env.world_size) for d, src in ds.sources.items()
-            },
+            "per_epoch": {d: layout.blocks_per_stream(src.num_blocks) for d, src in ds.sources.items()},
             "stage_samples": [
                 (e if e is not None else total) - s for s, e in zip([0, *ends], [*ends, None], strict=True)
             ],
@@ -383,21 +395,73 @@ def _fmt(w: dict) -> str:
     return "{" + ", ".join(f"{d}: {v:.3f}" for d, v in w.items()) + "}"
 
 
+def read_faults(out_dir: Path) -> list[dict]:
+    """The stream faults of a run (``out_dir/regmixd/fault-*.json``), by stage, rank and worker."""
+    out = []
+    for path in Path(out_dir, STAGE_DIR).glob("fault-*.json"):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue  # written atomically: a file that does not parse is not one of ours
+    return sorted(out, key=lambda f: (f.get("stage", 0), f.get("rank", 0), f.get("worker", 0)))
+
+
+def _warn_if_open_loop(model: str) -> None:
+    """Say at construction when ``model`` cannot use what the controller observes (``mixtures`` features).
+
+    A warning, not a refusal: such a model still gives a valid schedule (the offline search's, re-run at every
+    switch), the model is read again at each switch (it may be refitted meanwhile), and a long run never dies
+    because of its controller. A model not there yet is a fault at the switch, as before.
+    """
+    from regmix_plugin.trajectory import TRAJECTORY_FILE
+
+    try:
+        features = json.loads((Path(model) / TRAJECTORY_FILE).read_text()).get("features")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return
+    if features == "mixtures":
+        warnings.warn(
+            f"RegMixDController: the trajectory model {model!r} has `mixtures` features: it ignores the losses the "
+            "controller observes, so every switch repeats the offline schedule search. Refit it with `regmix "
+            f"fit_trajectory --features losses --out {model}` to steer by the run's own losses",
+            stacklevel=3,
+        )
+
+
 # ------------------------------------------------------------------------------------ stream and loader
 class ControlledStream(MixtureStream):
     """A MixtureStream whose stages after the first take the controller's weights as they begin."""
 
     controller: RegMixDController
 
-    def _advance_stage(self, state) -> None:
-        before, current = state.stage, dict(state.weights(self.stages))
-        super()._advance_stage(state)
-        if state.stage != before:
-            new = self.controller.await_decision(state.stage, current)
-            clean = self.validate_weights(new) if self.validate_weights else dict(new)
+    def _enter_stage(self, state) -> None:
+        current = dict(state.weights(self.stages))
+        # the mixture in force carries on unless a decision replaces it (a decision's own fault keeps it too)
+        state.stage_samples, state.override = {}, current
+        k, ctl = state.stage, self.controller
+        decided, waited = ctl.await_decision(k)
+        fault = None
+        if decided is None:
+            fault = f"no decision after {waited:.1f} s (wait_timeout_s {ctl.wait_timeout_s:g})"
+        elif decided:
+            clean = self.validate_weights(decided) if self.validate_weights else decided
             unopened = [d for d, w in clean.items() if w > 0 and d not in self.sources]
-            state.override = current if unopened else clean
-            state.stage_samples = {}
+            if unopened:
+                fault = f"the decision gives weight to domain(s) {unopened} this stream did not open"
+            else:
+                state.override = clean
+        if fault is not None:
+            rank, worker = self.distributed_env.global_rank, self.stream_index()[2]
+            path = ctl.record_fault(
+                {"stage": k, "rank": rank, "worker": worker, "stream": state.stream, "start": state.position,
+                 "reason": fault, "waited_s": round(waited, 3), "trained": current}
+            )  # fmt: skip
+            warnings.warn(
+                f"RegMixDController: stage {k}: data stream rank {rank} worker {worker} keeps its mixture "
+                f"{_fmt(current)}: {fault}; recorded in {path}",
+                stacklevel=2,
+            )
+        self._log_stage(state, waited_s=round(waited, 3), fault=fault)
 
 
 class ControlledLoader(MixtureLoader):
