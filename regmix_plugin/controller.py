@@ -151,7 +151,7 @@ class RegMixDController(MixtureCallback):
         """Before the workers start: a run id (new, or the checkpoint's) and the decisions to replay."""
         ds = loader.dataset
         if self.run_id is None:
-            self.run_id = uuid.uuid4().hex
+            self.run_id = _shared_run_id(ds.distributed_env.world_size)
         if self._restored:  # decisions made after the checkpoint was written are in decisions.jsonl
             for rec in _read_jsonl(Path(self.out_dir) / DECISIONS):
                 if rec.get("run") == self.run_id:
@@ -395,15 +395,17 @@ def _fmt(w: dict) -> str:
     return "{" + ", ".join(f"{d}: {v:.3f}" for d, v in w.items()) + "}"
 
 
-def read_faults(out_dir: Path) -> list[dict]:
-    """The stream faults of a run (``out_dir/regmixd/fault-*.json``), by stage, rank and worker."""
-    out = []
-    for path in Path(out_dir, STAGE_DIR).glob("fault-*.json"):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue  # written atomically: a file that does not parse is not one of ours
-    return sorted(out, key=lambda f: (f.get("stage", 0), f.get("rank", 0), f.get("worker", 0)))
+def _shared_run_id(world_size: int) -> str:
+    """A new run id, rank 0's on every rank: streams accept only decision files of their own run, and every
+    rank's streams read rank 0's (a collective: every rank's loader begins at the same step)."""
+    run_id = uuid.uuid4().hex
+    import torch.distributed as dist
+
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        box = [run_id]
+        dist.broadcast_object_list(box, src=0)
+        run_id = box[0]
+    return run_id
 
 
 def _warn_if_open_loop(model: str) -> None:
