@@ -177,5 +177,5 @@ def _print_stages(stages: list[dict]) -> None:
             )
     faults = [(row["stage"], f) for row in stages for f in row["faults"]]
     for k, f in faults:
-        trained = ", ".join(f"{d}: {w:.3f}" for d, w in f["trained"].items())
+        trained = ", ".join(f"{d}: {w:.3f}" for d, w in f["trained"].items() if w > 0)
         print(f"FAULT stage {k}: rank {f['rank']} worker {f['worker']} trained {{{trained}}}: {f['fault']}")

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -49,7 +48,8 @@ def two_ranks(tmp_path_factory, prepared, tokenizer_dir, traj_model):
     )
     path = write_config(cfg, out / "pretrain_config.yaml")
     root = Path(regmix_plugin.__file__).resolve().parents[1]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    pypath = os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])  # the ranks import this checkout
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pypath}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={RANKS}"]
     start = time.monotonic()
     with open(out / "torchrun.log", "w") as log:
@@ -106,16 +106,16 @@ def test_two_ranks_switch_together_on_the_decision_made_once(two_ranks, measured
 
 
 @pytest.mark.slow
-def test_a_decision_that_comes_too_late_is_a_fault_in_the_record(tmp_path, prepared, tokenizer_dir, traj_model, capsys):
+def test_a_decision_that_comes_too_late_is_a_fault_in_the_record(tmp_path, prepared, tokenizer_dir, traj_model, capfd):
     """With no lag, 2 workers need stage k's first batch while the main process still trains the batches they
     prefetched, before it decides: each stream keeps its mixture, and says so (fault file, stream log, inspect)."""
     from regmix_plugin.inspect import inspect
 
     out = tmp_path / "late"
-    cfg = regmixd_config(out, prepared, tokenizer_dir, traj_model, STEPS, num_workers=WORKERS, lag=0, wait_timeout_s=0.01)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        run_pretrain(cfg)
+    cfg = regmixd_config(
+        out, prepared, tokenizer_dir, traj_model, STEPS, num_workers=WORKERS, lag=0, wait_timeout_s=0.01
+    )
+    run_pretrain(cfg)  # (the streams also warn, from worker processes, where pytest's warning capture loses it)
     recs = _decisions(out)
     assert [r["stage"] for r in recs] == [1, 2] and all(r["fault"] is None and r["weights"] for r in recs)
     assert recs[0]["weights"] != PLAN
@@ -126,9 +126,8 @@ def test_a_decision_that_comes_too_late_is_a_fault_in_the_record(tmp_path, prepa
         for w in range(WORKERS):
             fault = json.loads((out / "regmixd" / f"fault-stage-{k}-rank-0-worker-{w}.json").read_text())
             assert (fault["stage"], fault["rank"], fault["worker"], fault["start"]) == (k, 0, w, STARTS[k])
-            assert fault["trained"] == PLAN and fault["reason"].startswith("no decision after")
+            assert _nonzero(fault["trained"]) == PLAN and fault["reason"].startswith("no decision after")
             assert fault["run"] == recs[0]["run"]
-    assert sum("keeps its mixture" in str(m.message) for m in caught) == 2 * WORKERS
     # the checkpoint says what was trained: the plan, not the decisions
     state = read_data_state(out / "final")
     for st in all_streams(state).values():
@@ -138,8 +137,8 @@ def test_a_decision_that_comes_too_late_is_a_fault_in_the_record(tmp_path, prepa
     rows = stage_rows(state)
     assert [len(r["faults"]) for r in rows] == [0, WORKERS, WORKERS]
     assert rows[1]["requested"] == recs[0]["weights"] and rows[1]["realized"] == {"code": 0.5, "prose": 0.5}
-    capsys.readouterr()
+    capfd.readouterr()
     inspect(out / "final")
-    printed = capsys.readouterr().out
+    printed = capfd.readouterr().out
     assert printed.count("FAULT stage") == 2 * WORKERS, printed
     assert "FAULT stage 1: rank 0 worker 1 trained {code: 0.500, prose: 0.500}: no decision after" in printed
