@@ -170,7 +170,8 @@ def inspect(checkpoint_dir: Path, json: bool = False) -> None:
 def _print_stages(stages: list[dict]) -> None:
     print(f"\n{'stage':<7}{'start':>7}  {'domain':<24}{'requested':>10}{'realized':>10}{'samples':>10}")
     for row in stages:
-        for d in sorted(set(row["requested"]) | set(row["samples"])):
+        shown = {d for d, w in row["requested"].items() if w > 0} | {d for d, n in row["samples"].items() if n > 0}
+        for d in sorted(shown):
             print(
                 f"{row['stage']:<7}{row['start']:>7}  {d:<24}{row['requested'].get(d, 0.0):>10.4f}"
                 f"{row['realized'].get(d, 0.0):>10.4f}{row['samples'].get(d, 0):>10,}"
