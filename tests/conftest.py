@@ -209,6 +209,11 @@ PLAN = {"code": 0.5, "prose": 0.5}
 @pytest.fixture(scope="session")
 def traj_model(tmp_path_factory, prepared):
     """A `losses`-feature trajectory model over the fixture corpus' domains, fitted on simulated proxy records."""
+    return fit_test_trajectory(prepared, tmp_path_factory.mktemp("traj") / "model", "losses")
+
+
+def fit_test_trajectory(prepared, out, features: str):
+    """Fit a linear trajectory model with ``features`` on 16 simulated 3-stage proxy records into ``out``."""
     import numpy as np
 
     from regmix_plugin.formats.manifest import read_manifest
@@ -238,8 +243,7 @@ def traj_model(tmp_path_factory, prepared):
         ]
         records[f"r{r}"] = {"run_id": f"r{r}", "status": "done", "tokens": 300, "schedule": sched, "losses": losses}
     trajs, wd, ld = trajectories_from_records(records)
-    out = tmp_path_factory.mktemp("traj") / "model"
-    fit_trajectories(trajs, wd, ld, "val_loss/prose", "losses", "linear", out, cv_folds=4)
+    fit_trajectories(trajs, wd, ld, "val_loss/prose", features, "linear", out, cv_folds=4)
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import PLAN, regmixd_config
+from conftest import PLAN, fit_test_trajectory, regmixd_config
 
 import regmix_plugin
 from regmix_plugin.controller import _read_jsonl
@@ -314,3 +314,19 @@ def test_a_bad_objective_or_pessimism_is_refused_when_the_recipe_is_read_not_at_
         RegMixDController(str(tmp_path / "m"), str(tmp_path), pessimism=-1.0)
     ok = RegMixDController(str(tmp_path / "m"), str(tmp_path), objective="greedy", pessimism=0.0)
     assert (ok.objective, ok.pessimism) == ("greedy", 0.0)
+
+
+def test_a_model_that_cannot_use_the_observed_losses_is_named_at_construction(tmp_path, prepared, traj_model):
+    """A `mixtures`-feature model ignores what the controller observes: one warning naming it and the fix."""
+    from regmix_plugin.controller import RegMixDController
+
+    model = fit_test_trajectory(prepared, tmp_path / "open-loop", "mixtures")
+    with pytest.warns(UserWarning) as caught:
+        RegMixDController(str(model), str(tmp_path))
+    [w] = [w for w in caught if "RegMixDController" in str(w.message)]
+    assert f"the trajectory model '{model}' has `mixtures` features" in str(w.message)
+    assert f"regmix fit_trajectory --features losses --out {model}" in str(w.message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a `losses` model, or one not written yet, is taken without a word
+        RegMixDController(str(traj_model), str(tmp_path))
+        RegMixDController(str(tmp_path / "not-yet"), str(tmp_path))
