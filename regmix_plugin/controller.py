@@ -1,17 +1,26 @@
 """Online RegMix-D inside the stock ``litgpt pretrain`` loop: the next stage's mixture from the run's own losses.
 
+A recipe that runs as written on the README's tiny corpus (``data/tiny``) is ``recipes/demo/regmixd_online.yaml``;
+its header has the whole sequence (staged proxies, ``regmix fit_trajectory --features losses``, the run)::
+
+    regmix fit_trajectory --sweep out/tiny_sweep --target val_loss/prose --features losses --out out/tiny_trajectory
+    litgpt pretrain --config recipes/demo/regmixd_online.yaml
+    regmix inspect out/tiny_online/final          # per stage: requested and realised weights, stream faults
+
+The part of such a recipe that makes it online::
+
     data:
       class_path: regmix_plugin.MixtureData
       init_args:
         data_path: data/tiny
-        max_tokens: 1_000_000                      # repeat train.max_tokens
+        max_tokens: 122880                         # repeat train.max_tokens: it places the switches
         schedule:                                  # switch points; stage 0's weights; the offline fallback
         - {until_fraction: 0.3333, weights: {code: 0.5, prose: 0.5}}
         - {until_fraction: 0.6667, weights: {code: 0.5, prose: 0.5}}
         - {weights: {code: 0.5, prose: 0.5}}
         callbacks:
         - class_path: regmix_plugin.RegMixDController
-          init_args: {model: out/trajectory, out_dir: out/pretrain/run}   # out_dir: repeat the recipe's
+          init_args: {model: out/tiny_trajectory, out_dir: out/tiny_online}   # out_dir: repeat the recipe's
 
 Why this design. The stock loop exposes no per-domain loss and hands the data module no model, and the
 mixture is drawn in the dataloader workers, ahead of training (prefetching). So:
@@ -25,7 +34,11 @@ mixture is drawn in the dataloader workers, ahead of training (prefetching). So:
   batch is what makes a deadlock impossible: the decision never needs a batch of the new stage.
 * **How workers learn it**: the decision is written atomically to ``out_dir/regmixd/stage-<k>.json``; a
   stream entering stage k reads it (waiting if it is not there yet) and blends the new weights exactly
-  from that sample on. Same file, same sample index, for every worker and rank.
+  from that sample on. Same file, same sample index, for every worker and rank: switch batches and stage
+  ends come from one :class:`~regmix_plugin.layout.StreamLayout`, and every rank takes rank 0's run id.
+* **A decision too late**: a stream that waited ``wait_timeout_s`` in vain keeps its mixture and records it
+  next to the decision (``out_dir/regmixd/fault-stage-<k>-rank-<r>-worker-<w>.json``) and in its own state's
+  ``stage_log``, so every checkpoint says what each stream trained; ``regmix inspect`` prints it.
 * **What is kept**: every decision (batch, checkpoint scored, observed losses, weights, prediction, fault)
   goes to ``out_dir/decisions.jsonl`` and into the ``train_dataloader`` state of every later checkpoint; a
   resumed run replays the recorded decisions and never recomputes them. ``regmix inspect`` shows the
