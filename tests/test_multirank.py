@@ -7,6 +7,7 @@ workers per rank, the controller making real decisions with a fitted trajectory 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -29,6 +30,33 @@ SWITCH = [8, 16]
 LAG = WORKERS * 2  # torch's default prefetch_factor
 #: Long enough that a real decision (~1 s here) never runs out, short enough that a stall fails fast.
 WAIT_S = 30.0
+
+
+@pytest.mark.parametrize(("world", "workers"), [(1, 0), (2, 0), (1, 2), (2, 2)])
+def test_switch_batch_is_where_every_ranks_streams_enter_the_stage(prepared, world, workers):
+    """The batch :class:`StreamLayout` names for a stage end is the first batch a real loader serves from that
+    stage, on every rank (what the controller decides by), for ranks and worker processes alike."""
+    from litdata.utilities.env import _DistributedEnv
+
+    from regmix_plugin.data import MixtureData
+
+    batch, rank_batches = 2, 12
+    schedule = [{"until_fraction": 0.25, "weights": PLAN}, {"until_fraction": 0.5, "weights": PLAN}, {"weights": PLAN}]
+    for rank in range(world):
+        dm = MixtureData(data_path=prepared, schedule=schedule, max_tokens=rank_batches * world * batch * 32,
+                         num_workers=workers)  # fmt: skip
+        dm.connect(batch_size=batch, max_seq_length=32)
+        dm.setup()
+        loader = dm.train_dataloader()
+        loader.dataset.distributed_env = _DistributedEnv(world_size=world, global_rank=rank, num_nodes=1)
+        assert dm.check_budget(world) == rank_batches  # re-placed for this world size (the stream shares the stages)
+        layout = dm.layout(world)
+        first = {}
+        for i, _ in enumerate(itertools.islice(loader, rank_batches)):
+            stage = loader._states[i % layout.streams_per_rank]["stage"]  # the stage of the batch's last sample
+            first.setdefault(stage, i)
+        ends = [st.end for st in dm.stages[:-1]]
+        assert [first[k] for k in (1, 2)] == [layout.switch_batch(e) for e in ends], (rank, ends, first)
 
 
 def _decisions(out_dir: Path) -> list[dict]:
