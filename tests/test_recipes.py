@@ -232,7 +232,7 @@ def test_online_regmixd_recipe(parser):
     assert isinstance(ctl, RegMixDController)
     # the controller's out_dir is the run's: it scores the run's checkpoints and writes next to them
     assert Path(ctl.out_dir) == args.out_dir == Path("out/tiny_online") and ctl.model == "out/tiny_trajectory"
-    assert ctl.wait_timeout_s == 300.0 and ctl.objective == "joint"
+    assert ctl.wait_timeout_s == 60.0 and ctl.objective == "joint"
     # switches at steps 20 and 40 of 60; 2 workers prefetch 4 batches: decided at 16 and 36, where a checkpoint is
     assert args.train.max_tokens == data.max_tokens == 60 * 16 * 128
     assert data.num_workers == 2 and args.train.micro_batch_size == args.train.global_batch_size == 16
