@@ -1,17 +1,26 @@
 """Online RegMix-D inside the stock ``litgpt pretrain`` loop: the next stage's mixture from the run's own losses.
 
+A recipe that runs as written on the README's tiny corpus (``data/tiny``) is ``recipes/demo/regmixd_online.yaml``;
+its header has the whole sequence (staged proxies, ``regmix fit_trajectory --features losses``, the run)::
+
+    regmix fit_trajectory --sweep out/tiny_sweep --target val_loss/prose --features losses --out out/tiny_trajectory
+    litgpt pretrain --config recipes/demo/regmixd_online.yaml
+    regmix inspect out/tiny_online/final          # per stage: requested and realised weights, stream faults
+
+The part of such a recipe that makes it online::
+
     data:
       class_path: regmix_plugin.MixtureData
       init_args:
         data_path: data/tiny
-        max_tokens: 1_000_000                      # repeat train.max_tokens
+        max_tokens: 122880                         # repeat train.max_tokens: it places the switches
         schedule:                                  # switch points; stage 0's weights; the offline fallback
         - {until_fraction: 0.3333, weights: {code: 0.5, prose: 0.5}}
         - {until_fraction: 0.6667, weights: {code: 0.5, prose: 0.5}}
         - {weights: {code: 0.5, prose: 0.5}}
         callbacks:
         - class_path: regmix_plugin.RegMixDController
-          init_args: {model: out/trajectory, out_dir: out/pretrain/run}   # out_dir: repeat the recipe's
+          init_args: {model: out/tiny_trajectory, out_dir: out/tiny_online}   # out_dir: repeat the recipe's
 
 Why this design. The stock loop exposes no per-domain loss and hands the data module no model, and the
 mixture is drawn in the dataloader workers, ahead of training (prefetching). So:
@@ -25,7 +34,11 @@ mixture is drawn in the dataloader workers, ahead of training (prefetching). So:
   batch is what makes a deadlock impossible: the decision never needs a batch of the new stage.
 * **How workers learn it**: the decision is written atomically to ``out_dir/regmixd/stage-<k>.json``; a
   stream entering stage k reads it (waiting if it is not there yet) and blends the new weights exactly
-  from that sample on. Same file, same sample index, for every worker and rank.
+  from that sample on. Same file, same sample index, for every worker and rank: switch batches and stage
+  ends come from one :class:`~regmix_plugin.layout.StreamLayout`, and every rank takes rank 0's run id.
+* **A decision too late**: a stream that waited ``wait_timeout_s`` in vain keeps its mixture and records it
+  next to the decision (``out_dir/regmixd/fault-stage-<k>-rank-<r>-worker-<w>.json``) and in its own state's
+  ``stage_log``, so every checkpoint says what each stream trained; ``regmix inspect`` prints it.
 * **What is kept**: every decision (batch, checkpoint scored, observed losses, weights, prediction, fault)
   goes to ``out_dir/decisions.jsonl`` and into the ``train_dataloader`` state of every later checkpoint; a
   resumed run replays the recorded decisions and never recomputes them. ``regmix inspect`` shows the
@@ -56,6 +69,7 @@ from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream
 
 DECISIONS = "decisions.jsonl"
 STAGE_DIR = "regmixd"
+FAULT_FILE = "fault-stage-{stage}-rank-{rank}-worker-{worker}.json"
 
 
 class RegMixDController(MixtureCallback):
@@ -72,7 +86,7 @@ class RegMixDController(MixtureCallback):
         top_k: int = 64,
         smoothing: float = 0.2,
         seed: int = 0,
-        wait_timeout_s: float = 3600.0,
+        wait_timeout_s: float = 1800.0,
         objective: str = "joint",
         pessimism: float = 1.0,
     ):
@@ -87,7 +101,16 @@ class RegMixDController(MixtureCallback):
             top_k: The stage's mixture is the mean of the best ``top_k`` candidates.
             smoothing: Weight of the mixture in force in the next stage's mixture.
             seed: Seed of the candidates (switch k draws with ``seed + k``).
-            wait_timeout_s: Longest a data worker waits for a decision before keeping its mixture.
+            wait_timeout_s: Longest a data stream waits for a decision before it keeps its mixture and records a
+                fault (``out_dir/regmixd/fault-*.json``, shown by ``regmix inspect``). A decision is made ``lag``
+                batches ahead, so a stream waits not at all, or (on a rank other than 0, which is stalled in its
+                next all-reduce anyway) as long as deciding takes: 0.45 s measured at the defaults on the tests'
+                tiny model, 1.7-2.2 s in the 2-rank test. Deciding scores the checkpoint on the CPU, which for a
+                1.1B model at the default val_tokens over 17 domains (~6e14 FLOP, plus loading ~13 GB of weights
+                and optimizer state) is est. 10-20 min. A timeout that fires early makes every other rank train
+                the old mixture; one that fires late only costs time when the decision cannot come at all (rank
+                0 stuck, ``out_dir`` not shared between nodes). Hence 1800 s: ~2x the 1B estimate, half the
+                hour it was.
             objective: ``joint`` (the remaining stages searched together for the predicted target at the run's
                 end; this stage is their first; no smoothing) or ``greedy`` (best predicted target at the end of
                 this stage), as ``regmix schedule --search.objective``.
@@ -104,6 +127,7 @@ class RegMixDController(MixtureCallback):
         self.n_candidates, self.top_k, self.smoothing, self.seed = n_candidates, top_k, smoothing, seed
         self.wait_timeout_s = wait_timeout_s
         self.objective, self.pessimism = objective, pessimism
+        _warn_if_open_loop(model)
         self.run_id: str | None = None
         self.decisions: dict[int, dict] = {}
         self._restored = False
@@ -114,31 +138,37 @@ class RegMixDController(MixtureCallback):
     def stage_file(self, k: int) -> Path:
         return Path(self.out_dir) / STAGE_DIR / f"stage-{k}.json"
 
-    def await_decision(self, k: int, current: dict[str, float]) -> dict[str, float]:
-        """The weights of stage ``k`` as decided by the main process (the mixture in force on a fault)."""
-        deadline = time.monotonic() + self.wait_timeout_s
+    def await_decision(self, k: int) -> tuple[dict[str, float] | None, float]:
+        """``(weights of stage k as decided by rank 0, seconds waited)``; weights ``None`` if no decision came
+        within ``wait_timeout_s``, ``{}`` if the decision was to keep the mixture in force (a controller fault)."""
+        start = time.monotonic()
         while True:
             try:
                 rec = json.loads(self.stage_file(k).read_text())
                 if rec.get("run") == self.run_id:
-                    return dict(rec["weights"]) if rec.get("weights") else dict(current)
+                    return dict(rec.get("weights") or {}), time.monotonic() - start
             except (OSError, json.JSONDecodeError):
                 pass
-            if time.monotonic() > deadline:
-                warnings.warn(
-                    f"RegMixDController: no decision for stage {k} after {self.wait_timeout_s:g} s; this "
-                    "data stream keeps its current mixture",
-                    stacklevel=2,
-                )
-                return dict(current)
+            waited = time.monotonic() - start
+            if waited > self.wait_timeout_s:
+                return None, waited
             time.sleep(0.02)
+
+    def record_fault(self, fault: dict) -> Path:
+        """Write a stream's fault next to the stage's decision: ``regmixd/fault-stage-<k>-rank-<r>-worker-<w>.json``
+        (one file per stream and stage, written atomically: streams live in separate processes and ranks)."""
+        from regmix_plugin.atomic import write_json
+
+        path = self.stage_file(0).parent / FAULT_FILE.format(**fault)
+        write_json(path, {"run": self.run_id, **fault})
+        return path
 
     # ------------------------------------------------------------------------------------- main side
     def begin(self, loader: ControlledLoader) -> None:
         """Before the workers start: a run id (new, or the checkpoint's) and the decisions to replay."""
         ds = loader.dataset
         if self.run_id is None:
-            self.run_id = uuid.uuid4().hex
+            self.run_id = _shared_run_id(ds.distributed_env.world_size)
         if self._restored:  # decisions made after the checkpoint was written are in decisions.jsonl
             for rec in _read_jsonl(Path(self.out_dir) / DECISIONS):
                 if rec.get("run") == self.run_id:
@@ -146,19 +176,18 @@ class RegMixDController(MixtureCallback):
         budget = loader._budget
         if budget is None:
             raise ValueError("RegMixDController needs --data.max_tokens (the run's budget) to place its switches")
-        workers = max(1, loader.num_workers)
-        total = math.ceil(budget / workers) * ds.batch_size
+        layout = loader.data.layout(ds.distributed_env.world_size)  # the data module's own stage-end arithmetic
+        total = layout.stream_samples(budget)
         lag = self.lag if self.lag is not None else loader.num_workers * (loader.prefetch_factor or 0)
         ends = [st.end for st in ds.stages[:-1]]
-        switch = [(e // ds.batch_size) * workers * ds.distributed_env.world_size for e in ends]
+        switch = [layout.switch_batch(e) for e in ends]  # rank batches: the same index on every rank
         self._plan = {
             "total": total,
             "bounds": [0.0] + [e / total for e in ends] + [1.0],
+            "switch_at": switch,
             "decide_at": [max(0, s - lag) for s in switch],
             "rank": ds.distributed_env.global_rank,
-            "per_epoch": {
-                d: src.num_blocks // (workers * ds.distributed_env.world_size) for d, src in ds.sources.items()
-            },
+            "per_epoch": {d: layout.blocks_per_stream(src.num_blocks) for d, src in ds.sources.items()},
             "stage_samples": [
                 (e if e is not None else total) - s for s, e in zip([0, *ends], [*ends, None], strict=True)
             ],
@@ -383,21 +412,75 @@ def _fmt(w: dict) -> str:
     return "{" + ", ".join(f"{d}: {v:.3f}" for d, v in w.items()) + "}"
 
 
+def _shared_run_id(world_size: int) -> str:
+    """A new run id, rank 0's on every rank: streams accept only decision files of their own run, and every
+    rank's streams read rank 0's (a collective: every rank's loader begins at the same step)."""
+    run_id = uuid.uuid4().hex
+    import torch.distributed as dist
+
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        box = [run_id]
+        dist.broadcast_object_list(box, src=0)
+        run_id = box[0]
+    return run_id
+
+
+def _warn_if_open_loop(model: str) -> None:
+    """Say at construction when ``model`` cannot use what the controller observes (``mixtures`` features).
+
+    A warning, not a refusal: such a model still gives a valid schedule (the offline search's, re-run at every
+    switch), the model is read again at each switch (it may be refitted meanwhile), and a long run never dies
+    because of its controller. A model not there yet is a fault at the switch, as before.
+    """
+    from regmix_plugin.trajectory import TRAJECTORY_FILE
+
+    try:
+        features = json.loads((Path(model) / TRAJECTORY_FILE).read_text()).get("features")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return
+    if features == "mixtures":
+        warnings.warn(
+            f"RegMixDController: the trajectory model {model!r} has `mixtures` features: it ignores the losses the "
+            "controller observes, so every switch repeats the offline schedule search. Refit it with `regmix "
+            f"fit_trajectory --features losses --out {model}` to steer by the run's own losses",
+            stacklevel=3,
+        )
+
+
 # ------------------------------------------------------------------------------------ stream and loader
 class ControlledStream(MixtureStream):
     """A MixtureStream whose stages after the first take the controller's weights as they begin."""
 
     controller: RegMixDController
 
-    def _advance_stage(self, state) -> None:
-        before, current = state.stage, dict(state.weights(self.stages))
-        super()._advance_stage(state)
-        if state.stage != before:
-            new = self.controller.await_decision(state.stage, current)
-            clean = self.validate_weights(new) if self.validate_weights else dict(new)
+    def _enter_stage(self, state) -> None:
+        current = dict(state.weights(self.stages))
+        # the mixture in force carries on unless a decision replaces it (a decision's own fault keeps it too)
+        state.stage_samples, state.override = {}, current
+        k, ctl = state.stage, self.controller
+        decided, waited = ctl.await_decision(k)
+        fault = None
+        if decided is None:
+            fault = f"no decision after {waited:.1f} s (wait_timeout_s {ctl.wait_timeout_s:g})"
+        elif decided:
+            clean = self.validate_weights(decided) if self.validate_weights else decided
             unopened = [d for d, w in clean.items() if w > 0 and d not in self.sources]
-            state.override = current if unopened else clean
-            state.stage_samples = {}
+            if unopened:
+                fault = f"the decision gives weight to domain(s) {unopened} this stream did not open"
+            else:
+                state.override = clean
+        if fault is not None:
+            rank, worker = self.distributed_env.global_rank, self.stream_index()[2]
+            path = ctl.record_fault(
+                {"stage": k, "rank": rank, "worker": worker, "stream": state.stream, "start": state.position,
+                 "reason": fault, "waited_s": round(waited, 3), "trained": current}
+            )  # fmt: skip
+            warnings.warn(
+                f"RegMixDController: stage {k}: data stream rank {rank} worker {worker} keeps its mixture "
+                f"{_fmt(current)}: {fault}; recorded in {path}",
+                stacklevel=2,
+            )
+        self._log_stage(state, waited_s=round(waited, 3), fault=fault)
 
 
 class ControlledLoader(MixtureLoader):

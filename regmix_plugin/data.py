@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import Manifest, read_manifest
+from regmix_plugin.layout import StreamLayout
 from regmix_plugin.mixture import epoch_allowance, exceeds_allowance, validate_weights
 from regmix_plugin.stream import (
     MixtureCallback,
@@ -148,7 +149,7 @@ class MixtureData(DataModule):
 
     def _corpus_problems(self, domains: list[str]) -> list[str]:
         """The run's tokenizer and model vocabulary against the corpus, and the used domains' chunk sizes."""
-        from regmix_plugin.formats.manifest import chunk_problems
+        from regmix_plugin.formats.manifest import damage_message, damaged_domains
         from regmix_plugin.tokenizer import check_tokenizer
 
         problems = []
@@ -167,20 +168,14 @@ class MixtureData(DataModule):
         config = context.get("config")
         if config is not None:
             problems += self.manifest.vocab_problems(config.padded_vocab_size, domains, f" in {corpus}")
-        for d in domains:
-            damaged = chunk_problems(self.data_path / d, self.manifest.domains[d])
-            if damaged:
-                problems.append(
-                    f"domain {d!r} of {corpus} is damaged: {'; '.join(damaged[:3])}. Run `regmix prepare --verify "
-                    f"true --out_dir {self.data_path}`, then `regmix prepare` with its --source to re-do it"
-                )
+        damaged = damaged_domains(self.data_path, self.manifest, domains)
+        if damaged:
+            problems.append(f"{corpus}: " + damage_message(self.data_path, self.manifest, damaged))
         return problems
 
-    def _budget_batches(self, world_size: int) -> int | None:
-        """Batches per rank in a run of ``max_tokens`` (LitGPT counts seq_length - 1 tokens per sample)."""
-        if self.max_tokens is None:
-            return None
-        return self.max_tokens // world_size // (self.batch_size * (self.seq_length - 1))
+    def layout(self, world_size: int = 1) -> StreamLayout:
+        """The run's split into (rank, worker) streams, after :meth:`connect` (batch size, sequence length)."""
+        return StreamLayout(self.batch_size, self.num_workers, world_size, self.seq_length)
 
     def train_dataloader(self) -> DataLoader:
         active = sorted({d for st in self.stages for d, w in st.weights.items() if w > 0})
@@ -216,21 +211,17 @@ class MixtureData(DataModule):
         if sources is None:
             active = sorted({d for st in self.stages for d, w in st.weights.items() if w > 0})
             sources = {d: TokenSource(self.data_path / d / "train", self.seq_length) for d in active}
-        per_rank = max(1, self.num_workers)
-        budget = self._budget_batches(world_size)
-        # samples the busiest stream serves: workers take the rank's batches in turn
-        total = None if budget is None else math.ceil(budget / per_rank) * self.batch_size
-        self._place_stage_ends(total, per_rank * world_size)
+        layout = self.layout(world_size)
+        budget = None if self.max_tokens is None else layout.rank_batches(self.max_tokens)
+        total = None if budget is None else layout.stream_samples(budget)
+        self._place_stage_ends(total, layout)
         if total is not None:
-            self._epoch_guard(sources, total, per_rank * world_size)
+            self._epoch_guard(sources, total, layout)
         return budget
 
-    def _place_stage_ends(self, total: int | None, num_streams: int) -> None:
+    def _place_stage_ends(self, total: int | None, layout: StreamLayout) -> None:
         for st, spec in zip(self.stages, self.schedule or [{}], strict=True):
-            if "until_fraction" in spec:
-                st.end = round(float(spec["until_fraction"]) * total)
-            elif "until_tokens" in spec:
-                st.end = int(spec["until_tokens"]) // (self.seq_length - 1) // num_streams
+            st.end = layout.stage_end(spec, total)
         ends = [st.end for st in self.stages[:-1]]
         if any(e is None for e in ends) or ends != sorted(ends):
             raise ValueError(
@@ -239,7 +230,7 @@ class MixtureData(DataModule):
         if self.stages:
             self.stages[-1].end = None
 
-    def _epoch_guard(self, sources: dict[str, TokenSource], total: int, num_streams: int) -> None:
+    def _epoch_guard(self, sources: dict[str, TokenSource], total: int, layout: StreamLayout) -> None:
         planned: dict[str, float] = {}
         start = 0
         for st in self.stages:
@@ -250,9 +241,9 @@ class MixtureData(DataModule):
         lines = []
         for d, n in sorted(planned.items()):
             blocks = sources[d].num_blocks if d in sources else 0
-            per_epoch = blocks // num_streams
+            per_epoch = layout.blocks_per_stream(blocks)
             # the planners' bound too (sample/optimize/schedule/entropy --block_size): one unit, one edge
-            if exceeds_allowance(n, epoch_allowance(blocks, self.max_epochs, num_streams)):
+            if exceeds_allowance(n, epoch_allowance(blocks, self.max_epochs, layout.num_streams)):
                 epochs = n / per_epoch if per_epoch else math.inf
                 lines.append(
                     f"  {d}: {n:,.0f} samples per stream from {per_epoch:,} blocks per stream = {epochs:.1f} epochs"

@@ -2,6 +2,11 @@
 
     regmix inspect out/pretrain/final
     regmix inspect out/pretrain/step-00001000 --json    # {domain: {weight, samples, tokens, epochs}}
+
+For a scheduled run (``--data.schedule``, with or without ``RegMixDController``) the table is followed by one
+row per stage and domain: the weights requested for the stage (the controller's decision where it made one)
+and those realised, from every stream's stage log, on every rank; then a ``FAULT`` line for each stream that
+trained something other than the decision (which rank and worker, which stage, what it trained, why).
 """
 
 from __future__ import annotations
@@ -75,6 +80,60 @@ def realized_mixture(checkpoint_dir: Path) -> dict[str, dict]:
     }
 
 
+def all_streams(data: dict) -> dict[tuple[int, int], dict]:
+    """``{(rank, worker): stream state}`` of every stream in the checkpoint (rank 0's only in older ones)."""
+    ranks = data.get("ranks") or {0: data["streams"]}
+    return {(int(r), int(w)): st for r, streams in ranks.items() for w, st in streams.items()}
+
+
+def stage_counts(stream: dict) -> list[dict[str, int]]:
+    """Samples per domain that one stream took in each stage it entered, from its ``stage_log``."""
+    log = stream.get("stage_log") or []
+    marks = [entry["samples"] for entry in log] + [stream["samples"]]
+    spans = zip(marks, marks[1:], strict=False)
+    return [{d: n - before.get(d, 0) for d, n in after.items()} for before, after in spans]
+
+
+def stage_rows(data: dict) -> list[dict]:
+    """Per stage of a scheduled run: the requested weights (the controller's decision where it made one), the
+    planned ones, and the realised weights and samples summed over every stream of every rank; plus each
+    stream's fault. Empty for an unscheduled run or a checkpoint written before streams logged their stages."""
+    streams = all_streams(data)
+    stages = data["stages"]
+    if len(stages) < 2 or not streams or any(not st.get("stage_log") for st in streams.values()):
+        return []
+    planned = data.get("planned_stages") or stages
+    rows = []
+    for k, stage in enumerate(stages):
+        samples: dict[str, int] = {}
+        faults, starts = [], set()
+        for (rank, worker), st in sorted(streams.items()):
+            log, counts = st["stage_log"], stage_counts(st)
+            i = next((i for i, entry in enumerate(log) if entry["stage"] == k), None)
+            if i is None:
+                continue  # not reached yet
+            starts.add(log[i]["start"])
+            for d, n in counts[i].items():
+                samples[d] = samples.get(d, 0) + n
+            if log[i].get("fault"):
+                faults.append({"rank": rank, "worker": worker, "trained": log[i]["weights"], "fault": log[i]["fault"]})
+        if not starts:
+            break
+        total = sum(samples.values()) or 1
+        rows.append(
+            {
+                "stage": k,
+                "start": min(starts),
+                "requested": dict(stage["weights"]),
+                "planned": dict(planned[k]["weights"]),
+                "realized": {d: n / total for d, n in samples.items()},
+                "samples": samples,
+                "faults": faults,
+            }
+        )
+    return rows
+
+
 def inspect(checkpoint_dir: Path, json: bool = False) -> None:
     """Print the realized mixture of a checkpoint next to the requested weights.
 
@@ -87,6 +146,7 @@ def inspect(checkpoint_dir: Path, json: bool = False) -> None:
         json: Print ``{domain: {weight, samples, tokens, epochs}}`` as JSON instead of a table.
     """
     rows = realized_mixture(checkpoint_dir)
+    stages = stage_rows(read_data_state(checkpoint_dir))
     if json:
         print(
             _json.dumps(
@@ -103,3 +163,20 @@ def inspect(checkpoint_dir: Path, json: bool = False) -> None:
             f"{d:<24}{r['weight']:>9.4f}{r['samples'] / total:>10.4f}{r['samples']:>10,}{r['planned']:>11.1f}"
             f"{r['samples'] - r['planned']:>+7.1f}{r['tokens']:>14,}{r['epochs']:>7}"
         )
+    if stages:
+        _print_stages(stages)
+
+
+def _print_stages(stages: list[dict]) -> None:
+    print(f"\n{'stage':<7}{'start':>7}  {'domain':<24}{'requested':>10}{'realized':>10}{'samples':>10}")
+    for row in stages:
+        shown = {d for d, w in row["requested"].items() if w > 0} | {d for d, n in row["samples"].items() if n > 0}
+        for d in sorted(shown):
+            print(
+                f"{row['stage']:<7}{row['start']:>7}  {d:<24}{row['requested'].get(d, 0.0):>10.4f}"
+                f"{row['realized'].get(d, 0.0):>10.4f}{row['samples'].get(d, 0):>10,}"
+            )
+    faults = [(row["stage"], f) for row in stages for f in row["faults"]]
+    for k, f in faults:
+        trained = ", ".join(f"{d}: {w:.3f}" for d, w in f["trained"].items() if w > 0)
+        print(f"FAULT stage {k}: rank {f['rank']} worker {f['worker']} trained {{{trained}}}: {f['fault']}")

@@ -13,6 +13,8 @@ Public APIs come first everywhere else; what is here relies on details that a ne
   the loss function ``litgpt.pretrain`` calls swapped for a fused linear cross-entropy, within a ``with`` block;
 * an eager proxy (:func:`eager_pretrain`): the ``torch.compile`` that ``litgpt.pretrain.main`` always calls made
   a no-op, within a ``with`` block;
+* for tests only, several ranks on CPU (:func:`ddp_instead_of_fsdp_for_tests`): LitGPT's pretrain picks FSDP
+  for more than one device, which Fabric refuses on CPU;
 * litdata's private names: ``_DistributedEnv`` (rank/world size), the dtype tables and chunk header layout of
   token chunks, ``_convert_bytes_to_int``, the ``no_header_numpy`` data format.
 
@@ -397,3 +399,32 @@ def fused_pretrain(loss_fn, precision: str | None):
         yield run
     finally:
         pretrain.GPT, pretrain.chunked_cross_entropy = plain_gpt, plain_loss
+
+
+# ---------------------------------------------------------------------------------------- test hook
+@contextmanager
+def ddp_instead_of_fsdp_for_tests(backend: str = "gloo"):
+    """TEST HOOK, never active in normal use: within the block, the ``FSDPStrategy`` that ``litgpt pretrain``
+    builds for ``devices * num_nodes > 1`` is a ``DDPStrategy(process_group_backend=backend)`` instead.
+
+    Fabric refuses FSDP on CPU, so a multi-rank CPU test of the stock loop (``tests/test_multirank.py``, under
+    ``torchrun --nproc_per_node 2``; Fabric sees the torchelastic environment and does not launch processes
+    itself) needs another strategy. Everything else the loop does, data module and callbacks included, is
+    unchanged. Only the name ``FSDPStrategy`` of ``litgpt.pretrain`` is swapped, for a class whose construction
+    returns the DDP strategy; ``isinstance(strategy, FSDPStrategy)`` stays False, so LitGPT initialises the
+    weights itself as it does for one device. Restored on exit.
+    """
+    check_version("litgpt")
+    import litgpt.pretrain as pretrain
+    from lightning.fabric.strategies import DDPStrategy
+
+    class _DDPInsteadOfFSDP:
+        def __new__(cls, *args, **kwargs):
+            return DDPStrategy(process_group_backend=backend)
+
+    real = pretrain.FSDPStrategy
+    pretrain.FSDPStrategy = _DDPInsteadOfFSDP
+    try:
+        yield
+    finally:
+        pretrain.FSDPStrategy = real

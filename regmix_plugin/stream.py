@@ -154,6 +154,11 @@ class StreamState:
     ``samples[d]`` counts samples the stream has taken from domain ``d`` since the start of training;
     ``stage_samples[d]`` counts them since the current stage began (blending is exact within a stage).
     ``override`` holds weights set by a :class:`MixtureCallback`, in force until the next scheduled stage.
+    ``stage_log`` has one entry per stage the stream entered, written as it entered it and never changed:
+    ``{stage, start, samples, weights, ...}``: the stream sample it began at, ``samples`` at that point (a
+    stage's own counts are the difference to the next entry's), the weights it blended with (after any
+    controller decision) and what the controller adds (``waited_s``, ``fault``). Checkpoints from before the
+    log existed load with an empty one.
     """
 
     stream: int = 0
@@ -165,6 +170,7 @@ class StreamState:
     epochs: dict[str, int] = field(default_factory=dict)
     override: dict[str, float] | None = None
     version: int = STATE_VERSION
+    stage_log: list[dict] = field(default_factory=list)
 
     def snapshot(self) -> dict:
         """A plain-dict copy (cheaper than ``dataclasses.asdict``, which runs for every batch)."""
@@ -173,6 +179,7 @@ class StreamState:
             out[key] = dict(out[key])
         if self.override is not None:
             out["override"] = dict(self.override)
+        out["stage_log"] = list(self.stage_log)  # entries are never mutated: sharing them is safe and O(stages)
         return out
 
     def weights(self, stages: Sequence[Stage]) -> dict[str, float]:
@@ -246,7 +253,7 @@ class MixtureStream(IterableDataset):
                     f"the checkpoint's data stream was split over {state.num_streams} rank x worker streams, this "
                     f"run uses {num_streams}; resume with the same --devices and --data.num_workers"
                 )
-            state.stream = stream  # ranks are symmetric: rank 0's saved counts hold for every rank
+            state.stream = stream  # a checkpoint with rank 0's streams only: ranks are symmetric unless one faulted
         else:
             state = StreamState(stream=stream, num_streams=num_streams)
         yield from self._generate(state)
@@ -267,6 +274,8 @@ class MixtureStream(IterableDataset):
         # int64; LitGPT's loop calls .long() on every batch anyway.
         dtype = np.result_type(*(s.dtype for s in self.sources.values()))
         warned: set[str] = set()
+        if state.position == 0 and not state.stage_log:
+            self._log_stage(state)
         while True:
             batch = np.empty((self.batch_size, block), dtype=dtype)
             for row in range(self.batch_size):
@@ -287,7 +296,18 @@ class MixtureStream(IterableDataset):
     def _advance_stage(self, state: StreamState) -> None:
         while (end := self.stages[state.stage].end) is not None and state.position >= end:
             state.stage += 1
-            state.stage_samples, state.override = {}, None
+            self._enter_stage(state)
+
+    def _enter_stage(self, state: StreamState) -> None:
+        """Begin ``state.stage`` at the current position: blending restarts at the stage's weights."""
+        state.stage_samples, state.override = {}, None
+        self._log_stage(state)
+
+    def _log_stage(self, state: StreamState, **extra: Any) -> None:
+        weights = dict(state.weights(self.stages))
+        state.stage_log.append(
+            {"stage": state.stage, "start": state.position, "samples": dict(state.samples), "weights": weights, **extra}
+        )
 
     def _pick(self, state: StreamState) -> str:
         weights = state.weights(self.stages)
@@ -368,14 +388,25 @@ class MixtureLoader(DataLoader):
         return self._length
 
     def state_dict(self) -> dict:
+        """What training consumed: ``streams`` (this rank's, by worker) and, on several ranks, ``ranks`` (every
+        rank's ``streams``, by rank), so a checkpoint says what each rank trained on and each resumes its own.
+
+        On several ranks this is a collective (``all_gather_object``): Fabric's ``save`` calls it on every rank.
+        """
         ds = self.dataset
-        return {
+        out = {
             "version": STATE_VERSION,
             "num_workers": self.num_workers,
             "tokens_per_sample": next(iter(ds.sources.values())).block_size,
             "stages": [asdict(st) for st in ds.stages],
             "streams": dict(self._states),
         }
+        env = ds.distributed_env
+        if env.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list[Any] = [None] * env.world_size
+            torch.distributed.all_gather_object(ranks, dict(self._states))
+            out["ranks"] = {r: streams for r, streams in enumerate(ranks)}
+        return out
 
     def load_state_dict(self, state_dict: dict) -> None:
         if state_dict.get("version") != STATE_VERSION or "streams" not in state_dict:
@@ -389,7 +420,12 @@ class MixtureLoader(DataLoader):
                 f"{self.num_workers}; resume with --data.num_workers {state_dict['num_workers']} to continue the "
                 "stream exactly"
             )
-        self._states = {int(k): v for k, v in state_dict["streams"].items()}
+        streams = state_dict["streams"]
+        env = self.dataset.distributed_env
+        ranks = state_dict.get("ranks") or {}
+        if len(ranks) == env.world_size and env.global_rank in ranks:
+            streams = ranks[env.global_rank]  # this rank's own record (the same as rank 0's unless one faulted)
+        self._states = {int(k): v for k, v in streams.items()}
         self.dataset.resume_states = dict(self._states)
 
 

@@ -199,3 +199,85 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("measured")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+# ----------------------------------------------------------------------------------- online RegMix-D runs
+#: The schedule's plan for every stage of the RegMix-D test runs: the controller must move away from it.
+PLAN = {"code": 0.5, "prose": 0.5}
+
+
+@pytest.fixture(scope="session")
+def traj_model(tmp_path_factory, prepared):
+    """A `losses`-feature trajectory model over the fixture corpus' domains, fitted on simulated proxy records."""
+    return fit_test_trajectory(prepared, tmp_path_factory.mktemp("traj") / "model", "losses")
+
+
+def fit_test_trajectory(prepared, out, features: str):
+    """Fit a linear trajectory model with ``features`` on 16 simulated 3-stage proxy records into ``out``."""
+    import numpy as np
+
+    from regmix_plugin.formats.manifest import read_manifest
+    from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
+
+    domains = read_manifest(prepared).train_domains()
+    val = read_manifest(prepared).val_domains()
+    rng = np.random.default_rng(0)
+    records = {}
+    for r in range(16):
+        ws = [rng.dirichlet(np.ones(len(domains))) for _ in range(3)]
+        share = np.cumsum([w for w in ws], 0) / np.arange(1, 4)[:, None]  # mean mixture up to each stage end
+        losses = [
+            {
+                "tokens": (k + 1) * 100,
+                "final": k == 2,
+                "losses": {
+                    d: float(5 - (k + 1) * 0.3 - share[k][domains.index(d)] + 0.01 * rng.standard_normal()) for d in val
+                },
+            }
+            for k in range(3)
+        ]
+        sched = [
+            {"until_fraction": 1 / 3, "weights": dict(zip(domains, ws[0], strict=True))},
+            {"until_fraction": 2 / 3, "weights": dict(zip(domains, ws[1], strict=True))},
+            {"weights": dict(zip(domains, ws[2], strict=True))},
+        ]
+        records[f"r{r}"] = {"run_id": f"r{r}", "status": "done", "tokens": 300, "schedule": sched, "losses": losses}
+    trajs, wd, ld = trajectories_from_records(records)
+    fit_trajectories(trajs, wd, ld, "val_loss/prose", features, "linear", out, cv_folds=4)
+    return out
+
+
+def regmixd_config(out_dir, prepared, tokenizer_dir, model, steps, num_workers=0, devices=1, **controller) -> dict:
+    """A 3-stage (switches at 1/3 and 2/3) `litgpt pretrain` config of ``steps`` batches per rank with
+    RegMixDController; checkpoints every 4 steps; ``controller``: more of its init_args."""
+    micro, seq = 4, 32
+    budget = steps * micro * seq * devices
+    cfg = pretrain_config(
+        out_dir,
+        prepared,
+        tokenizer_dir,
+        weights=None,
+        max_tokens=budget,
+        num_workers=num_workers,
+        schedule=[
+            {"until_fraction": 1 / 3, "weights": PLAN},
+            {"until_fraction": 2 / 3, "weights": PLAN},
+            {"weights": PLAN},
+        ],
+        callbacks=[
+            {
+                "class_path": "regmix_plugin.RegMixDController",
+                "init_args": {
+                    "model": str(model),
+                    "out_dir": str(out_dir),
+                    "n_candidates": 2000,
+                    "top_k": 16,
+                    "val_tokens": 256,
+                    **controller,
+                },
+            }
+        ],
+    )
+    cfg["train"].update(max_tokens=budget, save_interval=4, global_batch_size=micro * devices)
+    cfg["devices"] = devices
+    return cfg

@@ -12,11 +12,10 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import pretrain_config
+from conftest import PLAN, fit_test_trajectory, regmixd_config
 
 import regmix_plugin
 from regmix_plugin.controller import _read_jsonl
@@ -24,72 +23,10 @@ from regmix_plugin.inspect import read_data_state, realized_mixture
 from regmix_plugin.litgpt_compat import run_pretrain, write_config
 
 STEPS, MICRO, SEQ = 24, 4, 32
-PLAN = {"code": 0.5, "prose": 0.5}
-
-
-@pytest.fixture(scope="module")
-def traj_model(tmp_path_factory, prepared):
-    """A `losses`-feature trajectory model over the fixture corpus' domains, fitted on simulated proxy records."""
-    from regmix_plugin.formats.manifest import read_manifest
-    from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
-
-    domains = read_manifest(prepared).train_domains()
-    val = read_manifest(prepared).val_domains()
-    rng = np.random.default_rng(0)
-    records = {}
-    for r in range(16):
-        ws = [rng.dirichlet(np.ones(len(domains))) for _ in range(3)]
-        share = np.cumsum([w for w in ws], 0) / np.arange(1, 4)[:, None]  # mean mixture up to each stage end
-        losses = [
-            {
-                "tokens": (k + 1) * 100,
-                "final": k == 2,
-                "losses": {
-                    d: float(5 - (k + 1) * 0.3 - share[k][domains.index(d)] + 0.01 * rng.standard_normal()) for d in val
-                },
-            }
-            for k in range(3)
-        ]
-        sched = [
-            {"until_fraction": 1 / 3, "weights": dict(zip(domains, ws[0], strict=True))},
-            {"until_fraction": 2 / 3, "weights": dict(zip(domains, ws[1], strict=True))},
-            {"weights": dict(zip(domains, ws[2], strict=True))},
-        ]
-        records[f"r{r}"] = {"run_id": f"r{r}", "status": "done", "tokens": 300, "schedule": sched, "losses": losses}
-    trajs, wd, ld = trajectories_from_records(records)
-    out = tmp_path_factory.mktemp("traj") / "model"
-    fit_trajectories(trajs, wd, ld, "val_loss/prose", "losses", "linear", out, cv_folds=4)
-    return out
 
 
 def config(out_dir, prepared, tokenizer_dir, model, num_workers=0):
-    cfg = pretrain_config(
-        out_dir,
-        prepared,
-        tokenizer_dir,
-        weights=None,
-        max_tokens=STEPS * MICRO * SEQ,
-        num_workers=num_workers,
-        schedule=[
-            {"until_fraction": 1 / 3, "weights": PLAN},
-            {"until_fraction": 2 / 3, "weights": PLAN},
-            {"weights": PLAN},
-        ],
-        callbacks=[
-            {
-                "class_path": "regmix_plugin.RegMixDController",
-                "init_args": {
-                    "model": str(model),
-                    "out_dir": str(out_dir),
-                    "n_candidates": 2000,
-                    "top_k": 16,
-                    "val_tokens": 256,
-                },
-            }
-        ],
-    )
-    cfg["train"].update(max_tokens=STEPS * MICRO * SEQ, save_interval=4)
-    return cfg
+    return regmixd_config(out_dir, prepared, tokenizer_dir, model, STEPS, num_workers=num_workers)
 
 
 def decisions(out_dir):
@@ -377,3 +314,19 @@ def test_a_bad_objective_or_pessimism_is_refused_when_the_recipe_is_read_not_at_
         RegMixDController(str(tmp_path / "m"), str(tmp_path), pessimism=-1.0)
     ok = RegMixDController(str(tmp_path / "m"), str(tmp_path), objective="greedy", pessimism=0.0)
     assert (ok.objective, ok.pessimism) == ("greedy", 0.0)
+
+
+def test_a_model_that_cannot_use_the_observed_losses_is_named_at_construction(tmp_path, prepared, traj_model):
+    """A `mixtures`-feature model ignores what the controller observes: one warning naming it and the fix."""
+    from regmix_plugin.controller import RegMixDController
+
+    model = fit_test_trajectory(prepared, tmp_path / "open-loop", "mixtures")
+    with pytest.warns(UserWarning) as caught:
+        RegMixDController(str(model), str(tmp_path))
+    [w] = [w for w in caught if "RegMixDController" in str(w.message)]
+    assert f"the trajectory model '{model}' has `mixtures` features" in str(w.message)
+    assert f"regmix fit_trajectory --features losses --out {model}" in str(w.message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a `losses` model, or one not written yet, is taken without a word
+        RegMixDController(str(traj_model), str(tmp_path))
+        RegMixDController(str(tmp_path / "not-yet"), str(tmp_path))

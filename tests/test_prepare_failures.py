@@ -187,7 +187,7 @@ def test_verify_names_a_deleted_chunk_and_training_names_the_damage(tmp_path, to
     assert (out / "manifest.json").read_bytes() == before
     # the data module then names the damage (not "unknown domain 'prose'": verify did not unlist it)
     dm = MixtureData(data_path=out, weights={"prose": 0.5, "code": 0.5}, num_workers=0)
-    with pytest.raises(ValueError, match=r"domain 'prose' of --data.data_path .* damaged: .*chunk-0-0.bin is missing"):
+    with pytest.raises(ValueError, match=r"damaged \(1 domain\(s\)\):\n    domain 'prose': .*chunk-0-0.bin is missing"):
         dm.setup()
 
 

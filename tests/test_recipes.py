@@ -118,9 +118,11 @@ def test_recipe_parses_and_is_consistent(parser, recipe):
     assert isinstance(args.data, MixtureData)
     assert args.model_name == args.model_config.name
     init = parsed.data.init_args
-    assert sum(init.weights.values()) == pytest.approx(1.0, abs=1e-3)
-    assert min(init.weights.values()) >= 0
-    assert init.schedule is None
+    # static weights, or a schedule whose every stage is a mixture
+    assert (init.weights is None) != (init.schedule is None)
+    for weights in [init.weights] if init.schedule is None else [st["weights"] for st in init.schedule]:
+        assert sum(weights.values()) == pytest.approx(1.0, abs=1e-3)
+        assert min(weights.values()) >= 0
     # the epoch guard needs the budget at set-up: it must repeat train.max_tokens exactly
     assert init.max_tokens == args.train.max_tokens == args.data.max_tokens
     assert (init.max_epochs, init.on_epoch_limit, init.seed) == (15, "error", 42)
@@ -212,6 +214,29 @@ def test_tiny_cpu_recipe(parser):
     assert parsed.data.init_args.weights == {"code": 0.5, "prose": 0.5}
     assert args.data.data_path == Path("data/tiny")
     assert args.tokenizer_dir == Path("data/tiny/tokenizer")
+
+
+def test_online_regmixd_recipe(parser):
+    """recipes/demo/regmixd_online.yaml: the tiny run's model and corpus, 3 stages, the controller on them."""
+    from regmix_plugin import RegMixDController
+
+    parsed, args = load(parser, RECIPES_DIR / "demo" / "regmixd_online.yaml")
+    tiny, _ = load(parser, RECIPES_DIR / "tiny_cpu.yaml")
+    assert parsed.model_config == tiny.model_config and args.tokenizer_dir == Path("data/tiny/tokenizer")
+    data = args.data
+    assert data.data_path == Path("data/tiny") and data.weights is None
+    assert [st.get("until_fraction") for st in data.schedule] == [0.3333, 0.6667, None]
+    demo_domains = {"code", "docs", "licenses", "math", "prose"}  # what build_demo_corpus writes
+    assert all(set(st["weights"]) == demo_domains for st in data.schedule)
+    [ctl] = data.callbacks
+    assert isinstance(ctl, RegMixDController)
+    # the controller's out_dir is the run's: it scores the run's checkpoints and writes next to them
+    assert Path(ctl.out_dir) == args.out_dir == Path("out/tiny_online") and ctl.model == "out/tiny_trajectory"
+    assert ctl.wait_timeout_s == 60.0 and ctl.objective == "joint"
+    # switches at steps 20 and 40 of 60; 2 workers prefetch 4 batches: decided at 16 and 36, where a checkpoint is
+    assert args.train.max_tokens == data.max_tokens == 60 * 16 * 128
+    assert data.num_workers == 2 and args.train.micro_batch_size == args.train.global_batch_size == 16
+    assert 16 % args.train.save_interval == 0 and 36 % args.train.save_interval == 0
 
 
 def test_stock_litgpt_cli_accepts_the_tiny_recipe():

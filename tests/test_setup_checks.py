@@ -5,6 +5,7 @@ before the first step, and `regmix sweep` refuses the vocabulary before starting
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -61,10 +62,12 @@ def test_a_truncated_chunk_is_refused_at_setup_naming_the_file_and_the_fix(tmp_p
     os.truncate(chunk, size - 100)
     with pytest.raises(ValueError) as e:
         _pretrain(tmp_path, data, tokenizer_dir)
+    repair = shlex.join(["regmix", "prepare", *read_manifest(data).domains["prose"].prepared_with, "--out_dir",
+                         str(data)])  # fmt: skip
     assert str(e.value) == (
-        f"domain 'prose' of --data.data_path {str(data)!r} is damaged: {chunk} is {size - 100:,} bytes, the "
-        f"manifest says {size:,} (truncated?). Run `regmix prepare --verify true --out_dir {data}`, then "
-        "`regmix prepare` with its --source to re-do it"
+        f"--data.data_path {str(data)!r}: the prepared corpus {str(data)!r} is damaged (1 domain(s)):\n"
+        f"    domain 'prose': {chunk} is {size - 100:,} bytes, the manifest says {size:,} (truncated?)\n"
+        f"    repair (re-does only the damaged domains, keeps the others): {repair}"
     )  # was: "could not broadcast input array from shape (0,) into shape (33,)" mid-run
 
 
