@@ -68,38 +68,48 @@ def recovery(tmp_path_factory):
     return recovery_summary(tmp_path_factory.mktemp("recovery"))
 
 
-def recovery_summary(root, compile: str = "auto", workers: int = 2) -> dict:
-    """The whole chain on the synthetic corpus under ``root``; ``compile`` as `regmix sweep --compile` (the
-    numerics variant ``bench/recovery_spread.py`` compares: compiled kernels sum in another order, as another
-    machine's would)."""
-    manifest = build_synthetic_corpus(root / "synthetic", seed=0, **CORPUS)
-    pipe = Pipeline(
-        out_dir=root / "run", target=TARGET, proxy_recipe=recipe_path("demo/proxy.yaml"),
+def recovery_pipeline(root, out_dir=None, compile: str = "auto", workers: int = 2) -> Pipeline:
+    """The test's pipeline over the synthetic corpus under ``root`` (``compile``: `regmix sweep --compile`)."""
+    return Pipeline(
+        out_dir=out_dir or root / "run", target=TARGET, proxy_recipe=recipe_path("demo/proxy.yaml"),
         target_recipe=recipe_path("demo/target.yaml"), raw=root / "synthetic" / "train",
         val_raw=root / "synthetic" / "val", proxies=32, workers=workers, seed=0, vocab_size=512, eval_points=5,
         val_tokens=8192, target_val_tokens=16384, n_candidates=100_000, max_epochs=15, regressor="gp",
         arm_names=("regmix", "uniform"), overrides={"proxy": PROXY, "target": TARGET_MODEL}, compile=compile,
     )
+
+
+def recovery_summary(root, compile: str = "auto", workers: int = 2) -> dict:
+    """The whole chain on the synthetic corpus under ``root``; ``compile`` as `regmix sweep --compile` (a
+    numerics variant that ``bench/recovery_spread.py`` compares: compiled kernels sum in another order)."""
+    manifest = build_synthetic_corpus(root / "synthetic", seed=0, **CORPUS)
+    pipe = recovery_pipeline(root, compile=compile, workers=workers)
     pipe.tokenizer_and_data()
     results = pipe.proxy_sweep()
-    chosen = pipe.fit_and_optimize(results)
+    summary, chosen = analyse(pipe, results, manifest["alpha"], root / "synthetic")
     losses = pipe.train_arms(pipe.arms(chosen, results))
-    names = list(manifest["alpha"])
-    recovered = np.array([chosen["weights"].get(d, 0.0) for d in names])
-    alpha = np.array([manifest["alpha"][d] for d in names])
-    model = json.loads((pipe.out_dir / "model" / "model.json").read_text())
-    laws = _laws(pipe, results, names, alpha, root / "synthetic")
-    summary = {
-        "recovered": dict(zip(names, recovered.round(4).tolist(), strict=True)),
-        "l1": float(np.abs(recovered - alpha).sum()),
-        "regressor": model["regressor"],
-        "cv_spearman": model["cv_spearman"],
-        "target_loss": {arm: per_domain[TARGET] for arm, per_domain in losses.items()},
-        "timings_s": {k: round(v, 1) for k, v in pipe.timings.items()},
-        "laws": laws,
-    }
+    summary["target_loss"] = {arm: per_domain[TARGET] for arm, per_domain in losses.items()}
+    summary["timings_s"] = {k: round(v, 1) for k, v in pipe.timings.items()}
     print("recovery:", json.dumps(summary))
     return summary
+
+
+def analyse(pipe: Pipeline, results, alpha: dict[str, float], corpus) -> tuple[dict, dict]:
+    """Fit, optimize and the law families on a finished sweep's ``results``: the figures the tests assert (all
+    but the target models'), and the chosen mixture."""
+    chosen = pipe.fit_and_optimize(results)
+    names = list(alpha)
+    recovered = np.array([chosen["weights"].get(d, 0.0) for d in names])
+    alpha_ = np.array([alpha[d] for d in names])
+    model = json.loads((pipe.out_dir / "model" / "model.json").read_text())
+    summary = {
+        "recovered": dict(zip(names, recovered.round(4).tolist(), strict=True)),
+        "l1": float(np.abs(recovered - alpha_).sum()),
+        "regressor": model["regressor"],
+        "cv_spearman": model["cv_spearman"],
+        "laws": _laws(pipe, results, names, alpha_, corpus),
+    }
+    return summary, chosen
 
 
 def _laws(pipe, results, names: list[str], alpha: np.ndarray, corpus) -> dict:
