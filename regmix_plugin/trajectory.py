@@ -303,12 +303,10 @@ def cross_validate(
 # ------------------------------------------------------------------------------------------ save / load
 def save_model(model: TrajectoryModel, out: Path, cv: dict | None = None) -> None:
     """Write the model directory atomically: ``trajectory.json`` and one regressor directory per loss domain."""
-    from regmix_plugin.atomic import atomic_dir, write_json
+    from regmix_plugin.atomic import write_json
+    from regmix_plugin.formats.model_dir import replacing_model_dir
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / TRAJECTORY_FILE).exists())):
-        raise ValueError(f"--out {str(out)!r} exists and is not a trajectory model directory; choose a new path")
-    with atomic_dir(out) as tmp:
+    with replacing_model_dir(out, TRAJECTORY_FILE, what="a trajectory model directory") as tmp:
         settings = _save_regressors(model, tmp / "regressors")
         members = [
             {"initial_state": m.initial_state.tolist(), "settings": _save_regressors(m, tmp / "members" / f"{k:02d}")}
