@@ -573,8 +573,8 @@ def best_remaining_schedule(
     for j, span in enumerate(spans):
         hi = upper if allowance is None else np.minimum(upper, np.maximum(allowance, 0.0) / span)
         if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
-            raise ValueError(f"stage {stage + j}: the epoch allowance admits no mixture; raise --max_epochs or lower "
-                             "--target_tokens")  # fmt: skip
+            raise ValueError(f"stage {stage + j}: the epoch allowance admits no mixture; raise "
+                             "--constraints.max_epochs or lower --constraints.target_tokens")  # fmt: skip
         draws.append(sample_candidates(prior, lower, hi, search.n_candidates, sampler, search.seed + stage + j,
                                        search.num_threads))  # fmt: skip
     cands = np.stack(draws, 1)  # (n, stages, domains)
@@ -582,7 +582,7 @@ def best_remaining_schedule(
         cands = cands[(np.einsum("nsd,s->nd", cands, spans) <= allowance + 1e-9).all(1)]
         if not len(cands):
             raise ValueError(f"stage {stage}: no candidate schedule keeps within the epoch allowance; raise "
-                             "--search.n_candidates or --max_epochs")  # fmt: skip
+                             "--search.n_candidates or --constraints.max_epochs")  # fmt: skip
     scores = schedule_scores(model, bounds, cands, state, search.pessimism)
     best = np.argsort(scores, kind="stable")[: min(search.top_k, len(cands))]
     mixes = [m / m.sum() for m in cands[best].mean(0)]
@@ -623,7 +623,7 @@ def derive_schedule(
         if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
             raise ValueError(
                 f"stage {k}: the epoch allowance left after earlier stages admits no mixture; raise "
-                "--max_epochs or lower --target_tokens"
+                "--constraints.max_epochs or lower --constraints.target_tokens"
             )
         mix, top = best_stage_mixture(model, a, b, state, prior, lower, hi, search, k, previous)
         losses, state = model.advance(a, b, mix[None], state)

@@ -119,8 +119,8 @@ def test_screening_finds_exactly_the_brute_force_top_k(models):
     model = load_model(models / "lightgbm")
     lower, upper = constraint_bounds(DOMAINS)
     cands = sample_candidates(np.full(5, 0.2), lower, upper, 50_000, SamplerArgs(), seed=7)
-    brute_idx, brute_scores, brute_full = top_k_search(model, cands, 20, maximize=False, search="brute")
-    idx, scores, n_full = top_k_search(model, cands, 20, maximize=False, search="screen")
+    brute_idx, brute_scores, brute_full = top_k_search(model, cands, 20, maximize=False, scoring="brute")
+    idx, scores, n_full = top_k_search(model, cands, 20, maximize=False, scoring="screen")
     assert brute_full == 50_000 and n_full == 5_000  # a tenth of the candidates went through all 1000 trees
     # The same k best predictions (screening is not exact in general: the bench measures it on 1M
     # candidates). A tree model gives many mixtures the very same prediction, so among equal scores the
@@ -129,7 +129,7 @@ def test_screening_finds_exactly_the_brute_force_top_k(models):
     assert scores.tolist() == pytest.approx(model.predict(cands[idx]).tolist(), abs=1e-12)
     assert len(set(idx.tolist()) & set(brute_idx.tolist())) >= 10
     # maximising returns the k largest predictions instead
-    idx, scores, _ = top_k_search(model, cands, 20, maximize=True, search="brute")
+    idx, scores, _ = top_k_search(model, cands, 20, maximize=True, scoring="brute")
     assert scores.tolist() == np.sort(model.predict(cands))[::-1][:20].tolist()
 
 
