@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from regmix_plugin.data import MixtureData
-from regmix_plugin.mixture import epoch_allowance
+from regmix_plugin.layout import epoch_allowance
 from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream
 
 DECISIONS = "decisions.jsonl"

@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import Manifest, read_manifest
-from regmix_plugin.layout import StreamLayout
-from regmix_plugin.mixture import DEFAULT_MAX_EPOCHS, epoch_allowance, exceeds_allowance, validate_weights
+from regmix_plugin.layout import DEFAULT_MAX_EPOCHS, StreamLayout, epoch_allowance
+from regmix_plugin.mixture import exceeds_allowance, validate_weights
 from regmix_plugin.stream import (
     MixtureCallback,
     MixtureLoader,

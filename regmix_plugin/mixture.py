@@ -19,6 +19,7 @@ import numpy as np
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.errors import RegmixError
+from regmix_plugin.layout import DEFAULT_MAX_EPOCHS, epoch_allowance
 
 #: A mixture may drift from summing to 1 by this much (rounding in CSVs and YAML); it is then renormalised.
 #: Anything further off is a mistake in the input and is refused.
@@ -115,7 +116,7 @@ class ConstraintArgs:
     """Tokens the run the mixture is for will train on; with it no domain may be repeated more than
     ``max_epochs`` times: ``weight <= max_epochs * domain_tokens / target_tokens``. ``regmix sample`` defaults to
     the corpus's train tokens (the official sampler's assumption); the other commands apply no bound without it."""
-    max_epochs: float = 15.0
+    max_epochs: float = DEFAULT_MAX_EPOCHS
     """Most epochs over any domain's train data over the whole run (with ``target_tokens``). 15, as the paper's
     sampler (MAXIMUM_USAGE) and MixtureData's ``max_epochs``; repeating data more than ~4 times starts to cost
     quality (Muennighoff et al., 2023), so consider lowering it."""
@@ -138,21 +139,8 @@ class ConstraintArgs:
             return cls()
         return cls(**value) if isinstance(value, Mapping) else value
 
-#: Most times a domain may be repeated in a run, as in RegMix's sampler: every flag and field that bounds it.
-DEFAULT_MAX_EPOCHS = ConstraintArgs.max_epochs
 #: The prefix of the constraint flags, for messages.
 FLAGS = "--constraints."
-
-
-def epoch_allowance(blocks_per_stream: int, max_epochs: float) -> float:
-    """Samples a stream may take from a domain of which it reads ``blocks_per_stream`` blocks: ``max_epochs`` passes.
-
-    This is the one definition of a domain's epoch allowance. MixtureData's guard, the stream and the RegMix-D
-    controller call it with each stream's disjoint share (``StreamLayout.blocks_per_stream``); the planners
-    (``sample``, ``optimize``, ``schedule``, ``entropy``) with the whole domain as one stream, counting blocks
-    of ``--constraints.block_size + 1`` tokens (:func:`domain_blocks`), or tokens when no block size is given.
-    """
-    return max_epochs * int(blocks_per_stream)
 
 
 def exceeds_allowance(samples: float, allowance: float) -> bool:

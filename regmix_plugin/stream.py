@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from regmix_plugin.mixture import DEFAULT_MAX_EPOCHS, epoch_allowance
+from regmix_plugin.layout import DEFAULT_MAX_EPOCHS, epoch_allowance
 
 STATE_VERSION = 1
 

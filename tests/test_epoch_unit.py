@@ -210,7 +210,8 @@ def test_planners_refuse_a_domain_without_one_block_naming_it_and_the_fix(with_e
 @pytest.mark.parametrize("spelling", ["25e9", "25_000_000_000", "2.5e10"])
 def test_a_large_budget_is_recorded_as_the_exact_integer(corpus, tmp_path, cli, spelling):
     code, _, err = cli("entropy", "--data_path", corpus, "--constraints.target_tokens", spelling,
-                       "--constraints.max_epochs", "1e9", "--max_tokens", "5e3", "--out", tmp_path / "m.yaml")  # fmt: skip
+                       "--constraints.max_epochs", "1e9", "--max_tokens", "5e3",
+                       "--out", tmp_path / "m.yaml")  # fmt: skip
     assert code == 0, err
     record = yaml.safe_load((tmp_path / "m.yaml").read_text())
     assert record["constraints"]["target_tokens"] == 25_000_000_000 and record["provenance"]["max_tokens"] == 5000
