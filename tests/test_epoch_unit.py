@@ -198,9 +198,9 @@ def test_planners_refuse_a_domain_without_one_block_naming_it_and_the_fix(with_e
     flags += ["--n", 3] if planner == "sample" else []
     code, _, err = cli(planner, *flags)
     assert code == 2, err
-    unit = "block of --block_size 32 + 1 = 33 tokens" if block_size else "block of any size (2 tokens)"
+    unit = "block of --constraints.block_size 32 + 1 = 33 tokens" if block_size else "block of any size (2 tokens)"
     assert f"domain(s) enron_emails hold no whole {unit} of train data" in err, err
-    assert "prepare more data for them, or leave them out with --exclude [enron_emails]" in err
+    assert "prepare more data for them, or leave them out with --constraints.exclude [enron_emails]" in err
     # the fix it names works
     code, _, err = cli(planner, *flags, "--constraints.exclude", "[enron_emails]")
     assert code == 0, err
@@ -225,7 +225,7 @@ def test_a_bad_token_count_is_refused_in_one_line_naming_the_flag(planner, value
     model = ["--model", tmp_path] if planner in ("optimize", "schedule") else []
     code, _, err = cli(planner, "--constraints.target_tokens", value, "--data_path", tmp_path, *model)
     assert code == 2
-    line = f"regmix {planner}: error: --target_tokens: {why}"
+    line = f"regmix {planner}: error: --constraints.target_tokens: {why}"
     assert len(err.strip().splitlines()) == 1 and err.startswith(line), err
 
 
@@ -246,7 +246,8 @@ def test_every_token_count_flag_takes_large_numbers_as_written(planner, spelling
     args += ["--model", str(tmp_path)] if planner in ("optimize", "schedule") else []
     args += ["--domain_tokens", f"{{arxiv: {spelling}}}"] if planner in ("optimize", "schedule") else []
     main(args)
-    assert seen["target_tokens"] == 25_000_000_000 and type(seen["target_tokens"]) is int
+    target = seen["constraints"].target_tokens
+    assert target == 25_000_000_000 and type(target) is int
     if planner == "entropy":
         assert seen["max_tokens"] == 25_000_000_000
     if planner in ("optimize", "schedule"):
