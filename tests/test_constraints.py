@@ -14,24 +14,9 @@ import pytest
 import yaml
 from conftest import pretrain_config
 
-from regmix_plugin.__main__ import RENAMED, main, renamed_flags
+from regmix_plugin.__main__ import RENAMED, renamed_flags
 from regmix_plugin.errors import DeprecatedFlag
 from regmix_plugin.mixture import ConstraintArgs, prior_weights
-
-
-@pytest.fixture
-def cli(capsys):
-    def run(*args):
-        code = 0
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
 
 OLD_SAMPLE = ["--target_tokens", "200000", "--max_epochs=4", "--minimum", "0.002", "--prior", "tokens",
               "--exclude", "[tiny]"]  # fmt: skip

@@ -38,20 +38,6 @@ def corpus(tmp_path_factory, tokenizer_dir):
     return root / "data"
 
 
-@pytest.fixture
-def cli(capsys):
-    def run(*args: str):
-        code = 0
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def blocks(data) -> dict[str, int]:
     return {d: TokenSource(data / d / "train", SEQ + 1).num_blocks for d in DOMAINS}
 
