@@ -242,7 +242,7 @@ class MixtureData(DataModule):
         for d, n in sorted(planned.items()):
             blocks = sources[d].num_blocks if d in sources else 0
             per_epoch = layout.blocks_per_stream(blocks)
-            # the planners' bound too (sample/optimize/schedule/entropy --block_size): one unit, one edge
+            # the planners' bound too (sample/optimize/schedule/entropy --constraints.block_size): one unit, one edge
             if exceeds_allowance(n, epoch_allowance(per_epoch, self.max_epochs)):
                 epochs = n / per_epoch if per_epoch else math.inf
                 lines.append(

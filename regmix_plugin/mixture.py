@@ -165,7 +165,7 @@ def train_sizes(
     data_path: str | Path | None = None,
     train_tokens: Mapping[str, int] | None = None,
 ) -> Mapping[str, int] | None:
-    """Each domain's train size in the unit of its epoch allowance, for the planners' ``--block_size`` flag.
+    """Each domain's train size in the unit of its epoch allowance, for the planners' ``--constraints.block_size``.
 
     With ``block_size``: blocks of ``block_size + 1`` tokens counted from the chunks under ``data_path``
     (:func:`domain_blocks`); without: ``train_tokens`` (the manifest's, or ``--domain_tokens``), or None.
