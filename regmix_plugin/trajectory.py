@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -476,7 +477,7 @@ class SearchArgs:
     """Seed of the candidates (stage k draws with ``seed + k``)."""
     num_threads: int = 1
     """Threads for drawing candidates."""
-    objective: str = "joint"
+    objective: Literal["greedy", "joint"] = "joint"
     """``joint``: candidates are whole remaining schedules (an independent draw per stage, within the
     whole-run allowance), scored by the predicted target at the *run's* end, and each stage is the top-k mean
     of its own draws (no smoothing); ``greedy`` (the paper's per-switch rule as far as it is described): each

@@ -81,6 +81,8 @@ def test_help_shows_the_new_spellings_and_not_the_old(sub, cli):
         assert "--drop_below" in flags and "--prior_source {tokens,entropy}" in out
     if sub == "optimize":
         assert "--scoring {screen,brute}" in out
+    if sub == "schedule":  # the objective is a Literal: --help lists its choices
+        assert "--search.objective {greedy,joint}" in out
 
 
 def test_sample_refuses_weight_bounds_it_does_not_apply(prepared, tmp_path, cli):
