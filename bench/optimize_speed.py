@@ -61,7 +61,7 @@ def main() -> None:
     t0 = time.perf_counter()
     cands = sample_candidates(prior, lower, upper, N, SamplerArgs(), SEED)
     t1 = time.perf_counter()
-    ours, ours_scores, n_full = top_k_search(model, cands, K, maximize=False, search="screen")
+    ours, ours_scores, n_full = top_k_search(model, cands, K, maximize=False, scoring="screen")
     t_ours = time.perf_counter() - t0
     print(f"ours  : sample {t1 - t0:6.2f} s + screen  {time.perf_counter() - t1:6.2f} s = {t_ours:6.2f} s "
           f"({n_full:,} of {N:,} candidates through all {model.regressor.n_trees()} trees)")  # fmt: skip
@@ -84,7 +84,7 @@ def main() -> None:
 
     # --- quality on the same candidates
     t0 = time.perf_counter()
-    brute, brute_scores, _ = top_k_search(model, cands, K, maximize=False, search="brute")
+    brute, brute_scores, _ = top_k_search(model, cands, K, maximize=False, scoring="brute")
     t_brute = time.perf_counter() - t0
     at = {name: float(model.predict(cands[idx].mean(0)[None])[0]) for name, idx in (("brute", brute), ("ours", ours))}
     print(f"brute-force top-{K} over ours' {N:,} candidates: {t_brute:6.2f} s")

@@ -35,7 +35,7 @@ def _commands() -> dict:
     from regmix_plugin.recipe import recipe
     from regmix_plugin.sample import sample
     from regmix_plugin.schedule import schedule
-    from regmix_plugin.sweep import sweep
+    from regmix_plugin.sweep import sweep, sweep_status
 
     return {
         "prepare": prepare,
@@ -43,6 +43,7 @@ def _commands() -> dict:
         "entropy": entropy,
         "sample": sample,
         "sweep": sweep,
+        "status": sweep_status,
         "evaluate": evaluate,
         "fit": fit,
         "predict": predict,
@@ -55,9 +56,37 @@ def _commands() -> dict:
 
 
 # Subcommands whose first argument may be given without its flag name, as in `regmix inspect out/final`.
-_POSITIONAL = {"inspect": "--checkpoint_dir"}
+_POSITIONAL = {"inspect": "--checkpoint_dir", "status": "--sweep"}
 # Boolean flags that may be given without a value.
 _SWITCHES = {"--json", "--quick"}
+
+
+_CONSTRAINTS = {f"--{k}": f"--constraints.{k}"
+                for k in ("target_tokens", "max_epochs", "block_size", "min_weight", "max_weight", "exclude")}
+#: Flags renamed in 0.x, per subcommand: the old spelling still works for one release, with a deprecation note.
+RENAMED = {
+    "sample": {**_CONSTRAINTS, "--minimum": "--drop_below", "--prior": "--prior_source"},
+    "optimize": {**_CONSTRAINTS, "--search": "--scoring"},
+    "schedule": _CONSTRAINTS,
+    "entropy": _CONSTRAINTS,
+}
+
+
+def renamed_flags(argv: list[str]) -> list[str]:
+    """``argv`` with the old spellings of renamed flags (``--minimum 1e-3``, ``--max_epochs=4``) replaced by the
+    new ones, with a deprecation note for each (:data:`RENAMED`)."""
+    from regmix_plugin.errors import deprecated
+
+    sub = argv[0] if argv else None
+    table = RENAMED.get(sub, {})
+    out = []
+    for arg in argv:
+        flag, eq, value = arg.partition("=")
+        if flag in table:
+            deprecated(flag, table[flag])
+            arg = table[flag] + eq + value
+        out.append(arg)
+    return out
 
 
 _USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
@@ -163,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
             warnings.filterwarnings("ignore", message=".*is not a known type.*")
             default_format, warnings.formatwarning = warnings.formatwarning, _plain_warnings(prog)
             try:
+                argv = renamed_flags(argv)
                 result = CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
                              version=__version__)
             finally:

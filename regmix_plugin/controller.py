@@ -65,6 +65,7 @@ from pathlib import Path
 import numpy as np
 
 from regmix_plugin.data import MixtureData
+from regmix_plugin.layout import epoch_allowance
 from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream
 
 DECISIONS = "decisions.jsonl"
@@ -347,11 +348,11 @@ class RegMixDController(MixtureCallback):
                 used[d] += w.get(d, 0.0) * plan["stage_samples"][j]
         n = plan["stage_samples"][k]
         if of_run:
-            return np.array([max(0.0, plan["max_epochs"] * plan["per_epoch"].get(d, 0) - used[d]) / plan["total"]
-                             for d in domains])  # fmt: skip
+            return np.array([max(0.0, epoch_allowance(plan["per_epoch"].get(d, 0), plan["max_epochs"]) - used[d])
+                             / plan["total"] for d in domains])  # fmt: skip
         out = []
         for d in domains:
-            cap = plan["max_epochs"] * plan["per_epoch"].get(d, 0)
+            cap = epoch_allowance(plan["per_epoch"].get(d, 0), plan["max_epochs"])
             out.append(min(1.0, max(0.0, (cap - used[d]) / n)) if n > 0 else 1.0)
         return np.array(out)
 

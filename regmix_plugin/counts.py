@@ -1,6 +1,6 @@
 """``TokenCount``: the type of every token-count flag and key, so large budgets are written the way people write them.
 
-``--target_tokens 25e9``, ``--target_tokens 25_000_000_000`` and ``--target_tokens 2.5e10`` all mean
+``--constraints.target_tokens 25e9``, ``25_000_000_000`` and ``2.5e10`` all mean
 25,000,000,000; so do the same values in a ``--config`` YAML or in ``--data.init_args.max_tokens``. A value
 that is not a whole, non-negative number of tokens (``2.5e0``, ``-1``, ``lots``) is refused in one line that
 names the flag (:func:`token_count_error`, used by the ``regmix`` parser).
@@ -60,8 +60,8 @@ def token_count_error(message: str) -> str | None:
     """The one-line form of a jsonargparse error about a ``TokenCount`` value, or None for any other error.
 
     jsonargparse reports a bad value of an optional flag as several lines (one per member of ``X | None``);
-    the user needs the flag and what is wrong with the value: ``--target_tokens: '2.5e0' is not a whole number
-    of tokens``.
+    the user needs the flag and what is wrong with the value: ``--constraints.target_tokens: '2.5e0' is not a whole
+    number of tokens``.
     """
     found = _TYPE_ERROR.search(message)
     if found is None:

@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import Manifest, read_manifest
-from regmix_plugin.layout import StreamLayout
-from regmix_plugin.mixture import epoch_allowance, exceeds_allowance, validate_weights
+from regmix_plugin.layout import DEFAULT_MAX_EPOCHS, StreamLayout, epoch_allowance
+from regmix_plugin.mixture import exceeds_allowance, validate_weights
 from regmix_plugin.stream import (
     MixtureCallback,
     MixtureLoader,
@@ -58,7 +58,7 @@ class MixtureData(DataModule):
     max_tokens: TokenCount | None = None
     """The run's token budget (repeat ``train.max_tokens``): lets the epoch guard fail at set-up and places
     ``until_fraction`` stage switches. LitGPT does not pass it to data modules."""
-    max_epochs: float = 15
+    max_epochs: float = DEFAULT_MAX_EPOCHS
     """Most times any domain may be repeated (as in RegMix's sampler)."""
     on_epoch_limit: Literal["error", "warn"] = "error"
     """What to do when a domain would be repeated more than ``max_epochs`` times."""
@@ -242,8 +242,8 @@ class MixtureData(DataModule):
         for d, n in sorted(planned.items()):
             blocks = sources[d].num_blocks if d in sources else 0
             per_epoch = layout.blocks_per_stream(blocks)
-            # the planners' bound too (sample/optimize/schedule/entropy --block_size): one unit, one edge
-            if exceeds_allowance(n, epoch_allowance(blocks, self.max_epochs, layout.num_streams)):
+            # the planners' bound too (sample/optimize/schedule/entropy --constraints.block_size): one unit, one edge
+            if exceeds_allowance(n, epoch_allowance(per_epoch, self.max_epochs)):
                 epochs = n / per_epoch if per_epoch else math.inf
                 lines.append(
                     f"  {d}: {n:,.0f} samples per stream from {per_epoch:,} blocks per stream = {epochs:.1f} epochs"

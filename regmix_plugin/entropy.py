@@ -4,9 +4,9 @@
     regmix recipe --mixture mixture.yaml --template recipes/pile/tinyllama_1b_regmix.yaml --out my_1b.yaml
 
 The weights are ``softmax(H)`` over the training domains (``regmix_plugin.token_entropy`` says how ``H`` is
-estimated), projected onto the same constraints as ``regmix optimize`` (``--target_tokens``/``--max_epochs``,
-``--min_weight``, ``--max_weight``, ``--exclude``). The output is a ``mixture.yaml`` like ``optimize``'s, so
-``regmix recipe`` takes it unchanged, and ``regmix sample --prior entropy`` centres the proxies on it.
+estimated), projected onto the same constraints as ``regmix optimize`` (the ``--constraints.*`` flags). The
+output is a ``mixture.yaml`` like ``optimize``'s, so ``regmix recipe`` takes it unchanged, and ``regmix sample
+--prior_source entropy`` centres the proxies on it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
-from regmix_plugin.mixture import DEFAULT_MAX_EPOCHS
+from regmix_plugin.mixture import ConstraintArgs
 from regmix_plugin.token_entropy import entropy_mixture
 
 
@@ -27,12 +27,7 @@ def entropy(
     max_tokens: TokenCount = 4_000_000,
     seed: int = 0,
     tokenizer_dir: Path | None = None,
-    target_tokens: TokenCount | None = None,
-    max_epochs: float = DEFAULT_MAX_EPOCHS,
-    block_size: int | None = None,
-    min_weight: dict[str, float] | None = None,
-    max_weight: dict[str, float] | None = None,
-    exclude: list[str] | None = None,
+    constraints: ConstraintArgs = ConstraintArgs(),
 ) -> None:
     """Write a mixture whose weights are the softmax of each training domain's token entropy.
 
@@ -45,20 +40,10 @@ def entropy(
         seed: Seed of the sample.
         tokenizer_dir: The tokenizer you will train with; refused if it is not the one the corpus was
             prepared with.
-        target_tokens: Tokens the final model will train on; with it no domain may repeat more than
-            ``--max_epochs`` times.
-        max_epochs: Most epochs allowed over any domain's train tokens (needs ``--target_tokens``).
-        block_size: Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as
-            MixtureData's guard does, instead of in tokens: give the training recipe's ``model_config.block_size``
-            (LitGPT's ``max_seq_length``), so a mixture at the bound passes the guard with ``on_epoch_limit: error``.
-            A domain without one whole block is then refused.
-        min_weight: Lowest weight per domain, ``{domain: weight}``.
-        max_weight: Highest weight per domain, ``{domain: weight}``.
-        exclude: Domains the mixture must not train on (weight 0).
+        constraints: What the mixture must respect: the epoch bound at ``--constraints.target_tokens``,
+            per-domain min/max weights, excluded domains (every ``--constraints.*`` flag is listed below).
     """
-    record = entropy_mixture(data_path, measure, max_tokens, seed, tokenizer_dir, target_tokens=target_tokens,
-                             max_epochs=max_epochs, block_size=block_size, min_weight=min_weight,
-                             max_weight=max_weight, exclude=exclude)
+    record = entropy_mixture(data_path, measure, max_tokens, seed, tokenizer_dir, ConstraintArgs.of(constraints))
     header = (
         f"Mixture chosen by `regmix entropy --measure {measure}` ({record['provenance']['created']}): softmax of each\n"
         f"domain's token entropy on a seeded sample of at most {max_tokens:,} tokens, projected onto the constraints.\n"

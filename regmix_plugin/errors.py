@@ -10,3 +10,15 @@ class RegmixError(ValueError):
     ``ValueError``/``FileNotFoundError``) from regmix_plugin code; ``regmix`` prints
     ``regmix SUBCOMMAND: error: <message>`` and exits 2.
     """
+
+
+class DeprecatedFlag(UserWarning):
+    """An old spelling of a renamed flag or subcommand: it still works for one release."""
+
+
+def deprecated(old: str, new: str) -> None:
+    """Warn that ``old`` is going; the CLI prints it as ``regmix SUB: warning: --old is deprecated ...``."""
+    import warnings
+
+    warnings.warn(f"{old} is deprecated and will be removed in the next release; use {new}", DeprecatedFlag,
+                  stacklevel=3)  # fmt: skip

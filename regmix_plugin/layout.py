@@ -23,6 +23,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+#: Most times a domain may be repeated in a run, as in RegMix's sampler: the default of every flag and field that
+#: bounds it (``--constraints.max_epochs`` of the planners, ``--data.max_epochs`` of MixtureData).
+DEFAULT_MAX_EPOCHS = 15.0
+
+
+def epoch_allowance(blocks_per_stream: int, max_epochs: float) -> float:
+    """Samples a stream may take from a domain of which it reads ``blocks_per_stream`` blocks: ``max_epochs`` passes.
+
+    This is the one definition of a domain's epoch allowance. MixtureData's guard, the stream and the RegMix-D
+    controller call it with each stream's disjoint share (:meth:`StreamLayout.blocks_per_stream`); the planners
+    (``sample``, ``optimize``, ``schedule``, ``entropy``) with the whole domain as one stream, counting blocks
+    of ``--constraints.block_size + 1`` tokens (``mixture.domain_blocks``), or tokens when no block size is given.
+    """
+    return max_epochs * int(blocks_per_stream)
+
 
 @dataclass(frozen=True)
 class StreamLayout:

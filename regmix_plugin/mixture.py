@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from regmix_plugin.counts import TokenCount
 from regmix_plugin.errors import RegmixError
-
-#: Most times a domain may be repeated in a run, as in RegMix's sampler; the default of every flag that bounds it.
-DEFAULT_MAX_EPOCHS = 15.0
+from regmix_plugin.layout import DEFAULT_MAX_EPOCHS, epoch_allowance
 
 #: A mixture may drift from summing to 1 by this much (rounding in CSVs and YAML); it is then renormalised.
 #: Anything further off is a mistake in the input and is refused.
@@ -105,15 +104,43 @@ def validate_weights(
 ALLOWANCE_SLACK = 1e-9
 
 
-def epoch_allowance(blocks: int, max_epochs: float, num_streams: int = 1) -> float:
-    """Samples one of ``num_streams`` streams may take from a domain of ``blocks`` blocks: ``max_epochs`` passes.
+@dataclass
+class ConstraintArgs:
+    """What a planned mixture must respect: how often a domain may repeat, per-domain bounds, excluded domains.
 
-    Each stream owns ``blocks // num_streams`` of the domain's blocks per epoch (``stream.EpochOrder``). This is
-    the one definition of a domain's epoch allowance: MixtureData's guard calls it per stream, and the planners
-    (``sample``, ``optimize``, ``schedule``, ``entropy``) with one stream, counting blocks of ``--block_size + 1``
-    tokens (:func:`domain_blocks`), or tokens when no block size is given.
+    The ``--constraints.*`` flags of ``regmix sample``, ``optimize``, ``schedule`` and ``entropy``; MixtureData's
+    guard and the RegMix-D controller count the same epoch allowance (:func:`epoch_allowance`).
     """
-    return max_epochs * (int(blocks) // int(num_streams))
+
+    target_tokens: TokenCount | None = None
+    """Tokens the run the mixture is for will train on; with it no domain may be repeated more than
+    ``max_epochs`` times: ``weight <= max_epochs * domain_tokens / target_tokens``. ``regmix sample`` defaults to
+    the corpus's train tokens (the official sampler's assumption); the other commands apply no bound without it."""
+    max_epochs: float = DEFAULT_MAX_EPOCHS
+    """Most epochs over any domain's train data over the whole run (with ``target_tokens``). 15, as the paper's
+    sampler (MAXIMUM_USAGE) and MixtureData's ``max_epochs``; repeating data more than ~4 times starts to cost
+    quality (Muennighoff et al., 2023), so consider lowering it."""
+    block_size: int | None = None
+    """Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as MixtureData's guard does,
+    instead of in tokens: give the training recipe's ``model_config.block_size`` (LitGPT's ``max_seq_length``), so
+    a mixture at the bound passes the guard with ``on_epoch_limit: error``. Needs ``--data_path``; a domain
+    without one whole block is then refused."""
+    min_weight: dict[str, float] | None = None
+    """Lowest weight per domain (in every stage of a schedule), ``{domain: weight}``."""
+    max_weight: dict[str, float] | None = None
+    """Highest weight per domain (in every stage of a schedule), ``{domain: weight}``."""
+    exclude: list[str] | None = None
+    """Domains the mixture must not train on (weight 0; their columns stay, and they may still be in the target)."""
+
+    @classmethod
+    def of(cls, value: ConstraintArgs | Mapping | None) -> ConstraintArgs:
+        """``value`` as a ``ConstraintArgs``: jsonargparse hands a group over as a mapping when called from Python."""
+        if value is None:
+            return cls()
+        return cls(**value) if isinstance(value, Mapping) else value
+
+#: The prefix of the constraint flags, for messages.
+FLAGS = "--constraints."
 
 
 def exceeds_allowance(samples: float, allowance: float) -> bool:
@@ -138,7 +165,7 @@ def train_sizes(
     data_path: str | Path | None = None,
     train_tokens: Mapping[str, int] | None = None,
 ) -> Mapping[str, int] | None:
-    """Each domain's train size in the unit of its epoch allowance, for the planners' ``--block_size`` flag.
+    """Each domain's train size in the unit of its epoch allowance, for the planners' ``--constraints.block_size``.
 
     With ``block_size``: blocks of ``block_size + 1`` tokens counted from the chunks under ``data_path``
     (:func:`domain_blocks`); without: ``train_tokens`` (the manifest's, or ``--domain_tokens``), or None.
@@ -146,9 +173,9 @@ def train_sizes(
     if block_size is None:
         return train_tokens
     if block_size < 1:
-        raise ValueError(f"--block_size must be >= 1 (the recipe's model block_size), got {block_size}")
+        raise ValueError(f"{FLAGS}block_size must be >= 1 (the recipe's model block_size), got {block_size}")
     if data_path is None:
-        raise ValueError("--block_size needs --data_path: the allowance is counted in the blocks of the prepared "
+        raise ValueError(f"{FLAGS}block_size needs --data_path: the allowance is counted in the blocks of the prepared "
                          "chunks (--domain_tokens gives tokens only)")  # fmt: skip
     from regmix_plugin.formats.manifest import read_manifest
 
@@ -188,7 +215,7 @@ def too_small(sizes: Mapping[str, float], block_size: int | None) -> list[str]:
 
 def too_small_message(domains: Sequence[str], block_size: int | None, fix: str) -> str:
     """The refusal of :func:`too_small` domains, naming them and the fix (``fix``: how to leave one out)."""
-    unit = (f"block of --block_size {block_size} + 1 = {block_size + 1} tokens" if block_size is not None
+    unit = (f"block of {FLAGS}block_size {block_size} + 1 = {block_size + 1} tokens" if block_size is not None
             else "block of any size (2 tokens)")  # fmt: skip
     return (
         f"domain(s) {', '.join(domains)} hold no whole {unit} of train data, so no run can sample them: prepare "
@@ -211,24 +238,23 @@ _FEASIBLE = 1e-9
 
 def constraint_bounds(
     domains: Sequence[str],
-    min_weight: Mapping[str, float] | None = None,
-    max_weight: Mapping[str, float] | None = None,
-    exclude: Sequence[str] | None = None,
-    target_tokens: int | None = None,
-    max_epochs: float = DEFAULT_MAX_EPOCHS,
+    constraints: ConstraintArgs | None = None,
     tokens: Mapping[str, int] | None = None,
-    block_size: int | None = None,
+    epochs: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-domain lower and upper weight bounds from every constraint; raises once listing all conflicts.
 
-    ``tokens`` is each domain's train size: blocks of ``block_size + 1`` tokens when ``block_size`` is given
-    (:func:`domain_blocks`, the unit of MixtureData's guard), else tokens. With it, a domain holding no block
-    that is not excluded is refused, with or without ``target_tokens``.
+    ``tokens`` is each domain's train size: blocks of ``block_size + 1`` tokens when ``constraints.block_size`` is
+    given (:func:`domain_blocks`, the unit of MixtureData's guard), else tokens. With it, a domain holding no block
+    that is not excluded is refused, with or without ``target_tokens``. ``epochs=False`` leaves the epoch bound out
+    (``regmix schedule`` counts it over the whole run, not per stage).
     """
+    c = ConstraintArgs.of(constraints)
     index = {d: i for i, d in enumerate(domains)}
     lower, upper = np.zeros(len(domains)), np.ones(len(domains))
     problems = []
-    for flag, mapping, bound in (("--min_weight", min_weight, lower), ("--max_weight", max_weight, upper)):
+    for flag, mapping, bound in ((f"{FLAGS}min_weight", c.min_weight, lower),
+                                 (f"{FLAGS}max_weight", c.max_weight, upper)):  # fmt: skip
         for d, v in (mapping or {}).items():
             if d not in index:
                 problems.append(f"{flag}: unknown domain {d!r}")
@@ -236,56 +262,81 @@ def constraint_bounds(
                 problems.append(f"{flag}: {d} = {v} is outside [0, 1]")
             else:
                 bound[index[d]] = float(v)
-    for d in exclude or []:
+    for d in c.exclude or []:
         if d not in index:
-            problems.append(f"--exclude: unknown domain {d!r}")
+            problems.append(f"{FLAGS}exclude: unknown domain {d!r}")
         elif lower[index[d]] > 0:
-            problems.append(f"{d} is both excluded and given --min_weight {lower[index[d]]}")
+            problems.append(f"{d} is both excluded and given {FLAGS}min_weight {lower[index[d]]}")
         else:
             upper[index[d]] = 0.0
     if tokens is not None:
         sizes = {d: tokens[d] for d in domains if d in tokens}
-        small = [d for d in too_small(sizes, block_size) if upper[index[d]] > 0]
+        small = [d for d in too_small(sizes, c.block_size) if upper[index[d]] > 0]
         if small:
-            problems.append(too_small_message(small, block_size, f"--exclude [{','.join(small)}]"))
-    if target_tokens is not None:
+            problems.append(too_small_message(small, c.block_size, f"{FLAGS}exclude [{','.join(small)}]"))
+    if epochs and c.target_tokens is not None:
         if tokens is None:
-            problems.append("--target_tokens needs each domain's train tokens: give --data_path or --domain_tokens")
-        elif target_tokens <= 0 or max_epochs <= 0:
-            problems.append("--target_tokens and --max_epochs must be positive")
+            problems.append(f"{FLAGS}target_tokens needs each domain's train tokens: give --data_path or "
+                            "--domain_tokens")  # fmt: skip
+        elif c.target_tokens <= 0 or c.max_epochs <= 0:
+            problems.append(f"{FLAGS}target_tokens and {FLAGS}max_epochs must be positive")
         else:
             missing = [d for d in domains if d not in tokens]
             if missing:
                 problems.append(f"no token count for {', '.join(missing)} (from --data_path or --domain_tokens)")
-            bound = epoch_bounds({d: tokens[d] for d in domains if d in tokens}, target_tokens, max_epochs, block_size)
+            bound = epoch_bounds({d: tokens[d] for d in domains if d in tokens}, c.target_tokens, c.max_epochs,
+                                 c.block_size)  # fmt: skip
             for d, b in bound.items():
                 upper[index[d]] = min(upper[index[d]], b)
     if not problems:
         for d, i in index.items():
             if lower[i] > upper[i] + _FEASIBLE:
-                problems.append(f"{d}: --min_weight {lower[i]:.4g} is above its upper bound {upper[i]:.4g}")
+                problems.append(f"{d}: {FLAGS}min_weight {lower[i]:.4g} is above its upper bound {upper[i]:.4g}")
         if lower.sum() > 1 + _FEASIBLE:
-            problems.append(f"the --min_weight values sum to {lower.sum():.4g} > 1")
+            problems.append(f"the {FLAGS}min_weight values sum to {lower.sum():.4g} > 1")
         if upper.sum() < 1 - _FEASIBLE:
             problems.append(
-                f"the upper bounds sum to {upper.sum():.4g} < 1, so no mixture fits: raise --max_epochs or "
-                "--max_weight, lower --target_tokens, or exclude fewer domains"
+                f"the upper bounds sum to {upper.sum():.4g} < 1, so no mixture fits: raise {FLAGS}max_epochs or "
+                f"{FLAGS}max_weight, lower {FLAGS}target_tokens, or exclude fewer domains"
             )
     if problems:
         raise ValueError("infeasible constraints: " + "; ".join(problems) + f". Domains: {', '.join(domains)}")
     return lower, upper
 
 
-def constraints_record(domains: Sequence[str], lower: np.ndarray, upper: np.ndarray, given: Mapping) -> dict:
-    """The ``constraints:`` block of ``mixture.yaml``: the active bounds and what they came from."""
+def constraints_record(domains: Sequence[str], lower: np.ndarray, upper: np.ndarray, given: ConstraintArgs) -> dict:
+    """The ``constraints:`` block of ``mixture.yaml`` and ``schedule.yaml``: the active bounds and their sources."""
     return {
         "lower": {d: float(v) for d, v in zip(domains, lower, strict=True) if v > 0},
         "upper": {d: float(v) for d, v in zip(domains, upper, strict=True) if v < 1},
-        "excluded": sorted(given.get("exclude") or []),
-        "target_tokens": given.get("target_tokens"),
-        "max_epochs": given.get("max_epochs") if given.get("target_tokens") else None,
-        **({"block_size": given["block_size"]} if given.get("block_size") and given.get("target_tokens") else {}),
+        "excluded": sorted(given.exclude or []),
+        "target_tokens": given.target_tokens,
+        "max_epochs": given.max_epochs if given.target_tokens else None,
+        **({"block_size": given.block_size} if given.block_size and given.target_tokens else {}),
     }
+
+
+def prior_weights(
+    domains: Sequence[str], prior: Mapping[str, float] | None, manifest=None
+) -> tuple[np.ndarray, str] | None:
+    """The centre of a planner's candidate mixtures over ``domains``, and where it came from.
+
+    ``--prior`` when given (validated), else the train-token distribution of ``--data_path``'s manifest over
+    ``domains``; None when neither is there (each planner then has its own fallback). Raises when the corpus
+    holds no train tokens for any of the domains: an all-zero prior is no distribution to centre draws on.
+    """
+    if prior is not None:
+        weights, source = validate_weights(prior, domains, key="--prior"), "given (--prior)"
+    elif manifest is not None:
+        natural = manifest.natural_weights()
+        total = sum(natural.get(d, 0.0) for d in domains)
+        if total <= 0:
+            raise ValueError(f"--data_path: none of the model's domains ({', '.join(domains)}) has train tokens, so "
+                             "there is no token distribution to centre on; give --prior {domain: weight}")  # fmt: skip
+        weights, source = {d: natural.get(d, 0.0) / total for d in domains}, "token distribution of --data_path"
+    else:
+        return None
+    return np.array([weights[d] for d in domains], float), source
 
 
 def project(W: np.ndarray, lower: np.ndarray, upper: np.ndarray, iters: int = 60) -> np.ndarray:

@@ -1,18 +1,18 @@
 """`regmix optimize`: simulate candidate mixtures, rank them with a fitted model, average the top-k.
 
-    regmix optimize --model out/model --data_path data/pile --target_tokens 25_000_000_000 --out mixture.yaml
+    regmix optimize --model out/model --data_path data/pile --constraints.target_tokens 25e9 --out mixture.yaml
 
 Candidates are Dirichlet draws around a prior, as in the RegMix paper: each draw uses concentration
 ``prior * s`` with ``s`` picked from 15 log-spaced values between ``--strength`` bounds. Draws that break
-a constraint (per-domain min/max, excluded domains, the max-epochs bound from ``--target_tokens``) are
+a constraint (per-domain min/max, excluded domains, the max-epochs bound from ``--constraints.target_tokens``) are
 projected onto the allowed set, the polytope ``{lower <= w <= upper, sum(w) = 1}``. That set is convex,
 so the mean of the top-k lies in it too.
 
-With a LightGBM model, ``--search screen`` (the default) ranks all candidates with the first 2.5% of the
+With a LightGBM model, ``--scoring screen`` (the default) ranks all candidates with the first 2.5% of the
 trees, keeps the best 5%, adds the trees up to 25%, keeps the best 0.5% (at least 5,000), and scores those
 survivors with every tree: they get exactly the full model's prediction. A candidate the prefix
 ranks badly but the whole model ranks in the top-k would be lost; ``bench/optimize_speed.py`` measures
-that against ``--search brute`` (every candidate through every tree) on the same candidates.
+that against ``--scoring brute`` (every candidate through every tree) on the same candidates.
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
 from regmix_plugin.formats.model_dir import LAW_KINDS, FittedModel, load_fitted, read_model_meta
 from regmix_plugin.mixture import (
-    DEFAULT_MAX_EPOCHS,
+    ConstraintArgs,
     SamplerArgs,
     constraint_bounds,
     constraints_record,
+    prior_weights,
     sample_candidates,
     train_sizes,
-    validate_weights,
 )
 
 _FEASIBLE = 1e-9
@@ -47,15 +47,10 @@ def optimize(
     prior: dict[str, float] | None = None,
     n_candidates: int = 1_000_000,
     top_k: int = 100,
-    target_tokens: TokenCount | None = None,
-    max_epochs: float = DEFAULT_MAX_EPOCHS,
-    block_size: int | None = None,
+    constraints: ConstraintArgs = ConstraintArgs(),
     domain_tokens: dict[str, TokenCount] | None = None,
-    min_weight: dict[str, float] | None = None,
-    max_weight: dict[str, float] | None = None,
-    exclude: list[str] | None = None,
     maximize: bool = False,
-    search: Literal["screen", "brute"] = "screen",
+    scoring: Literal["screen", "brute"] = "screen",
     sampler: SamplerArgs = SamplerArgs(),
     seed: int = 0,
     num_threads: int = 2,
@@ -73,22 +68,13 @@ def optimize(
             distribution with ``--data_path``, else the mean mixture of the fitted runs.
         n_candidates: Number of simulated mixtures.
         top_k: The chosen mixture is the mean of the best ``top_k`` candidates.
-        target_tokens: Tokens the final model will train on. With it no domain may be repeated more than
-            ``--max_epochs`` times: ``weight <= max_epochs * domain_tokens / target_tokens``.
-        max_epochs: Most epochs allowed over any domain's train tokens (needs ``--target_tokens``). 15, as
-            the paper's sampler (MAXIMUM_USAGE) and MixtureData's guard; repeating data more than ~4 times
-            starts to cost quality (Muennighoff et al., 2023), so consider lowering it.
-        block_size: Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as
-            MixtureData's guard does, instead of in tokens: give the training recipe's ``model_config.block_size``
-            (LitGPT's ``max_seq_length``), so a mixture at the bound passes the guard with ``on_epoch_limit: error``.
-            Needs ``--data_path``; a domain without one whole block is then refused.
+        constraints: What the mixture must respect: the epoch bound at ``--constraints.target_tokens``,
+            per-domain min/max weights, excluded domains (every ``--constraints.*`` flag is listed below).
         domain_tokens: Train tokens per domain for the max-epochs bound, when there is no ``--data_path``.
-        min_weight: Lowest weight per domain, ``{domain: weight}``.
-        max_weight: Highest weight per domain, ``{domain: weight}``.
-        exclude: Domains the mixture must not train on (weight 0); they may still be in the target.
         maximize: Maximise the target (a downstream score) instead of minimising it (a loss).
-        search: ``screen``: rank with a prefix of a LightGBM model's trees and finish the best with all;
-            ``brute``: every candidate through the whole model. Other regressors are always scored whole.
+        scoring: How a LightGBM model scores the candidates: ``screen`` ranks them with a prefix of its trees and
+            finishes the best with all; ``brute`` puts every candidate through the whole model. Other regressors
+            always score them whole.
         sampler: How candidates are drawn around the prior: Dirichlet concentration strengths (the paper's 0.1
             to 5, 15 log-spaced values), shared with ``regmix sample``.
         seed: Seed of the simulation.
@@ -108,11 +94,12 @@ def optimize(
 
         manifest = read_manifest(data_path)
     sampler = SamplerArgs(**sampler) if isinstance(sampler, dict) else sampler
-    center, prior_source = _prior(meta, prior, manifest)
+    constraints = ConstraintArgs.of(constraints)
+    center, prior_source = prior_weights(domains, prior, manifest) or (
+        np.array([meta["run_mean_mixture"][d] for d in domains], float), "mean mixture of the fitted runs")
     tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
-    tokens = train_sizes(domains, block_size, data_path, tokens)
-    lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude, target_tokens, max_epochs, tokens,
-                                     block_size)  # fmt: skip
+    tokens = train_sizes(domains, constraints.block_size, data_path, tokens)
+    lower, upper = constraint_bounds(domains, constraints, tokens)
     if top_k < 1 or n_candidates < top_k:
         raise ValueError(f"--top_k must be between 1 and --n_candidates ({n_candidates}), got {top_k}")
     is_law = meta["regressor"] in LAW_KINDS
@@ -125,7 +112,7 @@ def optimize(
         fitted = load_fitted(model)
         candidates = drawn.result()
         pool.submit(plots.warm_up)
-        best, scores, n_full = top_k_search(fitted, candidates, top_k, maximize, search, num_threads)
+        best, scores, n_full = top_k_search(fitted, candidates, top_k, maximize, scoring, num_threads)
     chosen = np.clip(candidates[best].mean(0), lower, upper)
     direct = None
     if is_law:
@@ -180,10 +167,9 @@ def optimize(
             "weights": _rounded(domains, center),
             "within_constraints": bool(((center >= lower - _FEASIBLE) & (center <= upper + _FEASIBLE)).all()),
         },
-        "constraints": constraints_record(domains, lower, upper, {"exclude": exclude, "target_tokens": target_tokens,
-                                                                  "max_epochs": max_epochs, "block_size": block_size}),
+        "constraints": constraints_record(domains, lower, upper, constraints),
         "search": {
-            "method": search if fitted.meta["regressor"] == "lightgbm" else "full",
+            "method": scoring if fitted.meta["regressor"] == "lightgbm" else "full",
             "n_candidates": n_candidates,
             "scored_by_full_model": n_full,
             "top_k": top_k,
@@ -213,7 +199,7 @@ def optimize(
 
 
 def top_k_search(
-    fitted: FittedModel, candidates: np.ndarray, k: int, maximize: bool, search: str = "screen", num_threads: int = 2
+    fitted: FittedModel, candidates: np.ndarray, k: int, maximize: bool, scoring: str = "screen", num_threads: int = 2
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Indices and predictions of the ``k`` best candidates, and how many were scored by the whole model."""
     from regmix_plugin.regressors import LightGBMRegressor
@@ -223,7 +209,7 @@ def top_k_search(
     n = len(candidates)
     if isinstance(reg, LightGBMRegressor):
         trees = reg.n_trees()
-        cuts = [0, trees] if search == "brute" else [0, trees // 40, trees // 4, trees]
+        cuts = [0, trees] if scoring == "brute" else [0, trees // 40, trees // 4, trees]
         stages = list(zip(cuts[:-1], cuts[1:], strict=True))
         # Survivors: 5% after the first 2.5% of the trees, 0.5% after the first 25%; never fewer than 5,000
         # fully scored (so a small search is nearly brute force) or than 5 * k. Halving the 5% lost part of
@@ -243,21 +229,6 @@ def top_k_search(
         idx, scores, n_full = np.arange(n), np.concatenate([fitted.predict(b) for b in batches]), n
     best = np.argsort(sign * scores, kind="stable")[:k]
     return idx[best], scores[best], n_full
-
-
-def _prior(meta: dict, prior, manifest) -> tuple[np.ndarray, str]:
-    domains = meta["domains"]
-    if prior is not None:
-        weights, source = validate_weights(prior, domains, key="--prior"), "given (--prior)"
-    elif manifest is not None:
-        natural = manifest.natural_weights()
-        total = sum(natural.get(d, 0.0) for d in domains)
-        if total <= 0:
-            raise ValueError(f"--data_path: none of the model's domains ({', '.join(domains)}) has train tokens")
-        weights, source = {d: natural.get(d, 0.0) / total for d in domains}, "token distribution of --data_path"
-    else:
-        weights, source = meta["run_mean_mixture"], "mean mixture of the fitted runs"
-    return np.array([weights[d] for d in domains], float), source
 
 
 def _rounded(domains: Sequence[str], values: np.ndarray) -> dict[str, float]:

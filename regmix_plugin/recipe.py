@@ -11,7 +11,7 @@ said about its own weights there is dropped, since it no longer holds.
 
 Before anything is written the recipe is parsed with ``litgpt pretrain``'s own parser (a mistyped key is
 refused), and, when the template's corpus is on this machine, MixtureData's epoch guard runs against the
-recipe's ``train.max_tokens``; a mixture chosen for another ``--target_tokens`` is reported.
+recipe's ``train.max_tokens``; a mixture chosen for another ``--constraints.target_tokens`` is reported.
 """
 
 from __future__ import annotations
@@ -96,9 +96,9 @@ def _check_runnable(config: dict, record: dict, mixture: Path, template: Path) -
     target = (record.get("constraints") or {}).get("target_tokens")
     if target and max_tokens and int(target) != int(max_tokens):
         warnings.warn(
-            f"--mixture {mixture} was chosen for --target_tokens {int(target):,}, but the recipe trains "
+            f"--mixture {mixture} was chosen for --constraints.target_tokens {int(target):,}, but the recipe trains "
             f"train.max_tokens {int(max_tokens):,}: its per-domain epoch bounds were for the other budget; re-run "
-            f"`regmix optimize --target_tokens {int(max_tokens)}` for this recipe",
+            f"`regmix optimize --constraints.target_tokens {int(max_tokens)}` for this recipe",
             stacklevel=3,
         )
     data = parsed.data
@@ -266,7 +266,7 @@ def _provenance(record: dict, mixture: Path, template: Path) -> list[str]:
         ]
     target = (record.get("constraints") or {}).get("target_tokens")
     if target:
-        lines.append(f"It was chosen for a run of {int(target):,} tokens (--target_tokens).")
+        lines.append(f"It was chosen for a run of {int(target):,} tokens (--constraints.target_tokens).")
     return lines
 
 

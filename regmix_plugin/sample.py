@@ -1,6 +1,6 @@
 """``regmix sample``: draw the proxy mixtures of a sweep, the RegMix way, into ``mixtures.csv``.
 
-    regmix sample --data_path data/pile --n 512 --target_tokens 25_000_000_000 --out mixtures.csv
+    regmix sample --data_path data/pile --n 512 --constraints.target_tokens 25e9 --out mixtures.csv
 
 ``mixtures.csv`` has a ``run_id`` column, then one ``weight/<domain>`` column per domain with train data in
 the manifest; every row sums to exactly 1 in decimal (the weights are integers of ``10**-decimals``). The
@@ -10,14 +10,15 @@ The sampler follows the paper's official one (sail-sg/regmix ``mixture_config/sy
 
 1. the base measure is the train-token distribution of the manifest, tempered: ``p ** temperature``,
    renormalised (``temperature`` is honoured as given; the official code reads a global instead); with
-   ``--prior entropy`` it is the entropy mixture of ``regmix entropy`` instead (BiMix's training-free mixture);
+   ``--prior_source entropy`` it is the entropy mixture of ``regmix entropy`` instead (BiMix's training-free mixture);
 2. each draw picks a concentration strength uniformly among ``num_strengths`` values log-spaced between
    ``min_strength`` and ``max_strength`` and samples ``Dirichlet(strength * p_tempered)``;
-3. weights below ``minimum`` become 0, the row is renormalised and rounded to ``decimals`` places by largest
+3. weights below ``drop_below`` become 0, the row is renormalised and rounded to ``decimals`` places by largest
    remainder, so it sums to exactly 1 (the official rounding to multiples of ``minimum`` does not);
 4. the row is rejected if, at ``target_tokens`` (the size of the run the mixture is meant for), any domain
    would be repeated more than ``max_epochs`` times: ``w_d * target_tokens > max_epochs * train_tokens_d``
-   (with ``--block_size``: ``w_d * (target_tokens // block_size) > max_epochs * blocks_d``, MixtureData's unit).
+   (with ``--constraints.block_size``: ``w_d * (target_tokens // block_size) > max_epochs * blocks_d``,
+   MixtureData's unit).
    The bound uses the real token counts and is checked on the final, rounded row; the official code checks
    it before zeroing and renormalising (which raise the other weights) and assumes ``target_tokens`` equals
    the corpus size;
@@ -36,11 +37,12 @@ from typing import Literal
 
 import numpy as np
 
-from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixtures import write_mixtures
 from regmix_plugin.mixture import (
     DEFAULT_MAX_EPOCHS,
+    FLAGS,
+    ConstraintArgs,
     SamplerArgs,
     dirichlet_draws,
     epoch_bounds,
@@ -104,7 +106,8 @@ def sample_schedules(
         what = "mixtures" if stages == 1 else f"{stages}-stage schedules"
         raise ValueError(
             f"only {len(rows)} of --n {n} distinct {what} passed the bounds in {max_draws} draws; raise "
-            "--max_epochs, lower --target_tokens, lower --minimum, raise --decimals, or ask for fewer with --n"
+            "--constraints.max_epochs, lower --constraints.target_tokens, lower --drop_below, raise --decimals, or ask "
+            "for fewer with --n"
         )
     return rows
 
@@ -113,20 +116,17 @@ def sample(
     data_path: Path = Path("data/"),
     out: Path = Path("mixtures.csv"),
     n: int = 512,
-    target_tokens: TokenCount | None = None,
+    constraints: ConstraintArgs = ConstraintArgs(),
     temperature: float = 0.5,
     sampler: SamplerArgs = SamplerArgs(),
-    max_epochs: float = DEFAULT_MAX_EPOCHS,
-    minimum: float = 2e-4,
+    drop_below: float = 2e-4,
     decimals: int = 4,
     seed: int = 42,
     natural: bool = False,
     uniform: bool = False,
     baselines: dict[str, dict[str, float]] | None = None,
-    prior: Literal["tokens", "entropy"] = "tokens",
+    prior_source: Literal["tokens", "entropy"] = "tokens",
     stages: int = 1,
-    block_size: int | None = None,
-    exclude: list[str] | None = None,
 ) -> None:
     """Sample proxy mixtures from a prepared corpus's token distribution and write them as a CSV.
 
@@ -135,30 +135,28 @@ def sample(
             their train tokens.
         out: The mixtures CSV to write: ``run_id`` then one ``weight/<domain>`` column per domain.
         n: Number of sampled mixtures (baseline rows come on top); 0 writes the baseline rows only.
-        target_tokens: Token budget of the run the mixture is for, used by the ``max_epochs`` bound; default:
-            the corpus's train tokens (the official sampler's assumption).
+        constraints: Mixtures that break these are rejected: the epoch bound at ``--constraints.target_tokens``
+            (default: the corpus's train tokens) and excluded domains (every ``--constraints.*`` flag is listed
+            below; ``min_weight``/``max_weight`` are for the planners and refused here).
         temperature: Exponent applied to the token distribution before it becomes the Dirichlet base measure;
             below 1 flattens it.
         sampler: Dirichlet concentration strengths around the base measure (shared with ``regmix optimize``).
-        max_epochs: Reject mixtures that would repeat any domain more than this many times at ``target_tokens``.
-        minimum: Weights below this become 0 before the row is renormalised.
+        drop_below: Weights below this become 0 before the row is renormalised (no weight written is smaller).
         decimals: Decimal places of the written weights; rows sum to exactly 1 at this precision.
         seed: Seed of the sampler; the same seed and manifest give the same file.
         natural: Add a row ``natural``: the untempered token distribution.
         uniform: Add a row ``uniform``: equal weight on every domain.
         baselines: Extra named rows ``{name: {domain: weight}}`` (domains left out get 0).
-        prior: Centre of the Dirichlet draws: ``tokens`` (the tempered token distribution, the paper's) or
+        prior_source: Centre of the Dirichlet draws: ``tokens`` (the tempered token distribution, the paper's) or
             ``entropy``: the training-free mixture of `regmix entropy` (softmax of each domain's conditional
             token entropy on a seeded 4M-token sample; ``--temperature`` does not apply to it).
         stages: Stages per proxy, for RegMix-D (``regmix fit_trajectory``): each proxy gets an independent
             draw per equal stage, written as ``weight/<domain>@<stage>`` columns; the ``max_epochs`` bound is
             counted over the whole run. Baseline rows keep their mixture in every stage. 1: static mixtures.
-        block_size: Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as
-            MixtureData's guard does, instead of in tokens: give the training recipe's ``model_config.block_size``
-            (LitGPT's ``max_seq_length``), so a mixture at the bound passes the guard with ``on_epoch_limit: error``.
-            A domain without one whole block is then refused.
-        exclude: Domains every sampled mixture leaves out (weight 0; their columns stay).
     """
+    c = ConstraintArgs.of(constraints)
+    target_tokens, max_epochs, block_size, exclude = c.target_tokens, c.max_epochs, c.block_size, c.exclude
+    minimum = drop_below
     manifest = read_manifest(data_path)
     tokens = manifest.train_tokens()
     domains = manifest.train_domains()
@@ -172,11 +170,14 @@ def sample(
     if temperature <= 0:
         problems.append(f"--temperature must be > 0, got {temperature}")
     if not 0 <= minimum < 1 / max(1, len(domains)):
-        problems.append(f"--minimum must be in [0, 1/{len(domains)}), got {minimum}")
+        problems.append(f"--drop_below must be in [0, 1/{len(domains)}), got {minimum}")
     if max_epochs <= 0 or (target_tokens is not None and target_tokens <= 0):
-        problems.append("--max_epochs and --target_tokens must be > 0")
+        problems.append(f"{FLAGS}max_epochs and {FLAGS}target_tokens must be > 0")
     if not 1 <= decimals <= 9 or minimum * 10**decimals % 1 > 1e-9:
-        problems.append(f"--decimals {decimals} must be 1..9 and fine enough to write --minimum {minimum} exactly")
+        problems.append(f"--decimals {decimals} must be 1..9 and fine enough to write --drop_below {minimum} exactly")
+    if c.min_weight or c.max_weight:
+        problems.append(f"{FLAGS}min_weight and {FLAGS}max_weight bound a planned mixture (regmix optimize, "
+                        "schedule, entropy); regmix sample does not take them: leave them out")  # fmt: skip
     named: dict[str, dict[str, float]] = {}
     if natural:
         named["natural"] = manifest.natural_weights(1.0)
@@ -191,21 +192,21 @@ def sample(
         problems.append("--n 0 with no baseline row would write an empty mixtures file: give --n >= 1 (the number "
                         "of proxy mixtures to draw; RegMix's sweeps use 512), or add rows with --natural true, "
                         "--uniform true or --baselines")
-    if prior not in ("tokens", "entropy"):
-        problems.append(f"--prior must be tokens or entropy, got {prior!r}")
+    if prior_source not in ("tokens", "entropy"):
+        problems.append(f"--prior_source must be tokens or entropy, got {prior_source!r}")
     unknown = sorted(set(exclude or ()) - set(domains))
     if unknown:
-        problems.append(f"--exclude: unknown domain(s) {', '.join(unknown)}; domains: {', '.join(domains)}")
+        problems.append(f"{FLAGS}exclude: unknown domain(s) {', '.join(unknown)}; domains: {', '.join(domains)}")
     if len(set(exclude or ()) & set(domains)) == len(domains):
-        problems.append("--exclude leaves no domain to sample")
+        problems.append(f"{FLAGS}exclude leaves no domain to sample")
     sizes = train_sizes(domains, block_size, data_path, tokens)
     small = [d for d in too_small({d: sizes[d] for d in domains}, block_size) if d not in (exclude or ())]
     if small:
-        problems.append(too_small_message(small, block_size, f"--exclude [{','.join(small)}]"))
+        problems.append(too_small_message(small, block_size, f"{FLAGS}exclude [{','.join(small)}]"))
     if problems:
         raise ValueError("regmix sample: " + "; ".join(problems))
     center = None
-    if prior == "entropy":
+    if prior_source == "entropy":
         from regmix_plugin.token_entropy import entropy_mixture
 
         center = entropy_mixture(data_path, seed=seed)["weights"]
@@ -218,8 +219,10 @@ def sample(
         mixtures[name] = {d: int(u) / 10**decimals for d, u in zip(domains, units, strict=True)}
         over = [d for d in domains if mixtures[name][d] > bounds[d] + 1e-12]
         if over:
-            warnings.warn(f"baseline {name!r} repeats {', '.join(over)} more than --max_epochs {max_epochs:g} times",
-                          stacklevel=2)
+            warnings.warn(
+                f"baseline {name!r} repeats {', '.join(over)} more than {FLAGS}max_epochs {max_epochs:g} times",
+                stacklevel=2,
+            )
     rows = sample_schedules(
         {d: tokens[d] for d in domains},
         n,

@@ -1,6 +1,6 @@
 """`regmix schedule`: offline RegMix-D, a whole mixture schedule from a trajectory model, before training.
 
-    regmix schedule --model out/trajectory --stages 3 --data_path data/pile --target_tokens 25_000_000_000 \\
+    regmix schedule --model out/trajectory --stages 3 --data_path data/pile --constraints.target_tokens 25e9 \\
         --out schedule.yaml
     regmix recipe --mixture schedule.yaml --template recipes/tiny_cpu.yaml --out my_recipe.yaml
 
@@ -25,6 +25,7 @@ import numpy as np
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.schedule import Schedule, ScheduleStage, write_schedule
+from regmix_plugin.mixture import ConstraintArgs
 from regmix_plugin.trajectory import SearchArgs, derive_schedule, load_trajectory_model
 
 
@@ -34,13 +35,8 @@ def schedule(
     stages: int = 3,
     data_path: Path | None = None,
     prior: dict[str, float] | None = None,
-    target_tokens: TokenCount | None = None,
-    max_epochs: float = 15.0,
-    block_size: int | None = None,
+    constraints: ConstraintArgs = ConstraintArgs(),
     domain_tokens: dict[str, TokenCount] | None = None,
-    min_weight: dict[str, float] | None = None,
-    max_weight: dict[str, float] | None = None,
-    exclude: list[str] | None = None,
     search: SearchArgs = SearchArgs(),
 ) -> Schedule:
     """Derive a stage-by-stage mixture schedule from a trajectory model and write schedule.yaml.
@@ -52,23 +48,19 @@ def schedule(
         data_path: A prepared corpus: its token distribution is the default prior, its token counts the
             max-epochs bound.
         prior: Centre of the simulated mixtures; default: the corpus' token distribution, else uniform.
-        target_tokens: Tokens of the run the schedule is for; with it no domain is repeated more than
-            ``--max_epochs`` times over the whole run.
-        max_epochs: Most epochs over any domain's train tokens over the whole run (needs ``--target_tokens``).
-        block_size: Count each domain's epoch allowance in blocks of ``block_size + 1`` tokens, as
-            MixtureData's guard does, instead of in tokens: give the training recipe's ``model_config.block_size``
-            (LitGPT's ``max_seq_length``), so a mixture at the bound passes the guard with ``on_epoch_limit: error``.
-            Needs ``--data_path``; a domain without one whole block is then refused.
+        constraints: What every stage must respect: min/max weights and excluded domains hold in every stage; the
+            epoch bound at ``--constraints.target_tokens`` is counted over the whole run (every
+            ``--constraints.*`` flag is listed below).
         domain_tokens: Train tokens per domain for the max-epochs bound, when there is no ``--data_path``.
-        min_weight: Lowest weight per domain in every stage.
-        max_weight: Highest weight per domain in every stage.
-        exclude: Domains no stage may train on.
         search: How each stage's mixture is searched: candidates, top-k, smoothing, seed, objective and
             pessimism (every ``--search.*`` flag is listed below).
     """
-    from regmix_plugin.mixture import constraint_bounds, train_sizes
+    from dataclasses import replace
+
+    from regmix_plugin.mixture import constraint_bounds, constraints_record, prior_weights, train_sizes
 
     search = SearchArgs(**search) if isinstance(search, dict) else search or SearchArgs()
+    constraints = ConstraintArgs.of(constraints)
     problems = []
     if stages < 1:
         problems.append(f"--stages must be >= 1, got {stages}")
@@ -91,12 +83,13 @@ def schedule(
 
         manifest = read_manifest(data_path, flag="--data_path")
     tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
-    tokens = train_sizes(domains, block_size, data_path, tokens)
-    lower, upper = constraint_bounds(domains, min_weight, max_weight, exclude, tokens=tokens, block_size=block_size)
+    tokens = train_sizes(domains, constraints.block_size, data_path, tokens)
+    lower, upper = constraint_bounds(domains, constraints, tokens, epochs=False)
     allowance = None
-    if target_tokens is not None:
-        _, allowance = constraint_bounds(domains, None, None, exclude, target_tokens, max_epochs, tokens, block_size)
-    center = _prior(domains, prior, manifest)
+    if constraints.target_tokens is not None:  # over the whole run: without the per-stage min/max
+        _, allowance = constraint_bounds(domains, replace(constraints, min_weight=None, max_weight=None), tokens)
+    found = prior_weights(domains, prior, manifest)
+    center = found[0] if found else np.full(len(domains), 1 / len(domains))
     plan = derive_schedule(traj, stages, center, lower, upper, allowance, search)
     static = derive_schedule(traj, 1, center, lower, upper, allowance, SearchArgs(**{**vars(search), "smoothing": 0.0}))
     result = Schedule(
@@ -114,15 +107,7 @@ def schedule(
             "model_cv_rollout_rmse": traj.meta.get("cv_rollout_rmse"),
         },
         search={**vars(search), "strength": list(search.strength), "stages": stages},
-        constraints={
-            "lower": {d: float(v) for d, v in zip(domains, lower, strict=True) if v > 0},
-            "upper": {d: float(v) for d, v in zip(domains, upper, strict=True) if v < 1},
-            "excluded": sorted(exclude or []),
-            "target_tokens": target_tokens,
-            "max_epochs": max_epochs if target_tokens else None,
-            **({"block_size": block_size} if block_size and target_tokens else {}),
-            "epochs_counted_over": "whole run",
-        },
+        constraints={**constraints_record(domains, lower, upper, constraints), "epochs_counted_over": "whole run"},
         provenance={
             "model": str(model),
             "features": traj.features,
@@ -149,20 +134,6 @@ def schedule(
         print(f"warning: this model predicts the schedule worse than the best single mixture ({search.objective} "
               f"objective); {why}")  # fmt: skip
     return result
-
-
-def _prior(domains: list[str], prior, manifest) -> np.ndarray:
-    from regmix_plugin.mixture import validate_weights
-
-    if prior is not None:
-        w = validate_weights(prior, domains, key="--prior")
-    elif manifest is not None:
-        natural = manifest.natural_weights()
-        total = sum(natural.get(d, 0.0) for d in domains) or 1.0
-        w = {d: natural.get(d, 0.0) / total for d in domains}
-    else:
-        w = {d: 1 / len(domains) for d in domains}
-    return np.array([w[d] for d in domains], float)
 
 
 def stacked_area(path: Path, sched: Schedule, title: str = "RegMix-D schedule") -> None:

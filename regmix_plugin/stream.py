@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from regmix_plugin.layout import DEFAULT_MAX_EPOCHS, epoch_allowance
+
 STATE_VERSION = 1
 
 
@@ -219,7 +221,7 @@ class MixtureStream(IterableDataset):
         stages: Sequence[Stage],
         batch_size: int,
         seed: int = 42,
-        max_epochs: float = 15,
+        max_epochs: float = DEFAULT_MAX_EPOCHS,
         on_epoch_limit: str = "error",
         callbacks: Sequence[MixtureCallback] = (),
         validate_weights=None,
@@ -283,7 +285,7 @@ class MixtureStream(IterableDataset):
                 d = self._pick(state)
                 count = state.samples.get(d, 0)
                 epoch, chunk, j = orders[d].locate(count)
-                if count + 1 > self.max_epochs * orders[d].per_epoch:
+                if count + 1 > epoch_allowance(orders[d].per_epoch, self.max_epochs):
                     self._epoch_limit(d, state, orders[d].per_epoch, warned)
                 batch[row] = self.sources[d].block(chunk, j)
                 state.samples[d] = count + 1

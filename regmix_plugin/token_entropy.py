@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regmix_plugin.mixture import DEFAULT_MAX_EPOCHS
+from regmix_plugin.mixture import ConstraintArgs
 
 MEASURES = ("conditional", "joint", "shannon")
 _BINCOUNT_MAX = 1 << 26
@@ -115,13 +115,12 @@ def entropy_mixture(
     max_tokens: int = 4_000_000,
     seed: int = 0,
     tokenizer_dir: Path | None = None,
-    **constraints,
+    constraints: ConstraintArgs | None = None,
 ) -> dict:
     """The mixture record `regmix entropy` writes (weights, entropies, constraints, provenance).
 
-    ``constraints`` are :func:`regmix_plugin.mixture.constraint_bounds`' keyword arguments (``target_tokens``,
-    ``max_epochs``, ``block_size``, ``min_weight``, ``max_weight``, ``exclude``). ``regmix sample --prior
-    entropy`` centres its Dirichlet draws on the record's ``weights``.
+    The softmax is projected onto ``constraints`` (:func:`regmix_plugin.mixture.constraint_bounds`; none by
+    default). ``regmix sample --prior_source entropy`` centres its Dirichlet draws on the record's ``weights``.
     """
     from regmix_plugin.formats.manifest import read_manifest
     from regmix_plugin.mixture import constraint_bounds, constraints_record, project, train_sizes
@@ -135,9 +134,9 @@ def entropy_mixture(
     if tokenizer_dir is not None:
         check_tokenizer(tokenizer_dir, manifest.tokenizer_hash, "--tokenizer_dir", f"--data_path {str(data_path)!r}")
     domains = manifest.train_domains()
-    tokens = train_sizes(domains, constraints.get("block_size"), data_path, manifest.train_tokens())
-    constraints.setdefault("max_epochs", DEFAULT_MAX_EPOCHS)
-    lower, upper = constraint_bounds(domains, tokens=tokens, **constraints)
+    constraints = ConstraintArgs.of(constraints)
+    tokens = train_sizes(domains, constraints.block_size, data_path, manifest.train_tokens())
+    lower, upper = constraint_bounds(domains, constraints, tokens)
     H = domain_entropies(data_path, domains, max_tokens, seed, vocab_size=manifest.vocab_size)
     raw = softmax_mixture({d: H[d][measure] for d in domains})
     weights = project(np.array([[raw[d] for d in domains]]), lower, upper)[0]

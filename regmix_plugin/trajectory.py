@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import pairwise
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -303,12 +304,10 @@ def cross_validate(
 # ------------------------------------------------------------------------------------------ save / load
 def save_model(model: TrajectoryModel, out: Path, cv: dict | None = None) -> None:
     """Write the model directory atomically: ``trajectory.json`` and one regressor directory per loss domain."""
-    from regmix_plugin.atomic import atomic_dir, write_json
+    from regmix_plugin.atomic import write_json
+    from regmix_plugin.formats.model_dir import replacing_model_dir
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / TRAJECTORY_FILE).exists())):
-        raise ValueError(f"--out {str(out)!r} exists and is not a trajectory model directory; choose a new path")
-    with atomic_dir(out) as tmp:
+    with replacing_model_dir(out, TRAJECTORY_FILE, what="a trajectory model directory") as tmp:
         settings = _save_regressors(model, tmp / "regressors")
         members = [
             {"initial_state": m.initial_state.tolist(), "settings": _save_regressors(m, tmp / "members" / f"{k:02d}")}
@@ -478,7 +477,7 @@ class SearchArgs:
     """Seed of the candidates (stage k draws with ``seed + k``)."""
     num_threads: int = 1
     """Threads for drawing candidates."""
-    objective: str = "joint"
+    objective: Literal["greedy", "joint"] = "joint"
     """``joint``: candidates are whole remaining schedules (an independent draw per stage, within the
     whole-run allowance), scored by the predicted target at the *run's* end, and each stage is the top-k mean
     of its own draws (no smoothing); ``greedy`` (the paper's per-switch rule as far as it is described): each
@@ -575,8 +574,8 @@ def best_remaining_schedule(
     for j, span in enumerate(spans):
         hi = upper if allowance is None else np.minimum(upper, np.maximum(allowance, 0.0) / span)
         if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
-            raise ValueError(f"stage {stage + j}: the epoch allowance admits no mixture; raise --max_epochs or lower "
-                             "--target_tokens")  # fmt: skip
+            raise ValueError(f"stage {stage + j}: the epoch allowance admits no mixture; raise "
+                             "--constraints.max_epochs or lower --constraints.target_tokens")  # fmt: skip
         draws.append(sample_candidates(prior, lower, hi, search.n_candidates, sampler, search.seed + stage + j,
                                        search.num_threads))  # fmt: skip
     cands = np.stack(draws, 1)  # (n, stages, domains)
@@ -584,7 +583,7 @@ def best_remaining_schedule(
         cands = cands[(np.einsum("nsd,s->nd", cands, spans) <= allowance + 1e-9).all(1)]
         if not len(cands):
             raise ValueError(f"stage {stage}: no candidate schedule keeps within the epoch allowance; raise "
-                             "--search.n_candidates or --max_epochs")  # fmt: skip
+                             "--search.n_candidates or --constraints.max_epochs")  # fmt: skip
     scores = schedule_scores(model, bounds, cands, state, search.pessimism)
     best = np.argsort(scores, kind="stable")[: min(search.top_k, len(cands))]
     mixes = [m / m.sum() for m in cands[best].mean(0)]
@@ -625,7 +624,7 @@ def derive_schedule(
         if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
             raise ValueError(
                 f"stage {k}: the epoch allowance left after earlier stages admits no mixture; raise "
-                "--max_epochs or lower --target_tokens"
+                "--constraints.max_epochs or lower --constraints.target_tokens"
             )
         mix, top = best_stage_mixture(model, a, b, state, prior, lower, hi, search, k, previous)
         losses, state = model.advance(a, b, mix[None], state)

@@ -74,6 +74,23 @@ def pretrain_config(out_dir: Path, data_path: Path, tokenizer_dir: Path, weights
     }
 
 
+@pytest.fixture
+def cli(capsys):
+    """Run ``regmix ARGS...`` in-process: ``(exit code, stdout, stderr)``."""
+    from regmix_plugin.__main__ import main
+
+    def run(*args):
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     from regmix_plugin.tokenizer import train_tokenizer

@@ -174,8 +174,8 @@ def test_warnings_print_as_regmix_messages_without_file_and_line(tmp_path, prepa
         capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
-    assert p.stderr.splitlines() == ["regmix sample: warning: baseline 'heavy' repeats tiny more than --max_epochs 15 "
-                                     "times"]  # fmt: skip
+    assert p.stderr.splitlines() == ["regmix sample: warning: baseline 'heavy' repeats tiny more than "
+                                     "--constraints.max_epochs 15 times"]  # fmt: skip
 
 
 

@@ -89,7 +89,7 @@ def test_entropy_command_writes_a_mixture_recipe_reads_and_respects_constraints(
 
     out = tmp_path / "mixture.yaml"
     main(["entropy", "--data_path", str(known_order["data"]), "--out", str(out), "--max_tokens", "20000",
-          "--tokenizer_dir", str(known_order["tok"]), "--max_weight", "{random: 0.5}"])  # fmt: skip
+          "--tokenizer_dir", str(known_order["tok"]), "--constraints.max_weight", "{random: 0.5}"])  # fmt: skip
     record = read_mixture(out)
     w = record["weights"]
     print(capsys.readouterr().out, w, record["entropy"])
@@ -114,7 +114,7 @@ def test_sample_prior_entropy_centres_the_proxies_on_the_entropy_mixture(known_o
     from regmix_plugin.token_entropy import entropy_mixture
 
     centre = entropy_mixture(known_order["data"], seed=0)["weights"]
-    sample(data_path=known_order["data"], out=tmp_path / "m.csv", n=400, prior="entropy", seed=0)
+    sample(data_path=known_order["data"], out=tmp_path / "m.csv", n=400, prior_source="entropy", seed=0)
     rows = read_mixtures(tmp_path / "m.csv")
     mean = dict(zip(rows.domains, rows.weights.mean(0), strict=True))
     print("entropy centre", centre, "mean of 400 draws", mean)

@@ -38,20 +38,6 @@ def corpus(tmp_path_factory, tokenizer_dir):
     return root / "data"
 
 
-@pytest.fixture
-def cli(capsys):
-    def run(*args: str):
-        code = 0
-        try:
-            main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
 def blocks(data) -> dict[str, int]:
     return {d: TokenSource(data / d / "train", SEQ + 1).num_blocks for d in DOMAINS}
 
@@ -98,7 +84,7 @@ def model(tmp_path_factory, synthetic_rows):
 def test_a_mixture_planned_at_the_bound_passes_the_guard_exactly_at_the_edge(corpus, model, tmp_path, cli, planner):
     b = blocks(corpus)
     budget = SEQ * sum(b.values())  # the block allowances sum to exactly 1: the only mixture is at every edge
-    flags = ["--data_path", corpus, "--target_tokens", budget, "--max_epochs", 1]
+    flags = ["--data_path", corpus, "--constraints.target_tokens", budget, "--constraints.max_epochs", 1]
     if planner == "optimize":
         flags = ["--model", model, "--n_candidates", 2000, "--top_k", 20, *flags]
 
@@ -112,7 +98,7 @@ def test_a_mixture_planned_at_the_bound_passes_the_guard_exactly_at_the_edge(cor
     with pytest.raises(ValueError, match=r"would repeat more than --data.max_epochs 1 times"):
         guard(corpus, weights, budget)
     # counted in blocks of --block_size + 1, it passes the guard, with every domain at its allowance exactly
-    record = plan("--block_size", SEQ)
+    record = plan("--constraints.block_size", SEQ)
     assert record["constraints"]["block_size"] == SEQ
     guard(corpus, record["weights"], budget, stream=True)
     for d, n in planned_samples(record["weights"], budget).items():
@@ -122,7 +108,8 @@ def test_a_mixture_planned_at_the_bound_passes_the_guard_exactly_at_the_edge(cor
 def test_sampled_mixtures_all_pass_the_guard_when_counted_in_blocks(corpus, tmp_path, cli):
     b = blocks(corpus)
     budget = int(0.9 * SEQ * sum(b.values()))
-    base = ["sample", "--data_path", corpus, "--n", 200, "--target_tokens", budget, "--max_epochs", 1, "--seed", 3]
+    base = ["sample", "--data_path", corpus, "--n", 200, "--constraints.target_tokens", budget,
+            "--constraints.max_epochs", 1, "--seed", 3]
 
     def failures(*extra) -> int:
         code, _, err = cli(*base, "--out", tmp_path / "m.csv", *extra)
@@ -136,19 +123,19 @@ def test_sampled_mixtures_all_pass_the_guard_when_counted_in_blocks(corpus, tmp_
         return failed
 
     assert failures() > 0  # the token-counted bound lets through rows that the guard refuses
-    assert failures("--block_size", SEQ) == 0
+    assert failures("--constraints.block_size", SEQ) == 0
 
 
 def test_block_size_needs_a_prepared_corpus_and_is_shown_in_help(model, tmp_path, cli):
     tokens = "{arxiv: 9e3, dm_mathematics: 9e3, enron_emails: 9e3}"
-    code, _, err = cli("optimize", "--model", model, "--domain_tokens", tokens, "--target_tokens", "9e3",
-                       "--block_size", SEQ, "--out", tmp_path / "m.yaml")  # fmt: skip
-    assert code == 2 and "--block_size needs --data_path" in err, err
+    code, _, err = cli("optimize", "--model", model, "--domain_tokens", tokens, "--constraints.target_tokens", "9e3",
+                       "--constraints.block_size", SEQ, "--out", tmp_path / "m.yaml")  # fmt: skip
+    assert code == 2 and "--constraints.block_size needs --data_path" in err, err
     for command in ("sample", "optimize", "schedule", "entropy"):
         code, out, _ = cli(command, "--help")
         out = " ".join(out.split())  # argparse wraps lines at the terminal width
-        assert code == 0 and "--block_size BLOCK_SIZE" in out and "MixtureData's guard" in out
-        assert "--target_tokens TARGET_TOKENS" in out and "(type: TokenCount | None, default: null)" in out
+        assert code == 0 and "--constraints.block_size BLOCK_SIZE" in out and "MixtureData's guard" in out
+        assert "--constraints.target_tokens TARGET_TOKENS" in out and "(type: TokenCount | None, default: null)" in out
 
 
 # ------------------------------------------------------------------------------------- empty and tiny domains
@@ -192,24 +179,25 @@ def test_planners_refuse_a_domain_without_one_block_naming_it_and_the_fix(with_e
                                                                           block_size):  # fmt: skip
     data = with_empty / "data"
     flags = ["--data_path", data, "--out", tmp_path / ("m.csv" if planner == "sample" else "m.yaml")]
-    flags += ["--block_size", block_size] if block_size else []
+    flags += ["--constraints.block_size", block_size] if block_size else []
     flags += ["--model", model, "--n_candidates", 500, "--top_k", 5] if planner == "optimize" else []
     flags += ["--n", 3] if planner == "sample" else []
     code, _, err = cli(planner, *flags)
     assert code == 2, err
-    unit = "block of --block_size 32 + 1 = 33 tokens" if block_size else "block of any size (2 tokens)"
+    unit = "block of --constraints.block_size 32 + 1 = 33 tokens" if block_size else "block of any size (2 tokens)"
     assert f"domain(s) enron_emails hold no whole {unit} of train data" in err, err
-    assert "prepare more data for them, or leave them out with --exclude [enron_emails]" in err
+    assert "prepare more data for them, or leave them out with --constraints.exclude [enron_emails]" in err
     # the fix it names works
-    code, _, err = cli(planner, *flags, "--exclude", "[enron_emails]")
+    code, _, err = cli(planner, *flags, "--constraints.exclude", "[enron_emails]")
     assert code == 0, err
 
 
 # ------------------------------------------------------------------------------------------ token counts
 @pytest.mark.parametrize("spelling", ["25e9", "25_000_000_000", "2.5e10"])
 def test_a_large_budget_is_recorded_as_the_exact_integer(corpus, tmp_path, cli, spelling):
-    code, _, err = cli("entropy", "--data_path", corpus, "--target_tokens", spelling, "--max_epochs", "1e9",
-                       "--max_tokens", "5e3", "--out", tmp_path / "m.yaml")  # fmt: skip
+    code, _, err = cli("entropy", "--data_path", corpus, "--constraints.target_tokens", spelling,
+                       "--constraints.max_epochs", "1e9", "--max_tokens", "5e3",
+                       "--out", tmp_path / "m.yaml")  # fmt: skip
     assert code == 0, err
     record = yaml.safe_load((tmp_path / "m.yaml").read_text())
     assert record["constraints"]["target_tokens"] == 25_000_000_000 and record["provenance"]["max_tokens"] == 5000
@@ -221,9 +209,9 @@ def test_a_large_budget_is_recorded_as_the_exact_integer(corpus, tmp_path, cli, 
 @pytest.mark.parametrize("planner", ["sample", "optimize", "schedule", "entropy"])
 def test_a_bad_token_count_is_refused_in_one_line_naming_the_flag(planner, value, why, tmp_path, cli):
     model = ["--model", tmp_path] if planner in ("optimize", "schedule") else []
-    code, _, err = cli(planner, "--target_tokens", value, "--data_path", tmp_path, *model)
+    code, _, err = cli(planner, "--constraints.target_tokens", value, "--data_path", tmp_path, *model)
     assert code == 2
-    line = f"regmix {planner}: error: --target_tokens: {why}"
+    line = f"regmix {planner}: error: --constraints.target_tokens: {why}"
     assert len(err.strip().splitlines()) == 1 and err.startswith(line), err
 
 
@@ -239,12 +227,13 @@ def test_every_token_count_flag_takes_large_numbers_as_written(planner, spelling
 
     commands = cli_module._commands()
     monkeypatch.setattr(cli_module, "_commands", lambda: {**commands, planner: _spy(commands[planner], capture)})
-    args = [planner, "--target_tokens", spelling, "--data_path", str(tmp_path)]
+    args = [planner, "--constraints.target_tokens", spelling, "--data_path", str(tmp_path)]
     args += ["--max_tokens", spelling] if planner == "entropy" else []
     args += ["--model", str(tmp_path)] if planner in ("optimize", "schedule") else []
     args += ["--domain_tokens", f"{{arxiv: {spelling}}}"] if planner in ("optimize", "schedule") else []
     main(args)
-    assert seen["target_tokens"] == 25_000_000_000 and type(seen["target_tokens"]) is int
+    target = seen["constraints"].target_tokens
+    assert target == 25_000_000_000 and type(target) is int
     if planner == "entropy":
         assert seen["max_tokens"] == 25_000_000_000
     if planner in ("optimize", "schedule"):

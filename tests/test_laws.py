@@ -240,7 +240,7 @@ def test_optimize_solves_a_law_directly_and_records_the_candidate_search(law_mod
 
     out = tmp_path / "m.yaml"
     main(["optimize", "--model", str(law_models / "bimix"), "--out", str(out), "--n_candidates", "20000",
-          "--max_weight", "{b: 0.3}"])  # fmt: skip
+          "--constraints.max_weight", "{b: 0.3}"])  # fmt: skip
     record = yaml.safe_load(out.read_text())
     w = np.array([record["weights"][d] for d in "abc"])
     # the law's own optimum at the horizon, under the bound, by brute force on a 1e-3 grid

@@ -11,7 +11,7 @@ from regmix_plugin.__main__ import main
 from regmix_plugin.formats.manifest import DomainStats, Manifest, SplitStats
 from regmix_plugin.formats.model_dir import load_fitted as load_model
 from regmix_plugin.formats.results import write_results
-from regmix_plugin.mixture import SamplerArgs, constraint_bounds, project, sample_candidates
+from regmix_plugin.mixture import ConstraintArgs, SamplerArgs, constraint_bounds, project, sample_candidates
 from regmix_plugin.optimize import top_k_search
 
 DOMAINS = ["arxiv", "dm_mathematics", "enron_emails", "europarl", "freelaw"]
@@ -41,8 +41,9 @@ def test_every_constraint_holds_for_the_averaged_mixture(models, tmp_path):
     assert free["arxiv"] < 0.2 and free["enron_emails"] > 0.1 and free["europarl"] > 0.1 and free["freelaw"] > 0.25
     record = _run(
         models, tmp_path / "mix.yaml",
-        "--min_weight", "{arxiv: 0.2}", "--max_weight", "{freelaw: 0.25}", "--exclude", "[enron_emails]",
-        "--target_tokens", "1000000", "--max_epochs", "4",
+        "--constraints.min_weight", "{arxiv: 0.2}", "--constraints.max_weight", "{freelaw: 0.25}",
+        "--constraints.exclude", "[enron_emails]",
+        "--constraints.target_tokens", "1000000", "--constraints.max_epochs", "4",
         "--domain_tokens", "{arxiv: 100000, dm_mathematics: 1000000, enron_emails: 1000000, europarl: 25000, "
                            "freelaw: 1000000}",
     )  # fmt: skip
@@ -86,8 +87,8 @@ def test_prior_and_epoch_bound_come_from_the_manifest(models, tmp_path):
     tokens = {"arxiv": 300, "dm_mathematics": 100, "enron_emails": 0, "europarl": 400, "freelaw": 200}
     Manifest("hash", 256, {d: DomainStats(train=SplitStats(tokens=t), val=SplitStats(tokens=10))
                            for d, t in tokens.items()}).write(tmp_path)  # fmt: skip
-    record = _run(models, tmp_path / "mix.yaml", "--data_path", str(tmp_path), "--target_tokens", "2000",
-                  "--max_epochs", "2")  # fmt: skip
+    record = _run(models, tmp_path / "mix.yaml", "--data_path", str(tmp_path), "--constraints.target_tokens", "2000",
+                  "--constraints.max_epochs", "2")  # fmt: skip
     assert record["prior"] == {
         "source": "token distribution of --data_path",
         "weights": {"arxiv": 0.3, "dm_mathematics": 0.1, "enron_emails": 0.0, "europarl": 0.4, "freelaw": 0.2},
@@ -101,26 +102,27 @@ def test_prior_and_epoch_bound_come_from_the_manifest(models, tmp_path):
 
 def test_infeasible_constraints_are_one_error_listing_every_problem():
     with pytest.raises(ValueError) as e:
-        constraint_bounds(DOMAINS, min_weight={"arxiv": 0.7, "freelaw": 0.6, "github": 0.1}, exclude=["pile_cc"],
-                          target_tokens=10)  # fmt: skip
+        constraint_bounds(DOMAINS, ConstraintArgs(min_weight={"arxiv": 0.7, "freelaw": 0.6, "github": 0.1},
+                                                  exclude=["pile_cc"], target_tokens=10))  # fmt: skip
     msg = str(e.value)
-    for part in ("--min_weight: unknown domain 'github'", "--exclude: unknown domain 'pile_cc'",
-                 "--target_tokens needs each domain's train tokens: give --data_path or --domain_tokens"):  # fmt: skip
+    for part in ("--constraints.min_weight: unknown domain 'github'", "--constraints.exclude: unknown domain 'pile_cc'",
+                 "--constraints.target_tokens needs each domain's train tokens: give --data_path or "
+                 "--domain_tokens"):  # fmt: skip
         assert part in msg
-    with pytest.raises(ValueError, match="the upper bounds sum to 0.5 < 1, so no mixture fits: raise --max_epochs"):
-        constraint_bounds(DOMAINS, target_tokens=1000, max_epochs=1, tokens=dict.fromkeys(DOMAINS, 100))
-    with pytest.raises(ValueError, match="the --min_weight values sum to 1.3 > 1"):
-        constraint_bounds(DOMAINS, min_weight={"arxiv": 0.7, "freelaw": 0.6})
-    with pytest.raises(ValueError, match="arxiv is both excluded and given --min_weight 0.2"):
-        constraint_bounds(DOMAINS, min_weight={"arxiv": 0.2}, exclude=["arxiv"])
+    with pytest.raises(ValueError, match="the upper bounds sum to 0.5 < 1, so no mixture fits: raise --constraints"):
+        constraint_bounds(DOMAINS, ConstraintArgs(target_tokens=1000, max_epochs=1), dict.fromkeys(DOMAINS, 100))
+    with pytest.raises(ValueError, match="the --constraints.min_weight values sum to 1.3 > 1"):
+        constraint_bounds(DOMAINS, ConstraintArgs(min_weight={"arxiv": 0.7, "freelaw": 0.6}))
+    with pytest.raises(ValueError, match="arxiv is both excluded and given --constraints.min_weight 0.2"):
+        constraint_bounds(DOMAINS, ConstraintArgs(min_weight={"arxiv": 0.2}, exclude=["arxiv"]))
 
 
 def test_screening_finds_exactly_the_brute_force_top_k(models):
     model = load_model(models / "lightgbm")
     lower, upper = constraint_bounds(DOMAINS)
     cands = sample_candidates(np.full(5, 0.2), lower, upper, 50_000, SamplerArgs(), seed=7)
-    brute_idx, brute_scores, brute_full = top_k_search(model, cands, 20, maximize=False, search="brute")
-    idx, scores, n_full = top_k_search(model, cands, 20, maximize=False, search="screen")
+    brute_idx, brute_scores, brute_full = top_k_search(model, cands, 20, maximize=False, scoring="brute")
+    idx, scores, n_full = top_k_search(model, cands, 20, maximize=False, scoring="screen")
     assert brute_full == 50_000 and n_full == 5_000  # a tenth of the candidates went through all 1000 trees
     # The same k best predictions (screening is not exact in general: the bench measures it on 1M
     # candidates). A tree model gives many mixtures the very same prediction, so among equal scores the
@@ -129,7 +131,7 @@ def test_screening_finds_exactly_the_brute_force_top_k(models):
     assert scores.tolist() == pytest.approx(model.predict(cands[idx]).tolist(), abs=1e-12)
     assert len(set(idx.tolist()) & set(brute_idx.tolist())) >= 10
     # maximising returns the k largest predictions instead
-    idx, scores, _ = top_k_search(model, cands, 20, maximize=True, search="brute")
+    idx, scores, _ = top_k_search(model, cands, 20, maximize=True, scoring="brute")
     assert scores.tolist() == np.sort(model.predict(cands))[::-1][:20].tolist()
 
 

@@ -51,7 +51,7 @@ def test_the_epoch_guard_runs_against_the_recipes_budget(tmp_path, prepared):
                          .replace("  max_tokens: 40960\n\n  # Limits the number", "  max_tokens: 25000000000\n\n"
                                   "  # Limits the number"))  # fmt: skip
     mixture = _mixture(tmp_path / "m.yaml", {"code": 0.5, "prose": 0.5}, target_tokens=400_000)
-    warned = r"chosen for --target_tokens 400,000, but the recipe trains train.max_tokens 25,000,000,000"
+    warned = r"chosen for --constraints.target_tokens 400,000, but the recipe trains train.max_tokens 25,000,000,000"
     with pytest.warns(UserWarning, match=warned), pytest.raises(ValueError) as e:
         recipe(mixture, template, tmp_path / "new.yaml")
     message = str(e.value)
@@ -85,7 +85,7 @@ def test_the_stale_comment_above_the_weights_is_replaced_by_true_provenance(tmp_
         f"    # data.init_args.weights set by `regmix recipe` from {mixture} (template: {PILE_1B}).\n"
         "    # That mixture was chosen by `regmix optimize` on 2026-01-02T03:04:05+00:00 with a gp model (out/model),\n"
         "    # CV Spearman 0.971 over 64 proxy runs; predicted target 3.2500 vs 3.5000 at the prior.\n"
-        "    # It was chosen for a run of 25,000,000,000 tokens (--target_tokens).\n"
+        "    # It was chosen for a run of 25,000,000,000 tokens (--constraints.target_tokens).\n"
         "    #\n"
         "    # Sampling weight per domain: keys are domain names of the prepared corpus, values sum to 1 (a drift\n"
         "    # of up to 1e-3 is renormalised). A domain with weight 0 is never opened.\n"

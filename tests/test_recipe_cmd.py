@@ -54,7 +54,7 @@ def test_fit_optimize_recipe_gives_a_recipe_litgpt_pretrain_accepts(tmp_path, pa
     write_results(tmp_path / "runs.csv", rows)
     main(["fit", "--results", str(tmp_path / "runs.csv"), "--regressor", "gp", "--out", str(tmp_path / "model")])
     main(["optimize", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "mixture.yaml"),
-          "--n_candidates", "5000", "--top_k", "20", "--max_weight", "{code: 0.8}"])  # fmt: skip
+          "--n_candidates", "5000", "--top_k", "20", "--constraints.max_weight", "{code: 0.8}"])  # fmt: skip
     main(["recipe", "--mixture", str(tmp_path / "mixture.yaml"), "--template", str(TINY),
           "--out", str(tmp_path / "new.yaml")])  # fmt: skip
     chosen = yaml.safe_load((tmp_path / "mixture.yaml").read_text())["weights"]

@@ -37,6 +37,7 @@ from scipy.stats import spearmanr
 from synthetic import DEFAULT_ALPHA, TARGET, bigram_limit_loss, build_synthetic_corpus
 
 from regmix_plugin.demo.pipeline import Pipeline
+from regmix_plugin.mixture import ConstraintArgs
 from regmix_plugin.resources import recipe_path
 
 L1_TOLERANCE = 0.3  # measured 0.12
@@ -137,7 +138,8 @@ def _laws(pipe, results, names: list[str], alpha: np.ndarray, corpus) -> dict:
             out[kind]["broken_extrapolation"] = _broken_extrapolations(results, f"val_loss/{TARGET}")
         if kind != "bimix_sources":
             optimize(model=model, out=pipe.out_dir / f"mixture_{kind}.yaml", data_path=pipe.out_dir / "data",
-                     target_tokens=pipe.target_tokens(), n_candidates=20_000, max_epochs=pipe.max_epochs, seed=0)
+                     constraints=ConstraintArgs(target_tokens=pipe.target_tokens(), max_epochs=pipe.max_epochs),
+                     n_candidates=20_000, seed=0)
             weights = read_mixture(pipe.out_dir / f"mixture_{kind}.yaml")["weights"]
             got = np.array([weights.get(d, 0.0) for d in names])
             out[kind].update(recovered=got.round(4).tolist(), l1=float(np.abs(got - alpha).sum()))

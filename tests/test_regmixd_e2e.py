@@ -27,7 +27,8 @@ def test_staged_proxies_to_a_schedule_that_litgpt_pretrain_trains(tmp_path, prep
     cfg["data"]["init_args"]["max_tokens"] = STEPS * MICRO * SEQ  # until_fraction switches count against it
     (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     main(["sample", "--data_path", str(prepared), "--out", str(tmp_path / "mixtures.csv"), "--n", "4",
-          "--stages", "2", "--target_tokens", str(STEPS * MICRO * SEQ), "--minimum", "0.01", "--decimals", "2",
+          "--stages", "2", "--constraints.target_tokens", str(STEPS * MICRO * SEQ), "--drop_below", "0.01",
+          "--decimals", "2",
           "--seed", "1"])  # fmt: skip
     table = read_mixtures(tmp_path / "mixtures.csv")
     assert table.stages.shape == (4, 2, 3)
@@ -56,7 +57,8 @@ def test_staged_proxies_to_a_schedule_that_litgpt_pretrain_trains(tmp_path, prep
     assert meta["weight_domains"] == ["code", "prose", "tiny"] and meta["n_runs"] == 4
     assert meta["grid"] == pytest.approx([4 / 12, 6 / 12, 8 / 12, 1.0])  # the boundary is a grid point
     main(["schedule", "--model", str(tmp_path / "traj"), "--out", str(tmp_path / "schedule.yaml"), "--stages", "2",
-          "--data_path", str(prepared), "--target_tokens", str(STEPS * MICRO * SEQ), "--search.n_candidates", "2000",
+          "--data_path", str(prepared), "--constraints.target_tokens", str(STEPS * MICRO * SEQ),
+          "--search.n_candidates", "2000",
           "--search.top_k", "16"])  # fmt: skip
     sched = read_schedule(tmp_path / "schedule.yaml")
     assert len(sched.stages) == 2 and sched.stages[0].until_fraction == 0.5

@@ -12,6 +12,7 @@ from regmix_plugin.formats.schedule import (
     read_schedule,
     write_schedule,
 )
+from regmix_plugin.mixture import ConstraintArgs
 from regmix_plugin.trajectory import (
     SearchArgs,
     build_rows,
@@ -202,7 +203,7 @@ def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(t
 
     save_model(_recency_model(), tmp_path / "m")
     sched = schedule(tmp_path / "m", tmp_path / "s.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
-                     target_tokens=1000, max_epochs=1.0,
+                     constraints=ConstraintArgs(target_tokens=1000, max_epochs=1.0),
                      search=SearchArgs(n_candidates=4000, top_k=32, objective="joint"))  # fmt: skip
     back = read_schedule(tmp_path / "s.yaml")
     assert back.search["objective"] == "joint" and "rollout RMSE nan" in (tmp_path / "s.yaml").read_text()
@@ -211,7 +212,7 @@ def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(t
     assert back.stages[1].weights["scarce"] > back.stages[0].weights["scarce"]
     assert "warning" not in capsys.readouterr().out
     schedule(tmp_path / "m", tmp_path / "g.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
-             target_tokens=1000, max_epochs=1.0,
+             constraints=ConstraintArgs(target_tokens=1000, max_epochs=1.0),
              search=SearchArgs(n_candidates=4000, top_k=32, objective="greedy"))  # fmt: skip
     assert "predicts the schedule worse than the best single mixture (greedy" in capsys.readouterr().out
 

@@ -141,13 +141,19 @@ class Pipeline:
     def target_tokens(self) -> int:
         return int(yaml.safe_load(self.working_recipe("target").read_text())["train"]["max_tokens"])
 
+    def constraints(self):
+        """The demo's epoch bound at the target run's length: the ``--constraints`` of every planner it runs."""
+        from regmix_plugin.mixture import ConstraintArgs
+
+        return ConstraintArgs(target_tokens=self.target_tokens(), max_epochs=self.max_epochs)
+
     def proxy_sweep(self) -> Path:
         from regmix_plugin.sample import sample
         from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
         with self.stage("sample"):
             sample(data_path=self.out_dir / "data", out=self.out_dir / "mixtures.csv", n=self.proxies,
-                   target_tokens=self.target_tokens(), max_epochs=self.max_epochs, seed=self.seed)
+                   constraints=self.constraints(), seed=self.seed)
         with self.stage("sweep"):
             sweep(mixtures=self.out_dir / "mixtures.csv", data_path=self.out_dir / "data",
                   recipe=self.working_recipe("proxy"), out_dir=self.out_dir / "sweep",
@@ -172,7 +178,7 @@ class Pipeline:
         staged = self.out_dir / "regmix_d"
         with self.stage("sample (staged)"):
             sample(data_path=self.out_dir / "data", out=staged / "mixtures.csv", n=self.proxies,
-                   stages=self.regmixd_stages, target_tokens=self.target_tokens(), max_epochs=self.max_epochs,
+                   stages=self.regmixd_stages, constraints=self.constraints(),
                    seed=self.seed)  # fmt: skip
         with self.stage("sweep (staged)"):
             sweep(mixtures=staged / "mixtures.csv", data_path=self.out_dir / "data",
@@ -188,7 +194,7 @@ class Pipeline:
                              min(5, len(trajs) // 2), self.seed, source={"sweep": str(staged / "sweep")})  # fmt: skip
         with self.stage("schedule"):
             schedule(model=staged / "trajectory", out=self.schedule_path(name), stages=self.regmixd_stages,
-                     data_path=self.out_dir / "data", target_tokens=self.target_tokens(), max_epochs=self.max_epochs,
+                     data_path=self.out_dir / "data", constraints=self.constraints(),
                      search=SearchArgs(n_candidates=min(self.n_candidates, 100_000), seed=self.seed,
                                        objective=objective, pessimism=pessimism))  # fmt: skip
         return [{"weights": st.weights, **({"until_fraction": st.until_fraction} if st.until_fraction else {})}
@@ -224,8 +230,7 @@ class Pipeline:
                 seed=self.seed)
         with self.stage("optimize"):
             optimize(model=self.out_dir / "model", out=self.out_dir / "mixture.yaml", data_path=self.out_dir / "data",
-                     target_tokens=self.target_tokens(), n_candidates=self.n_candidates, seed=self.seed,
-                     max_epochs=self.max_epochs)
+                     constraints=self.constraints(), n_candidates=self.n_candidates, seed=self.seed)
         return read_mixture(self.out_dir / "mixture.yaml")
 
     def entropy_mixture(self) -> dict:
@@ -235,7 +240,7 @@ class Pipeline:
 
         with self.stage("entropy"):
             entropy(data_path=self.out_dir / "data", out=self.out_dir / "mixture_entropy.yaml",
-                    target_tokens=self.target_tokens(), max_epochs=self.max_epochs, seed=self.seed)
+                    constraints=self.constraints(), seed=self.seed)
         return read_mixture(self.out_dir / "mixture_entropy.yaml")
 
     def bimix_mixture(self, results: Path) -> dict:
@@ -253,8 +258,8 @@ class Pipeline:
             fit(results=results, target=f"val_loss/{self.target}", regressor="bimix", bimix_proportions="all",
                 horizon_tokens=self.target_tokens(), out=self.out_dir / "model_bimix", seed=self.seed)
             optimize(model=self.out_dir / "model_bimix", out=self.out_dir / "mixture_bimix.yaml",
-                     data_path=self.out_dir / "data", target_tokens=self.target_tokens(),
-                     n_candidates=min(self.n_candidates, 100_000), seed=self.seed, max_epochs=self.max_epochs)
+                     data_path=self.out_dir / "data", constraints=self.constraints(),
+                     n_candidates=min(self.n_candidates, 100_000), seed=self.seed)
         return read_mixture(self.out_dir / "mixture_bimix.yaml")
 
     def arms(self, regmix: dict, results: Path) -> dict[str, dict[str, float]]:

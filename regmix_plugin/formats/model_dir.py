@@ -74,8 +74,16 @@ def model_dir_writer(out: Path, flag: str = "--out"):
 
     Refuses to replace anything that is not an earlier model directory (a user's data is never deleted).
     """
+    with replacing_model_dir(out, MODEL_FILE, flag) as tmp:
+        yield tmp
+
+
+@contextmanager
+def replacing_model_dir(out: Path, marker: str, flag: str = "--out", what: str = "a model directory"):
+    """Yield an empty temporary directory that replaces ``out`` in one rename on success, if ``out`` is new, empty
+    or an earlier model (it holds ``marker``); anything else is refused, so a user's data is never deleted."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MODEL_FILE).exists())):
-        raise ValueError(f"{flag} {str(out)!r} exists and is not a model directory; choose a new or empty path")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / marker).exists())):
+        raise ValueError(f"{flag} {str(out)!r} exists and is not {what}; choose a new or empty path")
     with atomic_dir(out) as tmp:
         yield tmp

@@ -2,7 +2,7 @@
 
     regmix sample --data_path data/tiny --n 64 --out mixtures.csv
     regmix sweep --mixtures mixtures.csv --data_path data/tiny --recipe recipes/tiny_cpu.yaml --out_dir out/sweep
-    regmix sweep --status out/sweep                      # counts and failure reasons; runs nothing
+    regmix status out/sweep                              # counts and failure reasons; runs nothing
     regmix sweep --config sweep.yaml --launcher slurm --slurm.partition gpu --slurm.tasks 32
     regmix sweep ... --local.workers 4 --eval.points 5
 
@@ -32,15 +32,24 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from regmix_plugin.errors import deprecated
 from regmix_plugin.formats import claims
 from regmix_plugin.formats.sweep_records import DONE, FAILED, read_records
 from regmix_plugin.fused_loss import check_mode
 from regmix_plugin.sweep.plan import EvalArgs, LocalArgs, SlurmArgs, SweepPlan, check_setup, plan_sweep
 
 
-def sweep_status(out_dir: Path, claim_timeout: float = claims.DEFAULT_TIMEOUT) -> dict[str, int]:
-    """Print done/failed/pending counts, failure reasons and who is training what; runs nothing."""
-    plan = SweepPlan.load(out_dir, flag="--status")
+def sweep_status(sweep: Path, claim_timeout: float = claims.DEFAULT_TIMEOUT) -> dict[str, int]:
+    """Print a sweep's done/failed/pending counts, failure reasons and who is training what; runs nothing.
+
+        regmix status out/sweep
+
+    Arguments:
+        sweep: A `regmix sweep` output directory (its ``--out_dir``).
+        claim_timeout: Seconds without a heartbeat after which a launcher's claim on a run is shown as stale.
+    """
+    out_dir = sweep
+    plan = SweepPlan.load(out_dir, flag="--sweep")
     records = read_records(out_dir)
     counts = {s: sum(1 for r in plan.run_ids if r in records and records[r].status == s) for s in (DONE, FAILED)}
     counts["pending"] = len(plan.run_ids) - counts[DONE] - counts[FAILED]
@@ -106,7 +115,7 @@ def sweep(
         claim_timeout: Seconds without a heartbeat after which another launcher's claim on a run is stale and
             the run is trained here instead. Several launchers (on one machine or on several sharing the
             directory) may work on one sweep at once: each run is trained by whoever claims it first.
-        status: Print the done/failed/pending counts and failure reasons of this sweep directory and exit.
+        status: Deprecated (goes in the next release): use ``regmix status DIR``, which prints the same.
         fused_loss: Compute each proxy's loss from its hidden states with a fused linear cross-entropy kernel
             (``pip install 'regmix-plugin[gpu]'``) instead of materialising the logits: ``auto`` = on where a
             run has CUDA and the kernel, ``on`` = required, ``off`` = LitGPT's plain loss. Checkpoints and the
@@ -117,6 +126,7 @@ def sweep(
             run faster with ``on``). The target run is unaffected.
     """
     if status is not None:
+        deprecated("regmix sweep --status DIR", "regmix status DIR")
         return sweep_status(status, claim_timeout)
     from regmix_plugin.sweep.launch import launch
 
