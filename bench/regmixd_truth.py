@@ -35,11 +35,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3)
     shipped = Protocol()
-    ap.add_argument("--objective", choices=("greedy", "joint"), default=shipped.objective,
-                    help="regmix schedule --search.objective (offline) and the controller's (default: as shipped)")
-    ap.add_argument("--pessimism", type=float, default=shipped.pessimism,
-                    help="regmix schedule --search.pessimism (offline) and the controller's (default: as shipped; "
-                    "the protocol was fixed with greedy and 0)")
+    ap.add_argument(
+        "--objective",
+        choices=("greedy", "joint"),
+        default=shipped.objective,
+        help="regmix schedule --search.objective (offline) and the controller's (default: as shipped)",
+    )
+    ap.add_argument(
+        "--pessimism",
+        type=float,
+        default=shipped.pessimism,
+        help="regmix schedule --search.pessimism (offline) and the controller's (default: as shipped; "
+        "the protocol was fixed with greedy and 0)",
+    )
     args = ap.parse_args()
     protocol = Protocol(objective=args.objective, pessimism=args.pessimism)
     print(f"protocol: {protocol}")

@@ -106,8 +106,9 @@ class ControlPlan:
         """Samples of one stream over the whole run."""
         return sum(self.stage_samples)
 
-    def allowance(self, k: int, domains: list[str], in_force: Callable[[int], Mapping[str, float]],
-                  of_run: bool = False) -> np.ndarray:  # fmt: skip
+    def allowance(
+        self, k: int, domains: list[str], in_force: Callable[[int], Mapping[str, float]], of_run: bool = False
+    ) -> np.ndarray:
         """Highest weight per domain in stage k so no domain exceeds max_epochs over the whole run, given the
         weights ``in_force(j)`` that stage ``j - 1`` trained on.
 
@@ -332,8 +333,8 @@ class RegMixDController(MixtureCallback):
         missing = [d for d in traj.loss_domains if d not in self._blocks]
         if missing:
             raise ValueError(f"the trajectory model's domains {missing} have no val data in {data.data_path}")
-        return {"checkpoint": ckpt.name, **self.decide(k, domain_losses(model, self._blocks, self.eval_batch_size),
-                                                       traj)}  # fmt: skip
+        observed = domain_losses(model, self._blocks, self.eval_batch_size)
+        return {"checkpoint": ckpt.name, **self.decide(k, observed, traj)}
 
     def decide(self, k: int, observed: Mapping[str, float], traj: TrajectoryModel) -> dict:
         """Stage ``k``'s mixture from the per-domain losses ``observed`` at its start: what a switch does once the
