@@ -301,3 +301,14 @@ def test_a_callback_with_interval_none_is_never_called_and_interval_zero_is_refu
     assert served(module(prepared, callbacks=[Never()], **kw).train_dataloader(), 20, owner) == plain
     with pytest.raises(ValueError, match="interval must be a positive number of samples or None, got 0"):
         MixtureCallback(interval=0)
+
+
+def test_two_stage_controllers_in_one_run_are_refused_naming_them(prepared, tmp_path):
+    from regmix_plugin.controller import RegMixDController
+
+    two = [RegMixDController(str(tmp_path / "m"), str(tmp_path)) for _ in range(2)]
+    stages = [{"until_tokens": 64, "weights": {"prose": 1.0}}, {"weights": {"code": 1.0}}]
+    dm = module(prepared, weights=None, schedule=stages, callbacks=two)
+    named = r"--data.callbacks: at most one stage controller per run, got 2 \(RegMixDController, RegMixDController\)"
+    with pytest.raises(ValueError, match=named):
+        dm.train_dataloader()
