@@ -60,17 +60,71 @@ import os
 import time
 import uuid
 import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from regmix_plugin.data import MixtureData
 from regmix_plugin.layout import epoch_allowance
-from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream
+from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream, StreamState
+
+if TYPE_CHECKING:
+    from regmix_plugin.data import MixtureData
+    from regmix_plugin.trajectory import TrajectoryModel
 
 DECISIONS = "decisions.jsonl"
 STAGE_DIR = "regmixd"
 FAULT_FILE = "fault-stage-{stage}-rank-{rank}-worker-{worker}.json"
+
+
+@dataclass(frozen=True)
+class ControlPlan:
+    """The run's stages as the controller sees them: fixed when the training loader begins, the same on every rank.
+
+    Built by :meth:`RegMixDController.begin` from the data module's :class:`~regmix_plugin.layout.StreamLayout`;
+    built directly to decide stages outside a run (:meth:`RegMixDController.decide`, the RegMix-D ground truth).
+    """
+
+    bounds: tuple[float, ...]
+    """Run fractions where the stages begin, then 1.0: stage ``k`` spans ``[bounds[k], bounds[k + 1]]``."""
+    stage_samples: tuple[int, ...]
+    """Samples of one stream in each stage (stage ends count stream samples)."""
+    per_epoch: Mapping[str, int]
+    """Blocks each stream reads per epoch, for every domain the run opened (and only those)."""
+    max_epochs: float
+    """Most times a domain may be repeated over the run (``--data.max_epochs``)."""
+    planned: tuple[Mapping[str, float], ...]
+    """Each stage's weights as ``--data.schedule`` planned them; stage 0's are the mixture the run starts with."""
+    decide_at: tuple[int, ...] = ()
+    """Rank batch before which stage ``k`` (1-based: entry ``k - 1``) is decided: its switch batch minus the lag."""
+    rank: int = 0
+    """This process's global rank: rank 0 decides, the others replay its decisions."""
+
+    @property
+    def total(self) -> int:
+        """Samples of one stream over the whole run."""
+        return sum(self.stage_samples)
+
+    def allowance(
+        self, k: int, domains: list[str], in_force: Callable[[int], Mapping[str, float]], of_run: bool = False
+    ) -> np.ndarray:
+        """Highest weight per domain in stage k so no domain exceeds max_epochs over the whole run, given the
+        weights ``in_force(j)`` that stage ``j - 1`` trained on.
+
+        ``of_run``: instead, what each domain may still use from stage k on, as a share of the whole run.
+        """
+        used = {d: 0.0 for d in domains}
+        for j in range(k):
+            w = in_force(j + 1)
+            for d in domains:
+                used[d] += w.get(d, 0.0) * self.stage_samples[j]
+        cap = {d: epoch_allowance(self.per_epoch.get(d, 0), self.max_epochs) for d in domains}
+        if of_run:
+            return np.array([max(0.0, cap[d] - used[d]) / self.total for d in domains])
+        n = self.stage_samples[k]
+        return np.array([min(1.0, max(0.0, (cap[d] - used[d]) / n)) if n > 0 else 1.0 for d in domains])
 
 
 class RegMixDController(MixtureCallback):
@@ -122,7 +176,7 @@ class RegMixDController(MixtureCallback):
             raise ValueError(f"RegMixDController objective must be greedy or joint, got {objective!r}")
         if not (pessimism >= 0 and math.isfinite(pessimism)):
             raise ValueError(f"RegMixDController pessimism must be a finite number >= 0, got {pessimism}")
-        super().__init__(interval=2**62)  # never called per sample: the controller acts at stage switches
+        super().__init__(interval=None)  # never called per sample: the controller acts at stage switches
         self.model, self.out_dir, self.lag = model, out_dir, lag
         self.val_tokens, self.eval_batch_size = val_tokens, eval_batch_size
         self.n_candidates, self.top_k, self.smoothing, self.seed = n_candidates, top_k, smoothing, seed
@@ -132,7 +186,8 @@ class RegMixDController(MixtureCallback):
         self.run_id: str | None = None
         self.decisions: dict[int, dict] = {}
         self._restored = False
-        self._plan: dict | None = None
+        self.plan: ControlPlan | None = None
+        """The run's stages, set by :meth:`begin` (or by whoever calls :meth:`decide` outside a run)."""
         self._blocks = None
 
     # ----------------------------------------------------------------------------------- worker side
@@ -182,27 +237,23 @@ class RegMixDController(MixtureCallback):
         lag = self.lag if self.lag is not None else loader.num_workers * (loader.prefetch_factor or 0)
         ends = [st.end for st in ds.stages[:-1]]
         switch = [layout.switch_batch(e) for e in ends]  # rank batches: the same index on every rank
-        self._plan = {
-            "total": total,
-            "bounds": [0.0] + [e / total for e in ends] + [1.0],
-            "switch_at": switch,
-            "decide_at": [max(0, s - lag) for s in switch],
-            "rank": ds.distributed_env.global_rank,
-            "per_epoch": {d: layout.blocks_per_stream(src.num_blocks) for d, src in ds.sources.items()},
-            "stage_samples": [
-                (e if e is not None else total) - s for s, e in zip([0, *ends], [*ends, None], strict=True)
-            ],
-            "max_epochs": ds.max_epochs,
-            "planned": [dict(st.weights) for st in ds.stages],
-        }
+        self.plan = ControlPlan(
+            bounds=(0.0, *(e / total for e in ends), 1.0),
+            stage_samples=tuple(e - s for s, e in zip([0, *ends], [*ends, total], strict=True)),
+            per_epoch={d: layout.blocks_per_stream(src.num_blocks) for d, src in ds.sources.items()},
+            max_epochs=ds.max_epochs,
+            planned=tuple(dict(st.weights) for st in ds.stages),
+            decide_at=tuple(max(0, s - lag) for s in switch),
+            rank=ds.distributed_env.global_rank,
+        )
         for rec in self.decisions.values():
             self._publish(rec)
 
     def before_batch(self, index: int, data: MixtureData) -> None:
         """Make (or replay) every decision due by batch ``index``; runs in the main process of each rank."""
-        for k, at in enumerate(self._plan["decide_at"], start=1):
+        for k, at in enumerate(self.plan.decide_at, start=1):
             if at <= index and k not in self.decisions:
-                if self._plan["rank"] != 0:
+                if self.plan.rank != 0:
                     continue  # rank 0 decides; the other ranks' streams read its files
                 rec = self._decide(k, index, data)
                 self.decisions[k] = rec
@@ -225,7 +276,7 @@ class RegMixDController(MixtureCallback):
 
     def in_force(self, k: int) -> dict[str, float]:
         """The weights stage ``k - 1`` trained on (decided, or planned for stage 0 / a stage not decided)."""
-        weights = dict(self._plan["planned"][0])
+        weights = dict(self.plan.planned[0])
         for j in range(1, k):
             rec = self.decisions.get(j)
             if rec is not None and rec.get("weights"):
@@ -233,7 +284,7 @@ class RegMixDController(MixtureCallback):
         return weights
 
     def _decide(self, k: int, index: int, data: MixtureData) -> dict:
-        a, b = self._plan["bounds"][k], self._plan["bounds"][k + 1]
+        a, b = self.plan.bounds[k], self.plan.bounds[k + 1]
         current = self.in_force(k)
         rec = {
             "run": self.run_id,
@@ -247,7 +298,7 @@ class RegMixDController(MixtureCallback):
             "fault": None,
         }
         try:
-            rec.update(self._search(k, index, a, b, current, data))
+            rec.update(self._search(k, index, data))
         except Exception as e:  # noqa: BLE001 -- any fault keeps the mixture in force: the run must not die here
             rec["fault"] = f"{type(e).__name__}: {e}"
             warnings.warn(
@@ -257,15 +308,11 @@ class RegMixDController(MixtureCallback):
             )
         return rec
 
-    def _search(self, k: int, index: int, a: float, b: float, current: dict, data: MixtureData) -> dict:
+    def _search(self, k: int, index: int, data: MixtureData) -> dict:
+        """Score the newest checkpoint per domain, then :meth:`decide` stage ``k`` from those losses."""
         from regmix_plugin.scoring import domain_losses, load_checkpoint, val_blocks
         from regmix_plugin.tokenizer import check_tokenizer
-        from regmix_plugin.trajectory import (
-            SearchArgs,
-            best_remaining_schedule,
-            best_stage_mixture,
-            load_trajectory_model,
-        )
+        from regmix_plugin.trajectory import load_trajectory_model
 
         traj = load_trajectory_model(self.model, flag="RegMixDController model")
         ckpt = latest_checkpoint(Path(self.out_dir), index)
@@ -278,29 +325,43 @@ class RegMixDController(MixtureCallback):
         # tokenizer was checked against the corpus at set-up. So neither comes from the checkpoint's copies,
         # which litgpt writes after the weights: a run killed in between leaves weights `resume: auto` loads
         # next to an empty model_config.yaml, and the resumed run must score them as the uninterrupted run did.
-        context = data.run_context or {}
-        if context.get("tokenizer_dir") is None:
+        context = data.run_context
+        if context is None or context.tokenizer_dir is None:
             check_tokenizer(ckpt, data.manifest.tokenizer_hash, "checkpoint", str(data.data_path))
-        model = load_checkpoint(ckpt, config=context.get("config"))
+        model = load_checkpoint(ckpt, config=None if context is None else context.config)
         if self._blocks is None:
             self._blocks = val_blocks(data.data_path, traj.loss_domains, model.config.block_size, self.val_tokens)[0]
         missing = [d for d in traj.loss_domains if d not in self._blocks]
         if missing:
             raise ValueError(f"the trajectory model's domains {missing} have no val data in {data.data_path}")
         observed = domain_losses(model, self._blocks, self.eval_batch_size)
+        return {"checkpoint": ckpt.name, **self.decide(k, observed, traj)}
+
+    def decide(self, k: int, observed: Mapping[str, float], traj: TrajectoryModel) -> dict:
+        """Stage ``k``'s mixture from the per-domain losses ``observed`` at its start: what a switch does once the
+        checkpoint is scored, with no checkpoint needed (the RegMix-D ground truth calls it too).
+
+        Needs :attr:`plan` and the decisions of stages ``1..k-1`` in :attr:`decisions` (the mixture in force).
+        Returns the decision's ``observed``, ``weights``, ``predicted_target`` and ``top_k_mean``.
+        """
+        from regmix_plugin.trajectory import SearchArgs, best_remaining_schedule, best_stage_mixture
+
+        observed = {d: float(v) for d, v in observed.items()}
         bad = {d: v for d, v in observed.items() if not math.isfinite(v)}
         if bad:
             raise ValueError(f"non-finite observed losses {bad}")
+        plan = self.plan
+        a, b = plan.bounds[k], plan.bounds[k + 1]
+        current = self.in_force(k)
         domains = traj.weight_domains
         if traj.features == "losses":
             state = np.array([observed[d] for d in traj.loss_domains])
         else:
             state = self._mean_mixture(k, domains, a) if a > 0 else np.zeros(len(domains))
-        opened = set(self._plan["per_epoch"])
+        opened = set(plan.per_epoch)
         cur = np.array([current.get(d, 0.0) for d in domains])
         active = np.array([d in opened for d in domains], float)
         prior = 0.5 * cur + 0.5 * active / active.sum()
-        upper = active * self._allowance(k, domains)
         search = SearchArgs(
             self.n_candidates,
             self.top_k,
@@ -310,17 +371,16 @@ class RegMixDController(MixtureCallback):
             pessimism=self.pessimism,
         )
         if self.objective == "joint":
-            bounds = self._plan["bounds"][k:]
-            left = self._allowance(k, domains, of_run=True)
+            left = plan.allowance(k, domains, self.in_force, of_run=True)
             mixes, top = best_remaining_schedule(
-                traj, bounds, state, prior, np.zeros(len(domains)), active.copy(), left, search, k
+                traj, plan.bounds[k:], state, prior, np.zeros(len(domains)), active.copy(), left, search, k
             )
             mix = mixes[0]
         else:
+            upper = active * plan.allowance(k, domains, self.in_force)
             mix, top = best_stage_mixture(traj, a, b, state, prior, np.zeros(len(domains)), upper, search, k, cur)
         losses, _ = traj.advance(a, b, mix[None], np.atleast_2d(state))
         return {
-            "checkpoint": ckpt.name,
             "observed": observed,
             "weights": {d: float(f"{w:.10g}") for d, w in zip(domains, mix, strict=True) if w > 0 or d in opened},
             "predicted_target": float(traj.predict_target(losses)[0]),
@@ -331,47 +391,50 @@ class RegMixDController(MixtureCallback):
         acc = np.zeros(len(domains))
         for j in range(k):
             w = self.in_force(j + 1)
-            span = self._plan["bounds"][j + 1] - self._plan["bounds"][j]
+            span = self.plan.bounds[j + 1] - self.plan.bounds[j]
             acc += span * np.array([w.get(d, 0.0) for d in domains])
         return acc / a
 
-    def _allowance(self, k: int, domains: list[str], of_run: bool = False) -> np.ndarray:
-        """Highest weight per domain in stage k so no domain exceeds max_epochs over the whole run.
-
-        ``of_run``: instead, what each domain may still use from stage k on, as a share of the whole run.
-        """
-        plan = self._plan
-        used = {d: 0.0 for d in domains}
-        for j in range(k):
-            w = self.in_force(j + 1)
-            for d in domains:
-                used[d] += w.get(d, 0.0) * plan["stage_samples"][j]
-        n = plan["stage_samples"][k]
-        if of_run:
-            return np.array([max(0.0, epoch_allowance(plan["per_epoch"].get(d, 0), plan["max_epochs"]) - used[d])
-                             / plan["total"] for d in domains])  # fmt: skip
-        out = []
-        for d in domains:
-            cap = epoch_allowance(plan["per_epoch"].get(d, 0), plan["max_epochs"])
-            out.append(min(1.0, max(0.0, (cap - used[d]) / n)) if n > 0 else 1.0)
-        return np.array(out)
-
-    def attach(self, loader: MixtureLoader, data: MixtureData) -> MixtureLoader:
-        """Called by ``MixtureData.train_dataloader``: the loader and stream that run this controller."""
+    def loader(self, stream: MixtureStream, data: MixtureData, **kwargs) -> ControlledLoader:
+        """Called by ``MixtureData.train_dataloader`` with the run's stream (whose controller this is): the loader
+        that gives this controller each batch index first and saves its decisions."""
         if len(data.stages) < 2:
             raise ValueError(
                 "RegMixDController needs a --data.schedule with at least two stages: its until_fraction "
                 "entries are the switch points, its first stage's weights the mixture to start from"
             )
-        stream = ControlledStream.__new__(ControlledStream)
-        stream.__dict__.update(loader.dataset.__dict__)
-        stream.callbacks = [cb for cb in stream.callbacks if cb is not self]
-        stream.controller = self
-        out = ControlledLoader(
-            stream, num_workers=loader.num_workers, length=loader._length, budget_batches=loader._budget
-        )
-        out.data = data
-        return out
+        return ControlledLoader(stream, data, **kwargs)
+
+    def enter_stage(self, stream: MixtureStream, state: StreamState) -> None:
+        """A stream begins stage ``state.stage`` (>= 1): it takes rank 0's decision, or keeps its mixture and
+        records why (in the worker)."""
+        current = dict(state.weights(stream.stages))
+        # the mixture in force carries on unless a decision replaces it (a decision's own fault keeps it too)
+        state.stage_samples, state.override = {}, current
+        k = state.stage
+        decided, waited = self.await_decision(k)
+        fault = None
+        if decided is None:
+            fault = f"no decision after {waited:.1f} s (wait_timeout_s {self.wait_timeout_s:g})"
+        elif decided:
+            clean = stream.validate_weights(decided) if stream.validate_weights else decided
+            unopened = [d for d, w in clean.items() if w > 0 and d not in stream.sources]
+            if unopened:
+                fault = f"the decision gives weight to domain(s) {unopened} this stream did not open"
+            else:
+                state.override = clean
+        if fault is not None:
+            rank, worker = stream.distributed_env.global_rank, stream.stream_index()[2]
+            path = self.record_fault(
+                {"stage": k, "rank": rank, "worker": worker, "stream": state.stream, "start": state.position,
+                 "reason": fault, "waited_s": round(waited, 3), "trained": current}
+            )  # fmt: skip
+            warnings.warn(
+                f"RegMixDController: stage {k}: data stream rank {rank} worker {worker} keeps its mixture "
+                f"{_fmt(current)}: {fault}; recorded in {path}",
+                stacklevel=2,
+            )
+        stream.log_stage(state, waited_s=round(waited, 3), fault=fault)
 
     def state_dict(self) -> dict:
         return {"run": self.run_id, "decisions": [self.decisions[k] for k in sorted(self.decisions)]}
@@ -448,46 +511,13 @@ def _warn_if_open_loop(model: str) -> None:
         )
 
 
-# ------------------------------------------------------------------------------------ stream and loader
-class ControlledStream(MixtureStream):
-    """A MixtureStream whose stages after the first take the controller's weights as they begin."""
-
-    controller: RegMixDController
-
-    def _enter_stage(self, state) -> None:
-        current = dict(state.weights(self.stages))
-        # the mixture in force carries on unless a decision replaces it (a decision's own fault keeps it too)
-        state.stage_samples, state.override = {}, current
-        k, ctl = state.stage, self.controller
-        decided, waited = ctl.await_decision(k)
-        fault = None
-        if decided is None:
-            fault = f"no decision after {waited:.1f} s (wait_timeout_s {ctl.wait_timeout_s:g})"
-        elif decided:
-            clean = self.validate_weights(decided) if self.validate_weights else decided
-            unopened = [d for d, w in clean.items() if w > 0 and d not in self.sources]
-            if unopened:
-                fault = f"the decision gives weight to domain(s) {unopened} this stream did not open"
-            else:
-                state.override = clean
-        if fault is not None:
-            rank, worker = self.distributed_env.global_rank, self.stream_index()[2]
-            path = ctl.record_fault(
-                {"stage": k, "rank": rank, "worker": worker, "stream": state.stream, "start": state.position,
-                 "reason": fault, "waited_s": round(waited, 3), "trained": current}
-            )  # fmt: skip
-            warnings.warn(
-                f"RegMixDController: stage {k}: data stream rank {rank} worker {worker} keeps its mixture "
-                f"{_fmt(current)}: {fault}; recorded in {path}",
-                stacklevel=2,
-            )
-        self._log_stage(state, waited_s=round(waited, 3), fault=fault)
-
-
+# ------------------------------------------------------------------------------------------------ loader
 class ControlledLoader(MixtureLoader):
-    """A MixtureLoader that gives the controller each batch index first and saves its decisions."""
+    """A MixtureLoader that gives the stream's controller each batch index first and saves its decisions."""
 
-    data: MixtureData
+    def __init__(self, dataset: MixtureStream, data: MixtureData, **kwargs):
+        super().__init__(dataset, **kwargs)
+        self.data = data
 
     def __iter__(self):
         ctl = self.dataset.controller

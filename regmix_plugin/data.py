@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import Manifest, read_manifest
 from regmix_plugin.layout import DEFAULT_MAX_EPOCHS, StreamLayout, epoch_allowance
+from regmix_plugin.litgpt_compat import PretrainRun
 from regmix_plugin.mixture import exceeds_allowance, validate_weights
 from regmix_plugin.stream import (
     MixtureCallback,
@@ -78,7 +79,7 @@ class MixtureData(DataModule):
     manifest: Manifest | None = field(init=False, repr=False, default=None)
     stages: list[Stage] = field(init=False, repr=False, default_factory=list)
     tokenizer: Tokenizer | None = field(init=False, repr=False, default=None)
-    run_context: dict[str, Any] | None = field(init=False, repr=False, default=None)
+    run_context: PretrainRun | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self) -> None:
         super().__init__()
@@ -114,13 +115,13 @@ class MixtureData(DataModule):
     def connect(
         self, tokenizer: Tokenizer | None = None, batch_size: int = 1, max_seq_length: int | None = None, **kw: Any
     ) -> None:
-        from regmix_plugin.litgpt_compat import pretrain_context
+        from regmix_plugin.litgpt_compat import running_pretrain
 
         self.batch_size = batch_size
         self.seq_length = (max_seq_length or 2048) + 1  # one more token: the last target
         self.tokenizer = tokenizer
         # the tokenizer's directory and the model config, checked against the corpus in setup()
-        self.run_context = pretrain_context()
+        self.run_context = running_pretrain()
 
     def prepare_data(self) -> None:
         read_manifest(self.data_path, flag="--data.data_path")
@@ -154,10 +155,10 @@ class MixtureData(DataModule):
 
         problems = []
         corpus = f"--data.data_path {str(self.data_path)!r}"
-        context = self.run_context or {}
-        if context.get("tokenizer_dir") is not None:
+        context = self.run_context
+        if context is not None and context.tokenizer_dir is not None:
             try:
-                check_tokenizer(context["tokenizer_dir"], self.manifest.tokenizer_hash, "--tokenizer_dir", corpus)
+                check_tokenizer(context.tokenizer_dir, self.manifest.tokenizer_hash, "--tokenizer_dir", corpus)
             except (FileNotFoundError, ValueError) as e:
                 problems.append(str(e))
         elif self.tokenizer is not None and self.tokenizer.vocab_size != self.manifest.vocab_size:
@@ -165,7 +166,7 @@ class MixtureData(DataModule):
                 f"tokenizer mismatch: the tokenizer has {self.tokenizer.vocab_size} ids, but {corpus} was prepared "
                 f"with one of {self.manifest.vocab_size}; use the tokenizer the corpus was prepared with"
             )
-        config = context.get("config")
+        config = None if context is None else context.config
         if config is not None:
             problems += self.manifest.vocab_problems(config.padded_vocab_size, domains, f" in {corpus}")
         damaged = damaged_domains(self.data_path, self.manifest, domains)
@@ -180,6 +181,15 @@ class MixtureData(DataModule):
     def train_dataloader(self) -> DataLoader:
         active = sorted({d for st in self.stages for d, w in st.weights.items() if w > 0})
         sources = {d: TokenSource(self.data_path / d / "train", self.seq_length) for d in active}
+        callbacks = list(self.callbacks or ())
+        # a callback that also acts in the training process and owns the stage switches (RegMixDController)
+        controllers = [cb for cb in callbacks if hasattr(cb, "loader")]
+        if len(controllers) > 1:
+            raise ValueError(
+                f"--data.callbacks: at most one stage controller per run, got {len(controllers)} "
+                f"({', '.join(type(c).__name__ for c in controllers)}); keep one"
+            )
+        controller = controllers[0] if controllers else None
         stream = MixtureStream(
             sources,
             self.stages,
@@ -187,20 +197,19 @@ class MixtureData(DataModule):
             seed=self.seed,
             max_epochs=self.max_epochs,
             on_epoch_limit=self.on_epoch_limit,
-            callbacks=self.callbacks or (),
+            callbacks=[cb for cb in callbacks if cb is not controller],
             # a partial, not a lambda: it must pickle for spawn-started workers
             validate_weights=partial(validate_weights, known=self.manifest.train_domains(), key="callback weights"),
+            controller=controller,
         )
         world = stream.distributed_env.world_size
         budget = self.check_budget(world, sources)
         length = (
             budget if budget is not None else sum(s.num_blocks for s in sources.values()) // (self.batch_size * world)
         )
-        loader = MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
-        for cb in self.callbacks or ():
-            if hasattr(cb, "attach"):  # a callback that also acts in the main process (RegMixDController)
-                loader = cb.attach(loader, self)
-        return loader
+        if controller is not None:
+            return controller.loader(stream, self, num_workers=self.num_workers, length=length, budget_batches=budget)
+        return MixtureLoader(stream, num_workers=self.num_workers, length=length, budget_batches=budget)
 
     def check_budget(self, world_size: int = 1, sources: dict[str, TokenSource] | None = None) -> int | None:
         """Place the stage switches and run the epoch guard for ``max_tokens``; return batches per rank.

@@ -6,7 +6,7 @@ Public APIs come first everywhere else; what is here relies on details that a ne
   that LitGPT's ``save_checkpoint`` re-parses;
 * parsing a recipe exactly as ``litgpt pretrain --config`` does (:func:`litgpt_parse`);
 * what ``litgpt pretrain`` does not hand its data module: the tokenizer's directory and the model config
-  (:func:`pretrain_context`), read from the running ``litgpt.pretrain.main`` call;
+  (:func:`running_pretrain`), read from the running ``litgpt.pretrain.main`` call (why nothing else works: there);
 * the sweep worker's two caches (:func:`install_worker_caches`): jsonargparse's docstring parsing and LitGPT's
   per-checkpoint hyperparameter re-parse;
 * the proxy fast path (:func:`fused_pretrain`, :func:`hidden_state_head`): the output layer bypassed and
@@ -161,14 +161,41 @@ def litgpt_parse(config: dict) -> Any:
     return parser.instantiate_classes(parser.parse_object(config))
 
 
-def pretrain_context() -> dict[str, Any] | None:
-    """``{"tokenizer_dir": Path | None, "config": litgpt.Config}`` of the ``litgpt pretrain`` run calling us, or None.
+class PretrainRun(NamedTuple):
+    """What the running ``litgpt pretrain`` knows and does not hand its data module."""
 
-    ``litgpt pretrain`` gives ``DataModule.connect`` a ``Tokenizer`` (which does not keep its directory) and no
-    model config, yet MixtureData must refuse a tokenizer other than the corpus's and a vocabulary smaller than
-    its token ids before training starts. Both are locals of ``litgpt.pretrain.main``, which is on the stack
-    while ``connect`` runs (``main -> get_dataloaders -> connect``). Outside such a run (a user calling
-    ``connect`` directly), None: the checks that need it are then skipped.
+    tokenizer_dir: Path | None
+    """``--tokenizer_dir`` as the loop resolved it (``checkpoints/`` prefixed where LitGPT adds it), or None."""
+    config: Any
+    """The ``litgpt.Config`` the loop builds its model from (``--model_name`` or ``--model_config``)."""
+
+
+def running_pretrain() -> PretrainRun | None:
+    """The tokenizer directory and model config of the ``litgpt pretrain`` run calling us, or None outside one.
+
+    MixtureData must refuse a tokenizer other than the corpus's and a vocabulary smaller than its token ids before
+    training starts, and RegMixDController must score checkpoints with the run's own architecture. Nothing LitGPT
+    hands a data module carries either: ``litgpt.pretrain.get_dataloaders`` calls
+    ``data.connect(tokenizer=tokenizer, batch_size=train.micro_batch_size, max_seq_length=model.max_seq_length)``
+    and nothing else, where
+
+    * ``tokenizer`` is a ``litgpt.Tokenizer``, which keeps the directory's *name* (``model_name``) and the loaded
+      processor, not the directory, so the corpus's tokenizer hash (over the directory's files) cannot be
+      checked from it; and it is None when the run has no ``--tokenizer_dir``;
+    * ``max_seq_length`` is the model's, not its vocabulary: the config (``padded_vocab_size``) is a local of
+      ``litgpt.pretrain.main``, never passed to the data module, a callback or a hook;
+    * ``setup`` and ``main`` take ``data`` as an argument and keep no module-level state, and LitGPT has no
+      callback API in ``pretrain``; ``prepare_data``/``setup``/``train_dataloader`` take no arguments.
+
+    What was rejected: re-parsing ``sys.argv`` against ``litgpt.pretrain.setup`` (what LitGPT's own
+    ``save_checkpoint`` does) sees neither a ``--model_config`` given as an object by a Python caller of
+    ``setup`` nor LitGPT's resolution (``Config.from_name``, ``extend_checkpoint_dir``), and instantiates the
+    recipe's data module and callbacks a second time; patching ``get_dataloaders`` changes the stock loop for
+    everyone in the process. ``tokenizer_dir`` and ``config`` are the exact objects ``main`` received, and
+    ``main`` is on the stack while ``connect`` runs (``main -> get_dataloaders -> connect``), so they are read
+    from its frame, looked up by its code object (a renamed or restructured ``main`` returns None here and
+    the checks that need it are skipped, never misread). Outside such a run (a user calling ``connect``
+    directly), None too.
     """
     check_version("litgpt")
     import litgpt.pretrain as pretrain
@@ -177,7 +204,7 @@ def pretrain_context() -> dict[str, Any] | None:
     while frame is not None:
         if frame.f_code is pretrain.main.__code__:
             local = frame.f_locals
-            return {"tokenizer_dir": local.get("tokenizer_dir"), "config": local.get("config")}
+            return PretrainRun(local.get("tokenizer_dir"), local.get("config"))
         frame = frame.f_back
     return None
 

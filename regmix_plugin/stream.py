@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -188,6 +188,13 @@ class StreamState:
         return self.override if self.override is not None else stages[self.stage].weights
 
 
+class StageController(Protocol):
+    """What a stream hands each new stage to, when it has a controller (``RegMixDController``)."""
+
+    def enter_stage(self, stream: MixtureStream, state: StreamState) -> None:
+        """Begin ``state.stage`` at the current position: reset the stage's counts, set its weights, log it."""
+
+
 class MixtureCallback:
     """Hook called by every stream each ``interval`` samples; it may record or change the mixture.
 
@@ -196,10 +203,15 @@ class MixtureCallback:
     ``{domain: weight}`` mapping switches the stream to those weights from the next sample on (a new blending
     stage: exact proportions hold within it). The switch is part of the saved state, so it survives resume.
     For reproducible runs, make the decision a function of the state (as RegMix-D schedules are); weights
-    computed online from losses can be passed in through a file the callback reads.
+    computed online from losses can be passed in through a file the callback reads. ``interval=None``: never
+    called per sample (a callback that acts elsewhere, as :class:`~regmix_plugin.controller.RegMixDController`
+    at stage switches).
     """
 
-    def __init__(self, interval: int = 1000):
+    def __init__(self, interval: int | None = 1000):
+        if interval is not None and interval < 1:
+            raise ValueError(f"{type(self).__name__} interval must be a positive number of samples or None, got "
+                             f"{interval}")  # fmt: skip
         self.interval = interval
 
     def on_advance(self, state: StreamState, weights: Mapping[str, float]) -> Mapping[str, float] | None:
@@ -211,8 +223,10 @@ class MixtureStream(IterableDataset):
     """Infinite stream of ``[batch_size, block_size]`` token batches blended from several domains.
 
     Yields ``(batch, state)`` pairs; :class:`MixtureLoader` strips the state and keeps the latest one per
-    worker for checkpoints. Rank and world size come from litdata's distributed env captured at
-    construction (tests set ``distributed_env`` to simulate ranks), workers from torch's worker info.
+    worker for checkpoints. A ``controller`` (:class:`StageController`) takes over each stage after the first
+    as it begins (RegMix-D decides its weights while training runs). Rank and world size come from litdata's
+    distributed env captured at construction (tests set ``distributed_env`` to simulate ranks), workers from
+    torch's worker info.
     """
 
     def __init__(
@@ -225,6 +239,7 @@ class MixtureStream(IterableDataset):
         on_epoch_limit: str = "error",
         callbacks: Sequence[MixtureCallback] = (),
         validate_weights=None,
+        controller: StageController | None = None,
     ):
         from regmix_plugin.litgpt_compat import distributed_env
 
@@ -236,6 +251,7 @@ class MixtureStream(IterableDataset):
         self.on_epoch_limit = on_epoch_limit
         self.callbacks = list(callbacks)
         self.validate_weights = validate_weights
+        self.controller = controller
         self.distributed_env = distributed_env()
         self.resume_states: dict[int, dict] | None = None
 
@@ -277,7 +293,7 @@ class MixtureStream(IterableDataset):
         dtype = np.result_type(*(s.dtype for s in self.sources.values()))
         warned: set[str] = set()
         if state.position == 0 and not state.stage_log:
-            self._log_stage(state)
+            self.log_stage(state)
         while True:
             batch = np.empty((self.batch_size, block), dtype=dtype)
             for row in range(self.batch_size):
@@ -302,10 +318,14 @@ class MixtureStream(IterableDataset):
 
     def _enter_stage(self, state: StreamState) -> None:
         """Begin ``state.stage`` at the current position: blending restarts at the stage's weights."""
+        if self.controller is not None:
+            self.controller.enter_stage(self, state)
+            return
         state.stage_samples, state.override = {}, None
-        self._log_stage(state)
+        self.log_stage(state)
 
-    def _log_stage(self, state: StreamState, **extra: Any) -> None:
+    def log_stage(self, state: StreamState, **extra: Any) -> None:
+        """Append the stage just entered to ``state.stage_log`` (``extra``: what a controller adds)."""
         weights = dict(state.weights(self.stages))
         state.stage_log.append(
             {"stage": state.stage, "start": state.position, "samples": dict(state.samples), "weights": weights, **extra}
@@ -337,7 +357,7 @@ class MixtureStream(IterableDataset):
 
     def _run_callbacks(self, state: StreamState) -> None:
         for cb in self.callbacks:
-            if state.position % cb.interval == 0:
+            if cb.interval is not None and state.position % cb.interval == 0:
                 new = cb.on_advance(state, state.weights(self.stages))
                 if new is not None:
                     clean = self.validate_weights(new) if self.validate_weights else dict(new)

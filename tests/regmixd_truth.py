@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from regmix_plugin.trajectory import SearchArgs
 
 DOMAINS = ("fast", "other", "slow")  # sorted, as mixture domains are
 LOSS_DOMAINS = ("fast", "other", "slow", "target")
@@ -102,8 +105,10 @@ class Protocol:
     Per seed, ``n_runs`` static proxies for RegMix (``regmix fit`` auto, ``regmix optimize`` with
     ``n_candidates``/``top_k``) and ``n_runs`` ``stages``-stage proxies for RegMix-D (``fit_trajectory`` auto
     features, GP, run-wise ``cv_folds``-fold CV; ``regmix schedule`` with the same search, smoothing 0.2). Both
-    start from the uniform prior. Online: the same search, each stage from the run's observed (noisy) losses at
-    the switch, with a ``losses``-features model. The judge is the noise-free ground truth.
+    start from the uniform prior. Online: ``RegMixDController.decide`` itself (its prior, bounds and objective),
+    each stage from the run's observed (noisy) losses at the switch, with a ``losses``-features model and the
+    protocol's search budget. ``objective`` and ``pessimism`` default to what ships (``regmix schedule`` and
+    the controller: joint, 1). The judge is the noise-free ground truth.
     """
 
     n_runs: int = 48
@@ -112,8 +117,8 @@ class Protocol:
     n_candidates: int = 100_000
     top_k: int = 128
     cv_folds: int = 5
-    objective: str = "greedy"  # `regmix schedule --search.objective` (and the online rule's)
-    pessimism: float = 0.0  # `--search.pessimism` (0: rank by the prediction alone, as when this was fixed)
+    objective: str = SearchArgs.objective  # `regmix schedule --search.objective` and the controller's `objective`
+    pessimism: float = SearchArgs.pessimism  # `--search.pessimism` and the controller's `pessimism`
 
     def static(self, out: Path, seed: int) -> np.ndarray:
         from regmix_plugin.fit import fit
@@ -156,34 +161,45 @@ class Protocol:
         return cv, [np.array([st.weights[d] for d in DOMAINS]) for st in sched.stages]
 
     def online(self, out: Path, seed: int, first: np.ndarray) -> list[np.ndarray]:
-        """The controller's decision rule (trajectory.best_stage_mixture) on the ground truth's observed losses.
+        """What ``RegMixDController`` decides at each switch from the ground truth's observed (noisy) losses.
 
-        It needs the ``losses`` feature set (the state it observes), whatever ``auto`` chose for offline.
+        Its own decision code (:meth:`RegMixDController.decide`, what a switch runs once the checkpoint is
+        scored), on a ``losses``-features model (the state it observes), whatever ``auto`` chose for offline.
         """
-        from regmix_plugin.trajectory import (
-            best_remaining_schedule,
-            best_stage_mixture,
-            fit_trajectories,
-            load_trajectory_model,
-        )
+        from regmix_plugin.controller import ControlPlan, RegMixDController
+        from regmix_plugin.trajectory import fit_trajectories, load_trajectory_model
 
         # fit_trajectory with the losses features (its CV also gives the fold models --search.pessimism uses)
         with contextlib.redirect_stdout(io.StringIO()):
             fit_trajectories(*self._trajectories(seed), "val_loss/target", "losses", "gp", out / "traj_online",
                              self.cv_folds, seed)  # fmt: skip
         model = load_trajectory_model(out / "traj_online")
+        S = self.stages
+        ctl = RegMixDController(
+            str(out / "traj_online"),
+            str(out / "online"),
+            n_candidates=self.n_candidates,
+            top_k=self.top_k,
+            seed=seed,
+            objective=self.objective,
+            pessimism=self.pessimism,
+        )
+        # the simulated run has every domain open and no finite corpus: no epoch limit binds
+        ctl.plan = ControlPlan(
+            bounds=tuple(j / S for j in range(S + 1)),
+            stage_samples=(STEPS // S,) * S,
+            per_epoch={d: STEPS for d in DOMAINS},
+            max_epochs=math.inf,
+            planned=(dict(zip(DOMAINS, map(float, first), strict=True)),) * S,
+        )
         rng = np.random.default_rng(seed + 1000)
-        mixes, S = [first], self.stages
+        mixes = [first]
         for k in range(1, S):
             segs = [(j / S, (j + 1) / S, m) for j, m in enumerate(mixes)]
             observed = true_losses(segs, [k / S])[0] + self.noise * rng.standard_normal(4)
-            if self.objective == "joint":  # the remaining stages together, keep the first (as the controller)
-                mix = best_remaining_schedule(model, [j / S for j in range(k, S + 1)], observed, np.ones(3) / 3,
-                                              np.zeros(3), np.ones(3), None, self._search(seed), k)[0][0]  # fmt: skip
-            else:
-                mix, _ = best_stage_mixture(model, k / S, (k + 1) / S, observed, np.ones(3) / 3, np.zeros(3),
-                                            np.ones(3), self._search(seed), k, mixes[-1])  # fmt: skip
-            mixes.append(mix)
+            rec = ctl.decide(k, dict(zip(LOSS_DOMAINS, observed, strict=True)), model)
+            ctl.decisions[k] = {"stage": k, **rec}
+            mixes.append(np.array([rec["weights"][d] for d in DOMAINS]))
         return mixes
 
     def run(self, out: Path, seed: int) -> dict:

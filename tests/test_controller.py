@@ -12,6 +12,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -330,3 +331,48 @@ def test_a_model_that_cannot_use_the_observed_losses_is_named_at_construction(tm
         warnings.simplefilter("error")  # a `losses` model, or one not written yet, is taken without a word
         RegMixDController(str(traj_model), str(tmp_path))
         RegMixDController(str(tmp_path / "not-yet"), str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def losses_model(tmp_path_factory):
+    """A `losses`-features GP trajectory model fitted on 24 simulated 3-stage proxies of the RegMix-D ground
+    truth (tests/regmixd_truth.py: `fast` saturates early, `slow` keeps paying): its dynamics depend on the state."""
+    from regmixd_truth import proxy_records
+
+    from regmix_plugin.trajectory import fit_trajectories, load_trajectory_model, trajectories_from_records
+
+    out = tmp_path_factory.mktemp("losses-model") / "traj"
+    trajs, wd, ld = trajectories_from_records(proxy_records(24, 3, seed=0))
+    fit_trajectories(trajs, wd, ld, "val_loss/target", "losses", "gp", out, 3, 0)
+    return out, load_trajectory_model(out)
+
+
+def test_the_observed_losses_change_the_decision(losses_model, tmp_path):
+    """The same model, plan and mixture in force; two observed states at the switch into stage 1: `fast`
+    already mastered, or never trained. The controller spends stage 1 elsewhere in the first, on `fast` in the
+    second. Measured (seeds 0-2 of the candidates): `fast` 0.003-0.008 after mastering it, 0.86-0.90 without."""
+    from regmixd_truth import DOMAINS, LOSS_DOMAINS, true_losses
+
+    from regmix_plugin.controller import ControlPlan, RegMixDController
+
+    path, traj = losses_model
+
+    def decide(stage0: list[float]) -> dict[str, float]:
+        ctl = RegMixDController(str(path), str(tmp_path), n_candidates=2000, top_k=16)  # shipped rule: joint, 1
+        ctl.plan = ControlPlan(
+            bounds=(0.0, 1 / 3, 2 / 3, 1.0),
+            stage_samples=(80, 80, 80),
+            per_epoch={d: 240 for d in DOMAINS},
+            max_epochs=15,
+            planned=({d: 1 / 3 for d in DOMAINS},) * 3,
+        )
+        observed = true_losses([(0.0, 1 / 3, np.array(stage0))], [1 / 3])[0]
+        rec = ctl.decide(1, dict(zip(LOSS_DOMAINS, observed, strict=True)), traj)
+        assert rec["observed"] == dict(zip(LOSS_DOMAINS, map(float, observed), strict=True))
+        assert abs(sum(rec["weights"].values()) - 1) < 1e-9
+        return rec["weights"]
+
+    mastered = decide([1.0, 0.0, 0.0])  # stage 0 trained on `fast` only
+    fresh = decide([0.0, 0.5, 0.5])  # stage 0 never touched `fast`
+    assert mastered["fast"] < 0.1 < 0.5 < fresh["fast"], (mastered, fresh)
+    assert mastered["slow"] > fresh["slow"], (mastered, fresh)

@@ -157,7 +157,11 @@ def test_too_few_runs_for_the_folds_fall_back_to_leave_one_out_with_a_note(tmp_p
     assert (cv["folds"], cv["leave_one_out"], cv["n_runs"]) == (9, True, 9)
     linear = cv["candidates"]["linear"]
     assert [f["n_test"] for f in linear["folds"]] == [1] * 9
-    assert linear["mean_spearman"] == linear["oof_spearman"] and -1 <= linear["mean_spearman"] <= 1
+    # leave-one-out: the Spearman of the pooled out-of-fold predictions, as written to cv_predictions.csv
+    with open(tmp_path / "m" / "cv_predictions.csv") as f:
+        pooled = [(float(r["prediction"]), float(r["true"])) for r in csv.DictReader(f)]
+    assert len(pooled) == 9 and linear["mean_spearman"] == linear["oof_spearman"]
+    assert linear["mean_spearman"] == pytest.approx(spearmanr(*zip(*pooled, strict=True))[0])
     assert f"leave-one-out CV Spearman {linear['mean_spearman']:.4f}" in out
     # 10 runs keep 5-fold CV
     main(["fit", "--results", str(tmp_path / "r.csv"), "--target", "val_loss/enron_emails", "--regressor", "linear",

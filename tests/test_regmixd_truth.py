@@ -3,15 +3,20 @@
 The full protocol (3 seeds, 100k candidates, top 128, 5 folds) takes minutes and lives in
 ``bench/regmixd_truth.py``. This test makes the same two claims on one seed with a protocol made cheaper
 *before* it was run (10k candidates, top 32, 3 folds): the offline schedule's true target loss is below
-static RegMix's, and the online decisions are no worse than the offline schedule's (within the proxies'
-noise). A failure is a finding to report, not a test to tune.
+static RegMix's, and the online decisions (``RegMixDController.decide`` itself) are no worse than the offline
+schedule's (within the proxies' noise). Both arms rank as shipped (joint objective, pessimism 1). A failure is
+a finding to report, not a test to tune.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from regmixd_truth import DOMAINS, Protocol, proxy_records, true_losses
+
+from regmix_plugin.controller import RegMixDController
 
 CHEAP = Protocol(n_candidates=10_000, top_k=32, cv_folds=3)
 
@@ -25,6 +30,11 @@ def test_proxy_records_follow_the_sweep_record_shape():
     w = np.array([r["schedule"][0]["weights"][d] for d in DOMAINS])
     exact = true_losses([(0, 1 / 6, w)], [1 / 6])[0]
     assert abs(r["losses"][0]["losses"]["fast"] - exact[0]) < 0.05  # observed = exact + noise (std 0.01)
+
+
+def test_the_protocol_ranks_as_the_controller_ships():
+    shipped = inspect.signature(RegMixDController).parameters
+    assert (CHEAP.objective, CHEAP.pessimism) == (shipped["objective"].default, shipped["pessimism"].default)
 
 
 @pytest.mark.science

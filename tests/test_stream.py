@@ -282,3 +282,33 @@ def test_loader_state_is_what_inspect_reads(prepared):
     st = loader.state_dict()
     assert st["tokens_per_sample"] == SEQ + 1
     assert st["streams"][0]["samples"] == {"prose": 50, "code": 30, "tiny": 20}
+
+
+class Never(MixtureCallback):
+    """Test callback with ``interval=None``: it must never be called per sample."""
+
+    def __init__(self):
+        super().__init__(interval=None)
+
+    def on_advance(self, state, weights):
+        raise AssertionError("a callback with interval None was called per sample")
+
+
+def test_a_callback_with_interval_none_is_never_called_and_interval_zero_is_refused(prepared):
+    owner = block_owner(prepared)
+    kw = dict(weights={"prose": 0.5, "code": 0.5})
+    plain = served(module(prepared, **kw).train_dataloader(), 20, owner)
+    assert served(module(prepared, callbacks=[Never()], **kw).train_dataloader(), 20, owner) == plain
+    with pytest.raises(ValueError, match="interval must be a positive number of samples or None, got 0"):
+        MixtureCallback(interval=0)
+
+
+def test_two_stage_controllers_in_one_run_are_refused_naming_them(prepared, tmp_path):
+    from regmix_plugin.controller import RegMixDController
+
+    two = [RegMixDController(str(tmp_path / "m"), str(tmp_path)) for _ in range(2)]
+    stages = [{"until_tokens": 64, "weights": {"prose": 1.0}}, {"weights": {"code": 1.0}}]
+    dm = module(prepared, weights=None, schedule=stages, callbacks=two)
+    named = r"--data.callbacks: at most one stage controller per run, got 2 \(RegMixDController, RegMixDController\)"
+    with pytest.raises(ValueError, match=named):
+        dm.train_dataloader()
