@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/entropy_bench"))
     parser.add_argument("--max_tokens", type=int, default=4_000_000)
     args = parser.parse_args()
-    from regmix_plugin.token_entropy import domain_entropies, softmax_mixture
+    from regmix_plugin.models.token_entropy import domain_entropies, softmax_mixture
 
     t0 = time.perf_counter()
     names = write_corpus(args.dir)

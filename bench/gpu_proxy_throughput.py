@@ -37,8 +37,8 @@ DOMAINS = ("alpha", "beta", "gamma")
 
 def build_corpus(root: Path, vocab: int, train_tokens: int, val_tokens: int, seed: int = 0) -> tuple[Path, Path]:
     """A prepared corpus of random token ids (manifest + litdata chunks, as `regmix prepare` writes) + tokenizer."""
+    from regmix_plugin.commands.prepare import _write_split
     from regmix_plugin.formats.manifest import DomainStats, Manifest, SplitStats
-    from regmix_plugin.prepare import _write_split
     from regmix_plugin.tokenizer import tokenizer_hash, train_tokenizer
 
     # Only the tokenizer's hash matters (the sweep checks the corpus was made with it); the ids are random.
@@ -82,9 +82,9 @@ def proxy_recipe(path: Path, steps: int, micro: int, smoke: bool) -> Path:
 
 def run(root: Path, name: str, data: Path, tok: Path, recipe: Path, fused: str, k: int, val_tokens: int) -> list:
     """Sweep ``k`` proxies at once (one local worker each) and return their run records."""
-    from regmix_plugin.formats.mixtures import write_mixtures
+    from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+    from regmix_plugin.formats.mixture_table import write_mixtures
     from regmix_plugin.formats.sweep_records import read_records
-    from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
     mixtures = root / f"{name}.csv"
     rng = np.random.default_rng(k)
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from regmix_plugin.fused_loss import unavailable_reason
+    from regmix_plugin.pretrain.fused_loss import unavailable_reason
 
     if not torch.cuda.is_available() and not args.cpu_smoke:
         print("no CUDA device: this bench measures GPU throughput, so nothing was measured (exit 0)")

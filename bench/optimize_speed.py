@@ -35,11 +35,11 @@ N, K, RUNS, DOMAINS, SEED = 1_000_000, 100, 512, 17, 0
 def main() -> None:
     from conftest import synthetic_result_rows
 
-    from regmix_plugin.fit import fit
+    from regmix_plugin.commands.fit import fit
+    from regmix_plugin.commands.optimize import top_k_search
     from regmix_plugin.formats.model_dir import load_fitted as load_model
     from regmix_plugin.formats.results import write_results
-    from regmix_plugin.mixture import SamplerArgs, constraint_bounds, sample_candidates
-    from regmix_plugin.optimize import top_k_search
+    from regmix_plugin.weights import SamplerArgs, constraint_bounds, sample_candidates
 
     warnings.simplefilter("ignore")
     work = Path(tempfile.mkdtemp(prefix="optimize_speed."))

@@ -71,7 +71,7 @@ def main() -> None:
 
     from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
 
-    from regmix_plugin.data import MixtureData
+    from regmix_plugin.pretrain.mixture_data import MixtureData
 
     root = Path(tempfile.mkdtemp(prefix="regmix-bench-"))
     names = write_corpus(root, args.domains, args.tokens_per_domain)

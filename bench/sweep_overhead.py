@@ -33,7 +33,7 @@ WORDS = {
 
 
 def build(root: Path) -> tuple[Path, Path]:
-    from regmix_plugin.prepare import prepare
+    from regmix_plugin.commands.prepare import prepare
     from regmix_plugin.tokenizer import train_tokenizer
 
     rng = random.Random(0)
@@ -103,10 +103,10 @@ def main() -> None:
     ap.add_argument("--compile", nargs="+", default=["on", "off"], choices=("on", "off"))
     args = ap.parse_args()
 
-    from regmix_plugin.formats.mixtures import write_mixtures
+    from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+    from regmix_plugin.commands.sweep.worker import setup_worker
+    from regmix_plugin.formats.mixture_table import write_mixtures
     from regmix_plugin.litgpt_compat import eager_pretrain, run_pretrain
-    from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
-    from regmix_plugin.sweep.worker import setup_worker
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

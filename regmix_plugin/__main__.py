@@ -24,18 +24,18 @@ from pathlib import Path
 def _commands() -> dict:
     # Each stage module keeps its heavy imports (torch, litgpt, lightgbm) inside functions, so importing
     # them all here costs little and `regmix --help` stays fast.
+    from regmix_plugin.commands.entropy import entropy
+    from regmix_plugin.commands.evaluate import evaluate
+    from regmix_plugin.commands.fit import fit, predict
+    from regmix_plugin.commands.fit_trajectory import fit_trajectory
+    from regmix_plugin.commands.inspect_run import inspect
+    from regmix_plugin.commands.optimize import optimize
+    from regmix_plugin.commands.prepare import prepare
+    from regmix_plugin.commands.recipe import recipe
+    from regmix_plugin.commands.sample import sample
+    from regmix_plugin.commands.schedule import schedule
+    from regmix_plugin.commands.sweep import sweep, sweep_status
     from regmix_plugin.demo import demo
-    from regmix_plugin.entropy import entropy
-    from regmix_plugin.evaluate import evaluate
-    from regmix_plugin.fit import fit, predict
-    from regmix_plugin.fit_trajectory import fit_trajectory
-    from regmix_plugin.inspect import inspect
-    from regmix_plugin.optimize import optimize
-    from regmix_plugin.prepare import prepare
-    from regmix_plugin.recipe import recipe
-    from regmix_plugin.sample import sample
-    from regmix_plugin.schedule import schedule
-    from regmix_plugin.sweep import sweep, sweep_status
 
     return {
         "prepare": prepare,

@@ -5,7 +5,7 @@ streams. Three units meet here, and every conversion between them is a method of
 
 * **tokens**: ``max_tokens`` and ``until_tokens`` (LitGPT counts ``seq_length - 1`` tokens per sample);
 * **stream samples**: a position inside one stream, what a schedule's stage ends count
-  (:class:`regmix_plugin.stream.Stage`); every stream has the same stage ends;
+  (:class:`regmix_plugin.pretrain.stream.Stage`); every stream has the same stage ends;
 * **rank batches**: the index of a batch one rank's training loop fetches, counted per rank. All ranks step
   together, so rank batch ``i`` is fetched at the same optimizer step on every rank. Worker ``w`` serves rank
   batches ``w, w + workers, ...`` (torch's round robin); its ``j``-th batch holds its samples

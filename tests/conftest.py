@@ -107,7 +107,7 @@ def raw_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, raw_corpus, tokenizer_dir) -> Path:
-    from regmix_plugin.prepare import prepare
+    from regmix_plugin.commands.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare(source=[str(raw_corpus)], tokenizer_dir=tokenizer_dir, out_dir=out, val_fraction=0.1, num_workers=2,
@@ -233,8 +233,9 @@ def fit_test_trajectory(prepared, out, features: str):
     """Fit a linear trajectory model with ``features`` on 16 simulated 3-stage proxy records into ``out``."""
     import numpy as np
 
+    from regmix_plugin.commands.fit_trajectory import fit_trajectories
     from regmix_plugin.formats.manifest import read_manifest
-    from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
+    from regmix_plugin.models.trajectory import trajectories_from_records
 
     domains = read_manifest(prepared).train_domains()
     val = read_manifest(prepared).val_domains()

@@ -168,10 +168,10 @@ class TokenProtocol:
 
     def premise(self, root: Path, seed: int = 0) -> dict:
         """Train ``premise_arms`` as target models; returns the scarce allowance, the arms and their target loss."""
+        from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
         from regmix_plugin.formats.manifest import read_manifest
-        from regmix_plugin.formats.mixtures import write_mixtures
+        from regmix_plugin.formats.mixture_table import write_mixtures
         from regmix_plugin.formats.sweep_records import read_records
-        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
         pipe = self.pipeline(root, seed)
         pipe.tokenizer_and_data()
@@ -209,10 +209,11 @@ class TokenProtocol:
 
         import yaml
 
+        from regmix_plugin.commands.fit_trajectory import fit_trajectories
         from regmix_plugin.formats.sweep_records import read_records
         from regmix_plugin.litgpt_compat import eager_pretrain, run_pretrain
-        from regmix_plugin.scoring import domain_losses, load_checkpoint, val_blocks
-        from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
+        from regmix_plugin.models.trajectory import trajectories_from_records
+        from regmix_plugin.pretrain.scoring import domain_losses, load_checkpoint, val_blocks
 
         staged = pipe.out_dir / "regmix_d"
         out = pipe.out_dir / "arms" / ("online" + self.arm.removeprefix("regmix_d"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regmix_plugin.trajectory import SearchArgs
+from regmix_plugin.models.schedule_search import SearchArgs
 
 DOMAINS = ("fast", "other", "slow")  # sorted, as mixture domains are
 LOSS_DOMAINS = ("fast", "other", "slow", "target")
@@ -121,11 +121,11 @@ class Protocol:
     pessimism: float = SearchArgs.pessimism  # `--search.pessimism` and the controller's `pessimism`
 
     def static(self, out: Path, seed: int) -> np.ndarray:
-        from regmix_plugin.fit import fit
+        from regmix_plugin.commands.fit import fit
+        from regmix_plugin.commands.optimize import optimize
         from regmix_plugin.formats.mixture_yaml import read_mixture
         from regmix_plugin.formats.results import write_results
         from regmix_plugin.formats.sweep_records import RunRecord, table_rows
-        from regmix_plugin.optimize import optimize
 
         records = proxy_records(self.n_runs, 1, seed + 100, noise=self.noise)
         records = {k: RunRecord.from_dict(r) for k, r in records.items()}
@@ -138,21 +138,21 @@ class Protocol:
         return np.array([w[d] for d in DOMAINS])
 
     def _search(self, seed: int):
-        from regmix_plugin.trajectory import SearchArgs
+        from regmix_plugin.models.schedule_search import SearchArgs
 
         return SearchArgs(n_candidates=self.n_candidates, top_k=self.top_k, seed=seed, objective=self.objective,
                           pessimism=self.pessimism)  # fmt: skip
 
     def _trajectories(self, seed: int):
-        from regmix_plugin.trajectory import trajectories_from_records
+        from regmix_plugin.models.trajectory import trajectories_from_records
 
         trajs, wd, ld = trajectories_from_records(proxy_records(self.n_runs, self.stages, seed, noise=self.noise))
         assert wd == list(DOMAINS) and ld == list(LOSS_DOMAINS)
         return trajs, wd, ld
 
     def offline(self, out: Path, seed: int) -> tuple[dict, list[np.ndarray]]:
-        from regmix_plugin.schedule import schedule
-        from regmix_plugin.trajectory import fit_trajectories
+        from regmix_plugin.commands.fit_trajectory import fit_trajectories
+        from regmix_plugin.commands.schedule import schedule
 
         cv = fit_trajectories(*self._trajectories(seed), "val_loss/target", "auto", "gp", out / "traj",
                               self.cv_folds, seed)  # fmt: skip
@@ -166,8 +166,10 @@ class Protocol:
         Its own decision code (:meth:`RegMixDController.decide`, what a switch runs once the checkpoint is
         scored), on a ``losses``-features model (the state it observes), whatever ``auto`` chose for offline.
         """
-        from regmix_plugin.controller import ControlPlan, RegMixDController
-        from regmix_plugin.trajectory import fit_trajectories, load_trajectory_model
+        from regmix_plugin.commands.fit_trajectory import fit_trajectories
+        from regmix_plugin.formats.trajectory_model import load_trajectory_model
+        from regmix_plugin.pretrain.control_plan import ControlPlan
+        from regmix_plugin.pretrain.controller import RegMixDController
 
         # fit_trajectory with the losses features (its CV also gives the fold models --search.pessimism uses)
         with contextlib.redirect_stdout(io.StringIO()):

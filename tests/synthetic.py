@@ -41,7 +41,7 @@ import numpy as np
 
 from regmix_plugin.atomic import write_json
 from regmix_plugin.demo.corpus import read_texts, write_jsonl
-from regmix_plugin.mixture import largest_remainder, normalize_domain, validate_weights
+from regmix_plugin.weights import largest_remainder, normalize_domain, validate_weights
 
 TARGET = "target"
 DEFAULT_ALPHA = {"s0": 0.5, "s1": 0.3, "s2": 0.2, "s3": 0.0}

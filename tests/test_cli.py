@@ -62,7 +62,7 @@ def test_bad_flag_still_exits_2_from_jsonargparse():
 
 
 def test_user_error_means_raised_by_regmix_code(tmp_path):
-    from regmix_plugin.inspect import read_data_state
+    from regmix_plugin.commands.inspect_run import read_data_state
 
     def raised(fn, *args):
         try:

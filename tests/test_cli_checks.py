@@ -19,8 +19,8 @@ import yaml
 from conftest import pretrain_config
 
 from regmix_plugin.__main__ import main
-from regmix_plugin.formats.mixtures import write_mixtures
-from regmix_plugin.trajectory import SearchArgs
+from regmix_plugin.formats.mixture_table import write_mixtures
+from regmix_plugin.models.schedule_search import SearchArgs
 
 MIXES = {"m1": {"code": 0.5, "prose": 0.5, "tiny": 0.0}, "m2": {"code": 0.2, "prose": 0.5, "tiny": 0.3}}
 
@@ -152,8 +152,9 @@ def test_schedule_help_lists_every_search_flag(capsys):
 def test_schedule_search_flags_reach_the_search(tmp_path):
     from regmixd_truth import proxy_records
 
+    from regmix_plugin.commands.fit_trajectory import fit_trajectories
     from regmix_plugin.formats.schedule import read_schedule
-    from regmix_plugin.trajectory import fit_trajectories, trajectories_from_records
+    from regmix_plugin.models.trajectory import trajectories_from_records
 
     runs, wd, ld = trajectories_from_records(proxy_records(12, 2, seed=0))
     fit_trajectories(runs, wd, ld, "val_loss/target", "losses", "linear", tmp_path / "m", 3, seed=0)

@@ -16,7 +16,7 @@ from conftest import pretrain_config
 
 from regmix_plugin.__main__ import RENAMED, renamed_flags
 from regmix_plugin.errors import DeprecatedFlag
-from regmix_plugin.mixture import ConstraintArgs, prior_weights
+from regmix_plugin.weights import ConstraintArgs, prior_weights
 
 OLD_SAMPLE = ["--target_tokens", "200000", "--max_epochs=4", "--minimum", "0.002", "--prior", "tokens",
               "--exclude", "[tiny]"]  # fmt: skip
@@ -111,7 +111,7 @@ def test_schedule_refuses_a_corpus_without_the_model_s_domains_instead_of_an_all
 ):
     import json
 
-    from regmix_plugin.schedule import schedule
+    from regmix_plugin.commands.schedule import schedule
 
     # a corpus that holds none of the model's domains: schedule used to centre its draws on all zeros
     raw = json.loads((prepared / "manifest.json").read_text())
@@ -124,9 +124,9 @@ def test_schedule_refuses_a_corpus_without_the_model_s_domains_instead_of_an_all
 
 
 def test_constraints_are_one_dataclass_with_one_default():
-    from regmix_plugin.data import MixtureData
     from regmix_plugin.layout import DEFAULT_MAX_EPOCHS
-    from regmix_plugin.stream import MixtureStream
+    from regmix_plugin.pretrain.mixture_data import MixtureData
+    from regmix_plugin.pretrain.stream import MixtureStream
 
     assert ConstraintArgs().max_epochs == DEFAULT_MAX_EPOCHS == 15.0
     assert MixtureData.__dataclass_fields__["max_epochs"].default == DEFAULT_MAX_EPOCHS
@@ -138,9 +138,9 @@ def test_constraints_are_one_dataclass_with_one_default():
 
 
 def _planned_sweep(tmp_path, prepared, tokenizer_dir) -> Path:
-    from regmix_plugin.formats.mixtures import write_mixtures
-    from regmix_plugin.sweep import EvalArgs
-    from regmix_plugin.sweep.plan import check_setup, plan_sweep
+    from regmix_plugin.commands.sweep import EvalArgs
+    from regmix_plugin.commands.sweep.plan import check_setup, plan_sweep
+    from regmix_plugin.formats.mixture_table import write_mixtures
 
     write_mixtures(tmp_path / "m.csv", {"m1": {"code": 0.5, "prose": 0.5, "tiny": 0.0},
                                         "m2": {"code": 0.2, "prose": 0.5, "tiny": 0.3}}, ["code", "prose", "tiny"])

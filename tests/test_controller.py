@@ -19,8 +19,8 @@ import yaml
 from conftest import PLAN, fit_test_trajectory, regmixd_config
 
 import regmix_plugin
-from regmix_plugin.controller import _read_jsonl
-from regmix_plugin.inspect import read_data_state, realized_mixture
+from regmix_plugin.commands.inspect_run import read_data_state, realized_mixture
+from regmix_plugin.formats.regmixd_run import read_decisions
 from regmix_plugin.litgpt_compat import run_pretrain, write_config
 
 STEPS, MICRO, SEQ = 24, 4, 32
@@ -208,7 +208,7 @@ def test_run_killed_mid_way_and_resumed_reproduces_decisions_and_weights(
     cfg = config(out, prepared, tokenizer_dir, traj_model, num_workers=workers)
     at_kill = _kill_mid_run(cfg, out, lambda: (out / kill_after / "lit_model.pth").is_file())
     assert kill_after in at_kill and "final" not in at_kill and "step-00000024" not in at_kill, at_kill
-    logged = _read_jsonl(out / "decisions.jsonl")
+    logged = read_decisions(out / "decisions.jsonl")
     assert [r["stage"] for r in logged][:1] == [1]  # stage 1 was decided before the kill
     cfg["resume"] = "auto"
     with warnings.catch_warnings():
@@ -307,7 +307,7 @@ def test_schedule_yaml_round_trips_through_recipe_into_litgpt_pretrain(tmp_path,
 
 
 def test_a_bad_objective_or_pessimism_is_refused_when_the_recipe_is_read_not_at_a_switch(tmp_path):
-    from regmix_plugin.controller import RegMixDController
+    from regmix_plugin.pretrain.controller import RegMixDController
 
     with pytest.raises(ValueError, match="objective must be greedy or joint, got 'lookahead'"):
         RegMixDController(str(tmp_path / "m"), str(tmp_path), objective="lookahead")
@@ -319,7 +319,7 @@ def test_a_bad_objective_or_pessimism_is_refused_when_the_recipe_is_read_not_at_
 
 def test_a_model_that_cannot_use_the_observed_losses_is_named_at_construction(tmp_path, prepared, traj_model):
     """A `mixtures`-feature model ignores what the controller observes: one warning naming it and the fix."""
-    from regmix_plugin.controller import RegMixDController
+    from regmix_plugin.pretrain.controller import RegMixDController
 
     model = fit_test_trajectory(prepared, tmp_path / "open-loop", "mixtures")
     with pytest.warns(UserWarning) as caught:
@@ -339,7 +339,9 @@ def losses_model(tmp_path_factory):
     truth (tests/regmixd_truth.py: `fast` saturates early, `slow` keeps paying): its dynamics depend on the state."""
     from regmixd_truth import proxy_records
 
-    from regmix_plugin.trajectory import fit_trajectories, load_trajectory_model, trajectories_from_records
+    from regmix_plugin.commands.fit_trajectory import fit_trajectories
+    from regmix_plugin.formats.trajectory_model import load_trajectory_model
+    from regmix_plugin.models.trajectory import trajectories_from_records
 
     out = tmp_path_factory.mktemp("losses-model") / "traj"
     trajs, wd, ld = trajectories_from_records(proxy_records(24, 3, seed=0))
@@ -353,7 +355,8 @@ def test_the_observed_losses_change_the_decision(losses_model, tmp_path):
     second. Measured (seeds 0-2 of the candidates): `fast` 0.003-0.008 after mastering it, 0.86-0.90 without."""
     from regmixd_truth import DOMAINS, LOSS_DOMAINS, true_losses
 
-    from regmix_plugin.controller import ControlPlan, RegMixDController
+    from regmix_plugin.pretrain.control_plan import ControlPlan
+    from regmix_plugin.pretrain.controller import RegMixDController
 
     path, traj = losses_model
 

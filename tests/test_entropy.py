@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from regmix_plugin.token_entropy import MEASURES, domain_entropies, softmax_mixture, token_entropies
+from regmix_plugin.models.token_entropy import MEASURES, domain_entropies, softmax_mixture, token_entropies
 
 # The command is written against the restructured layout (issue 8: formats/, tokenizer.check_tokenizer).
 RESTRUCTURED = pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "regmix_plugin" / "formats").is_dir(),
@@ -27,7 +27,7 @@ def known_order(tmp_path_factory):
     """``random`` (uniformly drawn token ids) > ``natural`` (the README's sentences) > ``repeated`` (one phrase)."""
     from tokenizers import Tokenizer
 
-    from regmix_plugin.prepare import prepare
+    from regmix_plugin.commands.prepare import prepare
     from regmix_plugin.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("entropy")
@@ -101,7 +101,7 @@ def test_entropy_command_writes_a_mixture_recipe_reads_and_respects_constraints(
 
 @RESTRUCTURED
 def test_entropy_refuses_a_tokenizer_the_corpus_was_not_prepared_with(known_order, tmp_path, tokenizer_dir):
-    from regmix_plugin.entropy import entropy
+    from regmix_plugin.commands.entropy import entropy
 
     with pytest.raises(ValueError, match="tokenizer mismatch: --tokenizer_dir"):
         entropy(data_path=known_order["data"], out=tmp_path / "m.yaml", tokenizer_dir=tokenizer_dir)
@@ -109,9 +109,9 @@ def test_entropy_refuses_a_tokenizer_the_corpus_was_not_prepared_with(known_orde
 
 
 def test_sample_prior_entropy_centres_the_proxies_on_the_entropy_mixture(known_order, tmp_path):
-    from regmix_plugin.formats.mixtures import read_mixtures
-    from regmix_plugin.sample import sample
-    from regmix_plugin.token_entropy import entropy_mixture
+    from regmix_plugin.commands.sample import sample
+    from regmix_plugin.formats.mixture_table import read_mixtures
+    from regmix_plugin.models.token_entropy import entropy_mixture
 
     centre = entropy_mixture(known_order["data"], seed=0)["weights"]
     sample(data_path=known_order["data"], out=tmp_path / "m.csv", n=400, prior_source="entropy", seed=0)

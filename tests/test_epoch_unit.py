@@ -13,9 +13,9 @@ import yaml
 from conftest import DOMAIN_WORDS, PILE17
 
 from regmix_plugin.__main__ import main
-from regmix_plugin.data import MixtureData
-from regmix_plugin.formats.mixtures import read_mixtures
-from regmix_plugin.stream import TokenSource
+from regmix_plugin.formats.mixture_table import read_mixtures
+from regmix_plugin.formats.token_chunks import TokenSource
+from regmix_plugin.pretrain.mixture_data import MixtureData
 
 SEQ = 32  # the recipe's block_size: samples are 33 tokens
 DOMAINS = list(PILE17[:3])  # named like the synthetic results table that `regmix fit` learns from
@@ -24,7 +24,7 @@ SIZES = dict(zip(DOMAINS, (150, 80, 14), strict=True))  # documents of 60 words
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, tokenizer_dir):
-    from regmix_plugin.prepare import prepare
+    from regmix_plugin.commands.prepare import prepare
 
     root = tmp_path_factory.mktemp("epochunit")
     rng = random.Random(0)
@@ -142,7 +142,7 @@ def test_block_size_needs_a_prepared_corpus_and_is_shown_in_help(model, tmp_path
 @pytest.fixture(scope="module")
 def with_empty(tmp_path_factory, tokenizer_dir):
     """A corpus with an empty file as domain ``enron_emails`` (one EOS token) and a real one per other domain."""
-    from regmix_plugin.prepare import prepare
+    from regmix_plugin.commands.prepare import prepare
 
     root = tmp_path_factory.mktemp("empty")
     rng = random.Random(1)

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_model_config
 
 from regmix_plugin.__main__ import main
-from regmix_plugin.evaluate import evaluate
+from regmix_plugin.commands.evaluate import evaluate
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_evaluate_scores_every_val_domain_on_a_fixed_budget(checkpoint, prepared
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["domain"] for r in rows] == ["code", "prose", "tiny"]
-    from regmix_plugin.stream import TokenSource
+    from regmix_plugin.formats.token_chunks import TokenSource
 
     have = {d: TokenSource(prepared / d / "val", 33).num_blocks for d in ("code", "prose", "tiny")}
     assert [int(r["tokens"]) for r in rows] == [32 * min(10, have[d]) for d in ("code", "prose", "tiny")]

@@ -11,10 +11,10 @@ import pytest
 from scipy.stats import spearmanr
 
 from regmix_plugin.__main__ import main as regmix_main
-from regmix_plugin.fit import cross_validate, make_folds
+from regmix_plugin.commands.fit import cross_validate, make_folds
 from regmix_plugin.formats.model_dir import load_fitted as load_model
 from regmix_plugin.formats.results import read_results, write_results
-from regmix_plugin.regressors import REGRESSORS, LightGBMRegressor
+from regmix_plugin.models.regressors import REGRESSORS, LightGBMRegressor
 
 
 def main(argv: list[str]) -> None:

@@ -16,7 +16,6 @@ import pytest
 import torch
 from conftest import pretrain_config, tiny_model_config
 
-from regmix_plugin import fused_loss
 from regmix_plugin.errors import RegmixError
 from regmix_plugin.litgpt_compat import (
     HiddenStates,
@@ -25,6 +24,7 @@ from regmix_plugin.litgpt_compat import (
     hidden_state_head,
     run_pretrain,
 )
+from regmix_plugin.pretrain import fused_loss
 
 
 def _tiny_gpt(dtype=torch.float64):
@@ -93,7 +93,7 @@ def test_litgpt_pretrain_through_the_fused_path_trains_like_the_plain_one_and_is
     import litgpt.pretrain
     import litgpt.utils
 
-    from regmix_plugin.scoring import load_checkpoint
+    from regmix_plugin.pretrain.scoring import load_checkpoint
 
     weights = {"code": 0.5, "prose": 0.5, "tiny": 0.0}
     plain_cfg = pretrain_config(tmp_path / "plain", prepared, tokenizer_dir, weights)
@@ -133,9 +133,9 @@ def test_sweep_records_usage_and_auto_keeps_todays_plain_path_on_cpu(tmp_path, p
     import litgpt.pretrain
     import yaml
 
-    from regmix_plugin.formats.mixtures import write_mixtures
+    from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+    from regmix_plugin.formats.mixture_table import write_mixtures
     from regmix_plugin.formats.sweep_records import read_records
-    from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
     write_mixtures(tmp_path / "mix.csv", {"m1": {"code": 0.5, "prose": 0.5, "tiny": 0.0}}, ["code", "prose", "tiny"])
     cfg = pretrain_config(Path("unused"), prepared, tokenizer_dir, None)
@@ -192,7 +192,7 @@ def test_gpu_bench_says_there_is_no_gpu_and_exits_0_on_cpu():
 
 
 def test_tokens_per_s_is_the_rolling_rate_or_for_short_runs_the_per_iteration_one(tmp_path):
-    from regmix_plugin.sweep.measure import steady_tokens_per_s
+    from regmix_plugin.commands.sweep.measure import steady_tokens_per_s
 
     logs = tmp_path / "logs" / "csv" / "version_0"
     logs.mkdir(parents=True)

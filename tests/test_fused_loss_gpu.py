@@ -27,7 +27,7 @@ import torch
 import yaml
 from conftest import DOMAIN_WORDS, make_corpus, pretrain_config
 
-from regmix_plugin.fused_loss import KERNEL, PLAIN, unavailable_reason
+from regmix_plugin.pretrain.fused_loss import KERNEL, PLAIN, unavailable_reason
 
 pytestmark = pytest.mark.skipif(
     unavailable_reason(need_cuda=True) is not None,
@@ -46,12 +46,12 @@ def _curve(run_dir: Path) -> list[float]:
 def test_fused_and_plain_paths_train_the_same_proxies_on_a_gpu(tmp_path):
     from scipy.stats import spearmanr
 
-    from regmix_plugin.formats.mixtures import write_mixtures
+    from regmix_plugin.commands.prepare import prepare
+    from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+    from regmix_plugin.formats.mixture_table import write_mixtures
     from regmix_plugin.formats.sweep_records import read_records
-    from regmix_plugin.prepare import prepare
+    from regmix_plugin.pretrain.scoring import domain_losses, load_checkpoint, val_blocks
     from regmix_plugin.resources import recipe_path
-    from regmix_plugin.scoring import domain_losses, load_checkpoint, val_blocks
-    from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
     from regmix_plugin.tokenizer import train_tokenizer
 
     tok = train_tokenizer([" ".join(ws) for ws in DOMAIN_WORDS.values()] * 4, tmp_path / "tok", vocab_size=256)

@@ -1,4 +1,4 @@
-"""The parametric mixing laws (regmix_plugin.laws): fits recover known laws, the solver finds the true optimum."""
+"""The parametric mixing laws (regmix_plugin.models.laws): fits recover known laws, the solver finds the optimum."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from regmix_plugin.laws import BiMixLaw, MixingLaw, extrapolation_error, minimize_on_simplex, trajectories
+from regmix_plugin.models.laws import BiMixLaw, MixingLaw, extrapolation_error, minimize_on_simplex, trajectories
 
 # A known BiMix law on 3 domains (A = 1): alpha, B (s in tokens), beta, C per domain.
 TRUE = np.array([[0.10, 40.0, 0.30, 2.0], [0.20, 60.0, 0.35, 1.5], [0.05, 30.0, 0.25, 2.5]])

@@ -19,7 +19,7 @@ import pytest
 from conftest import PLAN, regmixd_config
 
 import regmix_plugin
-from regmix_plugin.inspect import all_streams, read_data_state, stage_counts, stage_rows
+from regmix_plugin.commands.inspect_run import all_streams, read_data_state, stage_counts, stage_rows
 from regmix_plugin.litgpt_compat import run_pretrain, write_config
 
 STEPS, MICRO, WORKERS, RANKS = 24, 4, 2, 2
@@ -38,7 +38,7 @@ def test_switch_batch_is_where_every_ranks_streams_enter_the_stage(prepared, wor
     stage, on every rank (what the controller decides by), for ranks and worker processes alike."""
     from litdata.utilities.env import _DistributedEnv
 
-    from regmix_plugin.data import MixtureData
+    from regmix_plugin.pretrain.mixture_data import MixtureData
 
     batch, rank_batches = 2, 12
     schedule = [{"until_fraction": 0.25, "weights": PLAN}, {"until_fraction": 0.5, "weights": PLAN}, {"weights": PLAN}]
@@ -137,7 +137,7 @@ def test_two_ranks_switch_together_on_the_decision_made_once(two_ranks, measured
 def test_a_decision_that_comes_too_late_is_a_fault_in_the_record(tmp_path, prepared, tokenizer_dir, traj_model, capfd):
     """With no lag, 2 workers need stage k's first batch while the main process still trains the batches they
     prefetched, before it decides: each stream keeps its mixture, and says so (fault file, stream log, inspect)."""
-    from regmix_plugin.inspect import inspect
+    from regmix_plugin.commands.inspect_run import inspect
 
     out = tmp_path / "late"
     cfg = regmixd_config(

@@ -8,11 +8,11 @@ import pytest
 import yaml
 
 from regmix_plugin.__main__ import main
+from regmix_plugin.commands.optimize import top_k_search
 from regmix_plugin.formats.manifest import DomainStats, Manifest, SplitStats
 from regmix_plugin.formats.model_dir import load_fitted as load_model
 from regmix_plugin.formats.results import write_results
-from regmix_plugin.mixture import ConstraintArgs, SamplerArgs, constraint_bounds, project, sample_candidates
-from regmix_plugin.optimize import top_k_search
+from regmix_plugin.weights import ConstraintArgs, SamplerArgs, constraint_bounds, project, sample_candidates
 
 DOMAINS = ["arxiv", "dm_mathematics", "enron_emails", "europarl", "freelaw"]
 # argmin of the mean of synthetic_true_losses over the simplex (Nelder-Mead on a softmax, to 1e-10)

@@ -12,9 +12,9 @@ import pytest
 import zstandard
 
 from regmix_plugin.__main__ import main as regmix_main
+from regmix_plugin.commands.prepare import prepare
 from regmix_plugin.formats.manifest import read_manifest
-from regmix_plugin.prepare import prepare
-from regmix_plugin.stream import TokenSource
+from regmix_plugin.formats.token_chunks import TokenSource
 
 DOCS = {
     "Pile-CC": ["the river city walked slowly"] * 10,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from regmix_plugin.commands.prepare import prepare
 from regmix_plugin.formats.manifest import read_manifest
-from regmix_plugin.prepare import prepare
 
 PILE = [{"text": "the river city", "meta": {"pile_set_name": "Pile-CC"}},
         {"text": "def return if", "meta": {"pile_set_name": "Github"}}]  # fmt: skip
@@ -104,7 +104,7 @@ def test_a_label_colliding_with_an_earlier_runs_domain_is_refused(tmp_path, toke
 
 
 def test_non_ascii_labels_are_transliterated_or_refused_never_mangled(tmp_path, tokenizer_dir):
-    from regmix_plugin.mixture import normalize_domain
+    from regmix_plugin.weights import normalize_domain
 
     assert normalize_domain("Ünïcode!") == "unicode"  # was 'n_code'
     assert normalize_domain("Gutenberg (PG-19)") == "gutenberg_pg_19"
@@ -176,7 +176,7 @@ def test_truncated_chunk_is_found_by_verify_and_redone_by_a_rerun(tmp_path, toke
 
 
 def test_verify_names_a_deleted_chunk_and_training_names_the_damage(tmp_path, tokenizer_dir, cli):
-    from regmix_plugin.data import MixtureData
+    from regmix_plugin.pretrain.mixture_data import MixtureData
 
     out = _corpus(tmp_path, tokenizer_dir)
     gone = out / "prose" / "train" / "chunk-0-0.bin"

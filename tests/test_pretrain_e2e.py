@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from regmix_plugin.__main__ import main as regmix_main
-from regmix_plugin.inspect import realized_mixture
+from regmix_plugin.commands.inspect_run import realized_mixture
 from regmix_plugin.litgpt_compat import run_pretrain
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "tiny_cpu.yaml"

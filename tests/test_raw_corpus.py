@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from regmix_plugin.commands.prepare import prepare
 from regmix_plugin.formats.raw_corpus import read_texts
-from regmix_plugin.prepare import prepare
 from regmix_plugin.tokenizer import tokenizer_hash, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from regmix_plugin.commands.recipe import recipe
 from regmix_plugin.formats.mixture_yaml import write_mixture
-from regmix_plugin.recipe import recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "recipes" / "tiny_cpu.yaml"

@@ -49,8 +49,8 @@ from scipy.stats import spearmanr
 from synthetic import DEFAULT_ALPHA, TARGET, bigram_limit_loss, build_synthetic_corpus
 
 from regmix_plugin.demo.pipeline import Pipeline
-from regmix_plugin.mixture import ConstraintArgs
 from regmix_plugin.resources import recipe_path
+from regmix_plugin.weights import ConstraintArgs
 
 L1_TOLERANCE = 0.3  # measured 0.094; 0.079-0.102 across numerics variants and noise draws (docstring)
 ZERO_SOURCE_MAX = 0.05  # weight of s3 (alpha 0); measured 0.003 (0.0019-0.0033)
@@ -133,12 +133,12 @@ def _laws(pipe, results, names: list[str], alpha: np.ndarray, corpus) -> dict:
     """The law families on the same sweep: fit on the target's own loss column, solve, compare with alpha.
 
     The target is validation-only, so no training domain's proportion is "its own": BiMix's law for it is
-    driven by every proportion (``prod_j r_j**-alpha_j * (B / s**beta + C)``, see regmix_plugin.laws).
+    driven by every proportion (``prod_j r_j**-alpha_j * (B / s**beta + C)``, see regmix_plugin.models.laws).
     ``val_loss/s*`` (the mean of the four sources' losses) exercises the paper's per-domain laws.
     """
-    from regmix_plugin.fit import fit
+    from regmix_plugin.commands.fit import fit
+    from regmix_plugin.commands.optimize import optimize
     from regmix_plugin.formats.mixture_yaml import read_mixture
-    from regmix_plugin.optimize import optimize
 
     out = {}
     for kind, target in (("bimix", f"val_loss/{TARGET}"), ("mixing_law", f"val_loss/{TARGET}"),
@@ -188,7 +188,7 @@ def _broken_extrapolations(results, column: str) -> dict[str, float]:
     wrong unit (steps instead of tokens: the s of a 2048-token step).
     """
     from regmix_plugin.formats.results import read_results
-    from regmix_plugin.laws import BiMixLaw, trajectories
+    from regmix_plugin.models.laws import BiMixLaw, trajectories
 
     data = read_results(results)
     runs, W, s, L = trajectories(data.weights, data.metrics, [column], data.tokens)

@@ -11,10 +11,10 @@ import yaml
 from conftest import pretrain_config
 
 from regmix_plugin.__main__ import main
-from regmix_plugin.formats.mixtures import read_mixtures
+from regmix_plugin.commands.inspect_run import realized_mixture
+from regmix_plugin.formats.mixture_table import read_mixtures
 from regmix_plugin.formats.schedule import read_schedule
 from regmix_plugin.formats.sweep_records import read_records
-from regmix_plugin.inspect import realized_mixture
 from regmix_plugin.litgpt_compat import run_pretrain
 
 MICRO, SEQ, STEPS = 4, 32, 12  # 48 samples per proxy; stage 1 ends after sample 24, at step 6

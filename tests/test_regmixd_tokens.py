@@ -21,10 +21,10 @@ from regmixd_corpus import DOMAINS, TARGET, TokenProtocol, _final, premise_arms
 @pytest.mark.slow
 @pytest.mark.science
 def test_spending_the_scarce_domain_late_beats_the_best_static_mixture(tmp_path, measured):
+    from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
     from regmix_plugin.formats.manifest import read_manifest
-    from regmix_plugin.formats.mixtures import write_mixtures
+    from regmix_plugin.formats.mixture_table import write_mixtures
     from regmix_plugin.formats.sweep_records import read_records
-    from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
     pipe = TokenProtocol().pipeline(tmp_path, seed=0)
     pipe.tokenizer_and_data()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from regmixd_truth import DOMAINS, Protocol, proxy_records, true_losses
 
-from regmix_plugin.controller import RegMixDController
+from regmix_plugin.pretrain.controller import RegMixDController
 
 CHEAP = Protocol(n_candidates=10_000, top_k=32, cv_folds=3)
 

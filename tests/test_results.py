@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from regmix_plugin.formats.mixtures import read_mixtures
+from regmix_plugin.formats.mixture_table import read_mixtures
 from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import read_results, write_results
 

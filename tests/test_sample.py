@@ -8,10 +8,10 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from regmix_plugin.commands.sample import sample, sample_schedules
 from regmix_plugin.formats.manifest import read_manifest
-from regmix_plugin.formats.mixtures import read_mixtures
-from regmix_plugin.mixture import ConstraintArgs, SamplerArgs, largest_remainder
-from regmix_plugin.sample import sample, sample_schedules
+from regmix_plugin.formats.mixture_table import read_mixtures
+from regmix_plugin.weights import ConstraintArgs, SamplerArgs, largest_remainder
 
 
 def _cells(path):

@@ -72,8 +72,8 @@ def test_a_truncated_chunk_is_refused_at_setup_naming_the_file_and_the_fix(tmp_p
 
 
 def test_sweep_refuses_a_recipe_whose_vocabulary_is_too_small(tmp_path, prepared, tokenizer_dir):
-    from regmix_plugin.formats.mixtures import write_mixtures
-    from regmix_plugin.sweep import EvalArgs, sweep
+    from regmix_plugin.commands.sweep import EvalArgs, sweep
+    from regmix_plugin.formats.mixture_table import write_mixtures
 
     cfg = pretrain_config(Path("unused"), prepared, tokenizer_dir, None)
     cfg["model_config"].update(vocab_size=200, padded_vocab_size=200)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from litdata.utilities.env import _DistributedEnv
 
-from regmix_plugin.data import MixtureData
-from regmix_plugin.stream import MixtureCallback, MixtureLoader, StreamState, TokenSource
+from regmix_plugin.pretrain.mixture_data import MixtureData
+from regmix_plugin.pretrain.stream import MixtureCallback, MixtureLoader, StreamState, TokenSource
 
 SEQ = 32  # max_seq_length; blocks are SEQ + 1 tokens
 
@@ -195,7 +195,7 @@ def test_val_stream_is_round_robin_with_equal_blocks(prepared):
     again = [r for b in dm.val_dataloader() for r in b]
     assert all(torch.equal(a, b) for a, b in zip(rows, again, strict=True))
     # one definition of the val set: LitGPT's val_loss and `regmix evaluate` score the very same blocks
-    from regmix_plugin.scoring import val_blocks
+    from regmix_plugin.pretrain.scoring import val_blocks
 
     scored, _ = val_blocks(prepared, ["code", "prose", "tiny"], SEQ, 3 * SEQ)
     for k, d in enumerate(("code", "prose", "tiny")):
@@ -304,7 +304,7 @@ def test_a_callback_with_interval_none_is_never_called_and_interval_zero_is_refu
 
 
 def test_two_stage_controllers_in_one_run_are_refused_naming_them(prepared, tmp_path):
-    from regmix_plugin.controller import RegMixDController
+    from regmix_plugin.pretrain.controller import RegMixDController
 
     two = [RegMixDController(str(tmp_path / "m"), str(tmp_path)) for _ in range(2)]
     stages = [{"until_tokens": 64, "weights": {"prose": 1.0}}, {"weights": {"code": 1.0}}]

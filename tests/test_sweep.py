@@ -22,9 +22,9 @@ import pytest
 import yaml
 from conftest import pretrain_config
 
-from regmix_plugin.evaluate import evaluate
-from regmix_plugin.formats.mixtures import write_mixtures
-from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep, sweep_status
+from regmix_plugin.commands.evaluate import evaluate
+from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep, sweep_status
+from regmix_plugin.formats.mixture_table import write_mixtures
 
 DOMAINS = ["code", "prose", "tiny"]
 MIXES = {

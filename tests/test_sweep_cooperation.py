@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from test_sweep import DOMAINS, MIXES, _recipe
 
+from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep, sweep_status
 from regmix_plugin.formats.claims import claim_path, read_claim
-from regmix_plugin.formats.mixtures import write_mixtures
+from regmix_plugin.formats.mixture_table import write_mixtures
 from regmix_plugin.formats.sweep_records import read_records
-from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep, sweep_status
 
 pytestmark = pytest.mark.slow
 FAST = EvalArgs(points=0, val_tokens=128, batch_size=4)

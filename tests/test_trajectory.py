@@ -6,22 +6,17 @@ import numpy as np
 import pytest
 from regmixd_truth import DOMAINS, LOSS_DOMAINS, proxy_records, true_losses
 
+from regmix_plugin.commands.fit_trajectory import fit_trajectories
 from regmix_plugin.formats.schedule import (
     Schedule,
     ScheduleStage,
     read_schedule,
     write_schedule,
 )
-from regmix_plugin.mixture import ConstraintArgs
-from regmix_plugin.trajectory import (
-    SearchArgs,
-    build_rows,
-    derive_schedule,
-    fit_model,
-    fit_trajectories,
-    load_trajectory_model,
-    trajectories_from_records,
-)
+from regmix_plugin.formats.trajectory_model import load_trajectory_model
+from regmix_plugin.models.schedule_search import SearchArgs, derive_schedule
+from regmix_plugin.models.trajectory import build_rows, fit_model, trajectories_from_records
+from regmix_plugin.weights import ConstraintArgs
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +69,8 @@ def test_cv_splits_by_run_and_reports_both_feature_sets(trajs, tmp_path, monkeyp
 
 @pytest.mark.parametrize("regressor", ["linear", "lightgbm", "gp"])
 def test_saved_model_predicts_exactly_what_the_fitted_one_did(trajs, tmp_path, regressor):
-    from regmix_plugin.trajectory import resolve_target, save_model
+    from regmix_plugin.formats.trajectory_model import save_model
+    from regmix_plugin.models.trajectory import resolve_target
 
     runs, wd, ld = trajs
     model = fit_model(runs, wd, ld, resolve_target("val_loss/target", ld), "losses", regressor)
@@ -87,7 +83,7 @@ def test_saved_model_predicts_exactly_what_the_fitted_one_did(trajs, tmp_path, r
 
 
 def test_schedule_counts_the_epoch_bound_over_the_whole_run(trajs):
-    from regmix_plugin.trajectory import resolve_target
+    from regmix_plugin.models.trajectory import resolve_target
 
     runs, wd, ld = trajs
     model = fit_model(runs, wd, ld, resolve_target("val_loss/target", ld), "mixtures", "linear")
@@ -100,7 +96,7 @@ def test_schedule_counts_the_epoch_bound_over_the_whole_run(trajs):
 
 
 def test_smoothing_pulls_toward_the_previous_stage(trajs):
-    from regmix_plugin.trajectory import resolve_target
+    from regmix_plugin.models.trajectory import resolve_target
 
     runs, wd, ld = trajs
     model = fit_model(runs, wd, ld, resolve_target("val_loss/target", ld), "mixtures", "linear")
@@ -156,7 +152,7 @@ def test_ground_truth_rewards_a_schedule():
 def _recency_model():
     """A linear transition model of a known law: the loss after an interval is half the loss before it plus
     3, minus the ``scarce`` share of the interval (the mixture trained on last counts most)."""
-    from regmix_plugin.trajectory import resolve_target
+    from regmix_plugin.models.trajectory import resolve_target
 
     rng = np.random.default_rng(0)
     records = {}
@@ -198,8 +194,8 @@ def test_joint_objective_spends_a_scarce_domain_where_it_pays_and_greedy_does_no
 
 def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(tmp_path, capsys):
     """`save_model` without CV (cv_rollout_rmse null) used to crash the schedule.yaml header."""
-    from regmix_plugin.schedule import schedule
-    from regmix_plugin.trajectory import save_model
+    from regmix_plugin.commands.schedule import schedule
+    from regmix_plugin.formats.trajectory_model import save_model
 
     save_model(_recency_model(), tmp_path / "m")
     sched = schedule(tmp_path / "m", tmp_path / "s.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
@@ -219,7 +215,7 @@ def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(t
 
 def test_fold_models_are_kept_saved_and_make_the_search_pessimistic(trajs, tmp_path):
     """`fit_trajectory` keeps its CV folds' models; `--search.pessimism` ranks by prediction + k * their spread."""
-    from regmix_plugin.trajectory import chained_target, schedule_scores
+    from regmix_plugin.models.schedule_search import chained_target, schedule_scores
 
     runs, wd, ld = trajs
     cv = fit_trajectories(runs, wd, ld, "val_loss/target", "losses", "gp", tmp_path / "m", 4, seed=0)
@@ -250,8 +246,8 @@ def test_fold_models_are_kept_saved_and_make_the_search_pessimistic(trajs, tmp_p
 
 
 def test_schedule_refuses_a_negative_pessimism_and_notes_a_model_without_folds(tmp_path, capsys):
-    from regmix_plugin.schedule import schedule
-    from regmix_plugin.trajectory import save_model
+    from regmix_plugin.commands.schedule import schedule
+    from regmix_plugin.formats.trajectory_model import save_model
 
     save_model(_recency_model(), tmp_path / "m")  # fitted without CV: no fold models
     with pytest.raises(ValueError, match=r"--search.pessimism must be a finite number >= 0, got -1"):

@@ -59,7 +59,7 @@ def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | N
     stages = pipe.regmix_d_schedule() if regmix_d else None
     losses = pipe.train_arms(arms)
     if stages is not None:
-        from regmix_plugin.formats.mixtures import split_run
+        from regmix_plugin.formats.mixture_table import split_run
 
         arms["regmix_d"] = split_run(stages)[0]  # the report's weights and epochs: the whole run's mixture
         losses["regmix_d"] = pipe.train_regmix_d(stages)

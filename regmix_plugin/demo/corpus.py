@@ -37,7 +37,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from regmix_plugin.atomic import atomic_path, write_json
-from regmix_plugin.mixture import normalize_domain
+from regmix_plugin.weights import normalize_domain
 
 DEMO_TARGET = "prose"
 #: Default character cap per domain: unequal on purpose (the natural mixture should not be uniform), and sized

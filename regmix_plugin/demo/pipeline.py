@@ -77,7 +77,7 @@ class Pipeline:
 
     def check(self) -> None:
         """Refuse settings that would fail at a later stage, before anything is built or trained (all at once)."""
-        from regmix_plugin.regressors import MIN_CV_RUNS
+        from regmix_plugin.models.regressors import MIN_CV_RUNS
 
         problems = []
         unknown = [a for a in self.arm_names if a not in ARMS]
@@ -97,8 +97,8 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------------------- stages
     def tokenizer_and_data(self) -> None:
+        from regmix_plugin.commands.prepare import prepare
         from regmix_plugin.demo.corpus import read_texts
-        from regmix_plugin.prepare import prepare
         from regmix_plugin.tokenizer import train_tokenizer
 
         tok = self.out_dir / "tokenizer"
@@ -143,13 +143,13 @@ class Pipeline:
 
     def constraints(self):
         """The demo's epoch bound at the target run's length: the ``--constraints`` of every planner it runs."""
-        from regmix_plugin.mixture import ConstraintArgs
+        from regmix_plugin.weights import ConstraintArgs
 
         return ConstraintArgs(target_tokens=self.target_tokens(), max_epochs=self.max_epochs)
 
     def proxy_sweep(self) -> Path:
-        from regmix_plugin.sample import sample
-        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
+        from regmix_plugin.commands.sample import sample
+        from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
 
         with self.stage("sample"):
             sample(data_path=self.out_dir / "data", out=self.out_dir / "mixtures.csv", n=self.proxies,
@@ -169,11 +169,13 @@ class Pipeline:
 
         ``objective`` and ``pessimism`` are `regmix schedule --search.*`; ``name`` the arm (its schedule file and runs).
         """
+        from regmix_plugin.commands.fit_trajectory import fit_trajectories
+        from regmix_plugin.commands.sample import sample
+        from regmix_plugin.commands.schedule import schedule
+        from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
         from regmix_plugin.formats.schedule import read_schedule
-        from regmix_plugin.sample import sample
-        from regmix_plugin.schedule import schedule
-        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
-        from regmix_plugin.trajectory import SearchArgs, fit_trajectories, trajectories_from_records
+        from regmix_plugin.models.schedule_search import SearchArgs
+        from regmix_plugin.models.trajectory import trajectories_from_records
 
         staged = self.out_dir / "regmix_d"
         with self.stage("sample (staged)"):
@@ -202,10 +204,10 @@ class Pipeline:
 
     def train_regmix_d(self, stages: list[dict], name: str = "regmix_d") -> dict[str, float]:
         """The ``regmix_d`` arm (or ``name``): its recipe from its schedule, trained as a one-run staged sweep."""
-        from regmix_plugin.formats.mixtures import write_mixtures
+        from regmix_plugin.commands.recipe import recipe
+        from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+        from regmix_plugin.formats.mixture_table import write_mixtures
         from regmix_plugin.formats.sweep_records import read_records
-        from regmix_plugin.recipe import recipe
-        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
         template = self.working_recipe("target")
         with self.stage("recipes"):
@@ -221,9 +223,9 @@ class Pipeline:
         return _final_losses(read_records(self.out_dir / "arms" / f"runs_{name}")[name])
 
     def fit_and_optimize(self, results: Path) -> dict:
-        from regmix_plugin.fit import fit
+        from regmix_plugin.commands.fit import fit
+        from regmix_plugin.commands.optimize import optimize
         from regmix_plugin.formats.mixture_yaml import read_mixture
-        from regmix_plugin.optimize import optimize
 
         with self.stage("fit"):
             fit(results=results, target=f"val_loss/{self.target}", regressor=self.regressor, out=self.out_dir / "model",
@@ -235,7 +237,7 @@ class Pipeline:
 
     def entropy_mixture(self) -> dict:
         """`regmix entropy` under the demo's epoch bound: no proxies needed."""
-        from regmix_plugin.entropy import entropy
+        from regmix_plugin.commands.entropy import entropy
         from regmix_plugin.formats.mixture_yaml import read_mixture
 
         with self.stage("entropy"):
@@ -250,9 +252,9 @@ class Pipeline:
         The target is one domain's loss, so the law uses every proportion (``--bimix_proportions all``): the
         published form, driven by the target's own proportion alone, would put every token on it.
         """
-        from regmix_plugin.fit import fit
+        from regmix_plugin.commands.fit import fit
+        from regmix_plugin.commands.optimize import optimize
         from regmix_plugin.formats.mixture_yaml import read_mixture
-        from regmix_plugin.optimize import optimize
 
         with self.stage("bimix"):
             fit(results=results, target=f"val_loss/{self.target}", regressor="bimix", bimix_proportions="all",
@@ -286,11 +288,11 @@ class Pipeline:
 
     def train_arms(self, arms: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         """Emit each arm's recipe with `regmix recipe`, then train them (two at a time) and score every domain."""
+        from regmix_plugin.commands.recipe import recipe
+        from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+        from regmix_plugin.formats.mixture_table import write_mixtures
         from regmix_plugin.formats.mixture_yaml import write_mixture
-        from regmix_plugin.formats.mixtures import write_mixtures
         from regmix_plugin.formats.sweep_records import read_records
-        from regmix_plugin.recipe import recipe
-        from regmix_plugin.sweep import EvalArgs, LocalArgs, sweep
 
         template = self.working_recipe("target")
         with self.stage("recipes"):

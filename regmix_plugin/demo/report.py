@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from regmix_plugin.atomic import write_json, write_text
-from regmix_plugin.mixture import epochs_used
+from regmix_plugin.weights import epochs_used
 
 ARM_TITLES = {
     "regmix": "RegMix (regmix optimize)",

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from regmix_plugin.atomic import write_text
 from regmix_plugin.formats.document import read_document
-from regmix_plugin.mixture import validate_weights
+from regmix_plugin.weights import validate_weights
 
 
 def write_mixture(path: Path, record: dict, header: str = "") -> None:
@@ -49,7 +49,7 @@ def _table_given(path: Path, flag: str) -> str:
     """Why a mixtures/results table is not a mixture YAML, and how to make one from one of its rows."""
     example, which = "{domain: weight, ...}", ""
     try:
-        from regmix_plugin.formats.mixtures import read_mixtures
+        from regmix_plugin.formats.mixture_table import read_mixtures
 
         table = read_mixtures(path, flag)
         run, weights = next(iter(table.as_dict().items()))

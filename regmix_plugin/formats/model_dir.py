@@ -25,7 +25,8 @@ from regmix_plugin.formats.document import read_document
 MODEL_FORMAT = 1
 MODEL_FILE = "model.json"
 #: The regressor kinds a model directory may hold: the keys of ``regressors.REGRESSORS``, without importing
-#: scikit-learn here. The last two are parametric laws (``regmix_plugin.laws``): ``optimize`` solves them directly.
+#: scikit-learn here. The last two are parametric laws (``regmix_plugin.models.laws``): ``optimize`` solves them
+#: directly.
 REGRESSOR_KINDS = ("linear", "gp", "lightgbm", "bimix", "mixing_law")
 LAW_KINDS = ("bimix", "mixing_law")
 
@@ -61,7 +62,7 @@ def read_model_meta(path: Path, flag: str = "--model") -> dict:
 
 def load_fitted(path: Path, flag: str = "--model") -> FittedModel:
     """Read a model directory written by `regmix fit`: its metadata and its regressor."""
-    from regmix_plugin.regressors import load_regressor
+    from regmix_plugin.models.regressors import load_regressor
 
     meta = read_model_meta(path, flag)
     regressor = load_regressor(meta["regressor"], Path(path), meta["settings"])

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from regmix_plugin.formats.mixtures import read_mixtures
+from regmix_plugin.formats.mixture_table import read_mixtures
 from regmix_plugin.formats.results import LOSS_PREFIX, Results
 from regmix_plugin.formats.table import listed, numeric, read_columns, read_ids
-from regmix_plugin.mixture import normalize_domain
+from regmix_plugin.weights import normalize_domain
 
 _OFFICIAL_LOSS = re.compile(r"^metric/(?:the_pile_)?(.+)_val_loss$")
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regmix_plugin.formats.mixtures import ID_COLUMN, WEIGHT_PREFIX, Mixtures, check_rows, mixtures_from_columns
+from regmix_plugin.formats.mixture_table import ID_COLUMN, WEIGHT_PREFIX, Mixtures, check_rows, mixtures_from_columns
 from regmix_plugin.formats.table import cell_id, listed, numeric, read_columns, write_rows
 
 LOSS_PREFIX = "val_loss/"

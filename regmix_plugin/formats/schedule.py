@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from regmix_plugin.mixture import validate_weights
+from regmix_plugin.weights import validate_weights
 
 
 @dataclass

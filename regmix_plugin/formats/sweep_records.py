@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from regmix_plugin.atomic import write_json
-from regmix_plugin.formats.mixtures import ID_COLUMN, WEIGHT_PREFIX
+from regmix_plugin.formats.mixture_table import ID_COLUMN, WEIGHT_PREFIX
 from regmix_plugin.formats.results import loss_column, write_results
 
 DONE, FAILED = "done", "failed"

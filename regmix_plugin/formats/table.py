@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regmix_plugin.mixture import SUM_TOLERANCE, validate_weights
+from regmix_plugin.weights import SUM_TOLERANCE, validate_weights
 
 SUFFIXES = (".csv", ".parquet")
 MAX_LISTED = 10

@@ -4,8 +4,8 @@
     mix-0001,0.25,0.05,0.70
 
 ``run_id`` is unique per row; one ``weight/<domain>`` column per domain (names as
-:func:`regmix_plugin.mixture.normalize_domain` gives them), each row summing to 1 within
-:data:`regmix_plugin.mixture.SUM_TOLERANCE`.
+:func:`regmix_plugin.weights.normalize_domain` gives them), each row summing to 1 within
+:data:`regmix_plugin.weights.SUM_TOLERANCE`.
 
 Staged proxies (``regmix sample --stages S``, for RegMix-D) put one column per domain *and stage* instead,
 ``weight/<domain>@<stage>`` with stages numbered 1..S, each stage's cells of a row summing to 1; the S stages
@@ -41,7 +41,7 @@ from regmix_plugin.formats.table import (
     weight_matrix,
     write_rows,
 )
-from regmix_plugin.mixture import normalize_domain, validate_weights
+from regmix_plugin.weights import normalize_domain, validate_weights
 
 ID_COLUMN = "run_id"
 WEIGHT_PREFIX = "weight/"

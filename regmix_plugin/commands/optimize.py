@@ -27,7 +27,7 @@ import numpy as np
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
 from regmix_plugin.formats.model_dir import LAW_KINDS, FittedModel, load_fitted, read_model_meta
-from regmix_plugin.mixture import (
+from regmix_plugin.weights import (
     ConstraintArgs,
     SamplerArgs,
     constraint_bounds,
@@ -116,7 +116,7 @@ def optimize(
     chosen = np.clip(candidates[best].mean(0), lower, upper)
     direct = None
     if is_law:
-        from regmix_plugin.laws import minimize_on_simplex
+        from regmix_plugin.models.laws import minimize_on_simplex
 
         sign = -1.0 if maximize else 1.0
         searched = chosen
@@ -202,7 +202,7 @@ def top_k_search(
     fitted: FittedModel, candidates: np.ndarray, k: int, maximize: bool, scoring: str = "screen", num_threads: int = 2
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Indices and predictions of the ``k`` best candidates, and how many were scored by the whole model."""
-    from regmix_plugin.regressors import LightGBMRegressor
+    from regmix_plugin.models.regressors import LightGBMRegressor
 
     sign = -1.0 if maximize else 1.0
     reg = fitted.regressor

@@ -21,10 +21,10 @@ import time
 import traceback
 from pathlib import Path
 
+from regmix_plugin.commands.sweep.plan import SweepPlan
 from regmix_plugin.formats import claims
-from regmix_plugin.formats.mixtures import RunSpec, split_run
+from regmix_plugin.formats.mixture_table import RunSpec, split_run
 from regmix_plugin.formats.sweep_records import DONE, FAILED, RunRecord, log_path, read_record, write_record
-from regmix_plugin.sweep.plan import SweepPlan
 
 #: What a worker reports for a run besides its record's status: trained elsewhere, or out of GPU memory.
 SKIPPED, BUSY, OOM = "skipped", "busy", "oom"
@@ -106,7 +106,7 @@ def _score(plan: SweepPlan, work: Path) -> list[dict]:
     import torch
 
     from regmix_plugin.formats.manifest import read_manifest
-    from regmix_plugin.scoring import domain_losses, load_checkpoint, val_blocks
+    from regmix_plugin.pretrain.scoring import domain_losses, load_checkpoint, val_blocks
     from regmix_plugin.tokenizer import check_tokenizer
 
     ev = plan.eval
@@ -152,9 +152,9 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> Run
     """
     import torch
 
-    from regmix_plugin import fused_loss
+    from regmix_plugin.commands.sweep import measure
     from regmix_plugin.litgpt_compat import eager_pretrain, run_pretrain
-    from regmix_plugin.sweep import measure
+    from regmix_plugin.pretrain import fused_loss
 
     sweep_dir = Path(sweep_dir)
     work, log = sweep_dir / "runs" / run_id, log_path(sweep_dir, run_id)

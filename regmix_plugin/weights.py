@@ -154,7 +154,7 @@ def domain_blocks(data_path: str | Path, domains: Iterable[str], block_size: int
     ``block_size`` is the recipe's (the model's ``block_size``, LitGPT's ``max_seq_length``); every sample is
     ``block_size + 1`` tokens, the last one the final target.
     """
-    from regmix_plugin.stream import TokenSource
+    from regmix_plugin.formats.token_chunks import TokenSource
 
     return {d: TokenSource(Path(data_path) / d / "train", int(block_size) + 1).num_blocks for d in domains}
 

@@ -7,7 +7,7 @@ Works on any checkpoint directory holding ``lit_model.pth`` (a ``litgpt pretrain
 ``litgpt pretrain`` copies the tokenizer files next to them, and their hash must equal the manifest's.
 Weights are loaded with ``torch.load(weights_only=True)``: no code in the file runs.
 
-Every domain is scored on the same fixed token budget (``val_tokens``) by :mod:`regmix_plugin.scoring`, which
+Every domain is scored on the same fixed token budget (``val_tokens``) by :mod:`regmix_plugin.pretrain.scoring`, which
 ``regmix sweep`` uses on its proxies' checkpoints too, so sweep tables and this command agree to the last bit.
 """
 
@@ -23,7 +23,7 @@ from typing import Literal
 from regmix_plugin.atomic import write_text
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import read_manifest
-from regmix_plugin.scoring import domain_losses, eval_domains, load_checkpoint, val_blocks
+from regmix_plugin.pretrain.scoring import domain_losses, eval_domains, load_checkpoint, val_blocks
 from regmix_plugin.tokenizer import check_tokenizer
 
 

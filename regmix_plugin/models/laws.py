@@ -464,6 +464,6 @@ def minimize_on_simplex(
 
 
 def _project(W: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    from regmix_plugin.mixture import project
+    from regmix_plugin.weights import project
 
     return project(W, lower, upper)

@@ -22,14 +22,14 @@ import yaml
 from regmix_plugin.atomic import write_json
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import MANIFEST, damage_message, damaged_domains, read_manifest
-from regmix_plugin.formats.mixtures import RunSpec, read_mixtures, split_run
+from regmix_plugin.formats.mixture_table import RunSpec, read_mixtures, split_run
 from regmix_plugin.formats.sweep_records import read_records
 from regmix_plugin.resources import resolve_recipe
 from regmix_plugin.tokenizer import check_tokenizer
 
 SETUP = "sweep.json"
 SETUP_VERSION = 1
-_DATA_CLASSES = ("regmix_plugin.MixtureData", "regmix_plugin.data.MixtureData")
+_DATA_CLASSES = ("regmix_plugin.MixtureData", "regmix_plugin.pretrain.mixture_data.MixtureData")
 
 
 @dataclass
@@ -157,7 +157,7 @@ def plan_sweep(
     All problems are collected and raised as one ``ValueError`` naming the flag and the fix.
     """
     from regmix_plugin.litgpt_compat import parse_or_explain
-    from regmix_plugin.scoring import eval_domains
+    from regmix_plugin.pretrain.scoring import eval_domains
 
     problems: list[str] = []
     manifest = read_manifest(data_path)

@@ -7,7 +7,7 @@ LightGBM text model, ``.npz`` read with ``allow_pickle=False``).
 - ``linear``: ridge regression, alpha by 5-fold CV over 1e-3 ... 1e3, as in the RegMix paper.
 - ``lightgbm``: the paper's LightGBM (1000 iterations at learning rate 1e-2, no early stopping) with
   ``min_child_samples`` scaled down for few runs: LightGBM's default of 20 cannot split 32 rows.
-- ``bimix``, ``mixing_law``: parametric laws, in :mod:`regmix_plugin.laws`.
+- ``bimix``, ``mixing_law``: parametric laws, in :mod:`regmix_plugin.models.laws`.
 - ``gp``: a Gaussian process on sqrt(weights) (the Hellinger embedding of the simplex) with an ARD RBF
   kernel plus noise: the square root spreads out the small weights that most domains have, and one length
   scale per domain lets the kernel ignore domains that do not move the target. It was chosen over
@@ -291,8 +291,8 @@ REGRESSORS = {cls.kind: cls for cls in (LinearRegressor, LightGBMRegressor, GPRe
 
 def regressor_kinds() -> dict:
     """Every kind a model directory may hold (``formats.model_dir.REGRESSOR_KINDS``): :data:`REGRESSORS` and the
-    parametric laws of :mod:`regmix_plugin.laws`, which ``fit`` feeds loss columns (and trajectories) instead."""
-    from regmix_plugin.laws import BiMixLaw, MixingLaw
+    parametric laws of :mod:`regmix_plugin.models.laws`, which ``fit`` feeds loss columns (and trajectories) instead."""
+    from regmix_plugin.models.laws import BiMixLaw, MixingLaw
 
     return {**REGRESSORS, BiMixLaw.kind: BiMixLaw, MixingLaw.kind: MixingLaw}
 

@@ -58,7 +58,7 @@ def read_data_state(checkpoint_dir: Path) -> dict:
 
 def realized_mixture(checkpoint_dir: Path) -> dict[str, dict]:
     """``{domain: {weight, samples, tokens, epochs, planned}}`` summed over all streams of rank 0's checkpoint."""
-    from regmix_plugin.stream import summarize
+    from regmix_plugin.pretrain.stream import summarize
 
     data = read_data_state(checkpoint_dir)
     totals = summarize(data["streams"], data["tokens_per_sample"])

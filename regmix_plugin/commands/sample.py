@@ -38,8 +38,8 @@ from typing import Literal
 import numpy as np
 
 from regmix_plugin.formats.manifest import read_manifest
-from regmix_plugin.formats.mixtures import write_mixtures
-from regmix_plugin.mixture import (
+from regmix_plugin.formats.mixture_table import write_mixtures
+from regmix_plugin.weights import (
     DEFAULT_MAX_EPOCHS,
     FLAGS,
     ConstraintArgs,
@@ -64,7 +64,7 @@ def sample_schedules(
     multi-phase swarms, RegMix-D's proxies), each rounded and floored like a static draw; the epoch bound is
     counted over the whole run, on the mean of the stages. ``stages=1`` gives static mixtures (one-stage schedules).
 
-    The bound counts ``sizes`` (blocks of ``block_size + 1`` tokens, :func:`regmix_plugin.mixture.train_sizes`)
+    The bound counts ``sizes`` (blocks of ``block_size + 1`` tokens, :func:`regmix_plugin.weights.train_sizes`)
     when ``block_size`` is given, else ``train_tokens``; the domains in ``exclude`` get weight 0 in every row."""
     domains = sorted(d for d, t in train_tokens.items() if t > 0)
     tokens = np.array([train_tokens[d] for d in domains], dtype=np.float64)
@@ -207,7 +207,7 @@ def sample(
         raise ValueError("regmix sample: " + "; ".join(problems))
     center = None
     if prior_source == "entropy":
-        from regmix_plugin.token_entropy import entropy_mixture
+        from regmix_plugin.models.token_entropy import entropy_mixture
 
         center = entropy_mixture(data_path, seed=seed)["weights"]
 

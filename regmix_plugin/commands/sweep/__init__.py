@@ -7,7 +7,7 @@
     regmix sweep ... --local.workers 4 --eval.points 5
 
 Every mixture is one run of the stock ``litgpt pretrain`` loop (``recipe`` with ``data.init_args.weights``
-replaced), run in a reused worker process (:mod:`regmix_plugin.sweep.worker`). Layout of ``out_dir``::
+replaced), run in a reused worker process (:mod:`regmix_plugin.commands.sweep.worker`). Layout of ``out_dir``::
 
     sweep.json            # the set-up identity (hashes of recipe, manifest, tokenizer, eval settings) + plan
     runs/<run_id>.json    # one record per finished run, written atomically: status done|failed, mixture,
@@ -18,7 +18,7 @@ replaced), run in a reused worker process (:mod:`regmix_plugin.sweep.worker`). L
 
 Eval points: the loop saves a checkpoint every ``train.save_interval`` steps, set to
 ``steps // (eval.points + 1)``; checkpoints ``k * interval`` for ``k = 1..eval.points`` and the final one are
-scored per domain with :func:`regmix_plugin.scoring.domain_losses` (a fixed ``eval.val_tokens`` budget per
+scored per domain with :func:`regmix_plugin.pretrain.scoring.domain_losses` (a fixed ``eval.val_tokens`` budget per
 domain), then deleted. A run whose train or eval loss is NaN/inf is recorded as failed (diverged).
 
 A re-run with the same set-up skips ``done`` records and re-does everything else; a different recipe,
@@ -32,11 +32,11 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from regmix_plugin.commands.sweep.plan import EvalArgs, LocalArgs, SlurmArgs, SweepPlan, check_setup, plan_sweep
 from regmix_plugin.errors import deprecated
 from regmix_plugin.formats import claims
 from regmix_plugin.formats.sweep_records import DONE, FAILED, read_records
-from regmix_plugin.fused_loss import check_mode
-from regmix_plugin.sweep.plan import EvalArgs, LocalArgs, SlurmArgs, SweepPlan, check_setup, plan_sweep
+from regmix_plugin.pretrain.fused_loss import check_mode
 
 
 def sweep_status(sweep: Path, claim_timeout: float = claims.DEFAULT_TIMEOUT) -> dict[str, int]:
@@ -128,7 +128,7 @@ def sweep(
     if status is not None:
         deprecated("regmix sweep --status DIR", "regmix status DIR")
         return sweep_status(status, claim_timeout)
-    from regmix_plugin.sweep.launch import launch
+    from regmix_plugin.commands.sweep.launch import launch
 
     eval, local, slurm = (cls(**v) if isinstance(v, dict) else v
                           for cls, v in ((EvalArgs, eval), (LocalArgs, local), (SlurmArgs, slurm)))

@@ -10,7 +10,7 @@ Use it from the stock loop::
 
 Weights are over samples (all samples are ``max_seq_length + 1`` tokens, so also over tokens). A mapping
 whose sum is within ``domains.SUM_TOLERANCE`` (1e-3) of 1 is renormalised silently; anything further off
-is refused. See :mod:`regmix_plugin.stream` for the exactness, cycling and resume guarantees.
+is refused. See :mod:`regmix_plugin.pretrain.stream` for the exactness, cycling and resume guarantees.
 
 Validation (LitGPT's own ``val_loss``) reads ``val_domains`` (default: every domain with val data) round
 robin, the same number of blocks from each, in a fixed order: ``val_loss`` is then the unweighted mean
@@ -35,14 +35,14 @@ from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import Manifest, read_manifest
 from regmix_plugin.layout import DEFAULT_MAX_EPOCHS, StreamLayout, epoch_allowance
 from regmix_plugin.litgpt_compat import PretrainRun
-from regmix_plugin.mixture import exceeds_allowance, validate_weights
-from regmix_plugin.stream import (
+from regmix_plugin.pretrain.stream import (
     MixtureCallback,
     MixtureLoader,
     MixtureStream,
     Stage,
     TokenSource,
 )
+from regmix_plugin.weights import exceeds_allowance, validate_weights
 
 
 @dataclass

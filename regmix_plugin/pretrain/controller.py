@@ -60,71 +60,20 @@ import os
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from regmix_plugin.layout import epoch_allowance
-from regmix_plugin.stream import MixtureCallback, MixtureLoader, MixtureStream, StreamState
+from regmix_plugin.formats.regmixd_run import DECISIONS, FAULT_FILE, STAGE_DIR, latest_checkpoint, read_decisions
+from regmix_plugin.pretrain.control_plan import ControlPlan
+from regmix_plugin.pretrain.stream import MixtureCallback, MixtureLoader, MixtureStream, StreamState
 
 if TYPE_CHECKING:
-    from regmix_plugin.data import MixtureData
-    from regmix_plugin.trajectory import TrajectoryModel
+    from regmix_plugin.models.trajectory import TrajectoryModel
+    from regmix_plugin.pretrain.mixture_data import MixtureData
 
-DECISIONS = "decisions.jsonl"
-STAGE_DIR = "regmixd"
-FAULT_FILE = "fault-stage-{stage}-rank-{rank}-worker-{worker}.json"
-
-
-@dataclass(frozen=True)
-class ControlPlan:
-    """The run's stages as the controller sees them: fixed when the training loader begins, the same on every rank.
-
-    Built by :meth:`RegMixDController.begin` from the data module's :class:`~regmix_plugin.layout.StreamLayout`;
-    built directly to decide stages outside a run (:meth:`RegMixDController.decide`, the RegMix-D ground truth).
-    """
-
-    bounds: tuple[float, ...]
-    """Run fractions where the stages begin, then 1.0: stage ``k`` spans ``[bounds[k], bounds[k + 1]]``."""
-    stage_samples: tuple[int, ...]
-    """Samples of one stream in each stage (stage ends count stream samples)."""
-    per_epoch: Mapping[str, int]
-    """Blocks each stream reads per epoch, for every domain the run opened (and only those)."""
-    max_epochs: float
-    """Most times a domain may be repeated over the run (``--data.max_epochs``)."""
-    planned: tuple[Mapping[str, float], ...]
-    """Each stage's weights as ``--data.schedule`` planned them; stage 0's are the mixture the run starts with."""
-    decide_at: tuple[int, ...] = ()
-    """Rank batch before which stage ``k`` (1-based: entry ``k - 1``) is decided: its switch batch minus the lag."""
-    rank: int = 0
-    """This process's global rank: rank 0 decides, the others replay its decisions."""
-
-    @property
-    def total(self) -> int:
-        """Samples of one stream over the whole run."""
-        return sum(self.stage_samples)
-
-    def allowance(
-        self, k: int, domains: list[str], in_force: Callable[[int], Mapping[str, float]], of_run: bool = False
-    ) -> np.ndarray:
-        """Highest weight per domain in stage k so no domain exceeds max_epochs over the whole run, given the
-        weights ``in_force(j)`` that stage ``j - 1`` trained on.
-
-        ``of_run``: instead, what each domain may still use from stage k on, as a share of the whole run.
-        """
-        used = {d: 0.0 for d in domains}
-        for j in range(k):
-            w = in_force(j + 1)
-            for d in domains:
-                used[d] += w.get(d, 0.0) * self.stage_samples[j]
-        cap = {d: epoch_allowance(self.per_epoch.get(d, 0), self.max_epochs) for d in domains}
-        if of_run:
-            return np.array([max(0.0, cap[d] - used[d]) / self.total for d in domains])
-        n = self.stage_samples[k]
-        return np.array([min(1.0, max(0.0, (cap[d] - used[d]) / n)) if n > 0 else 1.0 for d in domains])
 
 
 class RegMixDController(MixtureCallback):
@@ -226,7 +175,7 @@ class RegMixDController(MixtureCallback):
         if self.run_id is None:
             self.run_id = _shared_run_id(ds.distributed_env.world_size)
         if self._restored:  # decisions made after the checkpoint was written are in decisions.jsonl
-            for rec in _read_jsonl(Path(self.out_dir) / DECISIONS):
+            for rec in read_decisions(Path(self.out_dir) / DECISIONS):
                 if rec.get("run") == self.run_id:
                     self.decisions.setdefault(int(rec["stage"]), rec)
         budget = loader._budget
@@ -310,9 +259,9 @@ class RegMixDController(MixtureCallback):
 
     def _search(self, k: int, index: int, data: MixtureData) -> dict:
         """Score the newest checkpoint per domain, then :meth:`decide` stage ``k`` from those losses."""
-        from regmix_plugin.scoring import domain_losses, load_checkpoint, val_blocks
+        from regmix_plugin.formats.trajectory_model import load_trajectory_model
+        from regmix_plugin.pretrain.scoring import domain_losses, load_checkpoint, val_blocks
         from regmix_plugin.tokenizer import check_tokenizer
-        from regmix_plugin.trajectory import load_trajectory_model
 
         traj = load_trajectory_model(self.model, flag="RegMixDController model")
         ckpt = latest_checkpoint(Path(self.out_dir), index)
@@ -344,7 +293,7 @@ class RegMixDController(MixtureCallback):
         Needs :attr:`plan` and the decisions of stages ``1..k-1`` in :attr:`decisions` (the mixture in force).
         Returns the decision's ``observed``, ``weights``, ``predicted_target`` and ``top_k_mean``.
         """
-        from regmix_plugin.trajectory import SearchArgs, best_remaining_schedule, best_stage_mixture
+        from regmix_plugin.models.schedule_search import SearchArgs, best_remaining_schedule, best_stage_mixture
 
         observed = {d: float(v) for d, v in observed.items()}
         bad = {d: v for d, v in observed.items() if not math.isfinite(v)}
@@ -445,33 +394,6 @@ class RegMixDController(MixtureCallback):
         self._restored = True
 
 
-def latest_checkpoint(out_dir: Path, batch: int) -> Path | None:
-    """The newest ``step-*`` checkpoint of ``out_dir`` with step <= ``batch`` (steps never outnumber batches)."""
-    best = None
-    for p in Path(out_dir).glob("step-*"):
-        try:
-            step = int(p.name.split("-", 1)[1])
-        except ValueError:
-            continue
-        if step <= batch and (p / "lit_model.pth").is_file() and (best is None or step > best[0]):
-            best = (step, p)
-    return None if best is None else best[1]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    out = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill: that decision is made again
-    return out
-
-
 def _fmt(w: dict) -> str:
     return "{" + ", ".join(f"{d}: {v:.3f}" for d, v in w.items()) + "}"
 
@@ -496,7 +418,7 @@ def _warn_if_open_loop(model: str) -> None:
     switch), the model is read again at each switch (it may be refitted meanwhile), and a long run never dies
     because of its controller. A model not there yet is a fault at the switch, as before.
     """
-    from regmix_plugin.trajectory import TRAJECTORY_FILE
+    from regmix_plugin.formats.trajectory_model import TRAJECTORY_FILE
 
     try:
         features = json.loads((Path(model) / TRAJECTORY_FILE).read_text()).get("features")

@@ -25,8 +25,9 @@ import numpy as np
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.schedule import Schedule, ScheduleStage, write_schedule
-from regmix_plugin.mixture import ConstraintArgs
-from regmix_plugin.trajectory import SearchArgs, derive_schedule, load_trajectory_model
+from regmix_plugin.formats.trajectory_model import load_trajectory_model
+from regmix_plugin.models.schedule_search import SearchArgs, derive_schedule
+from regmix_plugin.weights import ConstraintArgs
 
 
 def schedule(
@@ -57,7 +58,7 @@ def schedule(
     """
     from dataclasses import replace
 
-    from regmix_plugin.mixture import constraint_bounds, constraints_record, prior_weights, train_sizes
+    from regmix_plugin.weights import constraint_bounds, constraints_record, prior_weights, train_sizes
 
     search = SearchArgs(**search) if isinstance(search, dict) else search or SearchArgs()
     constraints = ConstraintArgs.of(constraints)

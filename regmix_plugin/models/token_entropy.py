@@ -1,6 +1,6 @@
 """Training-free mixtures (BiMix, arXiv 2405.14908, §5.3): a domain's weight from the entropy of its tokens.
 
-    from regmix_plugin.token_entropy import domain_entropies, softmax_mixture  (the command: `regmix entropy`)
+    from regmix_plugin.models.token_entropy import domain_entropies, softmax_mixture  (the command: `regmix entropy`)
 
 Per training domain, on a seeded sample of at most ``max_tokens`` prepared tokens (random blocks of
 ``block_tokens``; pairs never straddle two blocks), with plug-in (maximum-likelihood) estimates in nats:
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from regmix_plugin.mixture import ConstraintArgs
+from regmix_plugin.weights import ConstraintArgs
 
 MEASURES = ("conditional", "joint", "shannon")
 _BINCOUNT_MAX = 1 << 26
@@ -38,7 +38,7 @@ def sample_tokens(source_dir: str | Path, max_tokens: int, seed: int, block_toke
     Blocks are drawn without replacement over the whole domain, so the sample covers it evenly; a domain
     smaller than ``max_tokens`` is read whole (as whole blocks).
     """
-    from regmix_plugin.stream import TokenSource
+    from regmix_plugin.formats.token_chunks import TokenSource
 
     source = TokenSource(source_dir, block_tokens)
     if source.num_blocks * source.block_size < min(max_tokens, source.num_tokens) // 2:
@@ -119,12 +119,12 @@ def entropy_mixture(
 ) -> dict:
     """The mixture record `regmix entropy` writes (weights, entropies, constraints, provenance).
 
-    The softmax is projected onto ``constraints`` (:func:`regmix_plugin.mixture.constraint_bounds`; none by
+    The softmax is projected onto ``constraints`` (:func:`regmix_plugin.weights.constraint_bounds`; none by
     default). ``regmix sample --prior_source entropy`` centres its Dirichlet draws on the record's ``weights``.
     """
     from regmix_plugin.formats.manifest import read_manifest
-    from regmix_plugin.mixture import constraint_bounds, constraints_record, project, train_sizes
     from regmix_plugin.tokenizer import check_tokenizer
+    from regmix_plugin.weights import constraint_bounds, constraints_record, project, train_sizes
 
     if measure not in MEASURES:
         raise ValueError(f"--measure {measure!r} is not one of {', '.join(MEASURES)}")

@@ -3,7 +3,7 @@
     regmix entropy --data_path data/pile --out mixture.yaml --measure conditional
     regmix recipe --mixture mixture.yaml --template recipes/pile/tinyllama_1b_regmix.yaml --out my_1b.yaml
 
-The weights are ``softmax(H)`` over the training domains (``regmix_plugin.token_entropy`` says how ``H`` is
+The weights are ``softmax(H)`` over the training domains (``regmix_plugin.models.token_entropy`` says how ``H`` is
 estimated), projected onto the same constraints as ``regmix optimize`` (the ``--constraints.*`` flags). The
 output is a ``mixture.yaml`` like ``optimize``'s, so ``regmix recipe`` takes it unchanged, and ``regmix sample
 --prior_source entropy`` centres the proxies on it.
@@ -16,8 +16,8 @@ from typing import Literal
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
-from regmix_plugin.mixture import ConstraintArgs
-from regmix_plugin.token_entropy import entropy_mixture
+from regmix_plugin.models.token_entropy import entropy_mixture
+from regmix_plugin.weights import ConstraintArgs
 
 
 def entropy(

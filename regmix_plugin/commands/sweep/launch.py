@@ -12,7 +12,7 @@
 Launchers on one sweep directory cooperate through run claims (:mod:`regmix_plugin.formats.claims`): each run
 is trained by whoever claims it first; a launcher that finds a run claimed elsewhere waits for its record, and
 takes the run over if the claim goes stale. Both launchers run
-:func:`regmix_plugin.sweep.worker.run_claimed`.
+:func:`regmix_plugin.commands.sweep.worker.run_claimed`.
 """
 
 from __future__ import annotations
@@ -26,6 +26,18 @@ import time
 from collections import deque
 from pathlib import Path
 
+from regmix_plugin.commands.sweep.plan import LocalArgs, SlurmArgs, SweepPlan
+from regmix_plugin.commands.sweep.worker import (
+    BUSY,
+    OOM,
+    SKIPPED,
+    failed_record,
+    local_worker,
+    run_claimed,
+    setup_worker,
+    tail,
+    work_through,
+)
 from regmix_plugin.formats import claims
 from regmix_plugin.formats.sweep_records import (
     DONE,
@@ -36,18 +48,6 @@ from regmix_plugin.formats.sweep_records import (
     read_records,
     write_record,
     write_table,
-)
-from regmix_plugin.sweep.plan import LocalArgs, SlurmArgs, SweepPlan
-from regmix_plugin.sweep.worker import (
-    BUSY,
-    OOM,
-    SKIPPED,
-    failed_record,
-    local_worker,
-    run_claimed,
-    setup_worker,
-    tail,
-    work_through,
 )
 
 _POLL_S = 2.0

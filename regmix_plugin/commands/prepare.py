@@ -35,8 +35,8 @@ from regmix_plugin.formats.manifest import (
     repair_commands,
 )
 from regmix_plugin.formats.raw_corpus import discover, first_document_keys, iter_documents
-from regmix_plugin.mixture import is_safe_domain, normalize_domain
 from regmix_plugin.tokenizer import check_tokenizer, tokenizer_hash, vocab_size
+from regmix_plugin.weights import is_safe_domain, normalize_domain
 
 _TOKENIZER = None
 
@@ -401,7 +401,7 @@ ASSUMED_BLOCK_SIZE = 2048
 
 def _warn_small(out_dir: Path, manifest: Manifest, block_size: int | None) -> None:
     """One line per train domain smaller than one block: MixtureData could not sample it, the planners refuse it."""
-    from regmix_plugin.mixture import domain_blocks
+    from regmix_plugin.weights import domain_blocks
 
     size = block_size or ASSUMED_BLOCK_SIZE
     where = (f"--block_size {block_size}" if block_size else

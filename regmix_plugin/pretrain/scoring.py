@@ -1,7 +1,7 @@
 """Per-domain validation loss of a LitGPT checkpoint: the one scoring code of ``evaluate``, ``sweep`` and the demo.
 
 Every domain is scored on the same fixed token budget: blocks of ``seq_length + 1`` tokens evenly spaced over
-the domain's val split (:meth:`regmix_plugin.stream.TokenSource.evenly_spaced`, the same blocks MixtureData's
+the domain's val split (:meth:`regmix_plugin.pretrain.stream.TokenSource.evenly_spaced`, the same blocks MixtureData's
 ``val_loss`` uses), so every model scored with the same settings sees exactly the same tokens. The loss is the
 mean next-token cross-entropy over all those tokens, accumulated in float64. Weights are loaded with
 ``torch.load(weights_only=True)``: no code in a checkpoint runs.
@@ -50,7 +50,7 @@ def val_blocks(
     data_path: Path, domains: list[str], seq_length: int, val_tokens: int
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """The fixed evaluation blocks per domain (``(k, seq_length + 1)`` int64) and the domains too small for one."""
-    from regmix_plugin.stream import TokenSource
+    from regmix_plugin.formats.token_chunks import TokenSource
 
     out, empty = {}, []
     want = max(1, val_tokens // seq_length)
@@ -67,13 +67,13 @@ def domain_losses(model, blocks: dict[str, np.ndarray], batch_size: int = 16, fu
                   flag: str = "--fused_loss") -> dict[str, float]:
     """Mean next-token cross-entropy of ``model`` on each domain's blocks (float64 accumulation).
 
-    On a GPU with the fused kernel (``fused_loss`` auto or on; :mod:`regmix_plugin.fused_loss`) the loss is
+    On a GPU with the fused kernel (``fused_loss`` auto or on; :mod:`regmix_plugin.pretrain.fused_loss`) the loss is
     computed from the hidden states without materialising the logits; on CPU ``auto`` is the plain path.
     """
     import torch
 
-    from regmix_plugin.fused_loss import PLAIN, loss_function, resolve
     from regmix_plugin.litgpt_compat import fused_cross_entropy, hidden_state_head
+    from regmix_plugin.pretrain.fused_loss import PLAIN, loss_function, resolve
 
     device = next(model.parameters()).device
     path = resolve(fused_loss, device.type, flag)

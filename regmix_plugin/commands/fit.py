@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from regmix_plugin.atomic import write_json, write_text
-from regmix_plugin.formats.mixtures import read_mixtures
+from regmix_plugin.formats.mixture_table import read_mixtures
 from regmix_plugin.formats.model_dir import LAW_KINDS, MODEL_FILE, MODEL_FORMAT, load_fitted, model_dir_writer
 from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import LOSS_PREFIX, Results, read_results
@@ -77,7 +77,7 @@ def fit(
     """
     data, source = _load_training(results, mixtures, losses)
     columns = data.resolve_target(target)
-    from regmix_plugin.regressors import cv_fold_count
+    from regmix_plugin.models.regressors import cv_fold_count
 
     data, y = _finite_rows(data, columns)
     cv_folds = cv_fold_count(len(y), cv_folds, data.source)
@@ -225,8 +225,8 @@ class _Candidate:
 
 def _candidate(name, data: Results, columns: dict[str, float], y, seed, horizon_tokens=None, min_tokens=0.0,
                proportions="own") -> _Candidate:
-    from regmix_plugin.laws import BiMixLaw, MixingLaw
-    from regmix_plugin.regressors import REGRESSORS
+    from regmix_plugin.models.laws import BiMixLaw, MixingLaw
+    from regmix_plugin.models.regressors import REGRESSORS
 
     if name not in LAW_KINDS:
         return _Candidate(REGRESSORS[name](random_state=seed), data.weights, lambda idx: (data.weights[idx], y[idx]))
@@ -240,7 +240,7 @@ def _candidate(name, data: Results, columns: dict[str, float], y, seed, horizon_
             "--regressor bimix needs trajectories: val_loss/<domain>@<tokens> columns for every --target column and "
             f"a 'tokens' column in --results (run `regmix sweep` with --eval.points >= 2); {data.source} has none"
         )
-    from regmix_plugin.laws import trajectories
+    from regmix_plugin.models.laws import trajectories
 
     runs, W, s, L = trajectories(data.weights, data.metrics, names, data.tokens)
     if proportions not in ("own", "all"):
@@ -277,7 +277,7 @@ def _law_report(chosen, model, candidate: _Candidate, data: Results, columns, se
         return None
     if chosen == "mixing_law":
         return {"coefficients": model.coefficients(data.domains, list(columns))}
-    from regmix_plugin.laws import extrapolation_error
+    from regmix_plugin.models.laws import extrapolation_error
 
     runs, XS, L, own = candidate.trajectories
     report = {
@@ -324,7 +324,7 @@ def _finite_rows(data: Results, columns: dict[str, float]) -> tuple[Results, np.
 
 def _interactions(data: Results, columns: dict[str, float], y: np.ndarray, seed: int) -> dict[str, np.ndarray]:
     """Ridge coefficients of the target and of every final per-domain validation loss on every domain's weight."""
-    from regmix_plugin.regressors import LinearRegressor
+    from regmix_plugin.models.regressors import LinearRegressor
 
     out = {"target": LinearRegressor(random_state=seed).fit(data.weights, y).coef_}
     for name in data.metric_names():
