@@ -61,8 +61,10 @@ def main() -> None:
         softmax_mixture({d: h["conditional"] for d, h in H.items()})
         took = time.perf_counter() - t
         sampled = sum(h["sampled_tokens"] for h in H.values())
-        print(f"{label}: {took:.1f} s for all three measures on {sampled:,} sampled tokens "
-              f"({took / 60:.2f} of the 60 s budget)")  # fmt: skip
+        print(
+            f"{label}: {took:.1f} s for all three measures on {sampled:,} sampled tokens "
+            f"({took / 60:.2f} of the 60 s budget)"
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,20 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fit_speed."))
     write_results(work / "runs.csv", synthetic_result_rows(RUNS, DOMAINS, seed=0))
     write_results(work / "unseen.csv", synthetic_result_rows(1000, DOMAINS, seed=1, noise=0.0))
-    cmd = [sys.executable, "-m", "regmix_plugin", "fit", "--results", str(work / "runs.csv"), "--target", "val_loss/*",
-           "--regressor", "auto", "--out", str(work / "model")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "regmix_plugin",
+        "fit",
+        "--results",
+        str(work / "runs.csv"),
+        "--target",
+        "val_loss/*",
+        "--regressor",
+        "auto",
+        "--out",
+        str(work / "model"),
+    ]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     wall = time.perf_counter() - t0

@@ -65,8 +65,15 @@ def proxy_recipe(path: Path, steps: int, micro: int, smoke: bool) -> Path:
 
     cfg = yaml.safe_load(Path(recipe_path("pile/proxy_1m.yaml")).read_text())
     if smoke:  # CPU: a tiny model with the same structure, so that the script runs in seconds
-        cfg["model_config"].update(block_size=64, vocab_size=512, padded_vocab_size=512, n_embd=32, n_head=2,
-                                   n_query_groups=2, intermediate_size=64)
+        cfg["model_config"].update(
+            block_size=64,
+            vocab_size=512,
+            padded_vocab_size=512,
+            n_embd=32,
+            n_head=2,
+            n_query_groups=2,
+            intermediate_size=64,
+        )
         cfg["precision"] = "32-true"
         cfg["train"]["global_batch_size"] = micro
     seq, batch = cfg["model_config"]["block_size"], cfg["train"]["global_batch_size"]
@@ -88,11 +95,22 @@ def run(root: Path, name: str, data: Path, tok: Path, recipe: Path, fused: str, 
 
     mixtures = root / f"{name}.csv"
     rng = np.random.default_rng(k)
-    write_mixtures(mixtures, {f"p{i}": dict(zip(DOMAINS, map(float, rng.dirichlet(np.full(3, 4.0))), strict=True))
-                              for i in range(k)}, list(DOMAINS))
-    sweep(mixtures=mixtures, data_path=data, recipe=recipe, out_dir=root / name, tokenizer_dir=tok,
-          eval=EvalArgs(points=0, val_tokens=val_tokens, batch_size=4), local=LocalArgs(workers=k),
-          data_num_workers=None, fused_loss=fused)
+    write_mixtures(
+        mixtures,
+        {f"p{i}": dict(zip(DOMAINS, map(float, rng.dirichlet(np.full(3, 4.0))), strict=True)) for i in range(k)},
+        list(DOMAINS),
+    )
+    sweep(
+        mixtures=mixtures,
+        data_path=data,
+        recipe=recipe,
+        out_dir=root / name,
+        tokenizer_dir=tok,
+        eval=EvalArgs(points=0, val_tokens=val_tokens, batch_size=4),
+        local=LocalArgs(workers=k),
+        data_num_workers=None,
+        fused_loss=fused,
+    )
     return list(read_records(root / name).values())
 
 
@@ -140,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         need = max(per_proxy // 4, 4 * seq * 64)
         data, tok = build_corpus(root, vocab, train_tokens=need, val_tokens=64 * (seq + 1))
         val_tokens = 16 * seq
-        print(f"device: {device}; proxy: {args.steps} steps x {cfg['train']['global_batch_size']} x {seq} tokens, "
-              f"micro batch {args.micro_batch_size}, {cfg['precision']}")
+        print(
+            f"device: {device}; proxy: {args.steps} steps x {cfg['train']['global_batch_size']} x {seq} tokens, "
+            f"micro batch {args.micro_batch_size}, {cfg['precision']}"
+        )
         header = f"{'path':<22}{'tokens/s':>14}{'peak GiB':>14}{'proxies/GPU-hour':>18}"
         print(header + "   (proxies per GPU-hour at 1B tokens; packed rows: summed over the proxies)")
         plain = report("plain (1 proxy)", run(root, "plain", data, tok, recipe, "off", 1, val_tokens))
@@ -154,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         for k in args.pack:
             packed = report(f"fused, {k} per GPU", run(root, f"fused-pack{k}", data, tok, recipe, "on", k, val_tokens))
             if packed and fused:
-                print(f"  packing {k}: {packed / fused:.2f}x one fused proxy's throughput "
-                      f"({'adds' if packed > 1.05 * fused else 'does not add'} throughput)")
+                print(
+                    f"  packing {k}: {packed / fused:.2f}x one fused proxy's throughput "
+                    f"({'adds' if packed > 1.05 * fused else 'does not add'} throughput)"
+                )
     return 0
 
 

@@ -35,8 +35,10 @@ def main() -> None:
         warnings.simplefilter("ignore")
         data = read_regmix_csv(args.mixtures, args.losses)
     kinds = {**REGRESSORS, "mixing_law": MixingLaw}
-    print(f"{len(data.ids)} runs x {len(data.domains)} domains; {args.folds}-fold CV Spearman, mean over "
-          f"{args.shuffles} shuffles")  # fmt: skip
+    print(
+        f"{len(data.ids)} runs x {len(data.domains)} domains; {args.folds}-fold CV Spearman, mean over "
+        f"{args.shuffles} shuffles"
+    )
     print("| target | " + " | ".join(kinds) + " |")
     print("|---|" + "---|" * len(kinds))
     took = dict.fromkeys(kinds, 0.0)

@@ -49,8 +49,22 @@ def main() -> None:
     prior = np.array([model.meta["run_mean_mixture"][d] for d in model.domains])
 
     # --- ours: the whole command, then its search alone
-    cmd = [sys.executable, "-m", "regmix_plugin", "optimize", "--model", str(work / "model"), "--out",
-           str(work / "mixture.yaml"), "--n_candidates", str(N), "--top_k", str(K), "--seed", str(SEED)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "regmix_plugin",
+        "optimize",
+        "--model",
+        str(work / "model"),
+        "--out",
+        str(work / "mixture.yaml"),
+        "--n_candidates",
+        str(N),
+        "--top_k",
+        str(K),
+        "--seed",
+        str(SEED),
+    ]
     walls = []
     for _ in range(3):  # the machine is shared: report each of three runs and their median
         t0 = time.perf_counter()
@@ -63,10 +77,14 @@ def main() -> None:
     t1 = time.perf_counter()
     ours, ours_scores, n_full = top_k_search(model, cands, K, maximize=False, scoring="screen")
     t_ours = time.perf_counter() - t0
-    print(f"ours  : sample {t1 - t0:6.2f} s + screen  {time.perf_counter() - t1:6.2f} s = {t_ours:6.2f} s "
-          f"({n_full:,} of {N:,} candidates through all {model.regressor.n_trees()} trees)")  # fmt: skip
-    print(f"ours  : `regmix optimize` command, start to end: {t_cli:6.2f} s median of "
-          f"{', '.join(f'{w:.2f}' for w in walls)} s")
+    print(
+        f"ours  : sample {t1 - t0:6.2f} s + screen  {time.perf_counter() - t1:6.2f} s = {t_ours:6.2f} s "
+        f"({n_full:,} of {N:,} candidates through all {model.regressor.n_trees()} trees)"
+    )
+    print(
+        f"ours  : `regmix optimize` command, start to end: {t_cli:6.2f} s median of "
+        f"{', '.join(f'{w:.2f}' for w in walls)} s"
+    )
 
     # --- naive: paper-style numpy Dirichlet + predict on every candidate
     t0 = time.perf_counter()
@@ -93,8 +111,10 @@ def main() -> None:
     print(f"predicted target at the averaged mixture: brute {at['brute']:.6f}  ours {at['ours']:.6f}")
     ok = ours_scores.mean() <= brute_scores.mean() + 1e-12 and at["ours"] <= at["brute"] + 1e-12
     print(f"ours at least as good as brute force on both: {'yes' if ok else 'NO'}")
-    print(f"(naive top-{K} on its own draws: mean {naive_pred[naive_top].mean():.6f}, "
-          f"at average {float(model.predict(naive_cands[naive_top].mean(0)[None])[0]):.6f})")
+    print(
+        f"(naive top-{K} on its own draws: mean {naive_pred[naive_top].mean():.6f}, "
+        f"at average {float(model.predict(naive_cands[naive_top].mean(0)[None])[0]):.6f})"
+    )
 
 
 if __name__ == "__main__":

@@ -103,8 +103,12 @@ def main() -> None:
     for k in range(args.noise_draws):
         saved = args.out_dir / f"noise{k}.json"
         if not saved.is_file():
-            saved.write_text(json.dumps(noise_draw(args.out_dir / args.variants[0], args.out_dir / f"noise{k}",
-                                                   args.noise, seed=k), indent=1))  # fmt: skip
+            saved.write_text(
+                json.dumps(
+                    noise_draw(args.out_dir / args.variants[0], args.out_dir / f"noise{k}", args.noise, seed=k),
+                    indent=1,
+                )
+            )
         results[f"noise{k}"] = json.loads(saved.read_text())
     names = list(results)
     print(f"\n{'figure':38s}" + "".join(f"{n:>10s}" for n in names) + f"{'spread':>10s}")

@@ -37,12 +37,22 @@ def main() -> None:
     ap.add_argument("--first_seed", type=int, default=0)
     ap.add_argument("--premise", action="store_true", help="train the hand-written arms of the corpus' premise")
     ap.add_argument("--out_dir", type=Path, default=None, help="keep everything here (default: a temp dir)")
-    ap.add_argument("--objective", nargs="+", default=["greedy"], choices=("greedy", "joint"),
-                    help="RegMix-D's search objective(s) (regmix schedule --search.objective, the controller's); "
-                    "several share each seed's proxy sweeps")  # fmt: skip
-    ap.add_argument("--pessimism", type=float, nargs="+", default=[0.0],
-                    help="regmix schedule --search.pessimism and the controller's (default: the fixed protocol's 0; "
-                    "the product's default is 1); several share each seed's proxy sweeps")  # fmt: skip
+    ap.add_argument(
+        "--objective",
+        nargs="+",
+        default=["greedy"],
+        choices=("greedy", "joint"),
+        help="RegMix-D's search objective(s) (regmix schedule --search.objective, the controller's); "
+        "several share each seed's proxy sweeps",
+    )
+    ap.add_argument(
+        "--pessimism",
+        type=float,
+        nargs="+",
+        default=[0.0],
+        help="regmix schedule --search.pessimism and the controller's (default: the fixed protocol's 0; "
+        "the product's default is 1); several share each seed's proxy sweeps",
+    )
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     protocols = [TokenProtocol(objective=o, pessimism=p) for o in args.objective for p in args.pessimism]
@@ -54,13 +64,17 @@ def main() -> None:
             t0 = time.perf_counter()
             with quiet:
                 res = protocols[0].premise(root / "premise", seed=args.first_seed)
-            print(f"premise (seed {args.first_seed}, scarce allowance {res['cap']:.3f}), target loss per arm "
-                  f"({time.perf_counter() - t0:.0f} s):")  # fmt: skip
+            print(
+                f"premise (seed {args.first_seed}, scarce allowance {res['cap']:.3f}), target loss per arm "
+                f"({time.perf_counter() - t0:.0f} s):"
+            )
             for arm, loss in sorted(res["losses"].items(), key=lambda kv: kv[1]):
                 print(f"  {arm:<20} {loss:.4f}   {res['arms'][arm]}")
             return
-        print("seed  objective/pessimism  regmix_static  regmix_d_offline  regmix_d_online  static-offline  "
-              "online-offline  wall_s")
+        print(
+            "seed  objective/pessimism  regmix_static  regmix_d_offline  regmix_d_online  static-offline  "
+            "online-offline  wall_s"
+        )
         rows = []
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for protocol in protocols:
@@ -70,20 +84,25 @@ def main() -> None:
                 r["wall_s"] = time.perf_counter() - t0
                 r["config"] = f"{protocol.objective}/{protocol.pessimism:g}"
                 rows.append(r)
-                print(f"{seed:>4}  {r['config']:<19}  {r['static']:.4f}         {r['offline']:.4f}            "
-                      f"{r['online']:.4f}           {r['static'] - r['offline']:+.4f}         "
-                      f"{r['online'] - r['offline']:+.4f}         {r['wall_s']:.0f}", flush=True)  # fmt: skip
+                print(
+                    f"{seed:>4}  {r['config']:<19}  {r['static']:.4f}         {r['offline']:.4f}            "
+                    f"{r['online']:.4f}           {r['static'] - r['offline']:+.4f}         "
+                    f"{r['online'] - r['offline']:+.4f}         {r['wall_s']:.0f}",
+                    flush=True,
+                )
                 print(f"      mixtures: {r['mixtures']}", flush=True)
                 print(f"      decisions: {r['decisions']}", flush=True)
                 print(f"      timings (s, cumulative over this seed's runs): {r['timings']}", flush=True)
         for config in dict.fromkeys(r["config"] for r in rows):
             sel = [r for r in rows if r["config"] == config]
             static, offline, online = (np.array([r[k] for r in sel]) for k in ("static", "offline", "online"))
-            print(f"{config}: mean static {static.mean():.4f}, offline {offline.mean():.4f}, online "
-                  f"{online.mean():.4f}; static-offline {(static - offline).mean():+.4f} (min "
-                  f"{(static - offline).min():+.4f}), online-offline {(online - offline).mean():+.4f}; offline below "
-                  f"static on {(offline < static).sum()}/{len(sel)} seeds, online <= offline on "
-                  f"{(online <= offline).sum()}/{len(sel)}")  # fmt: skip
+            print(
+                f"{config}: mean static {static.mean():.4f}, offline {offline.mean():.4f}, online "
+                f"{online.mean():.4f}; static-offline {(static - offline).mean():+.4f} (min "
+                f"{(static - offline).min():+.4f}), online-offline {(online - offline).mean():+.4f}; offline below "
+                f"static on {(offline < static).sum()}/{len(sel)} seeds, online <= offline on "
+                f"{(online <= offline).sum()}/{len(sel)}"
+            )
         print(f"total {sum(r['wall_s'] for r in rows):.0f} s")
 
 

@@ -60,18 +60,27 @@ def main() -> None:
                 r = protocol.run(Path(tmp) / str(seed), seed)
             r["wall_s"] = time.perf_counter() - t0
             rows.append(r)
-            print(f"{seed:>4}  {r['static']:.4f}         {r['offline']:.4f}            {r['online']:.4f}"
-                  f"           {r['static'] - r['offline']:+.4f}         {r['online'] - r['offline']:+.4f}"
-                  f"         {r['chosen']:<12} {r['wall_s']:.0f}", flush=True)  # fmt: skip
+            print(
+                f"{seed:>4}  {r['static']:.4f}         {r['offline']:.4f}            {r['online']:.4f}"
+                f"           {r['static'] - r['offline']:+.4f}         {r['online'] - r['offline']:+.4f}"
+                f"         {r['chosen']:<12} {r['wall_s']:.0f}",
+                flush=True,
+            )
     static, offline, online = (np.array([r[k] for r in rows]) for k in ("static", "offline", "online"))
-    print(f"mean  {static.mean():.4f}         {offline.mean():.4f}            {online.mean():.4f}"
-          f"           {(static - offline).mean():+.4f}         {(online - offline).mean():+.4f}")  # fmt: skip
-    print(f"offline below static on {(offline < static).sum()}/{len(rows)} seeds; "
-          f"online <= offline + noise on average: {online.mean() <= offline.mean() + protocol.noise}")  # fmt: skip
+    print(
+        f"mean  {static.mean():.4f}         {offline.mean():.4f}            {online.mean():.4f}"
+        f"           {(static - offline).mean():+.4f}         {(online - offline).mean():+.4f}"
+    )
+    print(
+        f"offline below static on {(offline < static).sum()}/{len(rows)} seeds; "
+        f"online <= offline + noise on average: {online.mean() <= offline.mean() + protocol.noise}"
+    )
     for r in rows:
         m = r["mixtures"]
-        print(f"seed {r['seed']}: static {m['static'].round(3).tolist()}  offline "
-              f"{[x.round(3).tolist() for x in m['offline']]}  online {[x.round(3).tolist() for x in m['online']]}")
+        print(
+            f"seed {r['seed']}: static {m['static'].round(3).tolist()}  offline "
+            f"{[x.round(3).tolist() for x in m['offline']]}  online {[x.round(3).tolist() for x in m['online']]}"
+        )
 
 
 if __name__ == "__main__":

@@ -130,8 +130,11 @@ def main() -> None:
                 cfg = recipe(data, tok, steps)
                 cfg["out_dir"] = str(root / f"single-{mode}{i}")
                 t = time.perf_counter()
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                        eager_pretrain(mode == "off"):  # fmt: skip
+                with (
+                    contextlib.redirect_stdout(io.StringIO()),
+                    contextlib.redirect_stderr(io.StringIO()),
+                    eager_pretrain(mode == "off"),
+                ):
                     run_pretrain(cfg)
                 return time.perf_counter() - t
 
@@ -155,8 +158,10 @@ def main() -> None:
             to_first = firsts[0] - t0
             per_run = (wall - to_first) / (args.runs - 1)
             print(f"--compile {mode}: {counts['done']} done")
-            print(f"  first in-process run: {first:.1f} s; training loop of one proxy: {loop:.2f} s "
-                  "(T(2x steps) - T(steps), best of 2)")  # fmt: skip
+            print(
+                f"  first in-process run: {first:.1f} s; training loop of one proxy: {loop:.2f} s "
+                "(T(2x steps) - T(steps), best of 2)"
+            )
             print(
                 f"  sweep wall: {wall:.1f} s = {to_first:.1f} s to the first record (worker start, imports, compile) "
                 f"+ {args.runs - 1} x {per_run:.2f} s"

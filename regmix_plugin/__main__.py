@@ -61,8 +61,10 @@ _POSITIONAL = {"inspect": "--checkpoint_dir", "status": "--sweep"}
 _SWITCHES = {"--json", "--quick"}
 
 
-_CONSTRAINTS = {f"--{k}": f"--constraints.{k}"
-                for k in ("target_tokens", "max_epochs", "block_size", "min_weight", "max_weight", "exclude")}
+_CONSTRAINTS = {
+    f"--{k}": f"--constraints.{k}"
+    for k in ("target_tokens", "max_epochs", "block_size", "min_weight", "max_weight", "exclude")
+}
 #: Flags renamed in 0.x, per subcommand: the old spelling still works for one release, with a deprecation note.
 RENAMED = {
     "sample": {**_CONSTRAINTS, "--minimum": "--drop_below", "--prior": "--prior_source"},
@@ -193,8 +195,14 @@ def main(argv: list[str] | None = None) -> None:
             default_format, warnings.formatwarning = warnings.formatwarning, _plain_warnings(prog)
             try:
                 argv = renamed_flags(argv)
-                result = CLI(commands, as_positional=False, args=argv, parser_class=_parser_class(), prog="regmix",
-                             version=__version__)
+                result = CLI(
+                    commands,
+                    as_positional=False,
+                    args=argv,
+                    parser_class=_parser_class(),
+                    prog="regmix",
+                    version=__version__,
+                )
             finally:
                 warnings.formatwarning = default_format
     except Exception as e:

@@ -20,5 +20,6 @@ def deprecated(old: str, new: str) -> None:
     """Warn that ``old`` is going; the CLI prints it as ``regmix SUB: warning: --old is deprecated ...``."""
     import warnings
 
-    warnings.warn(f"{old} is deprecated and will be removed in the next release; use {new}", DeprecatedFlag,
-                  stacklevel=3)  # fmt: skip
+    warnings.warn(
+        f"{old} is deprecated and will be removed in the next release; use {new}", DeprecatedFlag, stacklevel=3
+    )

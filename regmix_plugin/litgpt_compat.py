@@ -370,8 +370,14 @@ def fused_cross_entropy(out, targets, loss_fn, dtype=None, reduction: str = "mea
 
 
 #: ``precision`` of a pretrain config -> the dtype its output layer multiplies in.
-_HEAD_DTYPES = {"bf16-mixed": "bfloat16", "bf16-true": "bfloat16", "16-mixed": "float16", "16-true": "float16",
-                "32-true": "float32", "64-true": "float64"}
+_HEAD_DTYPES = {
+    "bf16-mixed": "bfloat16",
+    "bf16-true": "bfloat16",
+    "16-mixed": "float16",
+    "16-true": "float16",
+    "32-true": "float32",
+    "64-true": "float64",
+}
 
 
 def head_dtype(precision: str | None):
@@ -415,8 +421,12 @@ def fused_pretrain(loss_fn, precision: str | None):
             return plain_loss(logits, targets, chunk_size=chunk_size, ignore_index=ignore_index)
         hidden, weight, bias = logits
         if hidden.device.type == "meta":
-            return plain_loss(torch.nn.functional.linear(hidden, weight, bias), targets, chunk_size=chunk_size,
-                              ignore_index=ignore_index)
+            return plain_loss(
+                torch.nn.functional.linear(hidden, weight, bias),
+                targets,
+                chunk_size=chunk_size,
+                ignore_index=ignore_index,
+            )
         run.used = True
         return fused_cross_entropy(logits, targets, loss_fn, dtype, ignore_index=ignore_index)
 

@@ -49,5 +49,7 @@ def resolve_recipe(path: Path | str, flag: str) -> Path:
         rel = Path(*path.parts[1:]).as_posix()
         if rel in available_recipes():
             return recipes_dir() / rel
-    raise FileNotFoundError(f"{flag} {str(path)!r} does not exist; pass a recipe YAML or one of the shipped ones: "
-                            + ", ".join(f"recipes/{r}" for r in available_recipes()))
+    raise FileNotFoundError(
+        f"{flag} {str(path)!r} does not exist; pass a recipe YAML or one of the shipped ones: "
+        + ", ".join(f"recipes/{r}" for r in available_recipes())
+    )

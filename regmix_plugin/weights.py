@@ -89,9 +89,7 @@ def validate_weights(
     if not problems:
         total = sum(clean.values())
         if abs(total - 1.0) > tolerance:
-            problems.append(
-                f"weights sum to {total:.6g}, not 1 (tolerance {tolerance:g}); scale them so they sum to 1"
-            )
+            problems.append(f"weights sum to {total:.6g}, not 1 (tolerance {tolerance:g}); scale them so they sum to 1")
     if problems:
         raise ValueError(f"{key}: " + "; ".join(problems) + f". Known domains: {', '.join(known)}")
     total = sum(clean.values())
@@ -139,6 +137,7 @@ class ConstraintArgs:
             return cls()
         return cls(**value) if isinstance(value, Mapping) else value
 
+
 #: The prefix of the constraint flags, for messages.
 FLAGS = "--constraints."
 
@@ -175,8 +174,10 @@ def train_sizes(
     if block_size < 1:
         raise ValueError(f"{FLAGS}block_size must be >= 1 (the recipe's model block_size), got {block_size}")
     if data_path is None:
-        raise ValueError(f"{FLAGS}block_size needs --data_path: the allowance is counted in the blocks of the prepared "
-                         "chunks (--domain_tokens gives tokens only)")  # fmt: skip
+        raise ValueError(
+            f"{FLAGS}block_size needs --data_path: the allowance is counted in the blocks of the prepared "
+            "chunks (--domain_tokens gives tokens only)"
+        )
     from regmix_plugin.formats.manifest import read_manifest
 
     prepared = read_manifest(data_path, flag="--data_path").domains
@@ -215,8 +216,11 @@ def too_small(sizes: Mapping[str, float], block_size: int | None) -> list[str]:
 
 def too_small_message(domains: Sequence[str], block_size: int | None, fix: str) -> str:
     """The refusal of :func:`too_small` domains, naming them and the fix (``fix``: how to leave one out)."""
-    unit = (f"block of {FLAGS}block_size {block_size} + 1 = {block_size + 1} tokens" if block_size is not None
-            else "block of any size (2 tokens)")  # fmt: skip
+    unit = (
+        f"block of {FLAGS}block_size {block_size} + 1 = {block_size + 1} tokens"
+        if block_size is not None
+        else "block of any size (2 tokens)"
+    )
     return (
         f"domain(s) {', '.join(domains)} hold no whole {unit} of train data, so no run can sample them: prepare "
         f"more data for them, or leave them out with {fix}"
@@ -253,8 +257,10 @@ def constraint_bounds(
     index = {d: i for i, d in enumerate(domains)}
     lower, upper = np.zeros(len(domains)), np.ones(len(domains))
     problems = []
-    for flag, mapping, bound in ((f"{FLAGS}min_weight", c.min_weight, lower),
-                                 (f"{FLAGS}max_weight", c.max_weight, upper)):  # fmt: skip
+    for flag, mapping, bound in (
+        (f"{FLAGS}min_weight", c.min_weight, lower),
+        (f"{FLAGS}max_weight", c.max_weight, upper),
+    ):
         for d, v in (mapping or {}).items():
             if d not in index:
                 problems.append(f"{flag}: unknown domain {d!r}")
@@ -276,16 +282,18 @@ def constraint_bounds(
             problems.append(too_small_message(small, c.block_size, f"{FLAGS}exclude [{','.join(small)}]"))
     if epochs and c.target_tokens is not None:
         if tokens is None:
-            problems.append(f"{FLAGS}target_tokens needs each domain's train tokens: give --data_path or "
-                            "--domain_tokens")  # fmt: skip
+            problems.append(
+                f"{FLAGS}target_tokens needs each domain's train tokens: give --data_path or --domain_tokens"
+            )
         elif c.target_tokens <= 0 or c.max_epochs <= 0:
             problems.append(f"{FLAGS}target_tokens and {FLAGS}max_epochs must be positive")
         else:
             missing = [d for d in domains if d not in tokens]
             if missing:
                 problems.append(f"no token count for {', '.join(missing)} (from --data_path or --domain_tokens)")
-            bound = epoch_bounds({d: tokens[d] for d in domains if d in tokens}, c.target_tokens, c.max_epochs,
-                                 c.block_size)  # fmt: skip
+            bound = epoch_bounds(
+                {d: tokens[d] for d in domains if d in tokens}, c.target_tokens, c.max_epochs, c.block_size
+            )
             for d, b in bound.items():
                 upper[index[d]] = min(upper[index[d]], b)
     if not problems:
@@ -331,8 +339,10 @@ def prior_weights(
         natural = manifest.natural_weights()
         total = sum(natural.get(d, 0.0) for d in domains)
         if total <= 0:
-            raise ValueError(f"--data_path: none of the model's domains ({', '.join(domains)}) has train tokens, so "
-                             "there is no token distribution to centre on; give --prior {domain: weight}")  # fmt: skip
+            raise ValueError(
+                f"--data_path: none of the model's domains ({', '.join(domains)}) has train tokens, so "
+                "there is no token distribution to centre on; give --prior {domain: weight}"
+            )
         weights, source = {d: natural.get(d, 0.0) / total for d in domains}, "token distribution of --data_path"
     else:
         return None

@@ -40,10 +40,20 @@ def make_corpus(root: Path, docs: dict[str, int] = DOMAIN_DOCS, seed: int = 0, w
 def tiny_model_config(vocab: int = 512, block_size: int = 32) -> dict:
     """A ~50k-parameter LLaMA-style model: fast enough for several real pretrain runs per test."""
     return {
-        "name": "tiny", "block_size": block_size, "vocab_size": vocab, "padded_vocab_size": vocab,
-        "n_layer": 2, "n_head": 2, "n_query_groups": 2, "n_embd": 32, "intermediate_size": 64,
-        "bias": False, "norm_class_name": "RMSNorm", "mlp_class_name": "LLaMAMLP",
-        "rotary_percentage": 1.0, "parallel_residual": False,
+        "name": "tiny",
+        "block_size": block_size,
+        "vocab_size": vocab,
+        "padded_vocab_size": vocab,
+        "n_layer": 2,
+        "n_head": 2,
+        "n_query_groups": 2,
+        "n_embd": 32,
+        "intermediate_size": 64,
+        "bias": False,
+        "norm_class_name": "RMSNorm",
+        "mlp_class_name": "LLaMAMLP",
+        "rotary_percentage": 1.0,
+        "parallel_residual": False,
     }
 
 
@@ -61,8 +71,14 @@ def pretrain_config(out_dir: Path, data_path: Path, tokenizer_dir: Path, weights
             "init_args": {"data_path": str(data_path), "weights": weights, "num_workers": 0, **data_args},
         },
         "train": {
-            "save_interval": None, "log_interval": 1, "global_batch_size": micro, "micro_batch_size": micro,
-            "max_tokens": 10 * micro * seq, "max_norm": 1.0, "min_lr": 1e-3, "lr_warmup_steps": 1,
+            "save_interval": None,
+            "log_interval": 1,
+            "global_batch_size": micro,
+            "micro_batch_size": micro,
+            "max_tokens": 10 * micro * seq,
+            "max_norm": 1.0,
+            "min_lr": 1e-3,
+            "lr_warmup_steps": 1,
             "tie_embeddings": False,
         },
         "eval": {"interval": 1000, "max_iters": 2, "initial_validation": False, "final_validation": False},
@@ -110,18 +126,38 @@ def prepared(tmp_path_factory, raw_corpus, tokenizer_dir) -> Path:
     from regmix_plugin.commands.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare(source=[str(raw_corpus)], tokenizer_dir=tokenizer_dir, out_dir=out, val_fraction=0.1, num_workers=2,
-            chunk_bytes="2KB")
+    prepare(
+        source=[str(raw_corpus)],
+        tokenizer_dir=tokenizer_dir,
+        out_dir=out,
+        val_fraction=0.1,
+        num_workers=2,
+        chunk_bytes="2KB",
+    )
     return out
 
 
 # ------------------------------------------------------------------ regression core (fit / optimize / recipe)
 # The Pile's 17 domains in regmix-plugin naming; synthetic tables use the first n of them.
 PILE17 = (
-    "arxiv", "dm_mathematics", "enron_emails", "europarl", "freelaw", "github", "gutenberg_pg_19", "hackernews",
-    "nih_exporter", "philpapers", "pile_cc", "pubmed_abstracts", "pubmed_central", "stackexchange", "ubuntu_irc",
-    "uspto_backgrounds", "wikipedia_en",
-)  # fmt: skip
+    "arxiv",
+    "dm_mathematics",
+    "enron_emails",
+    "europarl",
+    "freelaw",
+    "github",
+    "gutenberg_pg_19",
+    "hackernews",
+    "nih_exporter",
+    "philpapers",
+    "pile_cc",
+    "pubmed_abstracts",
+    "pubmed_central",
+    "stackexchange",
+    "ubuntu_irc",
+    "uspto_backgrounds",
+    "wikipedia_en",
+)
 
 
 def synthetic_true_losses(weights, n_domains: int):

@@ -102,9 +102,15 @@ def premise_arms(cap: float) -> dict[str, list[dict[str, float]]]:
 # ---------------------------------------------------------------------------------------------- protocol
 def _budget(steps: int, lr: float, warmup: int, batch: int = 16, block: int = 128) -> dict:
     tokens = steps * batch * block
-    return {"train.max_tokens": tokens, "data.init_args.max_tokens": tokens, "train.micro_batch_size": batch,
-            "train.global_batch_size": batch, "optimizer.init_args.lr": lr, "train.min_lr": lr / 10,
-            "train.lr_warmup_steps": warmup}  # fmt: skip
+    return {
+        "train.max_tokens": tokens,
+        "data.init_args.max_tokens": tokens,
+        "train.micro_batch_size": batch,
+        "train.global_batch_size": batch,
+        "optimizer.init_args.lr": lr,
+        "train.min_lr": lr / 10,
+        "train.lr_warmup_steps": warmup,
+    }
 
 
 #: The sizes of ``test_recovery.py`` (measured there on a Markov-chain corpus like this one): proxies of
@@ -158,13 +164,27 @@ class TokenProtocol:
         if not (corpus / MANIFEST).is_file():
             build_regmixd_corpus(corpus, seed=seed)
         return Pipeline(
-            out_dir=root / "run", target=TARGET, proxy_recipe=recipe_path("demo/proxy.yaml"),
-            target_recipe=recipe_path("demo/target.yaml"), raw=corpus / "train", val_raw=corpus / "val",
-            proxies=self.n_proxies, workers=self.workers, seed=seed, vocab_size=512, eval_points=self.eval_points,
-            val_tokens=8192, target_val_tokens=16384, n_candidates=self.n_candidates, max_epochs=1.0,
-            regressor=self.regressor, regmixd_regressor=self.regressor, regmixd_stages=self.stages,
-            arm_names=("regmix",), overrides={"proxy": PROXY, "target": TARGET_MODEL},
-        )  # fmt: skip
+            out_dir=root / "run",
+            target=TARGET,
+            proxy_recipe=recipe_path("demo/proxy.yaml"),
+            target_recipe=recipe_path("demo/target.yaml"),
+            raw=corpus / "train",
+            val_raw=corpus / "val",
+            proxies=self.n_proxies,
+            workers=self.workers,
+            seed=seed,
+            vocab_size=512,
+            eval_points=self.eval_points,
+            val_tokens=8192,
+            target_val_tokens=16384,
+            n_candidates=self.n_candidates,
+            max_epochs=1.0,
+            regressor=self.regressor,
+            regmixd_regressor=self.regressor,
+            regmixd_stages=self.stages,
+            arm_names=("regmix",),
+            overrides={"proxy": PROXY, "target": TARGET_MODEL},
+        )
 
     def premise(self, root: Path, seed: int = 0) -> dict:
         """Train ``premise_arms`` as target models; returns the scarce allowance, the arms and their target loss."""
@@ -179,9 +199,14 @@ class TokenProtocol:
         cap = tokens["scarce"] / pipe.target_tokens()
         arms = premise_arms(cap)
         write_mixtures(pipe.out_dir / "premise.csv", arms, list(DOMAINS), stages=2)
-        sweep(mixtures=pipe.out_dir / "premise.csv", data_path=pipe.out_dir / "data",
-              recipe=pipe.working_recipe("target"), out_dir=pipe.out_dir / "premise",
-              eval=EvalArgs(points=0, val_tokens=pipe.target_val_tokens), local=LocalArgs(workers=self.workers))
+        sweep(
+            mixtures=pipe.out_dir / "premise.csv",
+            data_path=pipe.out_dir / "data",
+            recipe=pipe.working_recipe("target"),
+            out_dir=pipe.out_dir / "premise",
+            eval=EvalArgs(points=0, val_tokens=pipe.target_val_tokens),
+            local=LocalArgs(workers=self.workers),
+        )
         records = read_records(pipe.out_dir / "premise")
         losses = {arm: _final(records[arm])[TARGET] for arm in arms}
         return {"cap": cap, "arms": arms, "losses": losses}
@@ -196,12 +221,18 @@ class TokenProtocol:
         offline = pipe.train_regmix_d(stages, self.arm)[TARGET]
         online, decisions = self.online(pipe, seed)
         return {
-            "seed": seed, "static": static, "offline": offline, "online": online,
-            "mixtures": {"static": _round(chosen["weights"]), "offline": [_round(s["weights"]) for s in stages],
-                         "online": [_round(stages[0]["weights"])] + [_round(d["weights"] or {}) for d in decisions]},
+            "seed": seed,
+            "static": static,
+            "offline": offline,
+            "online": online,
+            "mixtures": {
+                "static": _round(chosen["weights"]),
+                "offline": [_round(s["weights"]) for s in stages],
+                "online": [_round(stages[0]["weights"])] + [_round(d["weights"] or {}) for d in decisions],
+            },
             "decisions": [{k: d[k] for k in ("stage", "checkpoint", "fault", "predicted_target")} for d in decisions],
             "timings": {k: round(v) for k, v in pipe.timings.items()},
-        }  # fmt: skip
+        }
 
     def online(self, pipe, seed: int) -> tuple[float, list[dict]]:
         """The offline recipe plus RegMixDController, trained with the stock loop; its target loss and decisions."""
@@ -219,19 +250,38 @@ class TokenProtocol:
         out = pipe.out_dir / "arms" / ("online" + self.arm.removeprefix("regmix_d"))
         with pipe.stage("fit_trajectory (online, losses features)"):
             trajs, wd, ld = trajectories_from_records(read_records(staged / "sweep"))
-            fit_trajectories(trajs, wd, ld, f"val_loss/{TARGET}", "losses", self.regressor, staged / "traj_online",
-                             min(5, len(trajs) // 2), seed)  # fmt: skip
+            fit_trajectories(
+                trajs,
+                wd,
+                ld,
+                f"val_loss/{TARGET}",
+                "losses",
+                self.regressor,
+                staged / "traj_online",
+                min(5, len(trajs) // 2),
+                seed,
+            )
         cfg = yaml.safe_load((pipe.out_dir / "recipes" / f"{self.arm}.yaml").read_text())
         lag = 2  # one data worker (the recipe's) prefetching 2 batches; decide 2 batches before the switch
         switch = TARGET_STEPS // self.stages
         cfg["out_dir"] = str(out)
         cfg["train"]["save_interval"] = switch - lag  # the checkpoint the controller scores: just before it decides
-        cfg["data"]["init_args"]["callbacks"] = [{
-            "class_path": "regmix_plugin.RegMixDController",
-            "init_args": {"model": str(staged / "traj_online"), "out_dir": str(out), "lag": lag,
-                          "val_tokens": 8192, "n_candidates": self.n_candidates, "top_k": self.top_k, "seed": seed,
-                          "objective": self.objective, "pessimism": self.pessimism},
-        }]  # fmt: skip
+        cfg["data"]["init_args"]["callbacks"] = [
+            {
+                "class_path": "regmix_plugin.RegMixDController",
+                "init_args": {
+                    "model": str(staged / "traj_online"),
+                    "out_dir": str(out),
+                    "lag": lag,
+                    "val_tokens": 8192,
+                    "n_candidates": self.n_candidates,
+                    "top_k": self.top_k,
+                    "seed": seed,
+                    "objective": self.objective,
+                    "pessimism": self.pessimism,
+                },
+            }
+        ]
         if not (out / "final" / "lit_model.pth").is_file():
             with pipe.stage("target models"), eager_pretrain():  # as the other arms' (`regmix sweep --compile auto`)
                 run_pretrain(cfg)

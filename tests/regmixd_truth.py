@@ -130,18 +130,35 @@ class Protocol:
         records = proxy_records(self.n_runs, 1, seed + 100, noise=self.noise)
         records = {k: RunRecord.from_dict(r) for k, r in records.items()}
         write_results(out / "static.csv", table_rows(list(records), records))
-        fit(results=out / "static.csv", target="val_loss/target", out=out / "static_model", seed=seed,
-            cv_folds=self.cv_folds)  # fmt: skip
-        optimize(out / "static_model", out=out / "static.yaml", prior={d: 1 / 3 for d in DOMAINS},
-                 n_candidates=self.n_candidates, top_k=self.top_k, seed=seed, num_threads=1)  # fmt: skip
+        fit(
+            results=out / "static.csv",
+            target="val_loss/target",
+            out=out / "static_model",
+            seed=seed,
+            cv_folds=self.cv_folds,
+        )
+        optimize(
+            out / "static_model",
+            out=out / "static.yaml",
+            prior={d: 1 / 3 for d in DOMAINS},
+            n_candidates=self.n_candidates,
+            top_k=self.top_k,
+            seed=seed,
+            num_threads=1,
+        )
         w = read_mixture(out / "static.yaml")["weights"]
         return np.array([w[d] for d in DOMAINS])
 
     def _search(self, seed: int):
         from regmix_plugin.models.schedule_search import SearchArgs
 
-        return SearchArgs(n_candidates=self.n_candidates, top_k=self.top_k, seed=seed, objective=self.objective,
-                          pessimism=self.pessimism)  # fmt: skip
+        return SearchArgs(
+            n_candidates=self.n_candidates,
+            top_k=self.top_k,
+            seed=seed,
+            objective=self.objective,
+            pessimism=self.pessimism,
+        )
 
     def _trajectories(self, seed: int):
         from regmix_plugin.models.trajectory import trajectories_from_records
@@ -154,10 +171,16 @@ class Protocol:
         from regmix_plugin.commands.fit_trajectory import fit_trajectories
         from regmix_plugin.commands.schedule import schedule
 
-        cv = fit_trajectories(*self._trajectories(seed), "val_loss/target", "auto", "gp", out / "traj",
-                              self.cv_folds, seed)  # fmt: skip
-        sched = schedule(out / "traj", out / "schedule.yaml", stages=self.stages, prior={d: 1 / 3 for d in DOMAINS},
-                         search=self._search(seed))  # fmt: skip
+        cv = fit_trajectories(
+            *self._trajectories(seed), "val_loss/target", "auto", "gp", out / "traj", self.cv_folds, seed
+        )
+        sched = schedule(
+            out / "traj",
+            out / "schedule.yaml",
+            stages=self.stages,
+            prior={d: 1 / 3 for d in DOMAINS},
+            search=self._search(seed),
+        )
         return cv, [np.array([st.weights[d] for d in DOMAINS]) for st in sched.stages]
 
     def online(self, out: Path, seed: int, first: np.ndarray) -> list[np.ndarray]:
@@ -173,8 +196,9 @@ class Protocol:
 
         # fit_trajectory with the losses features (its CV also gives the fold models --search.pessimism uses)
         with contextlib.redirect_stdout(io.StringIO()):
-            fit_trajectories(*self._trajectories(seed), "val_loss/target", "losses", "gp", out / "traj_online",
-                             self.cv_folds, seed)  # fmt: skip
+            fit_trajectories(
+                *self._trajectories(seed), "val_loss/target", "losses", "gp", out / "traj_online", self.cv_folds, seed
+            )
         model = load_trajectory_model(out / "traj_online")
         S = self.stages
         ctl = RegMixDController(

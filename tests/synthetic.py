@@ -105,7 +105,8 @@ def build_synthetic_corpus(
         train = sample(k, _doc_lengths(rng, train_words, doc_words), rng)
         val = sample(k, _doc_lengths(rng, val_words, doc_words), rng)
         sources[name] = {
-            "branching": BRANCHING[k], "entropy_nats": round(entropy_rate(chains[k]), 4),
+            "branching": BRANCHING[k],
+            "entropy_nats": round(entropy_rate(chains[k]), 4),
             "train": _write(out_dir / "train" / name, name, train),
             "val": _write(out_dir / "val" / name, name, val),
         }
@@ -124,10 +125,19 @@ def build_synthetic_corpus(
     labels = [names[k] for k in label_ids]
 
     manifest = {
-        "format_version": FORMAT_VERSION, "seed": seed, "target": TARGET, "alpha": alpha,
-        "jump_prob": jump_prob, "preference": preference, "doc_words": list(doc_words), "sources": sources,
-        "target_val": {**_write(out_dir / "val" / TARGET, TARGET, docs),
-                       "documents_per_source": dict(zip(names, counts, strict=True)), "labels": labels},
+        "format_version": FORMAT_VERSION,
+        "seed": seed,
+        "target": TARGET,
+        "alpha": alpha,
+        "jump_prob": jump_prob,
+        "preference": preference,
+        "doc_words": list(doc_words),
+        "sources": sources,
+        "target_val": {
+            **_write(out_dir / "val" / TARGET, TARGET, docs),
+            "documents_per_source": dict(zip(names, counts, strict=True)),
+            "labels": labels,
+        },
         "vocabulary": [w.strip() for w in vocab.tolist()],
     }
     write_json(out_dir / MANIFEST, manifest)
@@ -229,5 +239,4 @@ def _remove_stale_domains(split_dir: Path, keep: list[str]) -> None:
 
 def _write(domain_dir: Path, name: str, docs: list[str]) -> dict:
     shard, digest = write_jsonl(domain_dir, name, docs)
-    return {"documents": len(docs), "words": sum(d.count(" ") + 1 for d in docs), "sha256": digest,
-            "shard": shard}
+    return {"documents": len(docs), "words": sum(d.count(" ") + 1 for d in docs), "sha256": digest, "shard": shard}

@@ -17,8 +17,13 @@ from regmix_plugin.errors import RegmixError
 
 def regmix(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if k != "REGMIX_DEBUG"}
-    return subprocess.run([sys.executable, "-m", "regmix_plugin", *args], capture_output=True, text=True,
-                          env={**environ, **(env or {})}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "regmix_plugin", *args],
+        capture_output=True,
+        text=True,
+        env={**environ, **(env or {})},
+        timeout=120,
+    )
 
 
 def test_user_error_is_one_line_and_exit_2(tmp_path):

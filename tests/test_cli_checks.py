@@ -44,8 +44,20 @@ def _proxy_recipe(path: Path, prepared: Path, tokenizer_dir: Path) -> Path:
 def test_demo_refuses_every_bad_flag_before_building_anything(tmp_path, capsys):
     out = tmp_path / "demo"
     t0 = time.perf_counter()
-    err = refused(capsys, "demo", "--out_dir", str(out), "--quick", "true", "--arms", "[bogus,regmix_d]",
-                  "--proxies", "3", "--workers", "0")  # fmt: skip
+    err = refused(
+        capsys,
+        "demo",
+        "--out_dir",
+        str(out),
+        "--quick",
+        "true",
+        "--arms",
+        "[bogus,regmix_d]",
+        "--proxies",
+        "3",
+        "--workers",
+        "0",
+    )
     assert err == (
         "regmix demo: error: --arms: unknown arm(s) bogus, regmix_d; known: regmix, natural, uniform, best_proxy, "
         "entropy, bimix (the RegMix-D arm is added with --regmix_d true); --proxies 3: the fit needs at least 4 "
@@ -68,8 +80,20 @@ def test_sweep_names_every_damaged_file_before_the_first_proxy(tmp_path, prepare
     write_mixtures(tmp_path / "mixtures.csv", MIXES, ["code", "prose", "tiny"])
     recipe = _proxy_recipe(tmp_path / "proxy.yaml", data, tokenizer_dir)
     out = tmp_path / "sweep"
-    err = refused(capsys, "sweep", "--mixtures", str(tmp_path / "mixtures.csv"), "--data_path", str(data),
-                  "--recipe", str(recipe), "--out_dir", str(out), "--local.workers", "0")  # fmt: skip
+    err = refused(
+        capsys,
+        "sweep",
+        "--mixtures",
+        str(tmp_path / "mixtures.csv"),
+        "--data_path",
+        str(data),
+        "--recipe",
+        str(recipe),
+        "--out_dir",
+        str(out),
+        "--local.workers",
+        "0",
+    )
     assert err.splitlines() == [
         "regmix sweep: error: nothing was run:",
         f"  the prepared corpus {str(data)!r} is damaged (2 domain(s)):",
@@ -80,16 +104,32 @@ def test_sweep_names_every_damaged_file_before_the_first_proxy(tmp_path, prepare
     ]
     # the flags that prepared the corpus, recorded in its manifest: the same for both damaged domains
     assert manifest["domains"]["code"]["prepared_with"] == manifest["domains"]["prose"]["prepared_with"]
-    assert manifest["domains"]["code"]["prepared_with"][:4] == ["--source", str(raw_corpus), "--tokenizer_dir",
-                                                                str(tokenizer_dir)]
+    assert manifest["domains"]["code"]["prepared_with"][:4] == [
+        "--source",
+        str(raw_corpus),
+        "--tokenizer_dir",
+        str(tokenizer_dir),
+    ]
     assert not (out / "runs").exists()
 
 
 def test_sweep_refuses_a_negative_eval_points_saying_what_it_counts(tmp_path, prepared, tokenizer_dir, capsys):
     write_mixtures(tmp_path / "mixtures.csv", MIXES, ["code", "prose", "tiny"])
     recipe = _proxy_recipe(tmp_path / "proxy.yaml", prepared, tokenizer_dir)
-    err = refused(capsys, "sweep", "--mixtures", str(tmp_path / "mixtures.csv"), "--data_path", str(prepared),
-                  "--recipe", str(recipe), "--out_dir", str(tmp_path / "sweep"), "--eval.points", "-1")  # fmt: skip
+    err = refused(
+        capsys,
+        "sweep",
+        "--mixtures",
+        str(tmp_path / "mixtures.csv"),
+        "--data_path",
+        str(prepared),
+        "--recipe",
+        str(recipe),
+        "--out_dir",
+        str(tmp_path / "sweep"),
+        "--eval.points",
+        "-1",
+    )
     assert err.splitlines() == [
         "regmix sweep: error: nothing was run:",
         "  --eval.points must be >= 0, got -1: it counts the evaluation points besides the end of each run (0 "
@@ -115,8 +155,7 @@ def test_recipe_given_a_csv_says_what_mixture_takes(tmp_path, capsys):
     table = tmp_path / "mixtures.csv"
     write_mixtures(table, MIXES, ["code", "prose", "tiny"])
     out = tmp_path / "recipe.yaml"
-    err = refused(capsys, "recipe", "--mixture", str(table), "--template", "recipes/demo/proxy.yaml", "--out",
-                  str(out))  # fmt: skip
+    err = refused(capsys, "recipe", "--mixture", str(table), "--template", "recipes/demo/proxy.yaml", "--out", str(out))
     assert err == (
         f"regmix recipe: error: --mixture {str(table)!r} is a table, not a mixture YAML: --mixture takes the mixture "
         "YAML written by `regmix optimize`, `regmix entropy` or `regmix schedule` (its schedule.yaml). No command "
@@ -158,26 +197,61 @@ def test_schedule_search_flags_reach_the_search(tmp_path):
 
     runs, wd, ld = trajectories_from_records(proxy_records(12, 2, seed=0))
     fit_trajectories(runs, wd, ld, "val_loss/target", "losses", "linear", tmp_path / "m", 3, seed=0)
-    main(["schedule", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "s.yaml"), "--stages", "2",
-          "--search.n_candidates", "500", "--search.top_k", "8", "--search.objective", "greedy",
-          "--search.pessimism", "0.5"])  # fmt: skip
+    main(
+        [
+            "schedule",
+            "--model",
+            str(tmp_path / "m"),
+            "--out",
+            str(tmp_path / "s.yaml"),
+            "--stages",
+            "2",
+            "--search.n_candidates",
+            "500",
+            "--search.top_k",
+            "8",
+            "--search.objective",
+            "greedy",
+            "--search.pessimism",
+            "0.5",
+        ]
+    )
     search = read_schedule(tmp_path / "s.yaml").search
     assert (search["n_candidates"], search["top_k"], search["objective"], search["pessimism"]) == (
-        500, 8, "greedy", 0.5)
+        500,
+        8,
+        "greedy",
+        0.5,
+    )
 
 
 def test_warnings_print_as_regmix_messages_without_file_and_line(tmp_path, prepared):
     # a baseline row over its epoch bound is a warning of regmix_plugin's own (sample.py)
     env = {k: v for k, v in os.environ.items() if k != "REGMIX_DEBUG"}
     p = subprocess.run(
-        [sys.executable, "-m", "regmix_plugin", "sample", "--data_path", str(prepared), "--n", "2", "--baselines",
-         "{heavy: {tiny: 1.0}}", "--out", str(tmp_path / "m.csv")],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "regmix_plugin",
+            "sample",
+            "--data_path",
+            str(prepared),
+            "--n",
+            "2",
+            "--baselines",
+            "{heavy: {tiny: 1.0}}",
+            "--out",
+            str(tmp_path / "m.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
-    assert p.stderr.splitlines() == ["regmix sample: warning: baseline 'heavy' repeats tiny more than "
-                                     "--constraints.max_epochs 15 times"]  # fmt: skip
-
+    assert p.stderr.splitlines() == [
+        "regmix sample: warning: baseline 'heavy' repeats tiny more than --constraints.max_epochs 15 times"
+    ]
 
 
 def test_the_warning_format_is_the_cli_s_alone(tmp_path, prepared):
@@ -185,7 +259,18 @@ def test_the_warning_format_is_the_cli_s_alone(tmp_path, prepared):
 
     before = warnings.formatwarning
     with pytest.warns(UserWarning, match="baseline 'heavy' repeats tiny") as caught:  # recorders still see it
-        main(["sample", "--data_path", str(prepared), "--n", "2", "--baselines", "{heavy: {tiny: 1.0}}", "--out",
-              str(tmp_path / "m.csv")])  # fmt: skip
+        main(
+            [
+                "sample",
+                "--data_path",
+                str(prepared),
+                "--n",
+                "2",
+                "--baselines",
+                "{heavy: {tiny: 1.0}}",
+                "--out",
+                str(tmp_path / "m.csv"),
+            ]
+        )
     assert len(caught) == 1 and warnings.formatwarning is before  # restored when the command ends
     assert "UserWarning" in warnings.formatwarning("x", UserWarning, "f.py", 1)  # Python's own format again

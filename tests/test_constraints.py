@@ -18,10 +18,28 @@ from regmix_plugin.__main__ import RENAMED, renamed_flags
 from regmix_plugin.errors import DeprecatedFlag
 from regmix_plugin.weights import ConstraintArgs, prior_weights
 
-OLD_SAMPLE = ["--target_tokens", "200000", "--max_epochs=4", "--minimum", "0.002", "--prior", "tokens",
-              "--exclude", "[tiny]"]  # fmt: skip
-NEW_SAMPLE = ["--constraints.target_tokens", "200000", "--constraints.max_epochs=4", "--drop_below", "0.002",
-              "--prior_source", "tokens", "--constraints.exclude", "[tiny]"]  # fmt: skip
+OLD_SAMPLE = [
+    "--target_tokens",
+    "200000",
+    "--max_epochs=4",
+    "--minimum",
+    "0.002",
+    "--prior",
+    "tokens",
+    "--exclude",
+    "[tiny]",
+]
+NEW_SAMPLE = [
+    "--constraints.target_tokens",
+    "200000",
+    "--constraints.max_epochs=4",
+    "--drop_below",
+    "0.002",
+    "--prior_source",
+    "tokens",
+    "--constraints.exclude",
+    "[tiny]",
+]
 
 
 def test_old_sample_spellings_give_the_same_file_and_one_note_each(prepared, tmp_path, cli):
@@ -35,10 +53,14 @@ def test_old_sample_spellings_give_the_same_file_and_one_note_each(prepared, tmp
     notes = sorted(str(w.message) for w in caught)
     assert notes == sorted(
         f"{old} is deprecated and will be removed in the next release; use {new}"
-        for old, new in [("--target_tokens", "--constraints.target_tokens"),
-                         ("--max_epochs", "--constraints.max_epochs"), ("--minimum", "--drop_below"),
-                         ("--prior", "--prior_source"), ("--exclude", "--constraints.exclude")]
-    )  # fmt: skip
+        for old, new in [
+            ("--target_tokens", "--constraints.target_tokens"),
+            ("--max_epochs", "--constraints.max_epochs"),
+            ("--minimum", "--drop_below"),
+            ("--prior", "--prior_source"),
+            ("--exclude", "--constraints.exclude"),
+        ]
+    )
     # the excluded domain stays a column at weight 0, so the old --exclude really reached the sampler
     assert all(line.endswith(",0.0") for line in (tmp_path / "old.csv").read_text().splitlines()[1:])
 
@@ -47,9 +69,25 @@ def test_the_cli_prints_a_deprecation_as_one_line(prepared, tmp_path):
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-m", "regmix_plugin", "sample", "--data_path", str(prepared), "--n", "2",
-                        "--minimum", "0.001", "--out", str(tmp_path / "m.csv")],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "regmix_plugin",
+            "sample",
+            "--data_path",
+            str(prepared),
+            "--n",
+            "2",
+            "--minimum",
+            "0.001",
+            "--out",
+            str(tmp_path / "m.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stderr
     assert p.stderr.splitlines() == [
         "regmix sample: warning: --minimum is deprecated and will be removed in the next release; use --drop_below"
@@ -86,8 +124,17 @@ def test_help_shows_the_new_spellings_and_not_the_old(sub, cli):
 
 
 def test_sample_refuses_weight_bounds_it_does_not_apply(prepared, tmp_path, cli):
-    code, _, err = cli("sample", "--data_path", prepared, "--n", 2, "--constraints.min_weight", "{code: 0.1}",
-                       "--out", tmp_path / "m.csv")  # fmt: skip
+    code, _, err = cli(
+        "sample",
+        "--data_path",
+        prepared,
+        "--n",
+        2,
+        "--constraints.min_weight",
+        "{code: 0.1}",
+        "--out",
+        tmp_path / "m.csv",
+    )
     assert code == 2 and "--constraints.min_weight and --constraints.max_weight bound a planned mixture" in err
     assert not (tmp_path / "m.csv").exists()
 
@@ -101,8 +148,11 @@ def test_one_prior_for_every_planner():
     assert weights.tolist() == [0.2, 0.0, 0.8] and source == "given (--prior)"
     assert prior_weights(domains, None, None) is None  # each planner's own fallback (runs' mean, uniform)
     empty = SimpleNamespace(natural_weights=lambda: {"a": 0.0, "z": 1.0})
-    with pytest.raises(ValueError, match=r"--data_path: none of the model's domains \(a, b, c\) has train tokens.*"
-                                         r"give --prior \{domain: weight\}"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"--data_path: none of the model's domains \(a, b, c\) has train tokens.*"
+        r"give --prior \{domain: weight\}",
+    ):
         prior_weights(domains, None, empty)
 
 
@@ -142,8 +192,11 @@ def _planned_sweep(tmp_path, prepared, tokenizer_dir) -> Path:
     from regmix_plugin.commands.sweep.plan import check_setup, plan_sweep
     from regmix_plugin.formats.mixture_table import write_mixtures
 
-    write_mixtures(tmp_path / "m.csv", {"m1": {"code": 0.5, "prose": 0.5, "tiny": 0.0},
-                                        "m2": {"code": 0.2, "prose": 0.5, "tiny": 0.3}}, ["code", "prose", "tiny"])
+    write_mixtures(
+        tmp_path / "m.csv",
+        {"m1": {"code": 0.5, "prose": 0.5, "tiny": 0.0}, "m2": {"code": 0.2, "prose": 0.5, "tiny": 0.3}},
+        ["code", "prose", "tiny"],
+    )
     recipe = tmp_path / "proxy.yaml"
     recipe.write_text(yaml.safe_dump(pretrain_config(Path("unused"), prepared, tokenizer_dir, None), sort_keys=False))
     out = tmp_path / "sweep"

@@ -151,8 +151,11 @@ def _kill_mid_run(cfg, out, ready):
     with open(out / "killed.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "litgpt", "pretrain", "--config", str(path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         while not ready():

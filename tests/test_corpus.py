@@ -55,9 +55,10 @@ def test_layout_and_manifest_describe_the_shards(built):
         assert entry["documents"] == len(docs)
         assert entry["characters"] == sum(map(len, docs))
         assert entry["sha256"] == hashlib.sha256(shard.read_bytes()).hexdigest()
-        assert entry["sources"] and entry["sources_sha256"] == hashlib.sha256(
-            "\n".join(entry["sources"]).encode()
-        ).hexdigest()
+        assert (
+            entry["sources"]
+            and entry["sources_sha256"] == hashlib.sha256("\n".join(entry["sources"]).encode()).hexdigest()
+        )
         assert all(doc.strip() for doc in docs)
     assert sum(1 for _ in read_texts(out)) == sum(e["documents"] for e in manifest["domains"].values())
 

@@ -25,7 +25,13 @@ def test_quick_demo_writes_report_plots_and_the_arm_table(quick_demo, capsys):
     summary = json.loads((quick_demo / "summary.json").read_text())
     assert summary["target"] == "prose" and summary["n_proxies"] == 12
     assert [r["arm"] for r in summary["arms"]] != [] and {r["arm"] for r in summary["arms"]} == {
-        "regmix", "natural", "uniform", "best_proxy", "entropy", "bimix"}
+        "regmix",
+        "natural",
+        "uniform",
+        "best_proxy",
+        "entropy",
+        "bimix",
+    }
     losses = [r["target_loss"] for r in summary["arms"]]
     assert losses == sorted(losses) and all(0 < x < 10 for x in losses)
     # the reported CV Spearman is the chosen regressor's mean per-fold rank correlation of the out-of-fold

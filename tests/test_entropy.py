@@ -12,8 +12,10 @@ import pytest
 from regmix_plugin.models.token_entropy import MEASURES, domain_entropies, softmax_mixture, token_entropies
 
 # The command is written against the restructured layout (issue 8: formats/, tokenizer.check_tokenizer).
-RESTRUCTURED = pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "regmix_plugin" / "formats").is_dir(),
-                                  reason="needs the restructured layout (issue 8)")  # fmt: skip
+RESTRUCTURED = pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[1] / "regmix_plugin" / "formats").is_dir(),
+    reason="needs the restructured layout (issue 8)",
+)
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -43,8 +45,9 @@ def known_order(tmp_path_factory):
     for domain, texts in (("natural", natural), ("repeated", repeated), ("random", random_docs)):
         _write(root / "raw", domain, texts)
     data = root / "data"
-    prepare(source=[str(root / "raw")], tokenizer_dir=tok, out_dir=data, val_fraction=0.1, num_workers=1,
-            chunk_bytes="8KB")  # fmt: skip
+    prepare(
+        source=[str(root / "raw")], tokenizer_dir=tok, out_dir=data, val_fraction=0.1, num_workers=1, chunk_bytes="8KB"
+    )
     return {"data": data, "tok": tok}
 
 
@@ -88,8 +91,21 @@ def test_entropy_command_writes_a_mixture_recipe_reads_and_respects_constraints(
     from regmix_plugin.formats.mixture_yaml import read_mixture
 
     out = tmp_path / "mixture.yaml"
-    main(["entropy", "--data_path", str(known_order["data"]), "--out", str(out), "--max_tokens", "20000",
-          "--tokenizer_dir", str(known_order["tok"]), "--constraints.max_weight", "{random: 0.5}"])  # fmt: skip
+    main(
+        [
+            "entropy",
+            "--data_path",
+            str(known_order["data"]),
+            "--out",
+            str(out),
+            "--max_tokens",
+            "20000",
+            "--tokenizer_dir",
+            str(known_order["tok"]),
+            "--constraints.max_weight",
+            "{random: 0.5}",
+        ]
+    )
     record = read_mixture(out)
     w = record["weights"]
     print(capsys.readouterr().out, w, record["entropy"])

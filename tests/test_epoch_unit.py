@@ -33,8 +33,14 @@ def corpus(tmp_path_factory, tokenizer_dir):
         with open(root / "raw" / domain / "x.jsonl", "w") as f:
             for _ in range(n):
                 f.write(json.dumps({"text": " ".join(rng.choice(pool) for _ in range(60))}) + "\n")
-    prepare(source=str(root / "raw"), tokenizer_dir=tokenizer_dir, out_dir=root / "data", num_workers=1,
-            chunk_bytes="1KB", val_fraction=0.1)  # fmt: skip
+    prepare(
+        source=str(root / "raw"),
+        tokenizer_dir=tokenizer_dir,
+        out_dir=root / "data",
+        num_workers=1,
+        chunk_bytes="1KB",
+        val_fraction=0.1,
+    )
     return root / "data"
 
 
@@ -44,8 +50,9 @@ def blocks(data) -> dict[str, int]:
 
 def guard(data, weights: dict[str, float], max_tokens: int, stream: bool = False) -> MixtureData:
     """MixtureData's epoch guard at ``max_epochs 1`` with ``on_epoch_limit: error``; optionally stream the whole run."""
-    dm = MixtureData(data_path=data, weights=weights, max_tokens=max_tokens, max_epochs=1, on_epoch_limit="error",
-                     num_workers=0)  # fmt: skip
+    dm = MixtureData(
+        data_path=data, weights=weights, max_tokens=max_tokens, max_epochs=1, on_epoch_limit="error", num_workers=0
+    )
     dm.connect(batch_size=1, max_seq_length=SEQ)
     dm.setup()
     if stream:  # the stream's own check, sample by sample, over the whole budget
@@ -108,8 +115,19 @@ def test_a_mixture_planned_at_the_bound_passes_the_guard_exactly_at_the_edge(cor
 def test_sampled_mixtures_all_pass_the_guard_when_counted_in_blocks(corpus, tmp_path, cli):
     b = blocks(corpus)
     budget = int(0.9 * SEQ * sum(b.values()))
-    base = ["sample", "--data_path", corpus, "--n", 200, "--constraints.target_tokens", budget,
-            "--constraints.max_epochs", 1, "--seed", 3]
+    base = [
+        "sample",
+        "--data_path",
+        corpus,
+        "--n",
+        200,
+        "--constraints.target_tokens",
+        budget,
+        "--constraints.max_epochs",
+        1,
+        "--seed",
+        3,
+    ]
 
     def failures(*extra) -> int:
         code, _, err = cli(*base, "--out", tmp_path / "m.csv", *extra)
@@ -128,8 +146,19 @@ def test_sampled_mixtures_all_pass_the_guard_when_counted_in_blocks(corpus, tmp_
 
 def test_block_size_needs_a_prepared_corpus_and_is_shown_in_help(model, tmp_path, cli):
     tokens = "{arxiv: 9e3, dm_mathematics: 9e3, enron_emails: 9e3}"
-    code, _, err = cli("optimize", "--model", model, "--domain_tokens", tokens, "--constraints.target_tokens", "9e3",
-                       "--constraints.block_size", SEQ, "--out", tmp_path / "m.yaml")  # fmt: skip
+    code, _, err = cli(
+        "optimize",
+        "--model",
+        model,
+        "--domain_tokens",
+        tokens,
+        "--constraints.target_tokens",
+        "9e3",
+        "--constraints.block_size",
+        SEQ,
+        "--out",
+        tmp_path / "m.yaml",
+    )
     assert code == 2 and "--constraints.block_size needs --data_path" in err, err
     for command in ("sample", "optimize", "schedule", "entropy"):
         code, out, _ = cli(command, "--help")
@@ -151,32 +180,47 @@ def with_empty(tmp_path_factory, tokenizer_dir):
         (root / "raw" / domain / "x.txt").write_text(" ".join(rng.choice(pool) for _ in range(400)))
     (root / "raw" / "enron_emails").mkdir()
     (root / "raw" / "enron_emails" / "x.txt").write_text("")
-    prepare(source=str(root / "raw"), tokenizer_dir=tokenizer_dir, out_dir=root / "data", num_workers=1,
-            val_fraction=0)  # fmt: skip
+    prepare(source=str(root / "raw"), tokenizer_dir=tokenizer_dir, out_dir=root / "data", num_workers=1, val_fraction=0)
     return root
 
 
 def test_prepare_warns_about_a_domain_smaller_than_one_block(with_empty, tokenizer_dir, tmp_path, cli):
-    code, out, err = cli("prepare", "--source", with_empty / "raw", "--tokenizer_dir", tokenizer_dir, "--out_dir",
-                         tmp_path / "data", "--num_workers", 1, "--val_fraction", 0)  # fmt: skip
+    code, out, err = cli(
+        "prepare",
+        "--source",
+        with_empty / "raw",
+        "--tokenizer_dir",
+        tokenizer_dir,
+        "--out_dir",
+        tmp_path / "data",
+        "--num_workers",
+        1,
+        "--val_fraction",
+        0,
+    )
     assert code == 0, err
     warning = [line for line in (out + err).splitlines() if "enron_emails" in line]
-    assert warning == ["warning: domain enron_emails has 1 train token(s) but no whole block of 2049 tokens in any "
-                       "chunk (assuming block_size 2048, LitGPT's default; pass --block_size to check your recipe's): "
-                       "MixtureData cannot sample it; prepare more data for it"], out + err
+    assert warning == [
+        "warning: domain enron_emails has 1 train token(s) but no whole block of 2049 tokens in any "
+        "chunk (assuming block_size 2048, LitGPT's default; pass --block_size to check your recipe's): "
+        "MixtureData cannot sample it; prepare more data for it"
+    ], out + err
     assert ".py:" not in out + err
     # with the recipe's block size it says which one, and domains that hold a block are not warned about
     code, out, err = cli("prepare", "--verify", "true", "--out_dir", tmp_path / "data", "--block_size", SEQ)
     assert code == 0, err
-    assert "warning: domain enron_emails has 1 train token(s) but no whole block of 33 tokens in any chunk " \
+    assert (
+        "warning: domain enron_emails has 1 train token(s) but no whole block of 33 tokens in any chunk "
         "(--block_size 32)" in out + err
+    )
     assert "arxiv" not in out + err and "dm_mathematics" not in out + err
 
 
 @pytest.mark.parametrize("planner", ["sample", "optimize", "entropy"])
 @pytest.mark.parametrize("block_size", [None, SEQ])
-def test_planners_refuse_a_domain_without_one_block_naming_it_and_the_fix(with_empty, model, tmp_path, cli, planner,
-                                                                          block_size):  # fmt: skip
+def test_planners_refuse_a_domain_without_one_block_naming_it_and_the_fix(
+    with_empty, model, tmp_path, cli, planner, block_size
+):
     data = with_empty / "data"
     flags = ["--data_path", data, "--out", tmp_path / ("m.csv" if planner == "sample" else "m.yaml")]
     flags += ["--constraints.block_size", block_size] if block_size else []
@@ -195,17 +239,32 @@ def test_planners_refuse_a_domain_without_one_block_naming_it_and_the_fix(with_e
 # ------------------------------------------------------------------------------------------ token counts
 @pytest.mark.parametrize("spelling", ["25e9", "25_000_000_000", "2.5e10"])
 def test_a_large_budget_is_recorded_as_the_exact_integer(corpus, tmp_path, cli, spelling):
-    code, _, err = cli("entropy", "--data_path", corpus, "--constraints.target_tokens", spelling,
-                       "--constraints.max_epochs", "1e9", "--max_tokens", "5e3",
-                       "--out", tmp_path / "m.yaml")  # fmt: skip
+    code, _, err = cli(
+        "entropy",
+        "--data_path",
+        corpus,
+        "--constraints.target_tokens",
+        spelling,
+        "--constraints.max_epochs",
+        "1e9",
+        "--max_tokens",
+        "5e3",
+        "--out",
+        tmp_path / "m.yaml",
+    )
     assert code == 0, err
     record = yaml.safe_load((tmp_path / "m.yaml").read_text())
     assert record["constraints"]["target_tokens"] == 25_000_000_000 and record["provenance"]["max_tokens"] == 5000
 
 
-@pytest.mark.parametrize(("value", "why"), [("2.5e0", "'2.5e0' is not a whole number of tokens"),
-                                            ("-3", "'-3' is negative; a number of tokens is >= 0"),
-                                            ("lots", "'lots' is not a number of tokens; write it as 25e9")])
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("2.5e0", "'2.5e0' is not a whole number of tokens"),
+        ("-3", "'-3' is negative; a number of tokens is >= 0"),
+        ("lots", "'lots' is not a number of tokens; write it as 25e9"),
+    ],
+)
 @pytest.mark.parametrize("planner", ["sample", "optimize", "schedule", "entropy"])
 def test_a_bad_token_count_is_refused_in_one_line_naming_the_flag(planner, value, why, tmp_path, cli):
     model = ["--model", tmp_path] if planner in ("optimize", "schedule") else []
@@ -261,7 +320,11 @@ def test_mixture_data_max_tokens_in_a_recipe_takes_25e9(tmp_path):
     recipe["data"]["init_args"]["max_tokens"] = "25e9"
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     litgpt = [sys.executable, "-c", "from litgpt.__main__ import main; main()"]
-    r = subprocess.run([*litgpt, "pretrain", "--config", str(tmp_path / "r.yaml"), "--print_config"],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [*litgpt, "pretrain", "--config", str(tmp_path / "r.yaml"), "--print_config"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load(r.stdout)["data"]["init_args"]["max_tokens"] == 25_000_000_000

@@ -46,8 +46,21 @@ def _reference(model, prepared, domain: str, seq: int, blocks: int) -> float:
 def test_evaluate_scores_every_val_domain_on_a_fixed_budget(checkpoint, prepared, tmp_path):
     ckpt, model = checkpoint
     out = tmp_path / "losses.csv"
-    main(["evaluate", "--checkpoint_dir", str(ckpt), "--data_path", str(prepared), "--out", str(out),
-          "--val_tokens", "320", "--batch_size", "3"])
+    main(
+        [
+            "evaluate",
+            "--checkpoint_dir",
+            str(ckpt),
+            "--data_path",
+            str(prepared),
+            "--out",
+            str(out),
+            "--val_tokens",
+            "320",
+            "--batch_size",
+            "3",
+        ]
+    )
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["domain"] for r in rows] == ["code", "prose", "tiny"]

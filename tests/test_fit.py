@@ -22,6 +22,7 @@ def main(argv: list[str]) -> None:
     test_cli.py)."""
     regmix_main([*argv, "--debug"])
 
+
 N_DOMAINS = 5
 
 
@@ -52,8 +53,17 @@ def test_auto_picks_the_best_cv_spearman_and_ranks_unseen_runs(trained, capsys):
         assert sum(f["n_test"] for f in c["folds"]) == 64
         assert c["mean_spearman"] == pytest.approx(np.mean([f["spearman"] for f in c["folds"]]))
     # Held-out runs, scored only after fitting: predictions rank their true (noise-free) mean loss.
-    main(["predict", "--model", str(trained / "model"), "--mixtures", str(trained / "test.csv"),
-          "--out", str(trained / "pred.csv")])  # fmt: skip
+    main(
+        [
+            "predict",
+            "--model",
+            str(trained / "model"),
+            "--mixtures",
+            str(trained / "test.csv"),
+            "--out",
+            str(trained / "pred.csv"),
+        ]
+    )
     with open(trained / "pred.csv") as f:
         pred = list(csv.reader(f))
     test = read_results(trained / "test.csv")
@@ -66,16 +76,28 @@ def test_auto_picks_the_best_cv_spearman_and_ranks_unseen_runs(trained, capsys):
 def test_model_directory_holds_no_pickle_and_its_plots(trained):
     model = trained / "model"
     meta = json.loads((model / "model.json").read_text())
-    own = f"{meta['regressor']}.json" if meta["regressor"] in ("linear", "bimix", "mixing_law") else {
-        "lightgbm": "lightgbm.txt", "gp": "gp.npz"}[meta["regressor"]]
+    own = (
+        f"{meta['regressor']}.json"
+        if meta["regressor"] in ("linear", "bimix", "mixing_law")
+        else {"lightgbm": "lightgbm.txt", "gp": "gp.npz"}[meta["regressor"]]
+    )
     assert sorted(p.name for p in model.iterdir()) == sorted(
-        ["model.json", "cv.json", "cv_predictions.csv", "interactions.csv", "cv_predicted_vs_true.png",
-         "interactions.png", own])  # fmt: skip
+        [
+            "model.json",
+            "cv.json",
+            "cv_predictions.csv",
+            "interactions.csv",
+            "cv_predicted_vs_true.png",
+            "interactions.png",
+            own,
+        ]
+    )
     for png in model.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not any(p.read_bytes()[:1] == b"\x80" for p in model.iterdir())  # pickle protocol 2+ opcode
-    assert meta["target"] == {f"val_loss/{d}": 0.2 for d in ["arxiv", "dm_mathematics", "enron_emails",
-                                                             "europarl", "freelaw"]}  # fmt: skip
+    assert meta["target"] == {
+        f"val_loss/{d}": 0.2 for d in ["arxiv", "dm_mathematics", "enron_emails", "europarl", "freelaw"]
+    }
     assert (meta["n_runs"], meta["format_version"]) == (64, 1)
     assert meta["domains"] == ["arxiv", "dm_mathematics", "enron_emails", "europarl", "freelaw"]
 
@@ -134,13 +156,27 @@ def test_diverged_runs_are_dropped_with_their_ids(tmp_path, synthetic_rows):
     rows = synthetic_rows(20, 3, seed=0)
     rows[3]["val_loss/arxiv"], rows[7]["val_loss/dm_mathematics"] = float("nan"), float("inf")
     write_results(tmp_path / "r.parquet", rows)
-    with pytest.warns(UserWarning, match=r"dropped 2 run\(s\) whose target is NaN or inf \(diverged\?\): "
-                                         r"s0-r0003, s0-r0007"):  # fmt: skip
+    with pytest.warns(
+        UserWarning,
+        match=r"dropped 2 run\(s\) whose target is NaN or inf \(diverged\?\): "
+        r"s0-r0003, s0-r0007",
+    ):
         main(["fit", "--results", str(tmp_path / "r.parquet"), "--regressor", "linear", "--out", str(tmp_path / "m")])
     assert json.loads((tmp_path / "m" / "cv.json").read_text())["n_runs"] == 18
     # a target that does not use the diverged column keeps every run
-    main(["fit", "--results", str(tmp_path / "r.parquet"), "--target", "val_loss/enron_emails", "--regressor",
-          "linear", "--out", str(tmp_path / "m")])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--results",
+            str(tmp_path / "r.parquet"),
+            "--target",
+            "val_loss/enron_emails",
+            "--regressor",
+            "linear",
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     assert json.loads((tmp_path / "m" / "cv.json").read_text())["n_runs"] == 20
 
 
@@ -151,8 +187,10 @@ def test_too_few_runs_for_the_folds_fall_back_to_leave_one_out_with_a_note(tmp_p
     with pytest.warns(UserWarning, match="dropped 1 run"):
         main(["fit", "--results", str(tmp_path / "r.csv"), "--regressor", "linear", "--out", str(tmp_path / "m")])
     out = capsys.readouterr().out
-    assert ("note: 9 runs are too few for 5-fold CV (it needs 10, 2 per fold); using leave-one-out CV instead (9 "
-            "folds of one run; Spearman over the pooled predictions)") in out
+    assert (
+        "note: 9 runs are too few for 5-fold CV (it needs 10, 2 per fold); using leave-one-out CV instead (9 "
+        "folds of one run; Spearman over the pooled predictions)"
+    ) in out
     cv = json.loads((tmp_path / "m" / "cv.json").read_text())
     assert (cv["folds"], cv["leave_one_out"], cv["n_runs"]) == (9, True, 9)
     linear = cv["candidates"]["linear"]
@@ -164,8 +202,19 @@ def test_too_few_runs_for_the_folds_fall_back_to_leave_one_out_with_a_note(tmp_p
     assert linear["mean_spearman"] == pytest.approx(spearmanr(*zip(*pooled, strict=True))[0])
     assert f"leave-one-out CV Spearman {linear['mean_spearman']:.4f}" in out
     # 10 runs keep 5-fold CV
-    main(["fit", "--results", str(tmp_path / "r.csv"), "--target", "val_loss/enron_emails", "--regressor", "linear",
-          "--out", str(tmp_path / "m2")])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--results",
+            str(tmp_path / "r.csv"),
+            "--target",
+            "val_loss/enron_emails",
+            "--regressor",
+            "linear",
+            "--out",
+            str(tmp_path / "m2"),
+        ]
+    )
     assert json.loads((tmp_path / "m2" / "cv.json").read_text())["folds"] == 5
     assert "leave-one-out" not in capsys.readouterr().out
     # below 4 runs nothing can be fitted: one clear error, nothing written
@@ -196,8 +245,9 @@ def test_model_from_another_format_version_is_refused(trained, tmp_path):
     meta = json.loads((old / "model.json").read_text())
     (old / "model.json").write_text(json.dumps({**meta, "format_version": 99, "regmix_plugin_version": "9.9"}))
     with pytest.raises(ValueError) as e:
-        main(["predict", "--model", str(old), "--mixtures", str(trained / "test.csv"),
-              "--out", str(tmp_path / "p.csv")])  # fmt: skip
+        main(
+            ["predict", "--model", str(old), "--mixtures", str(trained / "test.csv"), "--out", str(tmp_path / "p.csv")]
+        )
     assert f"--model {str(old)!r} was written by regmix-plugin 9.9 in model format 99" in str(e.value)
     assert "this version reads format 1. Re-run `regmix fit --out" in str(e.value)
     with pytest.raises(FileNotFoundError, match="has no model.json; write it with `regmix fit --out"):
@@ -220,16 +270,40 @@ def test_official_pair_fit_then_predict_keeps_the_mixture_files_ids_and_order(tm
     mix = ["index," + ",".join(f"train_the_pile_{d}" for d in domains)]
     mix += [f"{100 + i}," + ",".join(repr(r[f"weight/{d}"]) for d in domains) for i, r in enumerate(rows)]
     loss = ["index," + ",".join(f"metric/the_pile_{d}_val_loss" for d in reversed(domains))]
-    loss += [f"{100 + i}," + ",".join(repr(r[f"val_loss/{d}"]) for d in reversed(domains))
-             for i, r in reversed(list(enumerate(rows)))]  # fmt: skip
+    loss += [
+        f"{100 + i}," + ",".join(repr(r[f"val_loss/{d}"]) for d in reversed(domains))
+        for i, r in reversed(list(enumerate(rows)))
+    ]
     (tmp_path / "mix.csv").write_text("\n".join(mix) + "\n")
     (tmp_path / "loss.csv").write_text("\n".join(loss) + "\n")
-    main(["fit", "--mixtures", str(tmp_path / "mix.csv"), "--losses", str(tmp_path / "loss.csv"),
-          "--target", "val_loss/arxiv", "--regressor", "linear", "--out", str(tmp_path / "m")])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--mixtures",
+            str(tmp_path / "mix.csv"),
+            "--losses",
+            str(tmp_path / "loss.csv"),
+            "--target",
+            "val_loss/arxiv",
+            "--regressor",
+            "linear",
+            "--out",
+            str(tmp_path / "m"),
+        ]
+    )
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["target"] == {"metric/the_pile_arxiv_val_loss": 1.0} and meta["domains"] == domains
-    main(["predict", "--model", str(tmp_path / "m"), "--mixtures", str(tmp_path / "mix.csv"),
-          "--out", str(tmp_path / "p.csv")])  # fmt: skip
+    main(
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "m"),
+            "--mixtures",
+            str(tmp_path / "mix.csv"),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ]
+    )
     lines = (tmp_path / "p.csv").read_text().splitlines()
     assert lines[0] == "index,prediction"
     assert [line.split(",")[0] for line in lines[1:]] == [str(100 + i) for i in range(24)]

@@ -54,8 +54,9 @@ def test_fused_loss_and_gradients_equal_the_plain_path_in_float64():
         assert bypassed and isinstance(out, HiddenStates) and out.hidden.shape == (3, 16, 32)
         assert out.weight is model.lm_head.weight
         # 7-row chunks: several chunks, one ragged, so the chunked sum and its checkpointed backward are exercised
-        fused = fused_cross_entropy(out, y, lambda *a, **k: fused_loss.chunked_linear_cross_entropy(*a, **k,
-                                                                                                   chunk_rows=7))
+        fused = fused_cross_entropy(
+            out, y, lambda *a, **k: fused_loss.chunked_linear_cross_entropy(*a, **k, chunk_rows=7)
+        )
     fused.backward()
     assert abs(fused.item() - plain.item()) < 1e-12
     for name, p in model.named_parameters():
@@ -141,8 +142,13 @@ def test_sweep_records_usage_and_auto_keeps_todays_plain_path_on_cpu(tmp_path, p
     cfg = pretrain_config(Path("unused"), prepared, tokenizer_dir, None)
     cfg["train"].update(max_tokens=12 * 4 * 32)
     (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    common = dict(mixtures=tmp_path / "mix.csv", data_path=prepared, recipe=tmp_path / "proxy.yaml",
-                  local=LocalArgs(workers=0), eval=EvalArgs(points=1, val_tokens=128, batch_size=4))
+    common = dict(
+        mixtures=tmp_path / "mix.csv",
+        data_path=prepared,
+        recipe=tmp_path / "proxy.yaml",
+        local=LocalArgs(workers=0),
+        eval=EvalArgs(points=1, val_tokens=128, batch_size=4),
+    )
     sweep(out_dir=tmp_path / "auto", **common)
 
     auto = read_records(tmp_path / "auto")["m1"]

@@ -66,13 +66,19 @@ def test_fused_and_plain_paths_train_the_same_proxies_on_a_gpu(tmp_path):
     proxy = yaml.safe_load(recipe_path("pile/proxy_1m.yaml").read_text())
     cfg = pretrain_config(Path("unused"), data, tok, None)
     cfg.update(precision="bf16-mixed", model_config={**proxy["model_config"], "block_size": SEQ})
-    cfg["train"].update(max_tokens=STEPS * MICRO * SEQ, global_batch_size=MICRO, micro_batch_size=MICRO,
-                        lr_warmup_steps=5)
+    cfg["train"].update(
+        max_tokens=STEPS * MICRO * SEQ, global_batch_size=MICRO, micro_batch_size=MICRO, lr_warmup_steps=5
+    )
     cfg["optimizer"]["init_args"]["lr"] = 4e-3
     (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    common = dict(mixtures=tmp_path / "mix.csv", data_path=data, recipe=tmp_path / "proxy.yaml",
-                  eval=EvalArgs(points=1, val_tokens=8 * SEQ, batch_size=8), local=LocalArgs(workers=2),
-                  keep_checkpoints=True)
+    common = dict(
+        mixtures=tmp_path / "mix.csv",
+        data_path=data,
+        recipe=tmp_path / "proxy.yaml",
+        eval=EvalArgs(points=1, val_tokens=8 * SEQ, batch_size=8),
+        local=LocalArgs(workers=2),
+        keep_checkpoints=True,
+    )
     sweep(out_dir=tmp_path / "plain", fused_loss="off", **common)
     sweep(out_dir=tmp_path / "fused", fused_loss="on", **common)
     plain, fused = read_records(tmp_path / "plain"), read_records(tmp_path / "fused")

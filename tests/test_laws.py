@@ -58,9 +58,12 @@ def test_bimix_clips_zero_weights_at_the_floor():
 def test_trajectories_read_every_eval_point_and_the_end():
     W = np.array([[0.2, 0.8], [0.6, 0.4]])
     metrics = {
-        "val_loss/a@1000": np.array([5.0, 5.1]), "val_loss/b@1000": np.array([6.0, np.nan]),
-        "val_loss/a": np.array([4.0, 4.2]), "val_loss/b": np.array([4.5, 4.4]), "val_loss/a@bad": np.array([1.0, 1.0]),
-    }  # fmt: skip
+        "val_loss/a@1000": np.array([5.0, 5.1]),
+        "val_loss/b@1000": np.array([6.0, np.nan]),
+        "val_loss/a": np.array([4.0, 4.2]),
+        "val_loss/b": np.array([4.5, 4.4]),
+        "val_loss/a@bad": np.array([1.0, 1.0]),
+    }
     runs, rows, s, L = trajectories(W, metrics, ["val_loss/a", "val_loss/b"], final_tokens=np.array([2000.0, 3000.0]))
     assert runs.tolist() == [0, 0, 1, 1]
     assert s.tolist() == [1000, 2000, 1000, 3000]
@@ -198,8 +201,21 @@ def law_models(tmp_path_factory):
     write_results(d / "runs.csv", _law_rows(30, seed=0))
     target = "{val_loss/a: 0.5, val_loss/b: 0.3, val_loss/c: 0.2}"
     # auto: every family is cross-validated; on a table that follows BiMix's law, BiMix must win
-    main(["fit", "--results", str(d / "runs.csv"), "--target", target, "--regressor", "auto", "--out", str(d / "bimix"),
-          "--horizon_tokens", "1000000"])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--results",
+            str(d / "runs.csv"),
+            "--target",
+            target,
+            "--regressor",
+            "auto",
+            "--out",
+            str(d / "bimix"),
+            "--horizon_tokens",
+            "1000000",
+        ]
+    )
     return d
 
 
@@ -225,12 +241,35 @@ def test_auto_leaves_bimix_out_without_trajectories(tmp_path):
 
     rows = [{k: v for k, v in r.items() if "@" not in k} for r in _law_rows(20, seed=1)]
     write_results(tmp_path / "runs.csv", rows)
-    main(["fit", "--results", str(tmp_path / "runs.csv"), "--target", "val_loss/a", "--out", str(tmp_path / "m"),
-          "--cv_folds", "2"])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--results",
+            str(tmp_path / "runs.csv"),
+            "--target",
+            "val_loss/a",
+            "--out",
+            str(tmp_path / "m"),
+            "--cv_folds",
+            "2",
+        ]
+    )
     assert "bimix" not in json.loads((tmp_path / "m" / "cv.json").read_text())["candidates"]
     with pytest.raises(ValueError, match="--regressor bimix needs trajectories"):
-        main(["fit", "--results", str(tmp_path / "runs.csv"), "--target", "val_loss/a", "--regressor", "bimix",
-              "--out", str(tmp_path / "b"), "--debug"])  # fmt: skip
+        main(
+            [
+                "fit",
+                "--results",
+                str(tmp_path / "runs.csv"),
+                "--target",
+                "val_loss/a",
+                "--regressor",
+                "bimix",
+                "--out",
+                str(tmp_path / "b"),
+                "--debug",
+            ]
+        )
 
 
 def test_optimize_solves_a_law_directly_and_records_the_candidate_search(law_models, tmp_path):
@@ -239,8 +278,19 @@ def test_optimize_solves_a_law_directly_and_records_the_candidate_search(law_mod
     from regmix_plugin.__main__ import main
 
     out = tmp_path / "m.yaml"
-    main(["optimize", "--model", str(law_models / "bimix"), "--out", str(out), "--n_candidates", "20000",
-          "--constraints.max_weight", "{b: 0.3}"])  # fmt: skip
+    main(
+        [
+            "optimize",
+            "--model",
+            str(law_models / "bimix"),
+            "--out",
+            str(out),
+            "--n_candidates",
+            "20000",
+            "--constraints.max_weight",
+            "{b: 0.3}",
+        ]
+    )
     record = yaml.safe_load(out.read_text())
     w = np.array([record["weights"][d] for d in "abc"])
     # the law's own optimum at the horizon, under the bound, by brute force on a 1e-3 grid
@@ -254,7 +304,20 @@ def test_optimize_solves_a_law_directly_and_records_the_candidate_search(law_mod
     alt = record["solver"]["candidate_search_would_pick"]
     assert alt["prediction"] >= record["prediction"]["at_mixture"] - 1e-9  # the search cannot beat the solver
     kept = tmp_path / "kl.yaml"
-    main(["optimize", "--model", str(law_models / "bimix"), "--out", str(kept), "--n_candidates", "20000",
-          "--prior", "{a: 0.1, b: 0.1, c: 0.8}", "--kl_to_prior", "1.0"])  # fmt: skip
+    main(
+        [
+            "optimize",
+            "--model",
+            str(law_models / "bimix"),
+            "--out",
+            str(kept),
+            "--n_candidates",
+            "20000",
+            "--prior",
+            "{a: 0.1, b: 0.1, c: 0.8}",
+            "--kl_to_prior",
+            "1.0",
+        ]
+    )
     near = yaml.safe_load(kept.read_text())["weights"]
     assert abs(near["c"] - 0.8) < abs(w[2] - 0.8)  # pulled towards the prior

@@ -82,8 +82,13 @@ def _layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 2 and parts[1] in ("commands", "pretrain", "models", "formats", "demo"):
         return parts[1]
-    if module in ("regmix_plugin.commands", "regmix_plugin.pretrain", "regmix_plugin.models",
-                  "regmix_plugin.formats", "regmix_plugin.demo"):  # fmt: skip
+    if module in (
+        "regmix_plugin.commands",
+        "regmix_plugin.pretrain",
+        "regmix_plugin.models",
+        "regmix_plugin.formats",
+        "regmix_plugin.demo",
+    ):
         return module.split(".")[1]
     return "helpers"
 
@@ -99,8 +104,22 @@ def _owner(module: str) -> str:
 def test_the_command_table_is_what_this_test_thinks():
     # every subcommand lives in commands/ (the demo is the one app)
     assert all(_layer(c) == "commands" for c in COMMANDS), sorted(COMMANDS)
-    assert {f"regmix_plugin.commands.{n}" for n in ("prepare", "sample", "sweep", "evaluate", "fit", "optimize",
-            "fit_trajectory", "schedule", "entropy", "recipe", "inspect_run")} <= COMMANDS  # fmt: skip
+    assert {
+        f"regmix_plugin.commands.{n}"
+        for n in (
+            "prepare",
+            "sample",
+            "sweep",
+            "evaluate",
+            "fit",
+            "optimize",
+            "fit_trajectory",
+            "schedule",
+            "entropy",
+            "recipe",
+            "inspect_run",
+        )
+    } <= COMMANDS
 
 
 @pytest.mark.parametrize("module", sorted(n for n in MODULES if n != "regmix_plugin"))
@@ -148,8 +167,9 @@ def test_there_is_no_import_cycle():
 def test_the_checker_sees_a_violation(tmp_path):
     # the parser is what every test above relies on: it must find a lazy import inside a function
     MODULES["regmix_plugin.commands._probe"] = tmp_path / "probe.py"
-    (tmp_path / "probe.py").write_text("def f():\n    from regmix_plugin.commands.fit import fit\n"
-                                       "    from . import sample\n")  # fmt: skip
+    (tmp_path / "probe.py").write_text(
+        "def f():\n    from regmix_plugin.commands.fit import fit\n    from . import sample\n"
+    )
     try:
         got = _imports("regmix_plugin.commands._probe")
     finally:

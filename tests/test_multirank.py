@@ -43,8 +43,9 @@ def test_switch_batch_is_where_every_ranks_streams_enter_the_stage(prepared, wor
     batch, rank_batches = 2, 12
     schedule = [{"until_fraction": 0.25, "weights": PLAN}, {"until_fraction": 0.5, "weights": PLAN}, {"weights": PLAN}]
     for rank in range(world):
-        dm = MixtureData(data_path=prepared, schedule=schedule, max_tokens=rank_batches * world * batch * 32,
-                         num_workers=workers)  # fmt: skip
+        dm = MixtureData(
+            data_path=prepared, schedule=schedule, max_tokens=rank_batches * world * batch * 32, num_workers=workers
+        )
         dm.connect(batch_size=batch, max_seq_length=32)
         dm.setup()
         loader = dm.train_dataloader()
@@ -83,8 +84,11 @@ def two_ranks(tmp_path_factory, prepared, tokenizer_dir, traj_model):
     with open(out / "torchrun.log", "w") as log:
         proc = subprocess.run(
             [*launch, str(root / "tests" / "multirank_pretrain.py"), str(path)],
-            stdout=log, stderr=subprocess.STDOUT, env=env, timeout=400,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=400,
+        )
     wall = time.monotonic() - start
     assert proc.returncode == 0, (out / "torchrun.log").read_text()[-4000:]
     return out, wall

@@ -29,8 +29,20 @@ def models(tmp_path_factory, synthetic_rows):
 
 
 def _run(models, out, *flags, kind="gp"):
-    main(["optimize", "--model", str(models / kind), "--out", str(out), "--n_candidates", "20000", "--top_k", "50",
-          *flags])  # fmt: skip
+    main(
+        [
+            "optimize",
+            "--model",
+            str(models / kind),
+            "--out",
+            str(out),
+            "--n_candidates",
+            "20000",
+            "--top_k",
+            "50",
+            *flags,
+        ]
+    )
     return yaml.safe_load(out.read_text())
 
 
@@ -40,13 +52,21 @@ def test_every_constraint_holds_for_the_averaged_mixture(models, tmp_path):
     # constrained run must really move.
     assert free["arxiv"] < 0.2 and free["enron_emails"] > 0.1 and free["europarl"] > 0.1 and free["freelaw"] > 0.25
     record = _run(
-        models, tmp_path / "mix.yaml",
-        "--constraints.min_weight", "{arxiv: 0.2}", "--constraints.max_weight", "{freelaw: 0.25}",
-        "--constraints.exclude", "[enron_emails]",
-        "--constraints.target_tokens", "1000000", "--constraints.max_epochs", "4",
-        "--domain_tokens", "{arxiv: 100000, dm_mathematics: 1000000, enron_emails: 1000000, europarl: 25000, "
-                           "freelaw: 1000000}",
-    )  # fmt: skip
+        models,
+        tmp_path / "mix.yaml",
+        "--constraints.min_weight",
+        "{arxiv: 0.2}",
+        "--constraints.max_weight",
+        "{freelaw: 0.25}",
+        "--constraints.exclude",
+        "[enron_emails]",
+        "--constraints.target_tokens",
+        "1000000",
+        "--constraints.max_epochs",
+        "4",
+        "--domain_tokens",
+        "{arxiv: 100000, dm_mathematics: 1000000, enron_emails: 1000000, europarl: 25000, freelaw: 1000000}",
+    )
     w = record["weights"]
     assert record["prior"]["within_constraints"] is False  # the runs' mean mixture trains on enron_emails
     assert list(w) == DOMAINS
@@ -58,8 +78,10 @@ def test_every_constraint_holds_for_the_averaged_mixture(models, tmp_path):
     assert record["constraints"] == {
         "lower": {"arxiv": 0.2},
         "upper": {"arxiv": 0.4, "enron_emails": 0.0, "europarl": 0.1, "freelaw": 0.25},
-        "excluded": ["enron_emails"], "target_tokens": 1000000, "max_epochs": 4.0,
-    }  # fmt: skip
+        "excluded": ["enron_emails"],
+        "target_tokens": 1000000,
+        "max_epochs": 4.0,
+    }
     assert (tmp_path / "mix_vs_prior.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -85,29 +107,49 @@ def test_the_chosen_mixture_is_near_the_true_optimum_of_the_known_loss(models, t
 
 def test_prior_and_epoch_bound_come_from_the_manifest(models, tmp_path):
     tokens = {"arxiv": 300, "dm_mathematics": 100, "enron_emails": 0, "europarl": 400, "freelaw": 200}
-    Manifest("hash", 256, {d: DomainStats(train=SplitStats(tokens=t), val=SplitStats(tokens=10))
-                           for d, t in tokens.items()}).write(tmp_path)  # fmt: skip
-    record = _run(models, tmp_path / "mix.yaml", "--data_path", str(tmp_path), "--constraints.target_tokens", "2000",
-                  "--constraints.max_epochs", "2")  # fmt: skip
+    Manifest(
+        "hash", 256, {d: DomainStats(train=SplitStats(tokens=t), val=SplitStats(tokens=10)) for d, t in tokens.items()}
+    ).write(tmp_path)
+    record = _run(
+        models,
+        tmp_path / "mix.yaml",
+        "--data_path",
+        str(tmp_path),
+        "--constraints.target_tokens",
+        "2000",
+        "--constraints.max_epochs",
+        "2",
+    )
     assert record["prior"] == {
         "source": "token distribution of --data_path",
         "weights": {"arxiv": 0.3, "dm_mathematics": 0.1, "enron_emails": 0.0, "europarl": 0.4, "freelaw": 0.2},
         "within_constraints": True,
     }
-    assert record["constraints"]["upper"] == {"arxiv": 0.3, "dm_mathematics": 0.1, "enron_emails": 0.0,
-                                              "europarl": 0.4, "freelaw": 0.2}  # fmt: skip
+    assert record["constraints"]["upper"] == {
+        "arxiv": 0.3,
+        "dm_mathematics": 0.1,
+        "enron_emails": 0.0,
+        "europarl": 0.4,
+        "freelaw": 0.2,
+    }
     # the bounds sum to exactly 1, so the only feasible mixture is the token distribution itself
     assert record["weights"] == pytest.approx(record["prior"]["weights"], abs=1e-9)
 
 
 def test_infeasible_constraints_are_one_error_listing_every_problem():
     with pytest.raises(ValueError) as e:
-        constraint_bounds(DOMAINS, ConstraintArgs(min_weight={"arxiv": 0.7, "freelaw": 0.6, "github": 0.1},
-                                                  exclude=["pile_cc"], target_tokens=10))  # fmt: skip
+        constraint_bounds(
+            DOMAINS,
+            ConstraintArgs(
+                min_weight={"arxiv": 0.7, "freelaw": 0.6, "github": 0.1}, exclude=["pile_cc"], target_tokens=10
+            ),
+        )
     msg = str(e.value)
-    for part in ("--constraints.min_weight: unknown domain 'github'", "--constraints.exclude: unknown domain 'pile_cc'",
-                 "--constraints.target_tokens needs each domain's train tokens: give --data_path or "
-                 "--domain_tokens"):  # fmt: skip
+    for part in (
+        "--constraints.min_weight: unknown domain 'github'",
+        "--constraints.exclude: unknown domain 'pile_cc'",
+        "--constraints.target_tokens needs each domain's train tokens: give --data_path or --domain_tokens",
+    ):
         assert part in msg
     with pytest.raises(ValueError, match="the upper bounds sum to 0.5 < 1, so no mixture fits: raise --constraints"):
         constraint_bounds(DOMAINS, ConstraintArgs(target_tokens=1000, max_epochs=1), dict.fromkeys(DOMAINS, 100))
@@ -156,8 +198,19 @@ def test_candidates_follow_the_prior_and_projection_enforces_bounds():
 
 def test_top_k_larger_than_candidates_is_refused(models, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["optimize", "--model", str(models / "gp"), "--out", str(tmp_path / "m.yaml"), "--n_candidates", "10",
-              "--top_k", "50"])  # fmt: skip
+        main(
+            [
+                "optimize",
+                "--model",
+                str(models / "gp"),
+                "--out",
+                str(tmp_path / "m.yaml"),
+                "--n_candidates",
+                "10",
+                "--top_k",
+                "50",
+            ]
+        )
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("regmix optimize: error: --top_k must be between 1 and --n_candidates (10), got 50")
@@ -166,6 +219,16 @@ def test_top_k_larger_than_candidates_is_refused(models, tmp_path, capsys):
 
 def test_kl_to_prior_is_refused_for_a_model_that_is_not_a_law(models, tmp_path):
     with pytest.raises(ValueError, match="--kl_to_prior needs a law model .* holds 'gp'"):
-        main(["optimize", "--model", str(models / "gp"), "--out", str(tmp_path / "m.yaml"), "--kl_to_prior", "0.1",
-              "--debug"])  # fmt: skip
+        main(
+            [
+                "optimize",
+                "--model",
+                str(models / "gp"),
+                "--out",
+                str(tmp_path / "m.yaml"),
+                "--kl_to_prior",
+                "0.1",
+                "--debug",
+            ]
+        )
     assert not (tmp_path / "m.yaml").exists()

@@ -30,8 +30,12 @@ def wheel(tmp_path_factory) -> Path:
     shutil.copy(ROOT / "README.md", src)
     for d in ("regmix_plugin", "recipes"):
         shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp),
-                    str(src)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp), str(src)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (whl,) = tmp.glob("regmix_plugin-*.whl")
     return whl
 
@@ -71,8 +75,10 @@ def test_resolve_recipe_prefers_a_local_file_then_the_shipped_one(tmp_path, monk
     assert resolve_recipe("recipes/tiny_cpu.yaml", "--recipe") == Path("recipes/tiny_cpu.yaml")
     with pytest.raises(FileNotFoundError) as e:
         resolve_recipe("recipes/tiny.yaml", "--recipe")
-    assert str(e.value) == ("--recipe 'recipes/tiny.yaml' does not exist; pass a recipe YAML or one of the shipped "
-                            "ones: " + ", ".join(f"recipes/{r}" for r in RECIPES))
+    assert str(e.value) == (
+        "--recipe 'recipes/tiny.yaml' does not exist; pass a recipe YAML or one of the shipped "
+        "ones: " + ", ".join(f"recipes/{r}" for r in RECIPES)
+    )
 
 
 def _run(*cmd, **kw) -> subprocess.CompletedProcess:
@@ -82,8 +88,10 @@ def _run(*cmd, **kw) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("REGMIX_TEST_INSTALL") != "1",
-                    reason="installs torch and ~75 packages into a fresh venv (~4 min); run with REGMIX_TEST_INSTALL=1")
+@pytest.mark.skipif(
+    os.environ.get("REGMIX_TEST_INSTALL") != "1",
+    reason="installs torch and ~75 packages into a fresh venv (~4 min); run with REGMIX_TEST_INSTALL=1",
+)
 def test_readme_install_line_keeps_the_users_torch(wheel, tmp_path):
     import torch
 
@@ -101,8 +109,10 @@ def test_readme_install_line_keeps_the_users_torch(wheel, tmp_path):
     _run(pip, "install", "-q", wheel, f"torch=={users_torch}", timeout=900)
     if torch.version.cuda is None:  # the README's second line, for CPU torch
         _run(pip, "uninstall", "-y", "-q", "torchvision")
-    probe = ("import torch, torchmetrics, litgpt, litdata; from regmix_plugin.resources import recipe_path; "
-             "print(torch.__version__); print(recipe_path('demo/proxy'))")
+    probe = (
+        "import torch, torchmetrics, litgpt, litdata; from regmix_plugin.resources import recipe_path; "
+        "print(torch.__version__); print(recipe_path('demo/proxy'))"
+    )
     out = _run(python, "-c", probe, cwd=tmp_path).stdout.splitlines()
     assert out[0] == users_torch
     assert Path(out[1]).is_relative_to(venv) and Path(out[1]).name == "proxy.yaml"

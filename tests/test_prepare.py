@@ -43,8 +43,13 @@ def zst_open(path, mode):
 def test_dirs_layout_counts_every_token_and_document(tmp_path, tokenizer_dir):
     for domain, texts in DOCS.items():
         write_jsonl(tmp_path / "raw" / domain / "a.jsonl", [{"text": t} for t in texts])
-    m = prepare(source=str(tmp_path / "raw"), tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "out", val_fraction=0.5,
-                num_workers=2)
+    m = prepare(
+        source=str(tmp_path / "raw"),
+        tokenizer_dir=tokenizer_dir,
+        out_dir=tmp_path / "out",
+        val_fraction=0.5,
+        num_workers=2,
+    )
     assert sorted(m.domains) == ["github", "pile_cc"]  # unsafe labels normalised into directory names
     for raw, texts in DOCS.items():
         stats = m.domains[raw.lower().replace("-", "_")]
@@ -65,21 +70,33 @@ def test_official_shard_layout_and_compressed_formats(tmp_path, tokenizer_dir):
     write_jsonl(raw / "arxiv-00001.jsonl.gz", [{"text": "gamma delta"}] * 4, opener=gzip.open)
     pq.write_table(pa.table({"text": ["zeta eta"] * 3}), raw / "wiki-00000.parquet")
     (raw / "notes-0.txt").write_text("one whole document in a text file")
-    m = prepare(source=[str(raw)], tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "out", val_fraction=0.0,
-                num_workers=1)
+    m = prepare(
+        source=[str(raw)], tokenizer_dir=tokenizer_dir, out_dir=tmp_path / "out", val_fraction=0.0, num_workers=1
+    )
     assert {d: s.train.documents for d, s in m.domains.items()} == {"arxiv": 8, "notes": 1, "wiki": 3}
     assert m.domains["arxiv"].train.tokens == token_count(tokenizer_dir, ["alpha beta"] * 4 + ["gamma delta"] * 4)
 
 
 def test_domain_field_layout_and_separate_val_sources(tmp_path, tokenizer_dir):
-    records = [{"text": "the river", "meta": {"pile_set_name": "Pile-CC"}},
-               {"text": "def return", "meta": {"pile_set_name": "Github"}}] * 5
+    records = [
+        {"text": "the river", "meta": {"pile_set_name": "Pile-CC"}},
+        {"text": "def return", "meta": {"pile_set_name": "Github"}},
+    ] * 5
     write_jsonl(tmp_path / "train" / "00.jsonl", records)
     write_jsonl(tmp_path / "val" / "00.jsonl", [{"text": "held out text", "meta": {"pile_set_name": "Target Web"}}])
-    m = prepare(source=[str(tmp_path / "train")], val_source=[str(tmp_path / "val")], tokenizer_dir=tokenizer_dir,
-                out_dir=tmp_path / "out", domain_field="meta.pile_set_name", num_workers=1)
+    m = prepare(
+        source=[str(tmp_path / "train")],
+        val_source=[str(tmp_path / "val")],
+        tokenizer_dir=tokenizer_dir,
+        out_dir=tmp_path / "out",
+        domain_field="meta.pile_set_name",
+        num_workers=1,
+    )
     assert {d: (s.train.documents, s.val.documents) for d, s in m.domains.items()} == {
-        "github": (5, 0), "pile_cc": (5, 0), "target_web": (0, 1)}
+        "github": (5, 0),
+        "pile_cc": (5, 0),
+        "target_web": (0, 1),
+    }
     assert m.train_domains() == ["github", "pile_cc"] and m.val_domains() == ["target_web"]
 
 
@@ -111,8 +128,13 @@ def test_split_does_not_depend_on_where_the_corpus_lives(tmp_path, tokenizer_dir
     sizes = []
     for place in ("here", "elsewhere/deeper"):
         write_jsonl(tmp_path / place / "raw" / "a" / "x.jsonl", [{"text": t} for t in texts])
-        m = prepare(source=str(tmp_path / place / "raw"), tokenizer_dir=tokenizer_dir, out_dir=tmp_path / place / "out",
-                    val_fraction=0.2, num_workers=1)
+        m = prepare(
+            source=str(tmp_path / place / "raw"),
+            tokenizer_dir=tokenizer_dir,
+            out_dir=tmp_path / place / "out",
+            val_fraction=0.2,
+            num_workers=1,
+        )
         sizes.append((m.domains["a"].train.tokens, m.domains["a"].val.tokens, m.domains["a"].val.documents))
     assert sizes[0] == sizes[1] and sizes[0][2] == 8
 

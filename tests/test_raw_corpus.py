@@ -30,11 +30,21 @@ def test_a_tokenizer_trains_offline_from_any_format_prepare_reads(tmp_path):
     pq.write_table(pa.table({"content": ["parquet text"], "meta": [{"set": "Web"}]}), raw / "wiki-0.parquet")
     assert list(read_texts(raw, text_key="content")) == ["gzip text", "zstd text", "parquet text"]
     assert list(read_texts(str(raw), text_key="content", domain_field="meta.set")) == [
-        "gzip text", "zstd text", "parquet text"]
+        "gzip text",
+        "zstd text",
+        "parquet text",
+    ]
     tok = train_tokenizer(read_texts(raw, text_key="content"), tmp_path / "tok", vocab_size=300)
     # and prepare accepts that tokenizer for that corpus
-    m = prepare(source=str(raw), tokenizer_dir=tok, out_dir=tmp_path / "out", text_key="content",
-                domain_field="meta.set", num_workers=1, val_fraction=0)
+    m = prepare(
+        source=str(raw),
+        tokenizer_dir=tok,
+        out_dir=tmp_path / "out",
+        text_key="content",
+        domain_field="meta.set",
+        num_workers=1,
+        val_fraction=0,
+    )
     assert m.tokenizer_hash == tokenizer_hash(tok) and sorted(m.domains) == ["code", "web"]
 
 

@@ -18,13 +18,21 @@ PILE_1B = ROOT / "recipes" / "pile" / "tinyllama_1b_regmix.yaml"
 
 
 def _mixture(path: Path, weights: dict[str, float], target_tokens: int | None = None) -> Path:
-    write_mixture(path, {
-        "weights": weights,
-        "prediction": {"at_mixture": 3.25, "at_prior": 3.5},
-        "constraints": {"target_tokens": target_tokens},
-        "provenance": {"created": "2026-01-02T03:04:05+00:00", "regressor": "gp", "model": "out/model",
-                       "cv_spearman": 0.9712, "n_runs": 64},
-    })  # fmt: skip
+    write_mixture(
+        path,
+        {
+            "weights": weights,
+            "prediction": {"at_mixture": 3.25, "at_prior": 3.5},
+            "constraints": {"target_tokens": target_tokens},
+            "provenance": {
+                "created": "2026-01-02T03:04:05+00:00",
+                "regressor": "gp",
+                "model": "out/model",
+                "cv_spearman": 0.9712,
+                "n_runs": 64,
+            },
+        },
+    )
     return path
 
 
@@ -36,8 +44,13 @@ def _template(tmp_path: Path, edit) -> Path:
 
 
 def test_a_mistyped_key_is_refused_and_nothing_is_written(tmp_path):
-    template = _template(tmp_path, lambda t: t.replace("  max_tokens: 40960\n\n  # Limits the number of optimizer",
-                                                       "  max_tokns: 40960\n\n  # Limits the number of optimizer"))
+    template = _template(
+        tmp_path,
+        lambda t: t.replace(
+            "  max_tokens: 40960\n\n  # Limits the number of optimizer",
+            "  max_tokns: 40960\n\n  # Limits the number of optimizer",
+        ),
+    )
     with pytest.raises(ValueError) as e:
         recipe(_mixture(tmp_path / "m.yaml", {"code": 0.5, "prose": 0.5}), template, tmp_path / "new.yaml")
     assert str(e.value).startswith(f"--template {template}: `litgpt pretrain` would reject the recipe:")
@@ -47,16 +60,21 @@ def test_a_mistyped_key_is_refused_and_nothing_is_written(tmp_path):
 
 def test_the_epoch_guard_runs_against_the_recipes_budget(tmp_path, prepared):
     # the tiny recipe's model on the test corpus, trained for 25B tokens: far more than 15 passes over it
-    template = _template(tmp_path, lambda t: t.replace("data_path: data/tiny", f"data_path: {prepared}")
-                         .replace("  max_tokens: 40960\n\n  # Limits the number", "  max_tokens: 25000000000\n\n"
-                                  "  # Limits the number"))  # fmt: skip
+    template = _template(
+        tmp_path,
+        lambda t: t.replace("data_path: data/tiny", f"data_path: {prepared}").replace(
+            "  max_tokens: 40960\n\n  # Limits the number", "  max_tokens: 25000000000\n\n  # Limits the number"
+        ),
+    )
     mixture = _mixture(tmp_path / "m.yaml", {"code": 0.5, "prose": 0.5}, target_tokens=400_000)
     warned = r"chosen for --constraints.target_tokens 400,000, but the recipe trains train.max_tokens 25,000,000,000"
     with pytest.warns(UserWarning, match=warned), pytest.raises(ValueError) as e:
         recipe(mixture, template, tmp_path / "new.yaml")
     message = str(e.value)
-    assert message.startswith(f"--mixture {mixture} in --template {template}: with --data.max_tokens "
-                              "25,000,000,000 some domains would repeat more than --data.max_epochs 15 times:")
+    assert message.startswith(
+        f"--mixture {mixture} in --template {template}: with --data.max_tokens "
+        "25,000,000,000 some domains would repeat more than --data.max_epochs 15 times:"
+    )
     assert "  code: " in message and " epochs" in message and message.endswith("nothing was written")
     assert not (tmp_path / "new.yaml").exists()
     # the recipe's own budget passes, with no warning
@@ -65,10 +83,13 @@ def test_the_epoch_guard_runs_against_the_recipes_budget(tmp_path, prepared):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        recipe(_mixture(tmp_path / "m2.yaml", {"code": 0.5, "prose": 0.5}, target_tokens=40960), ok,
-               tmp_path / "new.yaml")
+        recipe(
+            _mixture(tmp_path / "m2.yaml", {"code": 0.5, "prose": 0.5}, target_tokens=40960), ok, tmp_path / "new.yaml"
+        )
     assert yaml.safe_load((tmp_path / "new.yaml").read_text())["data"]["init_args"]["weights"] == {
-        "code": 0.5, "prose": 0.5}
+        "code": 0.5,
+        "prose": 0.5,
+    }
 
 
 def test_the_stale_comment_above_the_weights_is_replaced_by_true_provenance(tmp_path, capsys):

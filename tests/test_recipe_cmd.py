@@ -21,6 +21,7 @@ def main(argv: list[str]) -> None:
     test_cli.py)."""
     regmix_main([*argv, "--debug"])
 
+
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny_cpu.yaml"
 
 
@@ -35,13 +36,21 @@ def _parse(parser, recipe: Path):
 
 
 def _mixture(path: Path, weights: dict[str, float]) -> Path:
-    write_mixture(path, {
-        "weights": weights,
-        "prediction": {"at_mixture": 3.25, "at_prior": 3.5},
-        "search": {"top_k": 100, "n_candidates": 1000},
-        "provenance": {"created": "2026-01-02T03:04:05+00:00", "regressor": "gp", "model": "out/model",
-                       "cv_spearman": 0.9712, "n_runs": 64},
-    })  # fmt: skip
+    write_mixture(
+        path,
+        {
+            "weights": weights,
+            "prediction": {"at_mixture": 3.25, "at_prior": 3.5},
+            "search": {"top_k": 100, "n_candidates": 1000},
+            "provenance": {
+                "created": "2026-01-02T03:04:05+00:00",
+                "regressor": "gp",
+                "model": "out/model",
+                "cv_spearman": 0.9712,
+                "n_runs": 64,
+            },
+        },
+    )
     return path
 
 
@@ -53,10 +62,32 @@ def test_fit_optimize_recipe_gives_a_recipe_litgpt_pretrain_accepts(tmp_path, pa
     rows = [{rename(k): v for k, v in r.items()} for r in synthetic_rows(24, 2, seed=0)]
     write_results(tmp_path / "runs.csv", rows)
     main(["fit", "--results", str(tmp_path / "runs.csv"), "--regressor", "gp", "--out", str(tmp_path / "model")])
-    main(["optimize", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "mixture.yaml"),
-          "--n_candidates", "5000", "--top_k", "20", "--constraints.max_weight", "{code: 0.8}"])  # fmt: skip
-    main(["recipe", "--mixture", str(tmp_path / "mixture.yaml"), "--template", str(TINY),
-          "--out", str(tmp_path / "new.yaml")])  # fmt: skip
+    main(
+        [
+            "optimize",
+            "--model",
+            str(tmp_path / "model"),
+            "--out",
+            str(tmp_path / "mixture.yaml"),
+            "--n_candidates",
+            "5000",
+            "--top_k",
+            "20",
+            "--constraints.max_weight",
+            "{code: 0.8}",
+        ]
+    )
+    main(
+        [
+            "recipe",
+            "--mixture",
+            str(tmp_path / "mixture.yaml"),
+            "--template",
+            str(TINY),
+            "--out",
+            str(tmp_path / "new.yaml"),
+        ]
+    )
     chosen = yaml.safe_load((tmp_path / "mixture.yaml").read_text())["weights"]
     parsed, args = _parse(parser, tmp_path / "new.yaml")
     assert isinstance(args.data, MixtureData)
@@ -89,17 +120,29 @@ def _template(tmp_path: Path, data_block: str, data_path: str = "data/x") -> Pat
 
 
 def test_a_schedule_template_gets_weights_and_a_null_schedule(tmp_path, parser):
-    template = _template(tmp_path, (
-        "    # static weights: unused, the schedule rules\n"
-        "    weights:\n"
-        "    schedule:  # two stages\n"
-        "      - until_fraction: 0.5\n"
-        "        weights: {code: 1.0}\n"
-        "      - weights:\n"
-        "          prose: 1.0\n"
-    ))  # fmt: skip
-    main(["recipe", "--mixture", str(_mixture(tmp_path / "m.yaml", {"code": 0.25, "prose": 0.75})),
-          "--template", str(template), "--out", str(tmp_path / "new.yaml")])  # fmt: skip
+    template = _template(
+        tmp_path,
+        (
+            "    # static weights: unused, the schedule rules\n"
+            "    weights:\n"
+            "    schedule:  # two stages\n"
+            "      - until_fraction: 0.5\n"
+            "        weights: {code: 1.0}\n"
+            "      - weights:\n"
+            "          prose: 1.0\n"
+        ),
+    )
+    main(
+        [
+            "recipe",
+            "--mixture",
+            str(_mixture(tmp_path / "m.yaml", {"code": 0.25, "prose": 0.75})),
+            "--template",
+            str(template),
+            "--out",
+            str(tmp_path / "new.yaml"),
+        ]
+    )
     text = (tmp_path / "new.yaml").read_text()
     assert "    weights: {code: 0.25, prose: 0.75}\n    schedule: null\n    # the seed\n    seed: 7\n" in text
     assert "    # static weights: unused, the schedule rules\n" in text and "# top comment\n" in text
@@ -121,8 +164,17 @@ def test_a_template_without_mixturedata_is_refused(tmp_path):
     base["data"] = {"class_path": "litgpt.data.TinyLlama", "init_args": {"data_path": "x"}}
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(base))
     with pytest.raises(ValueError) as e:
-        main(["recipe", "--mixture", str(_mixture(tmp_path / "m.yaml", {"code": 1.0})), "--template",
-              str(tmp_path / "t.yaml"), "--out", str(tmp_path / "new.yaml")])  # fmt: skip
+        main(
+            [
+                "recipe",
+                "--mixture",
+                str(_mixture(tmp_path / "m.yaml", {"code": 1.0})),
+                "--template",
+                str(tmp_path / "t.yaml"),
+                "--out",
+                str(tmp_path / "new.yaml"),
+            ]
+        )
     assert str(e.value) == (
         f"--template {tmp_path / 't.yaml'}: data.class_path is 'litgpt.data.TinyLlama', not "
         "regmix_plugin.MixtureData with init_args; start from a recipe under recipes/ that streams MixtureData"
@@ -135,11 +187,23 @@ def test_weights_for_a_domain_the_templates_corpus_lacks_are_refused(tmp_path):
     Manifest("hash", 256, {d: DomainStats(train=SplitStats(tokens=100)) for d in ("code", "prose")}).write(corpus)
     template = _template(tmp_path, "    weights: {code: 0.5, prose: 0.5}\n", data_path=str(corpus))
     mixture = _mixture(tmp_path / "m.yaml", {"code": 0.5, "github": 0.5})
-    with pytest.raises(ValueError, match=r"weights github, which the template's corpus .* has no train data for "
-                                         r"\(it has code, prose\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"weights github, which the template's corpus .* has no train data for "
+        r"\(it has code, prose\)",
+    ):
         main(["recipe", "--mixture", str(mixture), "--template", str(template), "--out", str(tmp_path / "new.yaml")])
     assert not (tmp_path / "new.yaml").exists()
     (tmp_path / "bad.yaml").write_text("weights: {code: 0.5, prose: 0.2}\n")
     with pytest.raises(ValueError, match="weights: weights sum to 0.7, not 1"):
-        main(["recipe", "--mixture", str(tmp_path / "bad.yaml"), "--template", str(template),
-              "--out", str(tmp_path / "new.yaml")])  # fmt: skip
+        main(
+            [
+                "recipe",
+                "--mixture",
+                str(tmp_path / "bad.yaml"),
+                "--template",
+                str(template),
+                "--out",
+                str(tmp_path / "new.yaml"),
+            ]
+        )

@@ -71,9 +71,15 @@ CORPUS = {"train_words": 100_000, "val_words": 10_000, "target_val_words": 30_00
 
 def _budget(steps: int, batch: int, lr: float, warmup: int) -> dict:
     tokens = steps * batch * 128  # block_size 128
-    return {"train.max_tokens": tokens, "data.init_args.max_tokens": tokens, "train.micro_batch_size": batch,
-            "train.global_batch_size": batch, "optimizer.init_args.lr": lr, "train.min_lr": lr / 10,
-            "train.lr_warmup_steps": warmup}
+    return {
+        "train.max_tokens": tokens,
+        "data.init_args.max_tokens": tokens,
+        "train.micro_batch_size": batch,
+        "train.global_batch_size": batch,
+        "optimizer.init_args.lr": lr,
+        "train.min_lr": lr / 10,
+        "train.lr_warmup_steps": warmup,
+    }
 
 
 PROXY = {**_budget(60, 16, 3e-2, 6), "model_config.n_embd": 64, "model_config.intermediate_size": 256}
@@ -88,11 +94,25 @@ def recovery(tmp_path_factory):
 def recovery_pipeline(root, out_dir=None, compile: str = "auto", workers: int = 2) -> Pipeline:
     """The test's pipeline over the synthetic corpus under ``root`` (``compile``: `regmix sweep --compile`)."""
     return Pipeline(
-        out_dir=out_dir or root / "run", target=TARGET, proxy_recipe=recipe_path("demo/proxy.yaml"),
-        target_recipe=recipe_path("demo/target.yaml"), raw=root / "synthetic" / "train",
-        val_raw=root / "synthetic" / "val", proxies=32, workers=workers, seed=0, vocab_size=512, eval_points=5,
-        val_tokens=8192, target_val_tokens=16384, n_candidates=100_000, max_epochs=15, regressor="gp",
-        arm_names=("regmix", "uniform"), overrides={"proxy": PROXY, "target": TARGET_MODEL}, compile=compile,
+        out_dir=out_dir or root / "run",
+        target=TARGET,
+        proxy_recipe=recipe_path("demo/proxy.yaml"),
+        target_recipe=recipe_path("demo/target.yaml"),
+        raw=root / "synthetic" / "train",
+        val_raw=root / "synthetic" / "val",
+        proxies=32,
+        workers=workers,
+        seed=0,
+        vocab_size=512,
+        eval_points=5,
+        val_tokens=8192,
+        target_val_tokens=16384,
+        n_candidates=100_000,
+        max_epochs=15,
+        regressor="gp",
+        arm_names=("regmix", "uniform"),
+        overrides={"proxy": PROXY, "target": TARGET_MODEL},
+        compile=compile,
     )
 
 
@@ -141,21 +161,32 @@ def _laws(pipe, results, names: list[str], alpha: np.ndarray, corpus) -> dict:
     from regmix_plugin.formats.mixture_yaml import read_mixture
 
     out = {}
-    for kind, target in (("bimix", f"val_loss/{TARGET}"), ("mixing_law", f"val_loss/{TARGET}"),
-                         ("bimix_sources", "val_loss/s*")):  # fmt: skip
+    for kind, target in (
+        ("bimix", f"val_loss/{TARGET}"),
+        ("mixing_law", f"val_loss/{TARGET}"),
+        ("bimix_sources", "val_loss/s*"),
+    ):
         model = pipe.out_dir / f"model_{kind}"
         fit(results=results, target=target, regressor=kind.removesuffix("_sources"), out=model, seed=0)
         meta = json.loads((model / "model.json").read_text())
         cv = json.loads((model / "cv.json").read_text())["candidates"][meta["regressor"]]
-        out[kind] = {"cv_spearman": meta["cv_spearman"], "oof_spearman": cv["oof_spearman"],
-                     "extrapolation": meta["law"].get("extrapolation")}  # fmt: skip
+        out[kind] = {
+            "cv_spearman": meta["cv_spearman"],
+            "oof_spearman": cv["oof_spearman"],
+            "extrapolation": meta["law"].get("extrapolation"),
+        }
         if kind == "bimix":
             out[kind]["true_loss_spearman"] = _spearman_to_true_loss(model / "cv_predictions.csv", results, corpus)
             out[kind]["broken_extrapolation"] = _broken_extrapolations(results, f"val_loss/{TARGET}")
         if kind != "bimix_sources":
-            optimize(model=model, out=pipe.out_dir / f"mixture_{kind}.yaml", data_path=pipe.out_dir / "data",
-                     constraints=ConstraintArgs(target_tokens=pipe.target_tokens(), max_epochs=pipe.max_epochs),
-                     n_candidates=20_000, seed=0)
+            optimize(
+                model=model,
+                out=pipe.out_dir / f"mixture_{kind}.yaml",
+                data_path=pipe.out_dir / "data",
+                constraints=ConstraintArgs(target_tokens=pipe.target_tokens(), max_epochs=pipe.max_epochs),
+                n_candidates=20_000,
+                seed=0,
+            )
             weights = read_mixture(pipe.out_dir / f"mixture_{kind}.yaml")["weights"]
             got = np.array([weights.get(d, 0.0) for d in names])
             out[kind].update(recovered=got.round(4).tolist(), l1=float(np.abs(got - alpha).sum()))
@@ -230,16 +261,20 @@ def test_law_optimised_mixture_recovers_the_generating_mixture(recovery, measure
     # own measured losses, which are noisy readings of it (0.84-0.90 on the same folds; 0.85 and 0.92 on two
     # earlier sweeps; the GP measured 0.82-0.93): the law ranks unseen mixtures by their true loss better than
     # the proxies' measurements do (those correlate 0.944 with it).
-    measured(f"bimix out-of-fold Spearman: vs exact loss {bimix['true_loss_spearman']:.3f}, vs measured "
-             f"{bimix['oof_spearman']:.3f}")
+    measured(
+        f"bimix out-of-fold Spearman: vs exact loss {bimix['true_loss_spearman']:.3f}, vs measured "
+        f"{bimix['oof_spearman']:.3f}"
+    )
     assert bimix["true_loss_spearman"] >= MIN_LAW_SPEARMAN_TRUE, recovery["laws"]
     assert bimix["oof_spearman"] >= MIN_LAW_SPEARMAN_OBSERVED, recovery["laws"]
     # Ye et al.'s single law on the target is a monotone function of a linear form, so its optimum tends to the
     # boundary (measured L1 1.0, 0.53, 0.38 and 0.29 on four sweeps). That is another method's result: reported, not
     # asserted.
     law = recovery["laws"]["mixing_law"]
-    measured(f"mixing_law (Ye et al.) on the target: L1 {law['l1']:.3f} to alpha, recovered {law['recovered']}, "
-             f"out-of-fold Spearman {law['oof_spearman']:.3f} (reported, not asserted)")
+    measured(
+        f"mixing_law (Ye et al.) on the target: L1 {law['l1']:.3f} to alpha, recovered {law['recovered']}, "
+        f"out-of-fold Spearman {law['oof_spearman']:.3f} (reported, not asserted)"
+    )
 
 
 @pytest.mark.slow
@@ -258,8 +293,10 @@ def test_bimix_extrapolation_on_toy_runs_is_reported_honestly(recovery, measured
     measured("broken fits' extrapolation error " + json.dumps({k: round(v, 4) for k, v in broken.items()}))
     for kind in ("bimix", "bimix_sources"):
         e = recovery["laws"][kind]["extrapolation"]
-        measured(f"{kind} extrapolation: mean relative error {e['mean_relative_error']:.4f} (flat forecast "
-                 f"{e['naive_mean_relative_error']:.4f}), fitted up to {e['fitted_up_to_tokens']:.0f} tokens")
+        measured(
+            f"{kind} extrapolation: mean relative error {e['mean_relative_error']:.4f} (flat forecast "
+            f"{e['naive_mean_relative_error']:.4f}), fitted up to {e['fitted_up_to_tokens']:.0f} tokens"
+        )
         assert e["fitted_up_to_tokens"] == e["predicted_tokens"] / 2
         assert e["mean_relative_error"] < MAX_TOY_EXTRAPOLATION_ERROR, e
         if kind == "bimix":  # the broken fits are of the same column

@@ -26,16 +26,52 @@ def test_staged_proxies_to_a_schedule_that_litgpt_pretrain_trains(tmp_path, prep
     cfg["train"].update(max_tokens=STEPS * MICRO * SEQ)
     cfg["data"]["init_args"]["max_tokens"] = STEPS * MICRO * SEQ  # until_fraction switches count against it
     (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    main(["sample", "--data_path", str(prepared), "--out", str(tmp_path / "mixtures.csv"), "--n", "4",
-          "--stages", "2", "--constraints.target_tokens", str(STEPS * MICRO * SEQ), "--drop_below", "0.01",
-          "--decimals", "2",
-          "--seed", "1"])  # fmt: skip
+    main(
+        [
+            "sample",
+            "--data_path",
+            str(prepared),
+            "--out",
+            str(tmp_path / "mixtures.csv"),
+            "--n",
+            "4",
+            "--stages",
+            "2",
+            "--constraints.target_tokens",
+            str(STEPS * MICRO * SEQ),
+            "--drop_below",
+            "0.01",
+            "--decimals",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
     table = read_mixtures(tmp_path / "mixtures.csv")
     assert table.stages.shape == (4, 2, 3)
-    main(["sweep", "--mixtures", str(tmp_path / "mixtures.csv"), "--data_path", str(prepared), "--recipe",
-          str(tmp_path / "proxy.yaml"), "--out_dir", str(tmp_path / "sweep"), "--local.workers", "0",
-          "--eval.points", "2", "--eval.val_tokens", "256", "--eval.batch_size", "4",
-          "--keep_checkpoints", "true"])  # fmt: skip
+    main(
+        [
+            "sweep",
+            "--mixtures",
+            str(tmp_path / "mixtures.csv"),
+            "--data_path",
+            str(prepared),
+            "--recipe",
+            str(tmp_path / "proxy.yaml"),
+            "--out_dir",
+            str(tmp_path / "sweep"),
+            "--local.workers",
+            "0",
+            "--eval.points",
+            "2",
+            "--eval.val_tokens",
+            "256",
+            "--eval.batch_size",
+            "4",
+            "--keep_checkpoints",
+            "true",
+        ]
+    )
 
     records = read_records(tmp_path / "sweep")
     assert sorted(records) == table.ids and all(r.status == "done" for r in records.values())
@@ -51,19 +87,54 @@ def test_staged_proxies_to_a_schedule_that_litgpt_pretrain_trains(tmp_path, prep
         for d, w in runs[run_id][0]["weights"].items():
             assert abs(at_switch.get(d, {"samples": 0})["samples"] - 24 * w) <= 1, (run_id, d)
 
-    main(["fit_trajectory", "--sweep", str(tmp_path / "sweep"), "--target", "val_loss/*", "--cv_folds", "2",
-          "--out", str(tmp_path / "traj")])  # fmt: skip
+    main(
+        [
+            "fit_trajectory",
+            "--sweep",
+            str(tmp_path / "sweep"),
+            "--target",
+            "val_loss/*",
+            "--cv_folds",
+            "2",
+            "--out",
+            str(tmp_path / "traj"),
+        ]
+    )
     meta = json.loads((tmp_path / "traj" / "trajectory.json").read_text())
     assert meta["weight_domains"] == ["code", "prose", "tiny"] and meta["n_runs"] == 4
     assert meta["grid"] == pytest.approx([4 / 12, 6 / 12, 8 / 12, 1.0])  # the boundary is a grid point
-    main(["schedule", "--model", str(tmp_path / "traj"), "--out", str(tmp_path / "schedule.yaml"), "--stages", "2",
-          "--data_path", str(prepared), "--constraints.target_tokens", str(STEPS * MICRO * SEQ),
-          "--search.n_candidates", "2000",
-          "--search.top_k", "16"])  # fmt: skip
+    main(
+        [
+            "schedule",
+            "--model",
+            str(tmp_path / "traj"),
+            "--out",
+            str(tmp_path / "schedule.yaml"),
+            "--stages",
+            "2",
+            "--data_path",
+            str(prepared),
+            "--constraints.target_tokens",
+            str(STEPS * MICRO * SEQ),
+            "--search.n_candidates",
+            "2000",
+            "--search.top_k",
+            "16",
+        ]
+    )
     sched = read_schedule(tmp_path / "schedule.yaml")
     assert len(sched.stages) == 2 and sched.stages[0].until_fraction == 0.5
-    main(["recipe", "--mixture", str(tmp_path / "schedule.yaml"), "--template", str(tmp_path / "proxy.yaml"),
-          "--out", str(tmp_path / "recipe.yaml")])  # fmt: skip
+    main(
+        [
+            "recipe",
+            "--mixture",
+            str(tmp_path / "schedule.yaml"),
+            "--template",
+            str(tmp_path / "proxy.yaml"),
+            "--out",
+            str(tmp_path / "recipe.yaml"),
+        ]
+    )
     recipe = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
     assert recipe["data"]["init_args"]["weights"] is None
     stages = recipe["data"]["init_args"]["schedule"]

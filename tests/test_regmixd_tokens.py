@@ -31,9 +31,14 @@ def test_spending_the_scarce_domain_late_beats_the_best_static_mixture(tmp_path,
     cap = read_manifest(pipe.out_dir / "data").train_tokens()["scarce"] / pipe.target_tokens()
     arms = {k: v for k, v in premise_arms(cap).items() if k in ("static_cap", "late")}  # two runs: one round
     write_mixtures(pipe.out_dir / "premise.csv", arms, list(DOMAINS), stages=2)
-    sweep(mixtures=pipe.out_dir / "premise.csv", data_path=pipe.out_dir / "data",
-          recipe=pipe.working_recipe("target"), out_dir=pipe.out_dir / "premise",
-          eval=EvalArgs(points=0, val_tokens=pipe.target_val_tokens), local=LocalArgs(workers=2))  # fmt: skip
+    sweep(
+        mixtures=pipe.out_dir / "premise.csv",
+        data_path=pipe.out_dir / "data",
+        recipe=pipe.working_recipe("target"),
+        out_dir=pipe.out_dir / "premise",
+        eval=EvalArgs(points=0, val_tokens=pipe.target_val_tokens),
+        local=LocalArgs(workers=2),
+    )
     records = read_records(pipe.out_dir / "premise")
     loss = {arm: _final(records[arm])[TARGET] for arm in arms}
     measured(f"regmixd corpus premise: {', '.join(f'{k} {v:.4f}' for k, v in loss.items())}")

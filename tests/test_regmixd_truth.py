@@ -40,7 +40,9 @@ def test_the_protocol_ranks_as_the_controller_ships():
 @pytest.mark.science
 def test_regmix_d_beats_static_regmix_on_one_seed(tmp_path, measured):
     r = CHEAP.run(tmp_path, seed=0)
-    measured(f"seed 0 (cheap protocol): static {r['static']:.4f}  offline {r['offline']:.4f}  "
-             f"online {r['online']:.4f}  chosen {r['chosen']}")  # fmt: skip
+    measured(
+        f"seed 0 (cheap protocol): static {r['static']:.4f}  offline {r['offline']:.4f}  "
+        f"online {r['online']:.4f}  chosen {r['chosen']}"
+    )
     assert r["offline"] < r["static"], f"offline schedule {r['offline']:.4f} not below static {r['static']:.4f}"
     assert r["online"] <= r["offline"] + CHEAP.noise, f"online {r['online']:.4f} worse than offline {r['offline']:.4f}"

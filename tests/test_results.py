@@ -10,15 +10,45 @@ from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import read_results, write_results
 
 ROWS = [
-    {"run_id": "a", "status": "done", "weight/arxiv": 0.25, "weight/pile_cc": 0.75, "val_loss/arxiv": 3.5,
-     "val_loss/pile_cc": 4.0, "val_loss/pile_cc@1000": 5.0, "hellaswag": 0.31, "tokens": 2000, "wall_s": 1.5,
-     "seed": 1, "error": ""},
-    {"run_id": "b", "status": "failed", "weight/arxiv": 0.5, "weight/pile_cc": 0.5, "tokens": 100, "wall_s": 0.5,
-     "seed": 2, "error": "diverged"},
-    {"run_id": "c", "status": "done", "weight/arxiv": 1.0, "weight/pile_cc": 0.0, "val_loss/arxiv": 3.0,
-     "val_loss/pile_cc": 4.5, "val_loss/pile_cc@1000": None, "hellaswag": 0.29, "tokens": 2000, "wall_s": 1.25,
-     "seed": 3, "error": ""},
-]  # fmt: skip
+    {
+        "run_id": "a",
+        "status": "done",
+        "weight/arxiv": 0.25,
+        "weight/pile_cc": 0.75,
+        "val_loss/arxiv": 3.5,
+        "val_loss/pile_cc": 4.0,
+        "val_loss/pile_cc@1000": 5.0,
+        "hellaswag": 0.31,
+        "tokens": 2000,
+        "wall_s": 1.5,
+        "seed": 1,
+        "error": "",
+    },
+    {
+        "run_id": "b",
+        "status": "failed",
+        "weight/arxiv": 0.5,
+        "weight/pile_cc": 0.5,
+        "tokens": 100,
+        "wall_s": 0.5,
+        "seed": 2,
+        "error": "diverged",
+    },
+    {
+        "run_id": "c",
+        "status": "done",
+        "weight/arxiv": 1.0,
+        "weight/pile_cc": 0.0,
+        "val_loss/arxiv": 3.0,
+        "val_loss/pile_cc": 4.5,
+        "val_loss/pile_cc@1000": None,
+        "hellaswag": 0.29,
+        "tokens": 2000,
+        "wall_s": 1.25,
+        "seed": 3,
+        "error": "",
+    },
+]
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet"])
@@ -41,8 +71,20 @@ def test_csv_columns_come_out_in_contract_order(tmp_path):
     path = tmp_path / "r.csv"
     write_results(path, ROWS)
     header = path.read_text().splitlines()[0].split(",")
-    assert header == ["run_id", "status", "weight/arxiv", "weight/pile_cc", "val_loss/arxiv", "val_loss/pile_cc",
-                      "val_loss/pile_cc@1000", "hellaswag", "tokens", "wall_s", "seed", "error"]  # fmt: skip
+    assert header == [
+        "run_id",
+        "status",
+        "weight/arxiv",
+        "weight/pile_cc",
+        "val_loss/arxiv",
+        "val_loss/pile_cc",
+        "val_loss/pile_cc@1000",
+        "hellaswag",
+        "tokens",
+        "wall_s",
+        "seed",
+        "error",
+    ]
 
 
 def test_target_specs_resolve_to_weighted_columns(tmp_path):
@@ -88,7 +130,9 @@ def test_official_pair_is_joined_by_id_and_column_name_not_position(tmp_path):
     assert res.resolve_target("val_loss/pile_cc") == {"metric/the_pile_pile_cc_val_loss": 1.0}
     assert res.resolve_target("metric/the_pile_arxiv_val_loss") == {"metric/the_pile_arxiv_val_loss": 1.0}
     assert sorted(res.resolve_target("val_loss/*")) == [
-        "metric/the_pile_arxiv_val_loss", "metric/the_pile_pile_cc_val_loss"]  # fmt: skip
+        "metric/the_pile_arxiv_val_loss",
+        "metric/the_pile_pile_cc_val_loss",
+    ]
 
 
 def test_three_decimal_official_weights_are_accepted_within_their_rounding(tmp_path):
@@ -130,9 +174,11 @@ def test_read_mixtures_reads_either_layout_against_a_models_domains(tmp_path):
     official.write_text("index,train_the_pile_pile_cc,train_the_pile_arxiv\n12,0.9,0.1\n")
     got = read_mixtures(official, known=["arxiv", "pile_cc"])
     assert (got.id_column, got.ids, got.weights.tolist()) == ("index", ["12"], [[0.1, 0.9]])
-    unknown = ("(?s)does not fit the model \\(domains: github, pile_cc\\).*missing column\\(s\\) for domain\\(s\\) "
-               "github: add weight/<domain> columns \\(0 is fine\\).*column\\(s\\) for domain\\(s\\) arxiv "
-               "that the model does not")
+    unknown = (
+        "(?s)does not fit the model \\(domains: github, pile_cc\\).*missing column\\(s\\) for domain\\(s\\) "
+        "github: add weight/<domain> columns \\(0 is fine\\).*column\\(s\\) for domain\\(s\\) arxiv "
+        "that the model does not"
+    )
     with pytest.raises(ValueError, match=unknown):
         read_mixtures(official, known=["github", "pile_cc"])
 
@@ -147,8 +193,10 @@ def test_a_missing_domain_column_is_refused_not_filled_with_zero(tmp_path):
 
 def test_write_results_refuses_bad_rows_and_writes_nothing(tmp_path):
     path = tmp_path / "r.csv"
-    bad = [{"run_id": "a", "weight/arxiv": 0.5, "weight/pile_cc": 0.2},
-           {"run_id": "a", "weight/arxiv": 1.0, "weight/pile_cc": 0.0}]  # fmt: skip
+    bad = [
+        {"run_id": "a", "weight/arxiv": 0.5, "weight/pile_cc": 0.2},
+        {"run_id": "a", "weight/arxiv": 1.0, "weight/pile_cc": 0.0},
+    ]
     with pytest.raises(ValueError) as e:
         write_results(path, bad)
     assert "duplicate run_id(s) a" in str(e.value)

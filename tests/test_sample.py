@@ -24,9 +24,18 @@ def test_sample_respects_every_bound_and_rows_sum_to_exactly_one(prepared, tmp_p
     out = tmp_path / "mixtures.csv"
     tokens = read_manifest(prepared).train_tokens()
     target, max_epochs, minimum = 200_000, 15, 2e-3
-    sample(data_path=prepared, out=out, n=40, constraints=ConstraintArgs(target_tokens=target, max_epochs=max_epochs),
-           drop_below=minimum, decimals=4, seed=3, natural=True, uniform=True,
-           baselines={"code_heavy": {"code": 0.9, "prose": 0.1}})
+    sample(
+        data_path=prepared,
+        out=out,
+        n=40,
+        constraints=ConstraintArgs(target_tokens=target, max_epochs=max_epochs),
+        drop_below=minimum,
+        decimals=4,
+        seed=3,
+        natural=True,
+        uniform=True,
+        baselines={"code_heavy": {"code": 0.9, "prose": 0.1}},
+    )
     header, rows = _cells(out)
     assert header == ["run_id", "weight/code", "weight/prose", "weight/tiny"]
     ids = [r[0] for r in rows]
@@ -64,8 +73,14 @@ def test_sample_respects_every_bound_and_rows_sum_to_exactly_one(prepared, tmp_p
         baselines={"code_heavy": {"code": 0.9, "prose": 0.1}},
     )
     assert again.read_bytes() == out.read_bytes()
-    sample(data_path=prepared, out=again, n=40, constraints=ConstraintArgs(target_tokens=target), drop_below=minimum,
-           seed=4)  # fmt: skip
+    sample(
+        data_path=prepared,
+        out=again,
+        n=40,
+        constraints=ConstraintArgs(target_tokens=target),
+        drop_below=minimum,
+        seed=4,
+    )
     assert _cells(again)[1][0][1:] != sampled[0][1:]
     # the file reads back through the shared reader, validated against the corpus's domains
     mixes = read_mixtures(out, known=["code", "prose", "tiny"]).as_dict()
@@ -77,17 +92,20 @@ def test_temperature_argument_is_honoured():
     p = np.array([900, 90, 10], dtype=float)
     for temperature in (0.5, 1.0):
         # a huge strength concentrates every draw on the (tempered) base measure
-        rows = [stages[0] for stages in sample_schedules(
-            tokens,
-            300,
-            1,
-            temperature=temperature,
-            sampler=SamplerArgs(min_strength=1e5, max_strength=1e5, num_strengths=1),
-            minimum=0,
-            decimals=6,
-            seed=0,
-            max_epochs=1e9,
-        )]
+        rows = [
+            stages[0]
+            for stages in sample_schedules(
+                tokens,
+                300,
+                1,
+                temperature=temperature,
+                sampler=SamplerArgs(min_strength=1e5, max_strength=1e5, num_strengths=1),
+                minimum=0,
+                decimals=6,
+                seed=0,
+                max_epochs=1e9,
+            )
+        ]
         mean = np.mean([[r[d] for d in "abc"] for r in rows], axis=0)
         expected = p**temperature / np.sum(p**temperature)
         np.testing.assert_allclose(mean, expected, atol=2e-3)
@@ -104,8 +122,12 @@ def test_largest_remainder_sums_exactly():
 def test_impossible_bounds_and_bad_flags_name_the_fix(prepared, tmp_path):
     # 3 domains, every weight <= 0.1 at this budget: no mixture can sum to 1
     with pytest.raises(ValueError, match=r"only 0 of --n 5 .* raise --constraints.max_epochs, lower --constraints.tar"):
-        sample(data_path=prepared, out=tmp_path / "m.csv", n=5,
-               constraints=ConstraintArgs(target_tokens=10**8, max_epochs=0.1))  # fmt: skip
+        sample(
+            data_path=prepared,
+            out=tmp_path / "m.csv",
+            n=5,
+            constraints=ConstraintArgs(target_tokens=10**8, max_epochs=0.1),
+        )
     with pytest.raises(
         ValueError, match=r"--sampler.min_strength <= --sampler.max_strength.*--temperature must be > 0"
     ):
@@ -127,9 +149,16 @@ def test_stages_draw_each_stage_independently_under_a_whole_run_epoch_bound(prep
     out = tmp_path / "staged.csv"
     tokens = read_manifest(prepared).train_tokens()
     target, max_epochs = 200_000, 15
-    sample(data_path=prepared, out=out, n=30, stages=2,
-           constraints=ConstraintArgs(target_tokens=target, max_epochs=max_epochs), drop_below=2e-3,
-           seed=3, uniform=True)  # fmt: skip
+    sample(
+        data_path=prepared,
+        out=out,
+        n=30,
+        stages=2,
+        constraints=ConstraintArgs(target_tokens=target, max_epochs=max_epochs),
+        drop_below=2e-3,
+        seed=3,
+        uniform=True,
+    )
     header, rows = _cells(out)
     assert header == ["run_id"] + [f"weight/{d}@{k}" for k in (1, 2) for d in ("code", "prose", "tiny")]
     assert rows[0] == ["uniform"] + ["0.3334", "0.3333", "0.3333"] * 2  # a baseline keeps its mixture all run

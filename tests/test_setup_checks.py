@@ -35,8 +35,9 @@ def test_litgpt_pretrain_with_another_tokenizer_is_refused(tmp_path, prepared, t
     assert str(e.value).startswith(
         f"tokenizer mismatch: --tokenizer_dir {str(other)!r} is sha256:"
     ) and f"but --data.data_path {str(prepared)!r} was prepared with sha256:" in str(e.value)
-    assert str(e.value).endswith("use the tokenizer the corpus was prepared with, or re-run `regmix prepare` with "
-                                 "this one")  # the message sweep and evaluate give
+    assert str(e.value).endswith(
+        "use the tokenizer the corpus was prepared with, or re-run `regmix prepare` with this one"
+    )  # the message sweep and evaluate give
     assert not (tmp_path / "out" / "final").exists()
     _pretrain(tmp_path / "ok", prepared, tokenizer_dir)  # the corpus's own tokenizer trains
     assert (tmp_path / "ok" / "out" / "final" / "lit_model.pth").is_file()
@@ -62,8 +63,9 @@ def test_a_truncated_chunk_is_refused_at_setup_naming_the_file_and_the_fix(tmp_p
     os.truncate(chunk, size - 100)
     with pytest.raises(ValueError) as e:
         _pretrain(tmp_path, data, tokenizer_dir)
-    repair = shlex.join(["regmix", "prepare", *read_manifest(data).domains["prose"].prepared_with, "--out_dir",
-                         str(data)])  # fmt: skip
+    repair = shlex.join(
+        ["regmix", "prepare", *read_manifest(data).domains["prose"].prepared_with, "--out_dir", str(data)]
+    )
     assert str(e.value) == (
         f"--data.data_path {str(data)!r}: the prepared corpus {str(data)!r} is damaged (1 domain(s)):\n"
         f"    domain 'prose': {chunk} is {size - 100:,} bytes, the manifest says {size:,} (truncated?)\n"
@@ -80,8 +82,16 @@ def test_sweep_refuses_a_recipe_whose_vocabulary_is_too_small(tmp_path, prepared
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(cfg))
     write_mixtures(tmp_path / "m.csv", {"m1": {"code": 0.5, "prose": 0.5, "tiny": 0.0}}, ["code", "prose", "tiny"])
     top = read_manifest(prepared).max_token_id()
-    with pytest.raises(ValueError, match=rf"token id {top} >= model padded_vocab_size 200 \(--recipe .*r\.yaml' "
-                                         r"model_config\)"):  # fmt: skip
-        sweep(mixtures=tmp_path / "m.csv", data_path=prepared, recipe=tmp_path / "r.yaml", out_dir=tmp_path / "s",
-              eval=EvalArgs(points=0))
+    with pytest.raises(
+        ValueError,
+        match=rf"token id {top} >= model padded_vocab_size 200 \(--recipe .*r\.yaml' "
+        r"model_config\)",
+    ):
+        sweep(
+            mixtures=tmp_path / "m.csv",
+            data_path=prepared,
+            recipe=tmp_path / "r.yaml",
+            out_dir=tmp_path / "s",
+            eval=EvalArgs(points=0),
+        )
     assert not (tmp_path / "s" / "runs").exists()

@@ -308,8 +308,10 @@ def test_fit_trajectory_on_this_small_sweep_falls_back_to_leave_one_out_like_fit
         shutil.copy(rec, sweep_dir / "runs" / rec.name)
     capsys.readouterr()
     # 6 finished real proxies: too few for the default 5 folds (2 runs each); `regmix fit` says the same words
-    note = ("note: 6 runs are too few for 5-fold CV (it needs 10, 2 per fold); using leave-one-out CV instead (6 "
-            "folds of one run; Spearman over the pooled predictions)")  # fmt: skip
+    note = (
+        "note: 6 runs are too few for 5-fold CV (it needs 10, 2 per fold); using leave-one-out CV instead (6 "
+        "folds of one run; Spearman over the pooled predictions)"
+    )
     main(["fit_trajectory", "--sweep", str(sweep_dir), "--target", "val_loss/*", "--out", str(tmp_path / "traj")])
     assert capsys.readouterr().out.splitlines()[0] == note
     cv = json.loads((tmp_path / "traj" / "cv.json").read_text())
@@ -317,8 +319,19 @@ def test_fit_trajectory_on_this_small_sweep_falls_back_to_leave_one_out_like_fit
     for scores in cv["candidates"].values():
         assert [(f["n_train_runs"], f["n_test_runs"]) for f in scores["folds"]] == [(5, 1)] * 6
     assert len(json.loads((tmp_path / "traj" / "trajectory.json").read_text())["members"]) == 6
-    main(["fit", "--results", str(out / "results.csv"), "--target", "val_loss/*", "--regressor", "linear", "--out",
-          str(tmp_path / "model")])  # fmt: skip
+    main(
+        [
+            "fit",
+            "--results",
+            str(out / "results.csv"),
+            "--target",
+            "val_loss/*",
+            "--regressor",
+            "linear",
+            "--out",
+            str(tmp_path / "model"),
+        ]
+    )
     assert capsys.readouterr().out.splitlines()[0] == note
     # fewer than 4 finished runs: the one message `regmix fit` gives too
     for name in ("m1", "m2", "m3"):

@@ -39,9 +39,27 @@ def coop(tmp_path_factory, prepared, tokenizer_dir):
 
 
 def _cli(coop, out: Path, *extra: str, mixtures: str = "mixtures.csv") -> list[str]:
-    return [sys.executable, "-m", "regmix_plugin", "sweep", "--mixtures", str(coop["root"] / mixtures),
-            "--data_path", str(coop["data"]), "--recipe", str(coop["recipe"]), "--out_dir", str(out),
-            "--eval.points", "0", "--eval.val_tokens", "128", "--eval.batch_size", "4", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "regmix_plugin",
+        "sweep",
+        "--mixtures",
+        str(coop["root"] / mixtures),
+        "--data_path",
+        str(coop["data"]),
+        "--recipe",
+        str(coop["recipe"]),
+        "--out_dir",
+        str(out),
+        "--eval.points",
+        "0",
+        "--eval.val_tokens",
+        "128",
+        "--eval.batch_size",
+        "4",
+        *extra,
+    ]
 
 
 def _counts(stdout: str) -> dict[str, int]:
@@ -53,16 +71,25 @@ def _counts(stdout: str) -> dict[str, int]:
 def test_two_launchers_on_one_directory_train_every_run_exactly_once(coop, tmp_path):
     out = tmp_path / "shared"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen(_cli(coop, out, "--local.workers", "1", "--local.threads", "1"),
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            _cli(coop, out, "--local.workers", "1", "--local.threads", "1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     counts = [_counts(o) for o in outputs]
     # every run trained by exactly one of them; each counts the other's runs as skipped
     assert counts[0]["done"] + counts[1]["done"] == len(MIXES), counts
     assert all(c["failed"] == 0 and c["pending"] == 0 and c["done"] + c["skipped"] == len(MIXES) for c in counts), (
-        counts, [o[-1500:] for o in outputs])
+        counts,
+        [o[-1500:] for o in outputs],
+    )
     assert counts[0]["done"] > 0 and counts[1]["done"] > 0, counts  # they really shared the work
     records = read_records(out)
     assert sorted(records) == sorted(MIXES) and all(r.status == "done" for r in records.values())
@@ -83,8 +110,15 @@ def test_claims_of_a_killed_process_or_without_heartbeat_are_taken_over(coop, tm
         path.write_text(json.dumps({"run_id": run_id, "host": host, "pid": pid, "launcher": "gone", "started": 0}))
     old = time.time() - 3600
     os.utime(claim_path(out, "m2"), (old, old))  # no heartbeat for an hour, on a host we cannot check
-    counts = sweep(mixtures=coop["root"] / "mixtures.csv", data_path=coop["data"], recipe=coop["recipe"],
-                   out_dir=out, eval=FAST, local=LocalArgs(workers=0, threads=1), claim_timeout=60)
+    counts = sweep(
+        mixtures=coop["root"] / "mixtures.csv",
+        data_path=coop["data"],
+        recipe=coop["recipe"],
+        out_dir=out,
+        eval=FAST,
+        local=LocalArgs(workers=0, threads=1),
+        claim_timeout=60,
+    )
     assert counts == {"done": 6, "failed": 0, "skipped": 0, "pending": 0}
     assert read_claim(out, "m1") is None and read_claim(out, "m2") is None
 
@@ -94,8 +128,17 @@ def test_a_live_claim_elsewhere_is_waited_for_not_trained_twice(coop, tmp_path, 
     path = claim_path(out, "m3")
     path.parent.mkdir(parents=True, exist_ok=True)
     # a claim by this (live) test process, as another launcher's worker would hold it
-    path.write_text(json.dumps({"run_id": "m3", "host": socket.gethostname(), "pid": os.getpid(),
-                                "launcher": "other", "started": time.time()}))
+    path.write_text(
+        json.dumps(
+            {
+                "run_id": "m3",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "launcher": "other",
+                "started": time.time(),
+            }
+        )
+    )
     proc = subprocess.Popen(
         _cli(coop, out, "--local.workers", "0", "--local.threads", "1", mixtures="three.csv"),
         stdout=subprocess.PIPE,

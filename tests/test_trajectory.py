@@ -160,10 +160,14 @@ def _recency_model():
         s1, s2 = rng.uniform(0, 1, 2)
         l1 = 0.5 * 6.0 + 3 - s1
         l2 = 0.5 * l1 + 3 - s2
-        sched = [{"until_fraction": 0.5, "weights": {"near": 1 - s1, "scarce": s1}},
-                 {"weights": {"near": 1 - s2, "scarce": s2}}]  # fmt: skip
-        losses = [{"tokens": 50, "final": False, "losses": {"target": l1}},
-                  {"tokens": 100, "final": True, "losses": {"target": l2}}]  # fmt: skip
+        sched = [
+            {"until_fraction": 0.5, "weights": {"near": 1 - s1, "scarce": s1}},
+            {"weights": {"near": 1 - s2, "scarce": s2}},
+        ]
+        losses = [
+            {"tokens": 50, "final": False, "losses": {"target": l1}},
+            {"tokens": 100, "final": True, "losses": {"target": l2}},
+        ]
         records[f"r{r}"] = {"run_id": f"r{r}", "status": "done", "tokens": 100, "schedule": sched, "losses": losses}
     runs, wd, ld = trajectories_from_records(records)
     return fit_model(runs, wd, ld, resolve_target("val_loss/target", ld), "losses", "linear")
@@ -175,10 +179,12 @@ def test_joint_objective_spends_a_scarce_domain_where_it_pays_and_greedy_does_no
     model = _recency_model()
     allowance = np.array([1.0, 0.3])  # near, scarce
     args = {"n_candidates": 8000, "top_k": 32, "smoothing": 0.0}
-    greedy = derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance,
-                             SearchArgs(**args, objective="greedy"))  # fmt: skip
-    joint = derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance,
-                            SearchArgs(**args, objective="joint"))  # fmt: skip
+    greedy = derive_schedule(
+        model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance, SearchArgs(**args, objective="greedy")
+    )
+    joint = derive_schedule(
+        model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance, SearchArgs(**args, objective="joint")
+    )
     for plan in (greedy, joint):
         assert sum(m[1] / 2 for m in plan["mixtures"]) <= 0.3 + 1e-9  # both keep the whole-run bound
     assert greedy["mixtures"][0][1] > 0.5 and greedy["mixtures"][1][1] < 0.1
@@ -188,8 +194,9 @@ def test_joint_objective_spends_a_scarce_domain_where_it_pays_and_greedy_does_no
     assert final["j"] < final["g"] - 0.2
     assert joint["predicted_target"][-1] < greedy["predicted_target"][-1] - 0.2
     with pytest.raises(ValueError, match="objective"):
-        derive_schedule(model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance,
-                        SearchArgs(**args, objective="lookahead"))  # fmt: skip
+        derive_schedule(
+            model, 2, np.ones(2) / 2, np.zeros(2), np.ones(2), allowance, SearchArgs(**args, objective="lookahead")
+        )
 
 
 def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(tmp_path, capsys):
@@ -198,18 +205,28 @@ def test_schedule_of_a_model_saved_without_cv_writes_and_records_the_objective(t
     from regmix_plugin.formats.trajectory_model import save_model
 
     save_model(_recency_model(), tmp_path / "m")
-    sched = schedule(tmp_path / "m", tmp_path / "s.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
-                     constraints=ConstraintArgs(target_tokens=1000, max_epochs=1.0),
-                     search=SearchArgs(n_candidates=4000, top_k=32, objective="joint"))  # fmt: skip
+    sched = schedule(
+        tmp_path / "m",
+        tmp_path / "s.yaml",
+        stages=2,
+        domain_tokens={"near": 1000, "scarce": 300},
+        constraints=ConstraintArgs(target_tokens=1000, max_epochs=1.0),
+        search=SearchArgs(n_candidates=4000, top_k=32, objective="joint"),
+    )
     back = read_schedule(tmp_path / "s.yaml")
     assert back.search["objective"] == "joint" and "rollout RMSE nan" in (tmp_path / "s.yaml").read_text()
     for got, want in zip(back.stages, sched.stages, strict=True):
         assert got.weights == pytest.approx(want.weights)
     assert back.stages[1].weights["scarce"] > back.stages[0].weights["scarce"]
     assert "warning" not in capsys.readouterr().out
-    schedule(tmp_path / "m", tmp_path / "g.yaml", stages=2, domain_tokens={"near": 1000, "scarce": 300},
-             constraints=ConstraintArgs(target_tokens=1000, max_epochs=1.0),
-             search=SearchArgs(n_candidates=4000, top_k=32, objective="greedy"))  # fmt: skip
+    schedule(
+        tmp_path / "m",
+        tmp_path / "g.yaml",
+        stages=2,
+        domain_tokens={"near": 1000, "scarce": 300},
+        constraints=ConstraintArgs(target_tokens=1000, max_epochs=1.0),
+        search=SearchArgs(n_candidates=4000, top_k=32, objective="greedy"),
+    )
     assert "predicts the schedule worse than the best single mixture (greedy" in capsys.readouterr().out
 
 
@@ -235,8 +252,10 @@ def test_fold_models_are_kept_saved_and_make_the_search_pessimistic(trajs, tmp_p
     # the pessimistic search settles where the folds agree more: the chosen schedule's spread is lower (measured
     # 0.049 at 0, 0.012 at 3)
     args = {"n_candidates": 4000, "top_k": 32, "objective": "joint"}
-    plans = {k: derive_schedule(model, 3, np.ones(3) / 3, np.zeros(3), np.ones(3), None,
-                                SearchArgs(**args, pessimism=k)) for k in (0.0, 3.0)}  # fmt: skip
+    plans = {
+        k: derive_schedule(model, 3, np.ones(3) / 3, np.zeros(3), np.ones(3), None, SearchArgs(**args, pessimism=k))
+        for k in (0.0, 3.0)
+    }
 
     def spread_of(plan):
         sched = np.stack(plan["mixtures"])[None]
@@ -251,7 +270,8 @@ def test_schedule_refuses_a_negative_pessimism_and_notes_a_model_without_folds(t
 
     save_model(_recency_model(), tmp_path / "m")  # fitted without CV: no fold models
     with pytest.raises(ValueError, match=r"--search.pessimism must be a finite number >= 0, got -1"):
-        schedule(tmp_path / "m", tmp_path / "s.yaml", stages=2, search=SearchArgs(n_candidates=100, top_k=8,
-                 pessimism=-1.0))  # fmt: skip
+        schedule(
+            tmp_path / "m", tmp_path / "s.yaml", stages=2, search=SearchArgs(n_candidates=100, top_k=8, pessimism=-1.0)
+        )
     schedule(tmp_path / "m", tmp_path / "s.yaml", stages=2, search=SearchArgs(n_candidates=1000, top_k=8))
     assert "has no cross-validation fold models" in capsys.readouterr().out

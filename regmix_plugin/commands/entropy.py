@@ -51,5 +51,8 @@ def entropy(
     )
     write_mixture(Path(out), record, header)
     top = sorted(record["weights"].items(), key=lambda kv: -kv[1])[:5]
-    print(f"{measure} entropy mixture over {len(record['weights'])} domains (largest: "
-          + ", ".join(f"{d} {w:.3f}" for d, w in top) + f"); wrote {out}")  # fmt: skip
+    print(
+        f"{measure} entropy mixture over {len(record['weights'])} domains (largest: "
+        + ", ".join(f"{d} {w:.3f}" for d, w in top)
+        + f"); wrote {out}"
+    )

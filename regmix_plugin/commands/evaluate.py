@@ -55,20 +55,29 @@ def evaluate(
     """
     checkpoint_dir, data_path = Path(checkpoint_dir), Path(data_path)
     manifest = read_manifest(data_path)
-    check_tokenizer(checkpoint_dir, manifest.tokenizer_hash, "--checkpoint_dir", f"--data_path {str(data_path)!r}",
-                    fix="evaluate on a corpus prepared with this model's tokenizer "
-                        "(`regmix prepare --tokenizer_dir <checkpoint_dir>`)")
+    check_tokenizer(
+        checkpoint_dir,
+        manifest.tokenizer_hash,
+        "--checkpoint_dir",
+        f"--data_path {str(data_path)!r}",
+        fix="evaluate on a corpus prepared with this model's tokenizer "
+        "(`regmix prepare --tokenizer_dir <checkpoint_dir>`)",
+    )
     names = eval_domains(manifest, domains)
     model = load_checkpoint(checkpoint_dir, device)
     seq = seq_length or model.config.block_size
     if seq > model.config.block_size or val_tokens < 1 or batch_size < 1:
-        raise ValueError(f"need --seq_length <= the model's block_size {model.config.block_size}, --val_tokens >= 1 "
-                         f"and --batch_size >= 1; got {seq}, {val_tokens}, {batch_size}")
+        raise ValueError(
+            f"need --seq_length <= the model's block_size {model.config.block_size}, --val_tokens >= 1 "
+            f"and --batch_size >= 1; got {seq}, {val_tokens}, {batch_size}"
+        )
     blocks, empty = val_blocks(data_path, names, seq, val_tokens)
     top = max((int(b.max()) for b in blocks.values()), default=0)
     if top >= model.config.padded_vocab_size:
-        raise ValueError(f"--data_path holds token id {top}, beyond the model's padded_vocab_size "
-                         f"{model.config.padded_vocab_size}: the corpus was not tokenized for this model")
+        raise ValueError(
+            f"--data_path holds token id {top}, beyond the model's padded_vocab_size "
+            f"{model.config.padded_vocab_size}: the corpus was not tokenized for this model"
+        )
     if empty:
         warnings.warn(
             f"domain(s) {', '.join(empty)} have fewer than {seq + 1} val tokens and are not evaluated", stacklevel=2

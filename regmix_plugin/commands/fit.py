@@ -143,10 +143,14 @@ def fit(
     extra = ""
     if law and isinstance(law.get("extrapolation"), dict):
         e = law["extrapolation"]
-        extra = (f"; extrapolation from {e['fitted_up_to_tokens']:.0f} to {e['predicted_tokens']:.0f} tokens: mean "
-                 f"relative error {e['mean_relative_error']:.4f} (flat forecast {e['naive_mean_relative_error']:.4f})")
-    print(f"fitted {chosen} on {len(y)} runs; {scheme} CV Spearman {scores[chosen]['mean_spearman']:.4f}"
-          f"{extra}; wrote {out}")
+        extra = (
+            f"; extrapolation from {e['fitted_up_to_tokens']:.0f} to {e['predicted_tokens']:.0f} tokens: mean "
+            f"relative error {e['mean_relative_error']:.4f} (flat forecast {e['naive_mean_relative_error']:.4f})"
+        )
+    print(
+        f"fitted {chosen} on {len(y)} runs; {scheme} CV Spearman {scores[chosen]['mean_spearman']:.4f}"
+        f"{extra}; wrote {out}"
+    )
 
 
 def predict(model: Path, mixtures: Path, out: Path = Path("predictions.csv")) -> None:
@@ -223,8 +227,9 @@ class _Candidate:
     trajectories: tuple | None = None
 
 
-def _candidate(name, data: Results, columns: dict[str, float], y, seed, horizon_tokens=None, min_tokens=0.0,
-               proportions="own") -> _Candidate:
+def _candidate(
+    name, data: Results, columns: dict[str, float], y, seed, horizon_tokens=None, min_tokens=0.0, proportions="own"
+) -> _Candidate:
     from regmix_plugin.models.laws import BiMixLaw, MixingLaw
     from regmix_plugin.models.regressors import REGRESSORS
 
@@ -233,8 +238,9 @@ def _candidate(name, data: Results, columns: dict[str, float], y, seed, horizon_
     names, weights = list(columns), tuple(columns.values())
     if name == "mixing_law":  # one law per target column, as Ye et al. fit one per validation domain
         Y = np.column_stack([data.metrics[c] for c in names])
-        return _Candidate(MixingLaw(random_state=seed, column_weights=weights), data.weights,
-                          lambda idx: (data.weights[idx], Y[idx]))  # fmt: skip
+        return _Candidate(
+            MixingLaw(random_state=seed, column_weights=weights), data.weights, lambda idx: (data.weights[idx], Y[idx])
+        )
     if not _has_trajectories(data, columns):
         raise ValueError(
             "--regressor bimix needs trajectories: val_loss/<domain>@<tokens> columns for every --target column and "
@@ -246,8 +252,9 @@ def _candidate(name, data: Results, columns: dict[str, float], y, seed, horizon_
     if proportions not in ("own", "all"):
         raise ValueError(f"--bimix_proportions must be own or all, got {proportions!r}")
     own = tuple(_own_domain(c, data.domains) if proportions == "own" else -1 for c in names)
-    law = BiMixLaw(own_domain=own, column_weights=weights, horizon_tokens=horizon_tokens, min_tokens=min_tokens,
-                   random_state=seed)  # fmt: skip
+    law = BiMixLaw(
+        own_domain=own, column_weights=weights, horizon_tokens=horizon_tokens, min_tokens=min_tokens, random_state=seed
+    )
     XS = np.column_stack([W, s])
 
     def points(idx):
@@ -291,8 +298,9 @@ def _law_report(chosen, model, candidate: _Candidate, data: Results, columns, se
         report["extrapolation"] = "not measured: fewer than 2 eval points in the first half of the runs"
     else:
         try:
-            report["extrapolation"] = extrapolation_error(runs, XS, L, own_domain=own, min_tokens=min_tokens,
-                                                          random_state=seed)  # fmt: skip
+            report["extrapolation"] = extrapolation_error(
+                runs, XS, L, own_domain=own, min_tokens=min_tokens, random_state=seed
+            )
         except ValueError as e:
             report["extrapolation"] = f"not measured: {e}"
     return report
@@ -317,8 +325,9 @@ def _finite_rows(data: Results, columns: dict[str, float]) -> tuple[Results, np.
     finite = np.isfinite(y)
     if not finite.all():
         bad = [i for i, ok in zip(data.ids, finite, strict=True) if not ok]
-        warnings.warn(f"dropped {len(bad)} run(s) whose target is NaN or inf (diverged?): {', '.join(bad[:20])}",
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"dropped {len(bad)} run(s) whose target is NaN or inf (diverged?): {', '.join(bad[:20])}", stacklevel=2
+        )
     return data.subset(finite), y[finite]
 
 

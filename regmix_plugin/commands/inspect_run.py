@@ -47,8 +47,10 @@ def read_data_state(checkpoint_dir: Path) -> dict:
     checkpoint_dir = Path(checkpoint_dir)
     ckpt = checkpoint_dir / "lit_model.pth" if checkpoint_dir.is_dir() else checkpoint_dir
     if not ckpt.is_file():
-        raise FileNotFoundError(f"CHECKPOINT_DIR {str(checkpoint_dir)!r} has no lit_model.pth; pass a directory "
-                                "like out/pretrain/final or out/pretrain/step-00001000")
+        raise FileNotFoundError(
+            f"CHECKPOINT_DIR {str(checkpoint_dir)!r} has no lit_model.pth; pass a directory "
+            "like out/pretrain/final or out/pretrain/step-00001000"
+        )
     state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
     data = state.get("train_dataloader")
     if not isinstance(data, dict) or "streams" not in data:

@@ -96,7 +96,9 @@ def optimize(
     sampler = SamplerArgs(**sampler) if isinstance(sampler, dict) else sampler
     constraints = ConstraintArgs.of(constraints)
     center, prior_source = prior_weights(domains, prior, manifest) or (
-        np.array([meta["run_mean_mixture"][d] for d in domains], float), "mean mixture of the fitted runs")
+        np.array([meta["run_mean_mixture"][d] for d in domains], float),
+        "mean mixture of the fitted runs",
+    )
     tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
     tokens = train_sizes(domains, constraints.block_size, data_path, tokens)
     lower, upper = constraint_bounds(domains, constraints, tokens)
@@ -104,8 +106,10 @@ def optimize(
         raise ValueError(f"--top_k must be between 1 and --n_candidates ({n_candidates}), got {top_k}")
     is_law = meta["regressor"] in LAW_KINDS
     if kl_to_prior and not is_law:
-        raise ValueError(f"--kl_to_prior needs a law model (regmix fit --regressor bimix or mixing_law); --model "
-                         f"{str(model)!r} holds {meta['regressor']!r}")  # fmt: skip
+        raise ValueError(
+            f"--kl_to_prior needs a law model (regmix fit --regressor bimix or mixing_law); --model "
+            f"{str(model)!r} holds {meta['regressor']!r}"
+        )
     # numpy's samplers and LightGBM's predict release the GIL; imports and model parsing do not: let them overlap.
     with ThreadPoolExecutor(2) as pool:
         drawn = pool.submit(sample_candidates, center, lower, upper, n_candidates, sampler, seed, num_threads)
@@ -120,8 +124,9 @@ def optimize(
 
         sign = -1.0 if maximize else 1.0
         searched = chosen
-        chosen, value = minimize_on_simplex(lambda W: sign * fitted.predict(W), lower, upper, prior=center,
-                                            kl_to_prior=kl_to_prior, seed=seed)  # fmt: skip
+        chosen, value = minimize_on_simplex(
+            lambda W: sign * fitted.predict(W), lower, upper, prior=center, kl_to_prior=kl_to_prior, seed=seed
+        )
         chosen = np.where(chosen < 1e-12, 0.0, chosen)  # SLSQP's 1e-17 "zeros" are zeros
         chosen /= chosen.sum()
         at_searched = float(fitted.predict(searched[None])[0])
@@ -173,8 +178,11 @@ def optimize(
             "n_candidates": n_candidates,
             "scored_by_full_model": n_full,
             "top_k": top_k,
-            "sampler": {"min_strength": sampler.min_strength, "max_strength": sampler.max_strength,
-                        "num_strengths": sampler.num_strengths},
+            "sampler": {
+                "min_strength": sampler.min_strength,
+                "max_strength": sampler.max_strength,
+                "num_strengths": sampler.num_strengths,
+            },
             "seed": seed,
         },
         "provenance": {
@@ -193,8 +201,10 @@ def optimize(
     plots.mixture_bars(Path(out).with_name(Path(out).stem + "_vs_prior.png"), domains, chosen, center, label)
     if direct:
         alt = direct["candidate_search_would_pick"]
-        print(f"law solved directly; the candidate search would have picked a mixture at L1 {alt['l1_to_chosen']:.3f} "
-              f"predicted {alt['prediction']:.4f}")
+        print(
+            f"law solved directly; the candidate search would have picked a mixture at L1 {alt['l1_to_chosen']:.3f} "
+            f"predicted {alt['prediction']:.4f}"
+        )
     print(f"predicted target {at_mixture:.4f} at the chosen mixture, {at_prior:.4f} at the prior; wrote {out}")
 
 
@@ -238,8 +248,11 @@ def _rounded(domains: Sequence[str], values: np.ndarray) -> dict[str, float]:
 def _header(record: dict) -> str:
     prov, pred = record["provenance"], record["prediction"]
     search = record["search"]
-    how = "the minimum (SLSQP, no search) of" if "solver" in record else (
-        f"mean of the top {search['top_k']} of {search['n_candidates']:,} simulated mixtures,\nranked by")
+    how = (
+        "the minimum (SLSQP, no search) of"
+        if "solver" in record
+        else (f"mean of the top {search['top_k']} of {search['n_candidates']:,} simulated mixtures,\nranked by")
+    )
     return (
         f"Mixture chosen by `regmix optimize` ({prov['created']}): {how} a {prov['regressor']} model\n"
         f"({prov['model']}; CV Spearman {prov['cv_spearman']:.3f} over {prov['n_runs']} runs).\n"

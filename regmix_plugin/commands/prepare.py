@@ -108,7 +108,8 @@ def _tokenize_file(job: dict) -> dict:
         tokens = np.concatenate(arrays)
         np.save(tmp / f"{domain}.{split}.npy", tokens)
         out[f"{domain}.{split}"] = {
-            "tokens": int(tokens.size), "documents": docs[(domain, split)],
+            "tokens": int(tokens.size),
+            "documents": docs[(domain, split)],
             "max_id": int(tokens.max()) if tokens.size else -1,
         }
     return {
@@ -209,8 +210,9 @@ def prepare(
         manifest = _verify_only(out_dir)
         _warn_small(out_dir, manifest, block_size)
         return manifest
-    command = _prepare_command(source, tokenizer_dir, layout, domain_field, on_missing_domain, text_key, val_fraction,
-                               val_source, chunk_bytes)  # fmt: skip
+    command = _prepare_command(
+        source, tokenizer_dir, layout, domain_field, on_missing_domain, text_key, val_fraction, val_source, chunk_bytes
+    )
     if tokenizer_dir is None:
         raise ValueError("--tokenizer_dir is required with --source")
     tokenizer_dir = Path(tokenizer_dir)
@@ -294,8 +296,11 @@ def prepare(
         if not _disk_full(e):
             raise
         # all files tokenized: the unfinished domains' temporary tokens are exactly what a re-run writes twice
-        measured = None if results is None else sum(
-            f.stat().st_size for f in tmp_root.rglob("*.npy") if f.name.split(".")[0] not in done)
+        measured = (
+            None
+            if results is None
+            else sum(f.stat().st_size for f in tmp_root.rglob("*.npy") if f.name.split(".")[0] not in done)
+        )
         shutil.rmtree(tmp_root, ignore_errors=True)
         for partial in out_dir.glob(".*.partial"):
             shutil.rmtree(partial, ignore_errors=True)
@@ -304,8 +309,10 @@ def prepare(
     manifest.write(out_dir)
     _warn_small(out_dir, manifest, block_size)
     if dropped:
-        print(f"dropped {sum(dropped.values())} document(s): "
-              + ", ".join(f"{n} {reason.replace('_', ' ')} ({domain_field})" for reason, n in dropped.items()))
+        print(
+            f"dropped {sum(dropped.values())} document(s): "
+            + ", ".join(f"{n} {reason.replace('_', ' ')} ({domain_field})" for reason, n in dropped.items())
+        )
     return manifest
 
 
@@ -334,8 +341,9 @@ def _tokenize(jobs: list[dict], tokenizer_dir: Path, num_workers: int | None) ->
     return results
 
 
-def _write_domains(new, results, labels, manifest, out_dir: Path, tmp_root: Path, chunk_bytes: str,
-                   command: list[str]) -> None:  # fmt: skip
+def _write_domains(
+    new, results, labels, manifest, out_dir: Path, tmp_root: Path, chunk_bytes: str, command: list[str]
+) -> None:
     """Write each new domain's chunks under ``.<domain>.partial``, rename it into place, then list it."""
     from tqdm import tqdm
 
@@ -373,8 +381,10 @@ def _report_damage(out_dir: Path, manifest: Manifest, checksums: bool, redo: boo
         for domain, problems in damaged.items():
             print(f"domain {domain} is damaged, re-doing it: " + "; ".join(problems[:3]))
     if unrecorded and checksums:
-        print(f"cannot verify {', '.join(unrecorded)}: prepared by an older regmix-plugin that recorded no chunk "
-              "sizes; prepare them into a new --out_dir to get them")
+        print(
+            f"cannot verify {', '.join(unrecorded)}: prepared by an older regmix-plugin that recorded no chunk "
+            "sizes; prepare them into a new --out_dir to get them"
+        )
     elif checksums and not damaged:
         print(f"verified {len(manifest.domains) - len(unrecorded)} domain(s) of {out_dir}: sizes and SHA-256 match")
     return damaged
@@ -388,7 +398,9 @@ def _verify_only(out_dir: Path) -> Manifest:
         lines = [f"  {domain}: {p}" for domain, problems in damaged.items() for p in problems]
         raise RegmixError(
             f"{len(damaged)} damaged domain(s) in --out_dir {str(out_dir)!r} ({', '.join(damaged)}); nothing was "
-            "changed:\n" + "\n".join(lines) + "\nRepair (re-does only the damaged domains): "
+            "changed:\n"
+            + "\n".join(lines)
+            + "\nRepair (re-does only the damaged domains): "
             + "; ".join(repair_commands(out_dir, manifest, list(damaged)))
         )
     return manifest
@@ -404,19 +416,25 @@ def _warn_small(out_dir: Path, manifest: Manifest, block_size: int | None) -> No
     from regmix_plugin.weights import domain_blocks
 
     size = block_size or ASSUMED_BLOCK_SIZE
-    where = (f"--block_size {block_size}" if block_size else
-             f"assuming block_size {size}, LitGPT's default; pass --block_size to check your recipe's")  # fmt: skip
+    where = (
+        f"--block_size {block_size}"
+        if block_size
+        else f"assuming block_size {size}, LitGPT's default; pass --block_size to check your recipe's"
+    )
     train = manifest.train_domains()
     for d, n in domain_blocks(out_dir, train, size).items():
         if n == 0:
-            print(f"warning: domain {d} has {manifest.domains[d].train.tokens} train token(s) but no whole block of "
-                  f"{size + 1} tokens in any chunk ({where}): MixtureData cannot sample it; prepare more data for it"
-                  + ("" if manifest.domains[d].train.tokens <= size else " or use a larger --chunk_bytes"),
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: domain {d} has {manifest.domains[d].train.tokens} train token(s) but no whole block of "
+                f"{size + 1} tokens in any chunk ({where}): MixtureData cannot sample it; prepare more data for it"
+                + ("" if manifest.domains[d].train.tokens <= size else " or use a larger --chunk_bytes"),
+                file=sys.stderr,
+            )
 
 
-def _prepare_command(source, tokenizer_dir, layout, domain_field, on_missing_domain, text_key, val_fraction,
-                     val_source, chunk_bytes) -> list[str]:  # fmt: skip
+def _prepare_command(
+    source, tokenizer_dir, layout, domain_field, on_missing_domain, text_key, val_fraction, val_source, chunk_bytes
+) -> list[str]:
     """The flags of this run that shape its output (paths made absolute), recorded per domain for repairs."""
 
     def paths(value) -> str:
@@ -424,11 +442,24 @@ def _prepare_command(source, tokenizer_dir, layout, domain_field, on_missing_dom
         absolute = [str(Path(p).resolve()) for p in items]
         return absolute[0] if len(absolute) == 1 else "[" + ",".join(absolute) + "]"
 
-    defaults = {"layout": "auto", "domain_field": None, "on_missing_domain": "error", "text_key": "text",
-                "val_fraction": 0.01, "val_source": None, "chunk_bytes": "64MB"}  # fmt: skip
-    given = {"layout": layout, "domain_field": domain_field, "on_missing_domain": on_missing_domain,
-             "text_key": text_key, "val_fraction": val_fraction, "val_source": val_source or None,
-             "chunk_bytes": chunk_bytes}  # fmt: skip
+    defaults = {
+        "layout": "auto",
+        "domain_field": None,
+        "on_missing_domain": "error",
+        "text_key": "text",
+        "val_fraction": 0.01,
+        "val_source": None,
+        "chunk_bytes": "64MB",
+    }
+    given = {
+        "layout": layout,
+        "domain_field": domain_field,
+        "on_missing_domain": on_missing_domain,
+        "text_key": text_key,
+        "val_fraction": val_fraction,
+        "val_source": val_source or None,
+        "chunk_bytes": chunk_bytes,
+    }
     out = ["--source", paths(source), "--tokenizer_dir", str(Path(tokenizer_dir).resolve())]
     for key, value in given.items():
         if value != defaults[key]:
@@ -485,7 +516,7 @@ def _check_names(raw: set[str], manifest: Manifest | None = None) -> None:
     by_norm: dict[str, set[str]] = {}
     for r in raw:
         by_norm.setdefault(normalize_domain(r), set()).add(r)
-    for name, stats in (manifest.domains.items() if manifest else ()):
+    for name, stats in manifest.domains.items() if manifest else ():
         if name in by_norm:  # a label that joins a domain an earlier run already prepared under another label
             by_norm[name].update(stats.sources)
     clashes = {n: sorted(rs) for n, rs in sorted(by_norm.items()) if len(rs) > 1}

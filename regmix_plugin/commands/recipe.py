@@ -89,9 +89,12 @@ def _check_runnable(config: dict, record: dict, mixture: Path, template: Path) -
     corpus is here); warn when the mixture was chosen for another token budget."""
     from regmix_plugin.litgpt_compat import parse_or_explain
 
-    parsed = parse_or_explain(copy.deepcopy(config), f"--template {template}",
-                              "Fix the template (run `litgpt pretrain --config TEMPLATE --print_config` to see the "
-                              "schema); nothing was written")
+    parsed = parse_or_explain(
+        copy.deepcopy(config),
+        f"--template {template}",
+        "Fix the template (run `litgpt pretrain --config TEMPLATE --print_config` to see the "
+        "schema); nothing was written",
+    )
     max_tokens = parsed.train.max_tokens
     target = (record.get("constraints") or {}).get("target_tokens")
     if target and max_tokens and int(target) != int(max_tokens):
@@ -103,8 +106,7 @@ def _check_runnable(config: dict, record: dict, mixture: Path, template: Path) -
         )
     data = parsed.data
     if max_tokens is None or not (Path(data.data_path) / "manifest.json").is_file():
-        print(f"note: the corpus {data.data_path} is not here, so the epoch guard runs when `litgpt pretrain` "
-              "sets up")
+        print(f"note: the corpus {data.data_path} is not here, so the epoch guard runs when `litgpt pretrain` sets up")
         return
     from litgpt import Config
 
@@ -296,8 +298,10 @@ def _schedule_recipe(mixture: Path, template: Path, out: Path) -> None:
     init_args_node = _data_init_args(config, root, template)
     init_args = config["data"]["init_args"]
     if init_args.get("max_tokens") is None and len(sched.stages) > 1:
-        raise ValueError(f"--template {template}: data.init_args.max_tokens is not set, and the schedule's "
-                         "until_fraction switches need it; set it to train.max_tokens in the template")
+        raise ValueError(
+            f"--template {template}: data.init_args.max_tokens is not set, and the schedule's "
+            "until_fraction switches need it; set it to train.max_tokens in the template"
+        )
     listed = set(init_args.get("weights") or {})
     stages = sched.mixture_data_schedule(keep_zero=listed)
     for st in stages:
@@ -322,8 +326,11 @@ def _schedule_recipe(mixture: Path, template: Path, out: Path) -> None:
     expected, new_text = _verified(config, new_text, "schedule", stages, "weights", template)
     _check_runnable(expected, {}, mixture, template)
     pred = sched.prediction
-    head = [f"# data.init_args.schedule set by `regmix recipe` from {mixture} (template: {template}):",
-            f"# {len(stages)} RegMix-D stage(s) by `regmix schedule`"
-            + (f"; predicted target {pred['at_schedule']:.4f}" if "at_schedule" in pred else "") + "."]
+    head = [
+        f"# data.init_args.schedule set by `regmix recipe` from {mixture} (template: {template}):",
+        f"# {len(stages)} RegMix-D stage(s) by `regmix schedule`"
+        + (f"; predicted target {pred['at_schedule']:.4f}" if "at_schedule" in pred else "")
+        + ".",
+    ]
     write_text(out, "\n".join(head) + "\n\n" + new_text)
     print(f"wrote {out}: {template} with the {len(stages)}-stage schedule of {mixture}")

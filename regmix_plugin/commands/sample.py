@@ -55,10 +55,21 @@ from regmix_plugin.weights import (
 
 
 def sample_schedules(
-    train_tokens: dict[str, int], n: int, stages: int, target_tokens: float | None = None, temperature: float = 0.5,
-    sampler: SamplerArgs = SamplerArgs(), max_epochs: float = DEFAULT_MAX_EPOCHS, minimum: float = 2e-4,
-    decimals: int = 4, seed: int = 42, max_draws: int | None = None, center: dict[str, float] | None = None,
-    block_size: int | None = None, sizes: dict[str, int] | None = None, exclude: list[str] | None = None,
+    train_tokens: dict[str, int],
+    n: int,
+    stages: int,
+    target_tokens: float | None = None,
+    temperature: float = 0.5,
+    sampler: SamplerArgs = SamplerArgs(),
+    max_epochs: float = DEFAULT_MAX_EPOCHS,
+    minimum: float = 2e-4,
+    decimals: int = 4,
+    seed: int = 42,
+    max_draws: int | None = None,
+    center: dict[str, float] | None = None,
+    block_size: int | None = None,
+    sizes: dict[str, int] | None = None,
+    exclude: list[str] | None = None,
 ) -> list[list[dict[str, float]]]:
     """``n`` distinct proxy schedules of ``stages`` equal stages: an independent draw per stage (Marin's
     multi-phase swarms, RegMix-D's proxies), each rounded and floored like a static draw; the epoch bound is
@@ -176,8 +187,10 @@ def sample(
     if not 1 <= decimals <= 9 or minimum * 10**decimals % 1 > 1e-9:
         problems.append(f"--decimals {decimals} must be 1..9 and fine enough to write --drop_below {minimum} exactly")
     if c.min_weight or c.max_weight:
-        problems.append(f"{FLAGS}min_weight and {FLAGS}max_weight bound a planned mixture (regmix optimize, "
-                        "schedule, entropy); regmix sample does not take them: leave them out")  # fmt: skip
+        problems.append(
+            f"{FLAGS}min_weight and {FLAGS}max_weight bound a planned mixture (regmix optimize, "
+            "schedule, entropy); regmix sample does not take them: leave them out"
+        )
     named: dict[str, dict[str, float]] = {}
     if natural:
         named["natural"] = manifest.natural_weights(1.0)
@@ -189,9 +202,11 @@ def sample(
         except ValueError as e:
             problems.append(str(e))
     if n == 0 and not named:
-        problems.append("--n 0 with no baseline row would write an empty mixtures file: give --n >= 1 (the number "
-                        "of proxy mixtures to draw; RegMix's sweeps use 512), or add rows with --natural true, "
-                        "--uniform true or --baselines")
+        problems.append(
+            "--n 0 with no baseline row would write an empty mixtures file: give --n >= 1 (the number "
+            "of proxy mixtures to draw; RegMix's sweeps use 512), or add rows with --natural true, "
+            "--uniform true or --baselines"
+        )
     if prior_source not in ("tokens", "entropy"):
         problems.append(f"--prior_source must be tokens or entropy, got {prior_source!r}")
     unknown = sorted(set(exclude or ()) - set(domains))
@@ -211,8 +226,9 @@ def sample(
 
         center = entropy_mixture(data_path, seed=seed)["weights"]
 
-    bounds = epoch_bounds({d: sizes[d] for d in domains}, float(target_tokens or sum(tokens.values())), max_epochs,
-                          block_size)  # fmt: skip
+    bounds = epoch_bounds(
+        {d: sizes[d] for d in domains}, float(target_tokens or sum(tokens.values())), max_epochs, block_size
+    )
     mixtures: dict[str, dict[str, float]] = {}
     for name, w in named.items():
         units = largest_remainder([w.get(d, 0.0) for d in domains], 10**decimals)

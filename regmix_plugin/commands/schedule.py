@@ -75,8 +75,10 @@ def schedule(
         raise ValueError("; ".join(problems))
     traj = load_trajectory_model(model)
     if search.pessimism > 0 and len(traj.members) < 2:
-        print(f"note: {model} has no cross-validation fold models (written before they were kept): "
-              "--search.pessimism has no effect; re-run `regmix fit_trajectory` to use it")  # fmt: skip
+        print(
+            f"note: {model} has no cross-validation fold models (written before they were kept): "
+            "--search.pessimism has no effect; re-run `regmix fit_trajectory` to use it"
+        )
     domains = traj.weight_domains
     manifest = None
     if data_path is not None:
@@ -132,8 +134,10 @@ def schedule(
             if search.objective == "greedy"
             else "the search found no better schedule: use `regmix optimize`, or raise --search.n_candidates"
         )
-        print(f"warning: this model predicts the schedule worse than the best single mixture ({search.objective} "
-              f"objective); {why}")  # fmt: skip
+        print(
+            f"warning: this model predicts the schedule worse than the best single mixture ({search.objective} "
+            f"objective); {why}"
+        )
     return result
 
 

@@ -13,8 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | None = None, workers: int = 2,
-         seed: int = 0, arms: list[str] | None = None, regmix_d: bool = False) -> dict:
+def demo(
+    out_dir: Path = Path("demo_out"),
+    quick: bool = False,
+    proxies: int | None = None,
+    workers: int = 2,
+    seed: int = 0,
+    arms: list[str] | None = None,
+    regmix_d: bool = False,
+) -> dict:
     """Run RegMix end to end on a corpus built from this Python installation and report the arms.
 
     Arguments:
@@ -35,8 +42,15 @@ def demo(out_dir: Path = Path("demo_out"), quick: bool = False, proxies: int | N
     from regmix_plugin.resources import recipe_path
 
     out_dir = Path(out_dir)
-    pipe = Pipeline(out_dir=out_dir, target=DEMO_TARGET, proxy_recipe=recipe_path("demo/proxy.yaml"),
-                    target_recipe=recipe_path("demo/target.yaml"), raw=out_dir / "raw", workers=workers, seed=seed)
+    pipe = Pipeline(
+        out_dir=out_dir,
+        target=DEMO_TARGET,
+        proxy_recipe=recipe_path("demo/proxy.yaml"),
+        target_recipe=recipe_path("demo/target.yaml"),
+        raw=out_dir / "raw",
+        workers=workers,
+        seed=seed,
+    )
     if quick:
         pipe.proxies, pipe.eval_points, pipe.val_tokens, pipe.target_val_tokens = 12, 1, 4096, 8192
         pipe.n_candidates = 20_000

@@ -46,8 +46,20 @@ DEFAULT_MAX_CHARS = {"code": 1_500_000, "docs": 1_000_000, "prose": 800_000, "li
 DEMO_DOMAINS = tuple(DEFAULT_MAX_CHARS)
 CORPUS_MANIFEST = "corpus.json"
 FORMAT_VERSION = 1
-_SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__", "lib-dynload",
-              "encodings", "idlelib", "lib2to3", "turtledemo", "ensurepip"}
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idle_test",
+    "site-packages",
+    "dist-packages",
+    "__pycache__",
+    "lib-dynload",
+    "encodings",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
+    "ensurepip",
+}
 _LICENSE_NAME = re.compile(r"LICEN[CS]E|COPYING|NOTICE", re.IGNORECASE)
 
 
@@ -88,13 +100,22 @@ def build_demo_corpus(
         domain = normalize_domain(name)
         shard, digest = write_jsonl(out_dir / domain, domain, texts)
         domains[domain] = {
-            "source": kind, "documents": len(texts), "characters": sum(map(len, texts)),
-            "max_chars": caps[name], "sha256": digest, "shards": [f"{domain}/{shard}"],
-            "sources_sha256": hashlib.sha256("\n".join(used).encode()).hexdigest(), "sources": used,
+            "source": kind,
+            "documents": len(texts),
+            "characters": sum(map(len, texts)),
+            "max_chars": caps[name],
+            "sha256": digest,
+            "shards": [f"{domain}/{shard}"],
+            "sources_sha256": hashlib.sha256("\n".join(used).encode()).hexdigest(),
+            "sources": used,
         }
     manifest = {
-        "format_version": FORMAT_VERSION, "target": DEMO_TARGET, "seed": seed, "max_doc_chars": max_doc_chars,
-        "python": platform.python_version(), "domains": domains,
+        "format_version": FORMAT_VERSION,
+        "target": DEMO_TARGET,
+        "seed": seed,
+        "max_doc_chars": max_doc_chars,
+        "python": platform.python_version(),
+        "domains": domains,
     }
     write_json(out_dir / CORPUS_MANIFEST, manifest)
     return manifest
@@ -187,8 +208,11 @@ def _stdlib_files() -> list[str]:
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("config-"))
-        found += [os.path.relpath(os.path.join(folder, f), root) for f in files
-                  if f.endswith(".py") and not f.startswith("_sysconfigdata")]
+        found += [
+            os.path.relpath(os.path.join(folder, f), root)
+            for f in files
+            if f.endswith(".py") and not f.startswith("_sysconfigdata")
+        ]
     return sorted(p.replace(os.sep, "/") for p in found)
 
 
@@ -315,8 +339,28 @@ def _license_sources(seed: int) -> Iterator[tuple[str, str]]:
             yield name, text
 
 
-_NAMES = ("Ada", "Ben", "Chen", "Dana", "Eli", "Farah", "Gus", "Hana", "Ivan", "Jia", "Kofi", "Lena", "Maya",
-          "Nils", "Omar", "Priya", "Rosa", "Sami", "Tomas", "Uma")
+_NAMES = (
+    "Ada",
+    "Ben",
+    "Chen",
+    "Dana",
+    "Eli",
+    "Farah",
+    "Gus",
+    "Hana",
+    "Ivan",
+    "Jia",
+    "Kofi",
+    "Lena",
+    "Maya",
+    "Nils",
+    "Omar",
+    "Priya",
+    "Rosa",
+    "Sami",
+    "Tomas",
+    "Uma",
+)
 _ITEMS = ("apples", "marbles", "books", "pencils", "stamps", "cookies", "shells", "cards", "stickers", "eggs")
 
 
@@ -327,38 +371,52 @@ def _problem(rng: random.Random) -> str:
     if kind == 0:
         x, y = r(5, 90), r(2, 40)
         z = r(1, x + y)
-        return (f"{a} has {x} {item}. {a} buys {y} more and gives {z} to {b}. How many {item} does {a} have now?\n"
-                f"Solution: {x} + {y} = {x + y}. {x + y} - {z} = {x + y - z}.\nAnswer: {x + y - z}")
+        return (
+            f"{a} has {x} {item}. {a} buys {y} more and gives {z} to {b}. How many {item} does {a} have now?\n"
+            f"Solution: {x} + {y} = {x + y}. {x + y} - {z} = {x + y - z}.\nAnswer: {x + y - z}"
+        )
     if kind in (1, 4):  # one multiplication, two stories
         x, y = (r(3, 24), r(2, 15)) if kind == 1 else (r(20, 120), r(2, 8))
-        question, unit = ((f"A box holds {x} {item}. {a} fills {y} boxes. How many {item} are in the boxes?", "")
-                          if kind == 1 else (f"A train travels at {x} km per hour for {y} hours. How far does it go?",
-                                             " km"))
+        question, unit = (
+            (f"A box holds {x} {item}. {a} fills {y} boxes. How many {item} are in the boxes?", "")
+            if kind == 1
+            else (f"A train travels at {x} km per hour for {y} hours. How far does it go?", " km")
+        )
         return f"{question}\nSolution: {x} x {y} = {x * y}.\nAnswer: {x * y}{unit}"
     if kind == 2:
         k, n = r(2, 9), r(10, 120)
         q, m = divmod(n, k)
-        return (f"{a} shares {n} {item} equally among {k} friends. How many does each friend get, and how many are "
-                f"left over?\nSolution: {n} / {k} = {q} remainder {m}.\nAnswer: {q} each, {m} left over")
+        return (
+            f"{a} shares {n} {item} equally among {k} friends. How many does each friend get, and how many are "
+            f"left over?\nSolution: {n} / {k} = {q} remainder {m}.\nAnswer: {q} each, {m} left over"
+        )
     if kind == 3:
         p, q = r(2, 30), r(2, 9)
         paid = -(-p * q // 20) * 20 + rng.choice((0, 20, 50))
-        return (f"A notebook costs {p} dollars. {a} buys {q} of them and pays with {paid} dollars. How much change "
-                f"does {a} get?\nSolution: {p} x {q} = {p * q}. {paid} - {p * q} = {paid - p * q}.\n"
-                f"Answer: {paid - p * q} dollars")
+        return (
+            f"A notebook costs {p} dollars. {a} buys {q} of them and pays with {paid} dollars. How much change "
+            f"does {a} get?\nSolution: {p} x {q} = {p * q}. {paid} - {p * q} = {paid - p * q}.\n"
+            f"Answer: {paid - p * q} dollars"
+        )
     if kind == 5:
         p, d = r(1, 20) * 20, rng.choice((10, 20, 25, 50))
         off = p * d // 100
-        return (f"A jacket costs {p} dollars and is on sale for {d}% off. What is the sale price?\n"
-                f"Solution: {d}% of {p} is {off}. {p} - {off} = {p - off}.\nAnswer: {p - off} dollars")
+        return (
+            f"A jacket costs {p} dollars and is on sale for {d}% off. What is the sale price?\n"
+            f"Solution: {d}% of {p} is {off}. {p} - {off} = {p - off}.\nAnswer: {p - off} dollars"
+        )
     if kind == 6:
         x, k, y = r(3, 15), r(2, 5), r(1, 20)
-        return (f"{a} is {x} years old. {b} is {k} times as old as {a}. How old will {b} be in {y} years?\n"
-                f"Solution: {x} x {k} = {x * k}. {x * k} + {y} = {x * k + y}.\nAnswer: {x * k + y}")
+        return (
+            f"{a} is {x} years old. {b} is {k} times as old as {a}. How old will {b} be in {y} years?\n"
+            f"Solution: {x} x {k} = {x * k}. {x * k} + {y} = {x * k + y}.\nAnswer: {x * k + y}"
+        )
     w, h = r(2, 40), r(2, 40)
-    return (f"A garden is {w} m wide and {h} m long. What are its area and its perimeter?\n"
-            f"Solution: area = {w} x {h} = {w * h}. perimeter = 2 x ({w} + {h}) = {2 * (w + h)}.\n"
-            f"Answer: {w * h} square metres and {2 * (w + h)} m")
+    return (
+        f"A garden is {w} m wide and {h} m long. What are its area and its perimeter?\n"
+        f"Solution: area = {w} x {h} = {w * h}. perimeter = 2 x ({w} + {h}) = {2 * (w + h)}.\n"
+        f"Answer: {w * h} square metres and {2 * (w + h)} m"
+    )
 
 
 def _math_sources(seed: int) -> Iterator[tuple[str, str]]:

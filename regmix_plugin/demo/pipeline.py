@@ -85,11 +85,14 @@ class Pipeline:
             hint = " (the RegMix-D arm is added with --regmix_d true)" if "regmix_d" in unknown else ""
             problems.append(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}{hint}")
         elif not self.arm_names or len(set(self.arm_names)) < len(self.arm_names):
-            problems.append(f"--arms {list(self.arm_names)} must name each arm at most once and at least one of: "
-                            f"{', '.join(ARMS)}")  # fmt: skip
+            problems.append(
+                f"--arms {list(self.arm_names)} must name each arm at most once and at least one of: {', '.join(ARMS)}"
+            )
         if self.proxies < MIN_CV_RUNS:
-            problems.append(f"--proxies {self.proxies}: the fit needs at least {MIN_CV_RUNS} proxy runs; give "
-                            f"--proxies {MIN_CV_RUNS} or more")  # fmt: skip
+            problems.append(
+                f"--proxies {self.proxies}: the fit needs at least {MIN_CV_RUNS} proxy runs; give "
+                f"--proxies {MIN_CV_RUNS} or more"
+            )
         if self.workers < 1:
             problems.append(f"--workers must be >= 1 (parallel training processes), got {self.workers}")
         if problems:
@@ -109,8 +112,14 @@ class Pipeline:
                     texts += list(read_texts(self.val_raw))
                 train_tokenizer(texts, tok, vocab_size=self.vocab_size)
         with self.stage("prepare"):
-            prepare(source=str(self.raw), val_source=str(self.val_raw) if self.val_raw else None, tokenizer_dir=tok,
-                    out_dir=self.out_dir / "data", val_fraction=self.val_fraction, num_workers=self.workers)
+            prepare(
+                source=str(self.raw),
+                val_source=str(self.val_raw) if self.val_raw else None,
+                tokenizer_dir=tok,
+                out_dir=self.out_dir / "data",
+                val_fraction=self.val_fraction,
+                num_workers=self.workers,
+            )
 
     def working_recipe(self, kind: str) -> Path:
         """The shipped recipe with this run's paths (and ``overrides``), as ``out_dir/recipes/<kind>_template.yaml``.
@@ -152,13 +161,24 @@ class Pipeline:
         from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
 
         with self.stage("sample"):
-            sample(data_path=self.out_dir / "data", out=self.out_dir / "mixtures.csv", n=self.proxies,
-                   constraints=self.constraints(), seed=self.seed)
+            sample(
+                data_path=self.out_dir / "data",
+                out=self.out_dir / "mixtures.csv",
+                n=self.proxies,
+                constraints=self.constraints(),
+                seed=self.seed,
+            )
         with self.stage("sweep"):
-            sweep(mixtures=self.out_dir / "mixtures.csv", data_path=self.out_dir / "data",
-                  recipe=self.working_recipe("proxy"), out_dir=self.out_dir / "sweep",
-                  eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
-                  local=LocalArgs(workers=self.workers), data_num_workers=0, compile=self.compile)
+            sweep(
+                mixtures=self.out_dir / "mixtures.csv",
+                data_path=self.out_dir / "data",
+                recipe=self.working_recipe("proxy"),
+                out_dir=self.out_dir / "sweep",
+                eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
+                local=LocalArgs(workers=self.workers),
+                data_num_workers=0,
+                compile=self.compile,
+            )
         return self.out_dir / "sweep" / "results.csv"
 
     def schedule_path(self, name: str = "regmix_d") -> Path:
@@ -179,28 +199,59 @@ class Pipeline:
 
         staged = self.out_dir / "regmix_d"
         with self.stage("sample (staged)"):
-            sample(data_path=self.out_dir / "data", out=staged / "mixtures.csv", n=self.proxies,
-                   stages=self.regmixd_stages, constraints=self.constraints(),
-                   seed=self.seed)  # fmt: skip
+            sample(
+                data_path=self.out_dir / "data",
+                out=staged / "mixtures.csv",
+                n=self.proxies,
+                stages=self.regmixd_stages,
+                constraints=self.constraints(),
+                seed=self.seed,
+            )
         with self.stage("sweep (staged)"):
-            sweep(mixtures=staged / "mixtures.csv", data_path=self.out_dir / "data",
-                  recipe=self.working_recipe("proxy"), out_dir=staged / "sweep",
-                  eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
-                  local=LocalArgs(workers=self.workers), data_num_workers=0, compile=self.compile)  # fmt: skip
+            sweep(
+                mixtures=staged / "mixtures.csv",
+                data_path=self.out_dir / "data",
+                recipe=self.working_recipe("proxy"),
+                out_dir=staged / "sweep",
+                eval=EvalArgs(points=self.eval_points, val_tokens=self.val_tokens),
+                local=LocalArgs(workers=self.workers),
+                data_num_workers=0,
+                compile=self.compile,
+            )
         with self.stage("fit_trajectory"):
             from regmix_plugin.formats.sweep_records import read_records
 
             trajs, wd, ld = trajectories_from_records(read_records(staged / "sweep"))
-            fit_trajectories(trajs, wd, ld, f"val_loss/{self.target}", "auto", self.regmixd_regressor,
-                             staged / "trajectory",
-                             min(5, len(trajs) // 2), self.seed, source={"sweep": str(staged / "sweep")})  # fmt: skip
+            fit_trajectories(
+                trajs,
+                wd,
+                ld,
+                f"val_loss/{self.target}",
+                "auto",
+                self.regmixd_regressor,
+                staged / "trajectory",
+                min(5, len(trajs) // 2),
+                self.seed,
+                source={"sweep": str(staged / "sweep")},
+            )
         with self.stage("schedule"):
-            schedule(model=staged / "trajectory", out=self.schedule_path(name), stages=self.regmixd_stages,
-                     data_path=self.out_dir / "data", constraints=self.constraints(),
-                     search=SearchArgs(n_candidates=min(self.n_candidates, 100_000), seed=self.seed,
-                                       objective=objective, pessimism=pessimism))  # fmt: skip
-        return [{"weights": st.weights, **({"until_fraction": st.until_fraction} if st.until_fraction else {})}
-                for st in read_schedule(self.schedule_path(name)).stages]  # fmt: skip
+            schedule(
+                model=staged / "trajectory",
+                out=self.schedule_path(name),
+                stages=self.regmixd_stages,
+                data_path=self.out_dir / "data",
+                constraints=self.constraints(),
+                search=SearchArgs(
+                    n_candidates=min(self.n_candidates, 100_000),
+                    seed=self.seed,
+                    objective=objective,
+                    pessimism=pessimism,
+                ),
+            )
+        return [
+            {"weights": st.weights, **({"until_fraction": st.until_fraction} if st.until_fraction else {})}
+            for st in read_schedule(self.schedule_path(name)).stages
+        ]
 
     def train_regmix_d(self, stages: list[dict], name: str = "regmix_d") -> dict[str, float]:
         """The ``regmix_d`` arm (or ``name``): its recipe from its schedule, trained as a one-run staged sweep."""
@@ -211,15 +262,21 @@ class Pipeline:
 
         template = self.working_recipe("target")
         with self.stage("recipes"):
-            recipe(mixture=self.schedule_path(name), template=template,
-                   out=self.out_dir / "recipes" / f"{name}.yaml")  # fmt: skip
+            recipe(mixture=self.schedule_path(name), template=template, out=self.out_dir / "recipes" / f"{name}.yaml")
         domains = sorted(stages[0]["weights"])
-        write_mixtures(self.out_dir / "arms" / f"{name}.csv", {name: [st["weights"] for st in stages]},
-                       domains, stages=len(stages))  # fmt: skip
+        write_mixtures(
+            self.out_dir / "arms" / f"{name}.csv", {name: [st["weights"] for st in stages]}, domains, stages=len(stages)
+        )
         with self.stage("target models"):
-            sweep(mixtures=self.out_dir / "arms" / f"{name}.csv", data_path=self.out_dir / "data", recipe=template,
-                  out_dir=self.out_dir / "arms" / f"runs_{name}", local=LocalArgs(workers=1),
-                  eval=EvalArgs(points=0, val_tokens=self.target_val_tokens), compile=self.compile)  # fmt: skip
+            sweep(
+                mixtures=self.out_dir / "arms" / f"{name}.csv",
+                data_path=self.out_dir / "data",
+                recipe=template,
+                out_dir=self.out_dir / "arms" / f"runs_{name}",
+                local=LocalArgs(workers=1),
+                eval=EvalArgs(points=0, val_tokens=self.target_val_tokens),
+                compile=self.compile,
+            )
         return _final_losses(read_records(self.out_dir / "arms" / f"runs_{name}")[name])
 
     def fit_and_optimize(self, results: Path) -> dict:
@@ -228,11 +285,22 @@ class Pipeline:
         from regmix_plugin.formats.mixture_yaml import read_mixture
 
         with self.stage("fit"):
-            fit(results=results, target=f"val_loss/{self.target}", regressor=self.regressor, out=self.out_dir / "model",
-                seed=self.seed)
+            fit(
+                results=results,
+                target=f"val_loss/{self.target}",
+                regressor=self.regressor,
+                out=self.out_dir / "model",
+                seed=self.seed,
+            )
         with self.stage("optimize"):
-            optimize(model=self.out_dir / "model", out=self.out_dir / "mixture.yaml", data_path=self.out_dir / "data",
-                     constraints=self.constraints(), n_candidates=self.n_candidates, seed=self.seed)
+            optimize(
+                model=self.out_dir / "model",
+                out=self.out_dir / "mixture.yaml",
+                data_path=self.out_dir / "data",
+                constraints=self.constraints(),
+                n_candidates=self.n_candidates,
+                seed=self.seed,
+            )
         return read_mixture(self.out_dir / "mixture.yaml")
 
     def entropy_mixture(self) -> dict:
@@ -241,8 +309,12 @@ class Pipeline:
         from regmix_plugin.formats.mixture_yaml import read_mixture
 
         with self.stage("entropy"):
-            entropy(data_path=self.out_dir / "data", out=self.out_dir / "mixture_entropy.yaml",
-                    constraints=self.constraints(), seed=self.seed)
+            entropy(
+                data_path=self.out_dir / "data",
+                out=self.out_dir / "mixture_entropy.yaml",
+                constraints=self.constraints(),
+                seed=self.seed,
+            )
         return read_mixture(self.out_dir / "mixture_entropy.yaml")
 
     def bimix_mixture(self, results: Path) -> dict:
@@ -257,11 +329,23 @@ class Pipeline:
         from regmix_plugin.formats.mixture_yaml import read_mixture
 
         with self.stage("bimix"):
-            fit(results=results, target=f"val_loss/{self.target}", regressor="bimix", bimix_proportions="all",
-                horizon_tokens=self.target_tokens(), out=self.out_dir / "model_bimix", seed=self.seed)
-            optimize(model=self.out_dir / "model_bimix", out=self.out_dir / "mixture_bimix.yaml",
-                     data_path=self.out_dir / "data", constraints=self.constraints(),
-                     n_candidates=min(self.n_candidates, 100_000), seed=self.seed)
+            fit(
+                results=results,
+                target=f"val_loss/{self.target}",
+                regressor="bimix",
+                bimix_proportions="all",
+                horizon_tokens=self.target_tokens(),
+                out=self.out_dir / "model_bimix",
+                seed=self.seed,
+            )
+            optimize(
+                model=self.out_dir / "model_bimix",
+                out=self.out_dir / "mixture_bimix.yaml",
+                data_path=self.out_dir / "data",
+                constraints=self.constraints(),
+                n_candidates=min(self.n_candidates, 100_000),
+                seed=self.seed,
+            )
         return read_mixture(self.out_dir / "mixture_bimix.yaml")
 
     def arms(self, regmix: dict, results: Path) -> dict[str, dict[str, float]]:
@@ -304,9 +388,15 @@ class Pipeline:
         domains = sorted(next(iter(arms.values())))
         write_mixtures(self.out_dir / "arms" / "mixtures.csv", arms, domains)
         with self.stage("target models"):
-            sweep(mixtures=self.out_dir / "arms" / "mixtures.csv", data_path=self.out_dir / "data", recipe=template,
-                  out_dir=self.out_dir / "arms" / "runs", eval=EvalArgs(points=0, val_tokens=self.target_val_tokens),
-                  local=LocalArgs(workers=self.workers), compile=self.compile)
+            sweep(
+                mixtures=self.out_dir / "arms" / "mixtures.csv",
+                data_path=self.out_dir / "data",
+                recipe=template,
+                out_dir=self.out_dir / "arms" / "runs",
+                eval=EvalArgs(points=0, val_tokens=self.target_val_tokens),
+                local=LocalArgs(workers=self.workers),
+                compile=self.compile,
+            )
         records = read_records(self.out_dir / "arms" / "runs")
         return {arm: _final_losses(records[arm]) for arm in arms if arm in records}
 

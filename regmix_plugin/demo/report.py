@@ -34,10 +34,15 @@ def max_epochs(weights: dict[str, float], train_tokens: dict[str, int], budget: 
 
 
 def format_table(rows: list[dict], target: str) -> str:
-    lines = [f"| arm | val loss on `{target}` (target) | mean val loss, all domains | epochs of most-repeated domain |",
-             "|---|---:|---:|---:|"]
-    lines += [f"| {ARM_TITLES.get(r['arm'], r['arm'])} | {r['target_loss']:.4f} | {r['mean_loss']:.4f} | "
-              f"{r['max_epochs']:.2f} |" for r in rows]
+    lines = [
+        f"| arm | val loss on `{target}` (target) | mean val loss, all domains | epochs of most-repeated domain |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {ARM_TITLES.get(r['arm'], r['arm'])} | {r['target_loss']:.4f} | {r['mean_loss']:.4f} | "
+        f"{r['max_epochs']:.2f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

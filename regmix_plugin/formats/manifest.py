@@ -107,8 +107,10 @@ def damage_message(data_path: Path, manifest: Manifest, damaged: dict[str, list[
     """One message naming every damaged domain and file of :func:`damaged_domains`, and the command that repairs it."""
     lines = [f"the prepared corpus {str(data_path)!r} is damaged ({len(damaged)} domain(s)):"]
     lines += [f"    domain {d!r}: {'; '.join(problems)}" for d, problems in sorted(damaged.items())]
-    lines.append("    repair (re-does only the damaged domains, keeps the others): "
-                 + "; ".join(repair_commands(data_path, manifest, sorted(damaged))))  # fmt: skip
+    lines.append(
+        "    repair (re-does only the damaged domains, keeps the others): "
+        + "; ".join(repair_commands(data_path, manifest, sorted(damaged)))
+    )
     return "\n".join(lines)
 
 
@@ -119,7 +121,11 @@ def repair_commands(data_path: Path, manifest: Manifest, domains: list[str]) -> 
     by_command: dict[tuple[str, ...], list[str]] = {}
     for d in domains:
         recorded = manifest.domains[d].prepared_with or [  # prepared before the flags were recorded
-            "--source", "<its raw corpus>", "--tokenizer_dir", "<its tokenizer>"]  # fmt: skip
+            "--source",
+            "<its raw corpus>",
+            "--tokenizer_dir",
+            "<its tokenizer>",
+        ]
         by_command.setdefault(tuple(recorded), []).append(d)
     return [
         shlex.join(["regmix", "prepare", *flags, "--out_dir", str(data_path)])
@@ -144,7 +150,8 @@ class Manifest:
         """The largest token id in ``domains`` (default: all); the tokenizer's largest id where not recorded."""
         ids = [
             s.max_token_id if s.max_token_id is not None else self.vocab_size - 1
-            for d, s in self.domains.items() if domains is None or d in domains
+            for d, s in self.domains.items()
+            if domains is None or d in domains
         ]
         return max(ids, default=-1)
 
@@ -201,8 +208,10 @@ def read_manifest(data_path: str | Path, flag: str = "--data_path") -> Manifest:
     """Read ``DATA/manifest.json``; errors name ``flag`` and say how to produce the file."""
     path = Path(data_path) / MANIFEST
     raw = read_document(
-        path, f"{flag} {str(data_path)!r} has no {MANIFEST}; run `regmix prepare --out_dir {data_path} ...` first",
-        "delete it and re-run `regmix prepare`")
+        path,
+        f"{flag} {str(data_path)!r} has no {MANIFEST}; run `regmix prepare --out_dir {data_path} ...` first",
+        "delete it and re-run `regmix prepare`",
+    )
     version = raw.get("format_version")
     if version != FORMAT_VERSION:
         raise ValueError(
@@ -211,8 +220,12 @@ def read_manifest(data_path: str | Path, flag: str = "--data_path") -> Manifest:
         )
     domains = {
         name: DomainStats(
-            train=SplitStats(**d.get("train", {})), val=SplitStats(**d.get("val", {})), sources=d.get("sources", []),
-            max_token_id=d.get("max_token_id"), chunks=d.get("chunks"), prepared_with=d.get("prepared_with"),
+            train=SplitStats(**d.get("train", {})),
+            val=SplitStats(**d.get("val", {})),
+            sources=d.get("sources", []),
+            max_token_id=d.get("max_token_id"),
+            chunks=d.get("chunks"),
+            prepared_with=d.get("prepared_with"),
         )
         for name, d in raw["domains"].items()
     }

@@ -148,8 +148,9 @@ def mixtures_from_columns(
         id_column = next(iter(columns))
         weight_cols = {c: strip_official(c) for c in columns if c != id_column}
     if not weight_cols:
-        raise ValueError(f"{where} has no '{WEIGHT_PREFIX}<domain>' (or official) weight column; columns: "
-                         f"{', '.join(columns)}")  # fmt: skip
+        raise ValueError(
+            f"{where} has no '{WEIGHT_PREFIX}<domain>' (or official) weight column; columns: {', '.join(columns)}"
+        )
     named = _domain_columns(weight_cols, where)
     _check_known(named, where, known, known_from)
     ids = read_ids(columns[id_column], where)
@@ -233,11 +234,16 @@ def write_mixtures(
         if bad:
             raise ValueError(f"write_mixtures({str(path)!r}): run(s) {listed(bad)} do not have {stages} stages")
         for k in range(stages):  # each stage is a mixture of its own
-            check_rows(path, [{ID_COLUMN: r, **{WEIGHT_PREFIX + d: w[k].get(d, 0.0) for d in domains}}
-                              for r, w in mixtures.items()], "write_mixtures")  # fmt: skip
+            check_rows(
+                path,
+                [{ID_COLUMN: r, **{WEIGHT_PREFIX + d: w[k].get(d, 0.0) for d in domains}} for r, w in mixtures.items()],
+                "write_mixtures",
+            )
         names = [f"{WEIGHT_PREFIX}{d}{STAGE_MARK}{k}" for k in range(1, stages + 1) for d in domains]
-        rows = [{ID_COLUMN: r, **dict(zip(names, (w[k].get(d, 0.0) for k in range(stages) for d in domains),
-                                          strict=True))} for r, w in mixtures.items()]  # fmt: skip
+        rows = [
+            {ID_COLUMN: r, **dict(zip(names, (w[k].get(d, 0.0) for k in range(stages) for d in domains), strict=True))}
+            for r, w in mixtures.items()
+        ]
         write_rows(path, [ID_COLUMN] + names, rows)
         return
     rows = [{ID_COLUMN: r, **{WEIGHT_PREFIX + d: w.get(d, 0.0) for d in domains}} for r, w in mixtures.items()]

@@ -34,8 +34,11 @@ def read_mixture(path: Path, flag: str = "--mixture") -> dict:
     path = Path(path)
     if path.suffix.lower() in _TABLES:
         raise ValueError(_table_given(path, flag))
-    record = read_document(path, f"{flag} {str(path)!r} does not exist; write it with `regmix optimize --out {path}`",
-                           f"write it again with `regmix optimize --out {path}`")
+    record = read_document(
+        path,
+        f"{flag} {str(path)!r} does not exist; write it with `regmix optimize --out {path}`",
+        f"write it again with `regmix optimize --out {path}`",
+    )
     if not isinstance(record, dict) or not isinstance(record.get("weights"), dict):
         raise ValueError(f"{flag} {str(path)!r} has no 'weights:' mapping; is it the output of `regmix optimize`?")
     record["weights"] = validate_weights(record["weights"], record["weights"], key=f"{flag} {path} weights")

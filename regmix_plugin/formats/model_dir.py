@@ -47,9 +47,11 @@ class FittedModel:
 def read_model_meta(path: Path, flag: str = "--model") -> dict:
     """Read and check a model directory's ``model.json``, refusing one written in another format version."""
     path = Path(path)
-    meta = read_document(path / MODEL_FILE,
-                         f"{flag} {str(path)!r} has no {MODEL_FILE}; write it with `regmix fit --out {path}`",
-                         f"re-run `regmix fit --out {path}`")
+    meta = read_document(
+        path / MODEL_FILE,
+        f"{flag} {str(path)!r} has no {MODEL_FILE}; write it with `regmix fit --out {path}`",
+        f"re-run `regmix fit --out {path}`",
+    )
     version = meta.get("format_version")
     if version != MODEL_FORMAT or meta.get("regressor") not in REGRESSOR_KINDS:
         raise ValueError(

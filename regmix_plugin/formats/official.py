@@ -50,8 +50,9 @@ def read_regmix_csv(
         if ids
     ]
     if ignored:
-        warnings.warn(f"joined the {len(shared)} run(s) present in both files; ignored " + " and ".join(ignored),
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"joined the {len(shared)} run(s) present in both files; ignored " + " and ".join(ignored), stacklevel=2
+        )
     rows = np.array([position[i] for i in shared])  # in the mixture file's order
     metrics = {c: v[rows] for c, v in numeric(loss_cols, [c for c in loss_cols if c != id_column]).items()}
     matches = {c: _OFFICIAL_LOSS.match(c) for c in metrics}

@@ -78,12 +78,16 @@ def iter_documents(path: Path, text_key: str, domain_field: str | None) -> Itera
     try:
         yield from _documents(path, text_key, domain_field)
     except (EOFError, OSError, zlib.error, UnicodeDecodeError) as e:
-        raise RegmixError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); re-download or re-create "
-                          "it, or move it out of --source") from None
+        raise RegmixError(
+            f"{path} is truncated or corrupt ({type(e).__name__}: {e}); re-download or re-create "
+            "it, or move it out of --source"
+        ) from None
     except Exception as e:
         if type(e).__module__.startswith(("zstd", "pyarrow")):  # ZstdError, ArrowInvalid: a damaged file
-            raise RegmixError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); re-download or "
-                              "re-create it, or move it out of --source") from None
+            raise RegmixError(
+                f"{path} is truncated or corrupt ({type(e).__name__}: {e}); re-download or "
+                "re-create it, or move it out of --source"
+            ) from None
         raise
 
 
@@ -111,8 +115,7 @@ def _documents(path: Path, text_key: str, domain_field: str | None) -> Iterator[
             except json.JSONDecodeError as e:
                 raise RegmixError(f"{path}:{lineno} is not valid JSON ({e.msg}); fix or remove that line") from None
             if not isinstance(obj, dict) or not isinstance(obj.get(text_key), str):
-                raise RegmixError(
-                    f"{path}:{lineno} has no string field {text_key!r}; set --text_key to the text field")
+                raise RegmixError(f"{path}:{lineno} has no string field {text_key!r}; set --text_key to the text field")
             yield (field(obj, domain_field) if domain_field else None), obj[text_key]
 
 
@@ -121,8 +124,9 @@ def _open_text(path: Path, ext: str):
     if ext == ".jsonl.zst":
         import zstandard
 
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True),
-                                encoding="utf-8")
+        return io.TextIOWrapper(
+            zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True), encoding="utf-8"
+        )
     if ext == ".jsonl.gz":
         return gzip.open(path, "rt", encoding="utf-8")
     return path.open(encoding="utf-8")
@@ -154,13 +158,16 @@ def discover(root: Path, layout: str, domain_field: str | None) -> list[tuple[Pa
         m = _SHARD.match(stem)
         if not m:
             raise ValueError(
-                f"{p}: --layout files expects names '<domain>-<shard>{extension(p)}', e.g. arxiv-00001.jsonl")
+                f"{p}: --layout files expects names '<domain>-<shard>{extension(p)}', e.g. arxiv-00001.jsonl"
+            )
         out.append((p, m["domain"]))
     return out
 
 
 def read_texts(
-    source: str | Path | list[str | Path], text_key: str = "text", layout: str = "auto",
+    source: str | Path | list[str | Path],
+    text_key: str = "text",
+    layout: str = "auto",
     domain_field: str | None = None,
 ) -> Iterator[str]:
     """Yield the text of every document of a raw corpus, in the file order ``prepare`` uses.

@@ -1,10 +1,10 @@
 """An online RegMix-D run's record, under the run's ``out_dir`` (written by ``RegMixDController``).
 
-    out_dir/decisions.jsonl                                  one JSON line per decision (stage, checkpoint, observed
-                                                             losses, weights, prediction, fault)
-    out_dir/regmixd/stage-<k>.json                           the decision a data stream entering stage k reads
-    out_dir/regmixd/fault-stage-<k>-rank-<r>-worker-<w>.json a stream that trained something other than the decision
-    out_dir/step-*/                                          LitGPT's checkpoints, the controller's observations
+out_dir/decisions.jsonl                                  one JSON line per decision (stage, checkpoint, observed
+                                                         losses, weights, prediction, fault)
+out_dir/regmixd/stage-<k>.json                           the decision a data stream entering stage k reads
+out_dir/regmixd/fault-stage-<k>-rank-<r>-worker-<w>.json a stream that trained something other than the decision
+out_dir/step-*/                                          LitGPT's checkpoints, the controller's observations
 """
 
 from __future__ import annotations

@@ -135,8 +135,9 @@ def read_results(path: str | Path, flag: str = "--results") -> Results:
         keep = [str(s if s is not None else "").strip() == DONE for s in columns[STATUS_COLUMN]]
         skipped = [cell_id(i) for i, k in zip(columns[ID_COLUMN], keep, strict=True) if not k]
         if skipped:
-            warnings.warn(f"{where}: skipped {len(skipped)} run(s) whose status is not 'done': {listed(skipped)}",
-                          stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{where}: skipped {len(skipped)} run(s) whose status is not 'done': {listed(skipped)}", stacklevel=2
+            )
         columns = {c: [v for v, k in zip(vals, keep, strict=True) if k] for c, vals in columns.items()}
     if not columns[ID_COLUMN]:
         raise ValueError(f"{where} has no finished run (status 'done'); run `regmix sweep` until some finish")

@@ -116,8 +116,10 @@ def read_records(sweep_dir: Path, flag: str | None = None) -> dict[str, RunRecor
     """
     if flag is not None and not (Path(sweep_dir) / "runs").is_dir():
         what = "does not exist" if not Path(sweep_dir).exists() else "is not a sweep directory (it has no runs/)"
-        raise FileNotFoundError(f"{flag} {str(sweep_dir)!r} {what}; pass the --out_dir of a `regmix sweep` run "
-                                "(the directory holding sweep.json and runs/)")
+        raise FileNotFoundError(
+            f"{flag} {str(sweep_dir)!r} {what}; pass the --out_dir of a `regmix sweep` run "
+            "(the directory holding sweep.json and runs/)"
+        )
     records = (read_record(sweep_dir, p.stem) for p in sorted((Path(sweep_dir) / "runs").glob("*.json")))
     return {r.run_id: r for r in records if r is not None}
 

@@ -128,7 +128,9 @@ def weight_matrix(
     if problems:
         more = f"; and {len(problems) - MAX_LISTED} more row(s)" if len(problems) > MAX_LISTED else ""
         raise ValueError(
-            "invalid mixture weights:\n  " + "\n  ".join(problems[:MAX_LISTED]) + more
+            "invalid mixture weights:\n  "
+            + "\n  ".join(problems[:MAX_LISTED])
+            + more
             + f"\nKnown domains: {', '.join(known)}. Fix these rows (weights >= 0, summing to 1) or drop them."
         )
     return matrix
@@ -138,7 +140,6 @@ def listed(items: Sequence, limit: int = MAX_LISTED) -> str:
     items = [str(i) for i in items]
     head = ", ".join(items[:limit])
     return head + (f", ... ({len(items)} in all)" if len(items) > limit else "")
-
 
 
 def write_rows(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> None:

@@ -81,6 +81,7 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
             f"{flag} {str(path)!r} is trajectory format {meta.get('format_version')!r}; this version "
             f"reads {TRAJECTORY_FORMAT}: re-run `regmix fit_trajectory --out {path}`"
         )
+
     def regressors(root: Path, settings: dict) -> dict:
         return {
             d: load_regressor(meta["regressor"], root / f"{i:03d}", settings[d])

@@ -67,8 +67,9 @@ def trajectories(
     given. Returns one row per (run, eval point) with ``losses[:, m]`` the value of ``columns[m]`` (NaN where
     the table has none).
     """
-    points = sorted({int(t) for name in metrics for base, at, t in [name.partition("@")]
-                     if at and t.isdigit() and base in columns})  # fmt: skip
+    points = sorted(
+        {int(t) for name in metrics for base, at, t in [name.partition("@")] if at and t.isdigit() and base in columns}
+    )
     rows, runs, s, losses = [], [], [], []
     for run in range(len(weights)):
         cells = [(t, [metrics.get(f"{c}@{t}") for c in columns]) for t in points]
@@ -93,7 +94,6 @@ def trajectories(
 ALL_DOMAINS = -1
 
 
-
 class _LossColumns:
     """Shared by the laws: one or several loss columns, remembered so ``predict`` returns the same shape."""
 
@@ -101,6 +101,7 @@ class _LossColumns:
         y = np.asarray(y, float)
         self.one_column_ = y.ndim == 1
         return np.asarray(X, float), (y[:, None] if self.one_column_ else y)
+
 
 class BiMixLaw(_LossColumns, RegressorMixin, BaseEstimator):
     """BiMix's bivariate law per loss column, fitted on ``<r, s, L>`` tuples.
@@ -174,8 +175,13 @@ class BiMixLaw(_LossColumns, RegressorMixin, BaseEstimator):
             bounds = ([0.0] * k + [-20.0, 0.0, -20.0], [3.0] * k + [10.0, 4.0, 10.0])
             best = None
             for start in self._starts(Y[ok, m], np.exp(logs), k, rng):
-                sol = least_squares(residual, np.clip(start, np.array(bounds[0]) + 1e-9, np.array(bounds[1]) - 1e-9),
-                                    method="trf", bounds=bounds, x_scale="jac")  # fmt: skip
+                sol = least_squares(
+                    residual,
+                    np.clip(start, np.array(bounds[0]) + 1e-9, np.array(bounds[1]) - 1e-9),
+                    method="trf",
+                    bounds=bounds,
+                    x_scale="jac",
+                )
                 if best is None or sol.cost < best.cost:
                     best = sol
             alpha[m, drives] = best.x[:k]
@@ -225,8 +231,11 @@ class BiMixLaw(_LossColumns, RegressorMixin, BaseEstimator):
         out = {}
         for m, c in enumerate(columns):
             own = self.own_domain_[m]
-            alpha = ({"alpha": float(self.alpha_[m, own])} if own != ALL_DOMAINS else
-                     {"alpha": {d: float(a) for d, a in zip(domains, self.alpha_[m], strict=True)}})  # fmt: skip
+            alpha = (
+                {"alpha": float(self.alpha_[m, own])}
+                if own != ALL_DOMAINS
+                else {"alpha": {d: float(a) for d, a in zip(domains, self.alpha_[m], strict=True)}}
+            )
             out[c] = {
                 "proportion": domains[own] if own != ALL_DOMAINS else "all",
                 "A": 1.0,
@@ -251,20 +260,33 @@ class BiMixLaw(_LossColumns, RegressorMixin, BaseEstimator):
         }
 
     def save(self, directory: Path) -> None:
-        learned = {"s_scale": self.s_scale_, "horizon": self.horizon_, "alpha": self.alpha_.tolist(),
-                   "log_b": self.logb_.tolist(), "beta": self.beta_.tolist(), "log_c": self.logc_.tolist(),
-                   "rmse_log": self.rmse_log_.tolist(), "own": self.own_domain_,
-                   "one_column": self.one_column_}  # fmt: skip
+        learned = {
+            "s_scale": self.s_scale_,
+            "horizon": self.horizon_,
+            "alpha": self.alpha_.tolist(),
+            "log_b": self.logb_.tolist(),
+            "beta": self.beta_.tolist(),
+            "log_c": self.logc_.tolist(),
+            "rmse_log": self.rmse_log_.tolist(),
+            "own": self.own_domain_,
+            "one_column": self.one_column_,
+        }
         write_json(Path(directory) / "bimix.json", {**self.settings(), **learned})
 
     @classmethod
     def load(cls, directory: Path, settings: dict | None = None) -> BiMixLaw:
         raw = json.loads((Path(directory) / "bimix.json").read_text())
-        tup = (lambda v: None if v is None else tuple(v))  # noqa: E731
-        model = cls(own_domain=tup(raw["own_domain"]), column_weights=tup(raw["column_weights"]),
-                    horizon_tokens=raw["horizon_tokens"], min_tokens=raw["min_tokens"], r_floor=raw["r_floor"],
-                    min_fit_weight=raw["min_fit_weight"], n_starts=raw["n_starts"],
-                    random_state=raw["random_state"])  # fmt: skip
+        tup = lambda v: None if v is None else tuple(v)  # noqa: E731
+        model = cls(
+            own_domain=tup(raw["own_domain"]),
+            column_weights=tup(raw["column_weights"]),
+            horizon_tokens=raw["horizon_tokens"],
+            min_tokens=raw["min_tokens"],
+            r_floor=raw["r_floor"],
+            min_fit_weight=raw["min_fit_weight"],
+            n_starts=raw["n_starts"],
+            random_state=raw["random_state"],
+        )
         model.s_scale_, model.horizon_, model.alpha_ = raw["s_scale"], raw["horizon"], np.array(raw["alpha"])
         model.logb_, model.beta_, model.logc_ = np.array(raw["log_b"]), np.array(raw["beta"]), np.array(raw["log_c"])
         model.rmse_log_, model.own_domain_, model.one_column_ = np.array(raw["rmse_log"]), raw["own"], raw["one_column"]
@@ -303,8 +325,9 @@ def extrapolation_error(runs: np.ndarray, X: np.ndarray, y: np.ndarray, **law_pa
         "mean_relative_error": float(np.nanmean(rel)),
         "max_relative_error": float(np.nanmax(rel)),
         "naive_mean_relative_error": float(np.nanmean(rel_naive)),
-        "per_column_mean_relative_error": [float(np.nanmean(rel[:, m])) if ok[:, m].any() else None
-                                           for m in range(rel.shape[1])],  # fmt: skip
+        "per_column_mean_relative_error": [
+            float(np.nanmean(rel[:, m])) if ok[:, m].any() else None for m in range(rel.shape[1])
+        ],
         "n_runs": int(len(np.unique(runs))),
         "fit_points": int(fitted.sum()),
         "scored": int(ok.sum()),
@@ -369,8 +392,14 @@ class MixingLaw(_LossColumns, RegressorMixin, BaseEstimator):
         for k in range(self.n_starts):
             c = lo * (0.9 if k == 0 else rng.uniform(0.3, 0.98)) if lo > 0 else lo - (1 + rng.uniform())
             coef, *_ = np.linalg.lstsq(design, np.log(np.maximum(y - c, 1e-6)), rcond=None)
-            sol = least_squares(residual, np.concatenate([[c], coef]), jac=jacobian, method="trf", loss="huber",
-                                f_scale=self.huber_delta)  # fmt: skip
+            sol = least_squares(
+                residual,
+                np.concatenate([[c], coef]),
+                jac=jacobian,
+                method="trf",
+                loss="huber",
+                f_scale=self.huber_delta,
+            )
             if best is None or sol.cost < best.cost:
                 best = sol
         return best.x
@@ -392,20 +421,32 @@ class MixingLaw(_LossColumns, RegressorMixin, BaseEstimator):
 
     def settings(self) -> dict:
         weights = None if self.column_weights is None else list(self.column_weights)
-        return {"huber_delta": self.huber_delta, "n_starts": self.n_starts, "random_state": self.random_state,
-                "column_weights": weights}  # fmt: skip
+        return {
+            "huber_delta": self.huber_delta,
+            "n_starts": self.n_starts,
+            "random_state": self.random_state,
+            "column_weights": weights,
+        }
 
     def save(self, directory: Path) -> None:
-        learned = {"c": self.c_.tolist(), "log_k": self.log_k_.tolist(), "t": self.t_.tolist(),
-                   "one_column": self.one_column_}  # fmt: skip
+        learned = {
+            "c": self.c_.tolist(),
+            "log_k": self.log_k_.tolist(),
+            "t": self.t_.tolist(),
+            "one_column": self.one_column_,
+        }
         write_json(Path(directory) / "mixing_law.json", {**self.settings(), **learned})
 
     @classmethod
     def load(cls, directory: Path, settings: dict | None = None) -> MixingLaw:
         raw = json.loads((Path(directory) / "mixing_law.json").read_text())
         weights = None if raw["column_weights"] is None else tuple(raw["column_weights"])
-        model = cls(huber_delta=raw["huber_delta"], n_starts=raw["n_starts"], random_state=raw["random_state"],
-                    column_weights=weights)  # fmt: skip
+        model = cls(
+            huber_delta=raw["huber_delta"],
+            n_starts=raw["n_starts"],
+            random_state=raw["random_state"],
+            column_weights=weights,
+        )
         model.c_, model.log_k_, model.t_ = np.array(raw["c"]), np.array(raw["log_k"]), np.array(raw["t"])
         model.one_column_, model.n_features_in_ = raw["one_column"], model.t_.shape[1]
         return model
@@ -454,8 +495,9 @@ def minimize_on_simplex(
     constraint = {"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": lambda w: np.ones_like(w)}
     best_w, best_f = None, np.inf
     for w0 in starts:
-        sol = minimize(total, w0, method="SLSQP", bounds=bounds, constraints=[constraint],
-                       options={"maxiter": 500, "ftol": 1e-12})  # fmt: skip
+        sol = minimize(
+            total, w0, method="SLSQP", bounds=bounds, constraints=[constraint], options={"maxiter": 500, "ftol": 1e-12}
+        )
         w = _project(np.clip(sol.x, lower, upper)[None], lower, upper)[0]
         f = total(w)
         if f < best_f:

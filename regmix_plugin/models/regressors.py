@@ -49,8 +49,10 @@ def cv_fold_count(n_runs: int, cv_folds: int, source: str) -> int:
             f"{2 * cv_folds}), {source} has {n_runs}: add proxy runs"
         )
     if n_runs < 2 * cv_folds:
-        print(f"note: {n_runs} runs are too few for {cv_folds}-fold CV (it needs {2 * cv_folds}, 2 per fold); "
-              f"using leave-one-out CV instead ({n_runs} folds of one run; Spearman over the pooled predictions)")
+        print(
+            f"note: {n_runs} runs are too few for {cv_folds}-fold CV (it needs {2 * cv_folds}, 2 per fold); "
+            f"using leave-one-out CV instead ({n_runs} folds of one run; Spearman over the pooled predictions)"
+        )
         return n_runs
     return cv_folds
 

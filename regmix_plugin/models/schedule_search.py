@@ -132,16 +132,23 @@ def best_remaining_schedule(
     for j, span in enumerate(spans):
         hi = upper if allowance is None else np.minimum(upper, np.maximum(allowance, 0.0) / span)
         if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
-            raise ValueError(f"stage {stage + j}: the epoch allowance admits no mixture; raise "
-                             "--constraints.max_epochs or lower --constraints.target_tokens")  # fmt: skip
-        draws.append(sample_candidates(prior, lower, hi, search.n_candidates, sampler, search.seed + stage + j,
-                                       search.num_threads))  # fmt: skip
+            raise ValueError(
+                f"stage {stage + j}: the epoch allowance admits no mixture; raise "
+                "--constraints.max_epochs or lower --constraints.target_tokens"
+            )
+        draws.append(
+            sample_candidates(
+                prior, lower, hi, search.n_candidates, sampler, search.seed + stage + j, search.num_threads
+            )
+        )
     cands = np.stack(draws, 1)  # (n, stages, domains)
     if allowance is not None:
         cands = cands[(np.einsum("nsd,s->nd", cands, spans) <= allowance + 1e-9).all(1)]
         if not len(cands):
-            raise ValueError(f"stage {stage}: no candidate schedule keeps within the epoch allowance; raise "
-                             "--search.n_candidates or --constraints.max_epochs")  # fmt: skip
+            raise ValueError(
+                f"stage {stage}: no candidate schedule keeps within the epoch allowance; raise "
+                "--search.n_candidates or --constraints.max_epochs"
+            )
     scores = schedule_scores(model, bounds, cands, state, search.pessimism)
     best = np.argsort(scores, kind="stable")[: min(search.top_k, len(cands))]
     mixes = [m / m.sum() for m in cands[best].mean(0)]

@@ -75,7 +75,6 @@ if TYPE_CHECKING:
     from regmix_plugin.pretrain.mixture_data import MixtureData
 
 
-
 class RegMixDController(MixtureCallback):
     """Picks each stage's mixture during training from the run's observed per-domain losses (online RegMix-D)."""
 
@@ -375,9 +374,17 @@ class RegMixDController(MixtureCallback):
         if fault is not None:
             rank, worker = stream.distributed_env.global_rank, stream.stream_index()[2]
             path = self.record_fault(
-                {"stage": k, "rank": rank, "worker": worker, "stream": state.stream, "start": state.position,
-                 "reason": fault, "waited_s": round(waited, 3), "trained": current}
-            )  # fmt: skip
+                {
+                    "stage": k,
+                    "rank": rank,
+                    "worker": worker,
+                    "stream": state.stream,
+                    "start": state.position,
+                    "reason": fault,
+                    "waited_s": round(waited, 3),
+                    "trained": current,
+                }
+            )
             warnings.warn(
                 f"RegMixDController: stage {k}: data stream rank {rank} worker {worker} keeps its mixture "
                 f"{_fmt(current)}: {fault}; recorded in {path}",

@@ -73,8 +73,10 @@ def resolve(mode: str, device_type: str, flag: str = "--fused_loss") -> str:
     if device_type == "cuda" and unavailable_reason(need_cuda=True) is None:
         return KERNEL
     if mode == "on":
-        raise RegmixError(check_mode("on", flag, need_cuda=device_type != "cuda") or
-                          f"{flag} on needs a CUDA device; this run is on {device_type}")
+        raise RegmixError(
+            check_mode("on", flag, need_cuda=device_type != "cuda")
+            or f"{flag} on needs a CUDA device; this run is on {device_type}"
+        )
     return PLAIN
 
 
@@ -82,12 +84,14 @@ def kernel_linear_cross_entropy(hidden, weight, bias, targets, reduction: str = 
     """Cut Cross-Entropy's ``linear_cross_entropy``: ``cross_entropy(hidden @ weight.T + bias, targets)``."""
     from cut_cross_entropy import linear_cross_entropy
 
-    return linear_cross_entropy(hidden, weight, targets, bias=bias, ignore_index=ignore_index, reduction=reduction,
-                                impl=CCE_IMPL)
+    return linear_cross_entropy(
+        hidden, weight, targets, bias=bias, ignore_index=ignore_index, reduction=reduction, impl=CCE_IMPL
+    )
 
 
-def chunked_linear_cross_entropy(hidden, weight, bias, targets, reduction: str = "mean", ignore_index: int = -100,
-                                 chunk_rows: int = _CPU_CHUNK_ROWS):
+def chunked_linear_cross_entropy(
+    hidden, weight, bias, targets, reduction: str = "mean", ignore_index: int = -100, chunk_rows: int = _CPU_CHUNK_ROWS
+):
     """The same function in plain PyTorch, ``chunk_rows`` rows of logits at a time (the CPU reference).
 
     With gradients on, each chunk is checkpointed, so its logits are recomputed in the backward pass instead of

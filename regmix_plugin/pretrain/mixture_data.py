@@ -138,8 +138,9 @@ class MixtureData(DataModule):
         val_known = self.manifest.val_domains()
         for d in self.val_domains or []:
             if d not in val_known:
-                problems.append(f"--data.val_domains: {d!r} has no val data; domains with val data: "
-                                f"{', '.join(val_known)}")
+                problems.append(
+                    f"--data.val_domains: {d!r} has no val data; domains with val data: {', '.join(val_known)}"
+                )
         if not problems:
             used = sorted({d for w in clean for d, x in w.items() if x > 0} | set(self.val_domains or val_known))
             problems += self._corpus_problems(used)

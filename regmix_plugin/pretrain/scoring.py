@@ -63,8 +63,9 @@ def val_blocks(
     return out, empty
 
 
-def domain_losses(model, blocks: dict[str, np.ndarray], batch_size: int = 16, fused_loss: str = "auto",
-                  flag: str = "--fused_loss") -> dict[str, float]:
+def domain_losses(
+    model, blocks: dict[str, np.ndarray], batch_size: int = 16, fused_loss: str = "auto", flag: str = "--fused_loss"
+) -> dict[str, float]:
     """Mean next-token cross-entropy of ``model`` on each domain's blocks (float64 accumulation).
 
     On a GPU with the fused kernel (``fused_loss`` auto or on; :mod:`regmix_plugin.pretrain.fused_loss`) the loss is
@@ -103,8 +104,11 @@ def eval_domains(manifest: Manifest, domains: list[str] | None, flag: str = "--d
     if domains is None:
         without = sorted(set(manifest.domains) - set(have))
         if without:
-            warnings.warn(f"domain(s) {', '.join(without)} have no val data and are not evaluated; "
-                          "re-run `regmix prepare` with a larger --val_fraction to score them", stacklevel=2)
+            warnings.warn(
+                f"domain(s) {', '.join(without)} have no val data and are not evaluated; "
+                "re-run `regmix prepare` with a larger --val_fraction to score them",
+                stacklevel=2,
+            )
         return have
     bad = [d for d in domains if d not in have]
     if bad:

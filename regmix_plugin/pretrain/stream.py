@@ -142,8 +142,9 @@ class MixtureCallback:
 
     def __init__(self, interval: int | None = 1000):
         if interval is not None and interval < 1:
-            raise ValueError(f"{type(self).__name__} interval must be a positive number of samples or None, got "
-                             f"{interval}")  # fmt: skip
+            raise ValueError(
+                f"{type(self).__name__} interval must be a positive number of samples or None, got {interval}"
+            )
         self.interval = interval
 
     def on_advance(self, state: StreamState, weights: Mapping[str, float]) -> Mapping[str, float] | None:

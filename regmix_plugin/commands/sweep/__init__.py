@@ -53,8 +53,10 @@ def sweep_status(sweep: Path, claim_timeout: float = claims.DEFAULT_TIMEOUT) -> 
     records = read_records(out_dir)
     counts = {s: sum(1 for r in plan.run_ids if r in records and records[r].status == s) for s in (DONE, FAILED)}
     counts["pending"] = len(plan.run_ids) - counts[DONE] - counts[FAILED]
-    print(f"{out_dir}: {len(plan.run_ids)} runs: {counts[DONE]} done, {counts[FAILED]} failed, "
-          f"{counts['pending']} pending")
+    print(
+        f"{out_dir}: {len(plan.run_ids)} runs: {counts[DONE]} done, {counts[FAILED]} failed, "
+        f"{counts['pending']} pending"
+    )
     for r in plan.run_ids:
         if r in records and records[r].status == FAILED:
             print(f"  {r}: {records[r].first_error_line()}")
@@ -63,9 +65,11 @@ def sweep_status(sweep: Path, claim_timeout: float = claims.DEFAULT_TIMEOUT) -> 
     if rates:
         peaks = [rec.peak_memory_bytes for rec in done if rec.peak_memory_bytes is not None]
         devices = sorted({rec.device for rec in done if rec.device})
-        print(f"  usage over {len(rates)} done runs: {', '.join(devices)}; tokens/s median "
-              f"{rates[len(rates) // 2]:,.0f} (min {rates[0]:,.0f}, max {rates[-1]:,.0f})"
-              + (f"; peak GPU memory max {max(peaks) / 2**30:.1f} GiB" if peaks else ""))
+        print(
+            f"  usage over {len(rates)} done runs: {', '.join(devices)}; tokens/s median "
+            f"{rates[len(rates) // 2]:,.0f} (min {rates[0]:,.0f}, max {rates[-1]:,.0f})"
+            + (f"; peak GPU memory max {max(peaks) / 2**30:.1f} GiB" if peaks else "")
+        )
         for rec in done[-3:]:
             print(f"  {rec.run_id}: {rec.usage_line()}")
     now = time.time()
@@ -130,18 +134,32 @@ def sweep(
         return sweep_status(status, claim_timeout)
     from regmix_plugin.commands.sweep.launch import launch
 
-    eval, local, slurm = (cls(**v) if isinstance(v, dict) else v
-                          for cls, v in ((EvalArgs, eval), (LocalArgs, local), (SlurmArgs, slurm)))
-    plan = plan_sweep(mixtures, data_path, recipe, out_dir, tokenizer_dir, eval, data_num_workers, keep_checkpoints,
-                      fused_loss, compile)
+    eval, local, slurm = (
+        cls(**v) if isinstance(v, dict) else v for cls, v in ((EvalArgs, eval), (LocalArgs, local), (SlurmArgs, slurm))
+    )
+    plan = plan_sweep(
+        mixtures,
+        data_path,
+        recipe,
+        out_dir,
+        tokenizer_dir,
+        eval,
+        data_num_workers,
+        keep_checkpoints,
+        fused_loss,
+        compile,
+    )
     problems = []
     fused_problem = check_mode(fused_loss, need_cuda=launcher == "local")  # a Slurm job's GPUs are not here
     if fused_problem:
         problems.append(fused_problem)
     if compile not in ("auto", "on", "off"):
         problems.append(f"--compile must be one of auto, on, off, got {compile!r}")
-    if (local.workers != "auto" and int(local.workers) < 0) or (local.threads is not None and local.threads < 1) \
-            or slurm.tasks < 1:
+    if (
+        (local.workers != "auto" and int(local.workers) < 0)
+        or (local.threads is not None and local.threads < 1)
+        or slurm.tasks < 1
+    ):
         problems.append("--local.workers must be >= 0 or auto, --local.threads >= 1 and --slurm.tasks >= 1")
     if claim_timeout <= 0:
         problems.append(f"--claim_timeout must be > 0 seconds, got {claim_timeout}")
@@ -151,5 +169,13 @@ def sweep(
         raise ValueError("regmix sweep: " + "; ".join(problems))
     out_dir = Path(out_dir)
     plan = check_setup(out_dir, plan)
-    return launch(out_dir, plan, launcher=launcher, local=local, slurm=slurm, retry_failed=retry_failed,
-                  results=results, claim_timeout=claim_timeout)
+    return launch(
+        out_dir,
+        plan,
+        launcher=launcher,
+        local=local,
+        slurm=slurm,
+        retry_failed=retry_failed,
+        results=results,
+        claim_timeout=claim_timeout,
+    )

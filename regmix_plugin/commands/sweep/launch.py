@@ -67,8 +67,9 @@ class _Progress:
         self._postfix()
 
     def _postfix(self, refresh: bool = True) -> None:
-        self.bar.set_postfix(done=self.counts[DONE] + self.counts["skipped"], failed=self.counts[FAILED],
-                             refresh=refresh)
+        self.bar.set_postfix(
+            done=self.counts[DONE] + self.counts["skipped"], failed=self.counts[FAILED], refresh=refresh
+        )
 
     def finished(self, run_id: str, here: bool = True) -> None:
         """A run got its record: trained by this invocation (``here``) or by another launcher."""
@@ -109,8 +110,10 @@ class _Scheduler:
 
     def fail(self, run_id: str, error: str) -> None:
         log = log_path(self.sweep_dir, run_id)
-        write_record(self.sweep_dir, failed_record(self.plan, run_id, self.weights[run_id], f"{error}; log: {log}",
-                                                   None, tail(log)))
+        write_record(
+            self.sweep_dir,
+            failed_record(self.plan, run_id, self.weights[run_id], f"{error}; log: {log}", None, tail(log)),
+        )
         self.progress.finished(run_id)
 
     def poll_waiting(self) -> None:
@@ -166,8 +169,9 @@ def _launch_local(sched: _Scheduler, workers: int, threads: int, launcher: str) 
             os.environ["OMP_NUM_THREADS"] = str(threads)
             if gpus:
                 os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-            p = ctx.Process(target=local_worker, args=(str(sched.sweep_dir), tasks, results, threads, wid, launcher,
-                                                       sched.timeout))
+            p = ctx.Process(
+                target=local_worker, args=(str(sched.sweep_dir), tasks, results, threads, wid, launcher, sched.timeout)
+            )
             p.start()
         finally:
             os.environ.clear()
@@ -199,8 +203,11 @@ def _launch_local(sched: _Scheduler, workers: int, threads: int, launcher: str) 
                         if run_id in sched.retried:
                             sched.fail(run_id, f"worker process died twice during this run (exit code {p.exitcode})")
                         else:
-                            print(f"worker {wid} died (exit code {p.exitcode}) during {run_id}; log: "
-                                  f"{log_path(sched.sweep_dir, run_id)}; retrying it in a new worker", flush=True)
+                            print(
+                                f"worker {wid} died (exit code {p.exitcode}) during {run_id}; log: "
+                                f"{log_path(sched.sweep_dir, run_id)}; retrying it in a new worker",
+                                flush=True,
+                            )
                             sched.retried.add(run_id)
                             sched.again(run_id)
                     if not sched.finished() and (run_id is not None or p.exitcode != 0):
@@ -223,16 +230,20 @@ def _launch_local(sched: _Scheduler, workers: int, threads: int, launcher: str) 
                     same_device = [w for w in procs if device[w] == device[wid]]
                     if not same_device:
                         if run_id in sched.oom_alone:
-                            sched.fail(run_id, "out of GPU memory with no other run on the GPU: lower "
-                                               "train.micro_batch_size")
+                            sched.fail(
+                                run_id, "out of GPU memory with no other run on the GPU: lower train.micro_batch_size"
+                            )
                             start(next_wid, device[wid])
                             next_wid += 1
                             continue
                         sched.oom_alone.add(run_id)
                         start(next_wid, device[wid])
                         next_wid += 1
-                    print(f"{run_id} ran out of GPU memory; re-queued with {max(1, len(same_device))} run(s) on "
-                          f"GPU {device[wid]}", flush=True)
+                    print(
+                        f"{run_id} ran out of GPU memory; re-queued with {max(1, len(same_device))} run(s) on "
+                        f"GPU {device[wid]}",
+                        flush=True,
+                    )
                     sched.again(run_id)
                     continue
                 sched.outcome(run_id, outcome)
@@ -251,16 +262,32 @@ def _launch_slurm(sched: _Scheduler, slurm: SlurmArgs, launcher: str) -> None:
 
     sweep_dir, pending = sched.sweep_dir, list(sched.queue)
     executor = submitit.AutoExecutor(folder=sweep_dir / "slurm" / "%j", cluster=slurm.cluster)
-    params = {"timeout_min": slurm.time_min, "cpus_per_task": slurm.cpus_per_task, "tasks_per_node": 1,
-              "nodes": 1, "name": "regmix-sweep"}
-    optional = {"gpus_per_node": slurm.gpus_per_task, "mem_gb": slurm.mem_gb, "slurm_partition": slurm.partition,
-                "slurm_array_parallelism": slurm.max_parallel, "slurm_additional_parameters": slurm.additional}
+    params = {
+        "timeout_min": slurm.time_min,
+        "cpus_per_task": slurm.cpus_per_task,
+        "tasks_per_node": 1,
+        "nodes": 1,
+        "name": "regmix-sweep",
+    }
+    optional = {
+        "gpus_per_node": slurm.gpus_per_task,
+        "mem_gb": slurm.mem_gb,
+        "slurm_partition": slurm.partition,
+        "slurm_array_parallelism": slurm.max_parallel,
+        "slurm_additional_parameters": slurm.additional,
+    }
     params.update({k: v for k, v in optional.items() if v})
     executor.update_parameters(**params)
     tasks = min(slurm.tasks, len(pending))
     slices = [pending[i::tasks] for i in range(tasks)]
-    jobs = executor.map_array(work_through, [str(sweep_dir)] * tasks, slices, [slurm.cpus_per_task] * tasks,
-                              [launcher] * tasks, [sched.timeout] * tasks)
+    jobs = executor.map_array(
+        work_through,
+        [str(sweep_dir)] * tasks,
+        slices,
+        [slurm.cpus_per_task] * tasks,
+        [launcher] * tasks,
+        [sched.timeout] * tasks,
+    )
     print(f"submitted {len(jobs)} task(s): {', '.join(j.job_id for j in jobs[:4])}{' ...' if len(jobs) > 4 else ''}")
     seen: set[str] = set()
     ids = {r for r, _ in pending}
@@ -280,8 +307,16 @@ def _launch_slurm(sched: _Scheduler, slurm: SlurmArgs, launcher: str) -> None:
             print(f"slurm task {job.job_id} ended early: {str(e).strip().splitlines()[-1][:300]}")
 
 
-def launch(sweep_dir: Path, plan: SweepPlan, launcher: str, local: LocalArgs, slurm: SlurmArgs, retry_failed: bool,
-           results: str, claim_timeout: float = claims.DEFAULT_TIMEOUT) -> dict[str, int]:
+def launch(
+    sweep_dir: Path,
+    plan: SweepPlan,
+    launcher: str,
+    local: LocalArgs,
+    slurm: SlurmArgs,
+    retry_failed: bool,
+    results: str,
+    claim_timeout: float = claims.DEFAULT_TIMEOUT,
+) -> dict[str, int]:
     """Run every pending run of ``plan`` with the chosen launcher; print and return the summary counts.
 
     Counts: ``done``/``failed`` trained by this invocation, ``skipped`` done before it or by another launcher,
@@ -297,8 +332,11 @@ def launch(sweep_dir: Path, plan: SweepPlan, launcher: str, local: LocalArgs, sl
                 held = None
             if held is None:
                 shutil.rmtree(sweep_dir / "runs" / run_id, ignore_errors=True)
-    todo = [(r, w) for r, w in plan.mixtures.items()
-            if (r not in records or records[r].status != DONE) and (retry_failed or r not in records)]
+    todo = [
+        (r, w)
+        for r, w in plan.mixtures.items()
+        if (r not in records or records[r].status != DONE) and (retry_failed or r not in records)
+    ]
     progress = _Progress(sweep_dir, order, results, len(order) - len(todo))
     sched = _Scheduler(sweep_dir, plan, todo, progress, claim_timeout)
     me = f"{socket.gethostname()}:{os.getpid()}"
@@ -319,10 +357,13 @@ def launch(sweep_dir: Path, plan: SweepPlan, launcher: str, local: LocalArgs, sl
     return counts
 
 
-def _summary(sweep_dir: Path, results: str, order: list[str], records: dict[str, RunRecord], counts: dict,
-             attempted: set[str]) -> None:
-    print(f"sweep {sweep_dir}: {counts[DONE]} done, {counts[FAILED]} failed, {counts['skipped']} skipped, "
-          f"{counts['pending']} pending; table: {sweep_dir / results}")
+def _summary(
+    sweep_dir: Path, results: str, order: list[str], records: dict[str, RunRecord], counts: dict, attempted: set[str]
+) -> None:
+    print(
+        f"sweep {sweep_dir}: {counts[DONE]} done, {counts[FAILED]} failed, {counts['skipped']} skipped, "
+        f"{counts['pending']} pending; table: {sweep_dir / results}"
+    )
     finals = {}
     for r in order:
         rec = records.get(r)
@@ -335,8 +376,10 @@ def _summary(sweep_dir: Path, results: str, order: list[str], records: dict[str,
         by_loss = sorted((v[domain], r) for r, v in finals.items() if math.isfinite(v.get(domain, math.nan)))
         if by_loss:
             (best, best_id), (worst, worst_id) = by_loss[0], by_loss[-1]
-            print(f"  val_loss/{domain} over {len(by_loss)} done runs: best {best_id} {best:.4f}, worst {worst_id} "
-                  f"{worst:.4f}, range {worst - best:.4f}")
+            print(
+                f"  val_loss/{domain} over {len(by_loss)} done runs: best {best_id} {best:.4f}, worst {worst_id} "
+                f"{worst:.4f}, range {worst - best:.4f}"
+            )
     for r in order:
         if r in attempted and r in records and records[r].status == FAILED:
             print(f"  failed {r}: {records[r].first_error_line()[:200]}")

@@ -149,8 +149,16 @@ def _sha(obj: Any) -> str:
 
 
 def plan_sweep(
-    mixtures: Path, data_path: Path, recipe: Path, out_dir: Path, tokenizer_dir: Path | None, eval: EvalArgs,
-    data_num_workers: int | None, keep_checkpoints: bool, fused_loss: str = "auto", compile: str = "auto",
+    mixtures: Path,
+    data_path: Path,
+    recipe: Path,
+    out_dir: Path,
+    tokenizer_dir: Path | None,
+    eval: EvalArgs,
+    data_num_workers: int | None,
+    keep_checkpoints: bool,
+    fused_loss: str = "auto",
+    compile: str = "auto",
 ) -> SweepPlan:
     """Validate every input and return the sweep plan; starts no run.
 
@@ -181,8 +189,10 @@ def plan_sweep(
     if damaged:
         problems.append(damage_message(data_path, manifest, damaged))
     if eval.points < 0:
-        problems.append(f"--eval.points must be >= 0, got {eval.points}: it counts the evaluation points "
-                        "besides the end of each run (0 scores the end only)")
+        problems.append(
+            f"--eval.points must be >= 0, got {eval.points}: it counts the evaluation points "
+            "besides the end of each run (0 scores the end only)"
+        )
     if not tokenizer_dir and not base.get("tokenizer_dir"):
         problems.append("no tokenizer: set --tokenizer_dir or tokenizer_dir in the --recipe")
     else:
@@ -192,8 +202,9 @@ def plan_sweep(
             problems.append(str(e))
     data = base.get("data") or {}
     if data and data.get("class_path", _DATA_CLASSES[0]) not in _DATA_CLASSES:
-        problems.append(f"--recipe data.class_path is {data.get('class_path')!r}; a sweep needs "
-                        "regmix_plugin.MixtureData")
+        problems.append(
+            f"--recipe data.class_path is {data.get('class_path')!r}; a sweep needs regmix_plugin.MixtureData"
+        )
     cfg = copy.deepcopy(base)
     init = dict(data.get("init_args") or {})
     first, first_stages = split_run(next(iter(mixes.values()), {domains[0]: 1.0}))
@@ -213,8 +224,11 @@ def plan_sweep(
     cfg.setdefault("train", {})
     if problems:
         raise ValueError("regmix sweep: nothing was run:\n  " + "\n  ".join(problems))
-    parsed = parse_or_explain(cfg, f"--recipe {str(recipe)!r}",
-                              "Fix the recipe (run `litgpt pretrain --config RECIPE --print_config` to see the schema)")
+    parsed = parse_or_explain(
+        cfg,
+        f"--recipe {str(recipe)!r}",
+        "Fix the recipe (run `litgpt pretrain --config RECIPE --print_config` to see the schema)",
+    )
     from litgpt import Config
 
     train = parsed.train
@@ -233,11 +247,14 @@ def plan_sweep(
     eval_steps = [k * interval for k in range(1, eval.points + 1)] if interval else []
     # A staged proxy is also scored where each stage ends (what a transition model starts the next stage from):
     # the step whose samples reach the stage's until_fraction of the data's max_tokens.
-    boundaries = [round(k / stages * train.max_tokens / (accum * train.micro_batch_size * seq))
-                  for k in range(1, stages)]  # fmt: skip
+    boundaries = [
+        round(k / stages * train.max_tokens / (accum * train.micro_batch_size * seq)) for k in range(1, stages)
+    ]
     if any(not 0 < b < steps for b in boundaries):
-        problems.append(f"--mixtures has {stages} stages, but the recipe trains only {steps} optimizer steps; "
-                        "raise train.max_tokens")  # fmt: skip
+        problems.append(
+            f"--mixtures has {stages} stages, but the recipe trains only {steps} optimizer steps; "
+            "raise train.max_tokens"
+        )
     eval_steps = sorted(set(eval_steps) | {b for b in boundaries if 0 < b < steps})
     save_every = math.gcd(*eval_steps) if eval_steps else None
     if eval.val_tokens < 1 or eval.batch_size < 1:

@@ -123,18 +123,32 @@ def _score(plan: SweepPlan, work: Path) -> list[dict]:
         check_tokenizer(ckpt, manifest.tokenizer_hash, "checkpoint", f"--data_path {plan.data_path!r}")
         model = load_checkpoint(ckpt, device)
         model.max_seq_length = ev.seq_length
-        out.append({"tokens": tokens, "final": final,
-                    "losses": domain_losses(model, blocks, ev.eval_batch_size, plan.fused_loss)})
+        out.append(
+            {
+                "tokens": tokens,
+                "final": final,
+                "losses": domain_losses(model, blocks, ev.eval_batch_size, plan.fused_loss),
+            }
+        )
     return out
 
 
-def failed_record(plan: SweepPlan, run_id: str, spec: RunSpec, error: str, wall_s: float | None,
-                  log: str) -> RunRecord:
+def failed_record(plan: SweepPlan, run_id: str, spec: RunSpec, error: str, wall_s: float | None, log: str) -> RunRecord:
     """The record of a run that did not finish (the one place a failure is recorded)."""
     weights, schedule = split_run(spec)
-    return RunRecord(run_id=run_id, status=FAILED, mixture=weights, schedule=schedule, wall_s=wall_s, seed=plan.seed,
-                     setup_hash=plan.setup_hash, recipe_hash=plan.identity["recipe"],
-                     manifest_hash=plan.identity["manifest"], error=error, log_tail=log)
+    return RunRecord(
+        run_id=run_id,
+        status=FAILED,
+        mixture=weights,
+        schedule=schedule,
+        wall_s=wall_s,
+        seed=plan.seed,
+        setup_hash=plan.setup_hash,
+        recipe_hash=plan.identity["recipe"],
+        manifest_hash=plan.identity["manifest"],
+        error=error,
+        log_tail=log,
+    )
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -201,10 +215,19 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> Run
     if error:
         record = failed_record(plan, run_id, spec, error, wall_s, tail(log))
     else:
-        record = RunRecord(run_id=run_id, status=DONE, mixture=weights, schedule=schedule, losses=losses,
-                           tokens=plan.final_tokens,
-                           wall_s=wall_s, seed=plan.seed, setup_hash=plan.setup_hash,
-                           recipe_hash=plan.identity["recipe"], manifest_hash=plan.identity["manifest"])
+        record = RunRecord(
+            run_id=run_id,
+            status=DONE,
+            mixture=weights,
+            schedule=schedule,
+            losses=losses,
+            tokens=plan.final_tokens,
+            wall_s=wall_s,
+            seed=plan.seed,
+            setup_hash=plan.setup_hash,
+            recipe_hash=plan.identity["recipe"],
+            manifest_hash=plan.identity["manifest"],
+        )
     record = dataclasses.replace(record, loss_kernel=loss_kernel, compiled=compiled, **vars(measure.finish(work)))
     write_record(sweep_dir, record)
     if not plan.keep_checkpoints:
@@ -212,8 +235,7 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> Run
     return record
 
 
-def run_claimed(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: RunSpec, launcher: str,
-                timeout: float) -> str:
+def run_claimed(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: RunSpec, launcher: str, timeout: float) -> str:
     """Claim, train and record one run unless another launcher has it or it is done; returns what happened.
 
     ``done``/``failed`` (the record's status), ``skipped`` (already done), ``busy`` (a live claim elsewhere)
@@ -232,8 +254,13 @@ def run_claimed(sweep_dir: Path, plan: SweepPlan, run_id: str, weights: RunSpec,
         claims.release(sweep_dir, run_id)
 
 
-def work_through(sweep_dir: Path, items: list[tuple[str, dict]], threads: int, launcher: str = "slurm",
-                 timeout: float = claims.DEFAULT_TIMEOUT) -> list[str]:
+def work_through(
+    sweep_dir: Path,
+    items: list[tuple[str, dict]],
+    threads: int,
+    launcher: str = "slurm",
+    timeout: float = claims.DEFAULT_TIMEOUT,
+) -> list[str]:
     """Train ``items`` in this process, skipping runs done or claimed elsewhere (the Slurm task body)."""
     setup_worker(threads)
     plan = SweepPlan.load(sweep_dir)
