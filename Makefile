@@ -26,6 +26,7 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The suite (< 8 min on 2 cores). The scientific end-to-end checks (pipeline recovers a known mixture, RegMix-D
 # ground truths) train dozens of proxies each; they run as `make science`, which CI runs after `make test`.
