@@ -133,12 +133,12 @@ def _score(plan: SweepPlan, work: Path) -> list[dict]:
     return out
 
 
-def failed_record(plan: SweepPlan, run_id: str, spec: RunSpec, error: str, wall_s: float | None, log: str) -> RunRecord:
-    """The record of a run that did not finish (the one place a failure is recorded)."""
+def run_record(plan: SweepPlan, run_id: str, spec: RunSpec, status: str, wall_s: float | None, **fields) -> RunRecord:
+    """A run's record: its mixture or schedule and the sweep's identity (seed, setup, recipe and corpus hashes)."""
     weights, schedule = split_run(spec)
     return RunRecord(
         run_id=run_id,
-        status=FAILED,
+        status=status,
         mixture=weights,
         schedule=schedule,
         wall_s=wall_s,
@@ -146,9 +146,13 @@ def failed_record(plan: SweepPlan, run_id: str, spec: RunSpec, error: str, wall_
         setup_hash=plan.setup_hash,
         recipe_hash=plan.identity["recipe"],
         manifest_hash=plan.identity["manifest"],
-        error=error,
-        log_tail=log,
+        **fields,
     )
+
+
+def failed_record(plan: SweepPlan, run_id: str, spec: RunSpec, error: str, wall_s: float | None, log: str) -> RunRecord:
+    """The record of a run that did not finish (the one place a failure is recorded)."""
+    return run_record(plan, run_id, spec, FAILED, wall_s, error=error, log_tail=log)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -215,19 +219,7 @@ def run_one(sweep_dir: Path, plan: SweepPlan, run_id: str, spec: RunSpec) -> Run
     if error:
         record = failed_record(plan, run_id, spec, error, wall_s, tail(log))
     else:
-        record = RunRecord(
-            run_id=run_id,
-            status=DONE,
-            mixture=weights,
-            schedule=schedule,
-            losses=losses,
-            tokens=plan.final_tokens,
-            wall_s=wall_s,
-            seed=plan.seed,
-            setup_hash=plan.setup_hash,
-            recipe_hash=plan.identity["recipe"],
-            manifest_hash=plan.identity["manifest"],
-        )
+        record = run_record(plan, run_id, spec, DONE, wall_s, losses=losses, tokens=plan.final_tokens)
     record = dataclasses.replace(record, loss_kernel=loss_kernel, compiled=compiled, **vars(measure.finish(work)))
     write_record(sweep_dir, record)
     if not plan.keep_checkpoints:
