@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from regmix_plugin.models.laws import BiMixLaw, MixingLaw, extrapolation_error, minimize_on_simplex, trajectories
+from regmix_plugin.models.laws import BiMixLaw, MixingLaw, extrapolation_error, trajectories
+from regmix_plugin.models.simplex import minimize_on_simplex
 
 # A known BiMix law on 3 domains (A = 1): alpha, B (s in tokens), beta, C per domain.
 TRUE = np.array([[0.10, 40.0, 0.30, 2.0], [0.20, 60.0, 0.35, 1.5], [0.05, 30.0, 0.25, 2.5]])

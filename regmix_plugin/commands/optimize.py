@@ -120,7 +120,7 @@ def optimize(
     chosen = np.clip(candidates[best].mean(0), lower, upper)
     direct = None
     if is_law:
-        from regmix_plugin.models.laws import minimize_on_simplex
+        from regmix_plugin.models.simplex import minimize_on_simplex
 
         sign = -1.0 if maximize else 1.0
         searched = chosen
@@ -131,7 +131,7 @@ def optimize(
         chosen /= chosen.sum()
         at_searched = float(fitted.predict(searched[None])[0])
         direct = {
-            "method": "SLSQP on the law from several starts (laws.minimize_on_simplex); no candidate search",
+            "method": "SLSQP on the law from several starts (models.simplex.minimize_on_simplex); no candidate search",
             "kl_to_prior": kl_to_prior,
             "candidate_search_would_pick": {
                 "weights": _rounded(domains, searched),
