@@ -136,11 +136,12 @@ def propose(
         center = meta["run_mean_mixture"] if manifest is None else None
         prior = sample_prior(domains, tokens or {}, temperature, center, c.exclude)
         prior = np.where(upper > 0, prior, 0.0)
-        units = distinct_draws(prior, n_candidates, 1, sampler, drop_below, decimals, seed, upper, lower, seen=taken)
+        draws = 20 * n_candidates  # tight constraints reject most draws: a smaller pool still serves if it holds n
+        units = distinct_draws(prior, n_candidates, 1, sampler, drop_below, decimals, seed, upper, lower, draws, taken)
         if len(units) < n:
             raise ValueError(
                 f"only {len(units)} new candidates inside the constraints (of --n {n} needed) in "
-                f"{1000 * n_candidates} draws: loosen {FLAGS}min_weight/max_weight, lower --drop_below, raise "
+                f"{draws} draws: loosen {FLAGS}min_weight/max_weight, lower --drop_below, raise "
                 "--decimals, or ask for fewer with --n"
             )
         C, ids = units[:, 0, :] / unit, [None] * len(units)
