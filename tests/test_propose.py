@@ -182,15 +182,20 @@ def test_lcb_picks_reach_a_lower_true_regret_than_random_picks(cli, tmp_path, me
             new = read_mixtures(out, known=DOMAINS)
             losses = synthetic_true_losses(new.weights, D) + 0.01 * rng.standard_normal((4, D))
             for i, w, loss in zip(new.ids, new.weights, losses, strict=True):
-                row = {"run_id": i, "status": "done", **{f"weight/{d}": float(x) for d, x in zip(DOMAINS, w)}}
-                rows.append({**row, **{f"val_loss/{d}": float(x) for d, x in zip(DOMAINS, loss)}})
+                row = {
+                    "run_id": i,
+                    "status": "done",
+                    **{f"weight/{d}": float(x) for d, x in zip(DOMAINS, w, strict=True)},
+                }
+                rows.append({**row, **{f"val_loss/{d}": float(x) for d, x in zip(DOMAINS, loss, strict=True)}})
             W = np.vstack([W, new.weights])
         assert len(W) == 20
         regrets["active"].append(_true(W).min() - opt)
     a, r = np.array(regrets["active"]), np.array(regrets["random"])
     measured(
         f"true regret after 20 runs (12 random + 2 x 4), 5 seeds: active mean {a.mean():.4f} "
-        f"{np.round(a, 4).tolist()}, random mean {r.mean():.4f} {np.round(r, 4).tolist()}; active wins {(a < r).sum()}/5"
+        f"{np.round(a, 4).tolist()}, random mean {r.mean():.4f} {np.round(r, 4).tolist()}; "
+        f"active wins {(a < r).sum()}/5"
     )
     assert a.mean() < r.mean()
     assert (a < r).sum() >= 3
