@@ -31,6 +31,7 @@ def _commands() -> dict:
     from regmix_plugin.commands.inspect_run import inspect
     from regmix_plugin.commands.optimize import optimize
     from regmix_plugin.commands.prepare import prepare
+    from regmix_plugin.commands.propose import propose
     from regmix_plugin.commands.recipe import recipe
     from regmix_plugin.commands.sample import sample
     from regmix_plugin.commands.schedule import schedule
@@ -47,6 +48,7 @@ def _commands() -> dict:
         "evaluate": evaluate,
         "fit": fit,
         "predict": predict,
+        "propose": propose,
         "optimize": optimize,
         "fit_trajectory": fit_trajectory,
         "schedule": schedule,

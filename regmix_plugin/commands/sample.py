@@ -30,21 +30,17 @@ way and only warned about if they break the epoch bound, since the user asked fo
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
+from regmix_plugin.draws import sample_schedules
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_table import write_mixtures
 from regmix_plugin.weights import (
-    DEFAULT_MAX_EPOCHS,
     FLAGS,
     ConstraintArgs,
     SamplerArgs,
-    dirichlet_draws,
     epoch_bounds,
     largest_remainder,
     too_small,
@@ -52,75 +48,6 @@ from regmix_plugin.weights import (
     train_sizes,
     validate_weights,
 )
-
-
-def sample_schedules(
-    train_tokens: dict[str, int],
-    n: int,
-    stages: int,
-    target_tokens: float | None = None,
-    temperature: float = 0.5,
-    sampler: SamplerArgs = SamplerArgs(),
-    max_epochs: float = DEFAULT_MAX_EPOCHS,
-    minimum: float = 2e-4,
-    decimals: int = 4,
-    seed: int = 42,
-    max_draws: int | None = None,
-    center: dict[str, float] | None = None,
-    block_size: int | None = None,
-    sizes: dict[str, int] | None = None,
-    exclude: list[str] | None = None,
-) -> list[list[dict[str, float]]]:
-    """``n`` distinct proxy schedules of ``stages`` equal stages: an independent draw per stage (Marin's
-    multi-phase swarms, RegMix-D's proxies), each rounded and floored like a static draw; the epoch bound is
-    counted over the whole run, on the mean of the stages. ``stages=1`` gives static mixtures (one-stage schedules).
-
-    The bound counts ``sizes`` (blocks of ``block_size + 1`` tokens, :func:`regmix_plugin.weights.train_sizes`)
-    when ``block_size`` is given, else ``train_tokens``; the domains in ``exclude`` get weight 0 in every row."""
-    domains = sorted(d for d, t in train_tokens.items() if t > 0)
-    tokens = np.array([train_tokens[d] for d in domains], dtype=np.float64)
-    target = float(target_tokens or tokens.sum())
-    if center is not None:
-        prior = np.maximum(np.array([center.get(d, 0.0) for d in domains], float), 1e-12)
-    else:
-        prior = (tokens / tokens.sum()) ** temperature
-    prior[[d in set(exclude or ()) for d in domains]] = 0.0
-    prior /= prior.sum()
-    bounds = epoch_bounds({d: (sizes or train_tokens)[d] for d in domains}, target, max_epochs, block_size)
-    bound = np.array([0.0 if p == 0 else bounds[d] for d, p in zip(domains, prior, strict=True)])
-    rng = np.random.default_rng(seed)
-    unit = 10**decimals
-    min_units = math.ceil(minimum * unit - 1e-9)
-    seen: set[tuple[int, ...]] = set()
-    rows: list[list[dict[str, float]]] = []
-    max_draws = max_draws or 1000 * n
-    drawn = 0
-    while len(rows) < n and drawn < max_draws:
-        size = min(max(64, 2 * (n - len(rows))), max_draws - drawn)
-        batch = dirichlet_draws(prior, size * stages, sampler, rng).reshape(size, stages, len(domains))
-        drawn += size
-        for draw in batch:
-            if len(rows) == n:
-                break
-            x = np.where(draw < minimum, 0.0, draw)
-            if (x.sum(1) <= 0).any():
-                continue
-            units = np.stack([largest_remainder(row, unit) for row in x])
-            if np.any((units > 0) & (units < min_units)) or np.any(units.mean(0) > bound * unit + 1e-9):
-                continue
-            key = tuple(int(u) for u in units.ravel())
-            if key in seen:
-                continue
-            seen.add(key)
-            rows.append([{d: int(u) / unit for d, u in zip(domains, st, strict=True)} for st in units])
-    if len(rows) < n:
-        what = "mixtures" if stages == 1 else f"{stages}-stage schedules"
-        raise ValueError(
-            f"only {len(rows)} of --n {n} distinct {what} passed the bounds in {max_draws} draws; raise "
-            "--constraints.max_epochs, lower --constraints.target_tokens, lower --drop_below, raise --decimals, or ask "
-            "for fewer with --n"
-        )
-    return rows
 
 
 def sample(

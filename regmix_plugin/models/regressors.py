@@ -254,6 +254,22 @@ class GPRegressor(RegressorMixin, BaseEstimator):
         mean = mean * self.y_scale_ + self.y_mean_
         return (mean, std * self.y_scale_) if return_std else mean
 
+    def condition_on(self, X, y) -> GPRegressor:
+        """A copy that has also observed the targets ``y`` at the mixtures ``X``, under the same kernel
+        hyperparameters (no refit): the posterior of the fitted prior given the old rows and the new ones.
+
+        ``regmix propose``'s kriging believer conditions on its picks at their predicted means this way.
+        """
+        X, y = np.atleast_2d(np.asarray(X, float)), np.atleast_1d(np.asarray(y, float))
+        K = self._kernel(self.X_train_, self.X_train_) + self.noise_ * np.eye(len(self.X_train_))
+        t = np.concatenate([K @ self.dual_coef_, (y - self.y_mean_) / self.y_scale_])
+        model = type(self)(max_fit_runs=self.max_fit_runs, random_state=self.random_state)
+        model.constant_, model.length_scale_, model.noise_ = self.constant_, self.length_scale_, self.noise_
+        model.y_mean_, model.y_scale_ = self.y_mean_, self.y_scale_
+        model.X_train_ = np.vstack([self.X_train_, X])
+        model._condition(t)
+        return model
+
     def settings(self) -> dict:
         return {
             "transform": "sqrt",
