@@ -34,7 +34,7 @@ def epoch_allowance(blocks_per_stream: int, max_epochs: float) -> float:
     This is the one definition of a domain's epoch allowance. MixtureData's guard, the stream and the RegMix-D
     controller call it with each stream's disjoint share (:meth:`StreamLayout.blocks_per_stream`); the planners
     (``sample``, ``optimize``, ``schedule``, ``entropy``) with the whole domain as one stream, counting blocks
-    of ``--constraints.block_size + 1`` tokens (``mixture.domain_blocks``), or tokens when no block size is given.
+    of ``--constraints.block_size + 1`` tokens (``weights.domain_blocks``), or tokens when no block size is given.
     """
     return max_epochs * int(blocks_per_stream)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PILE17
 from jsonargparse import auto_parser
 from litgpt.model import GPT
 from litgpt.pretrain import get_lr, setup
@@ -33,27 +34,8 @@ def _ids(paths):
     return [str(p.relative_to(RECIPES_DIR)) for p in paths]
 
 
-# The Pile's 17 uncopyrighted domains, in regmix-plugin naming (regmix_plugin.domains.normalize_domain of
-# the Pile set names).
-PILE_DOMAINS = {
-    "arxiv",
-    "dm_mathematics",
-    "enron_emails",
-    "europarl",
-    "freelaw",
-    "github",
-    "gutenberg_pg_19",
-    "hackernews",
-    "nih_exporter",
-    "philpapers",
-    "pile_cc",
-    "pubmed_abstracts",
-    "pubmed_central",
-    "stackexchange",
-    "ubuntu_irc",
-    "uspto_backgrounds",
-    "wikipedia_en",
-}
+# The Pile's 17 uncopyrighted domains, in regmix-plugin naming (weights.normalize_domain of the Pile set names).
+PILE_DOMAINS = set(PILE17)
 
 # The 1B mixtures exactly as published in sail-sg/regmix mixture_config/config_1b/<name>.yaml (keys
 # train_the_pile_<domain>). The official trainer divides them by their sum before sampling

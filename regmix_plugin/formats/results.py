@@ -5,9 +5,9 @@
 
 ====================================  ====================================================================
 ``run_id``                            string, unique per row
-``weight/<domain>``                   one per training domain (names as ``mixture.normalize_domain``
+``weight/<domain>``                   one per training domain (names as ``weights.normalize_domain``
                                       gives them); floats, each row sums to 1 within
-                                      ``mixture.SUM_TOLERANCE``
+                                      ``weights.SUM_TOLERANCE``
 ``val_loss/<domain>``                 validation loss on ``<domain>`` at the end of training
 ``val_loss/<domain>@<tokens>``        the same at an intermediate eval, ``<tokens>`` = integer tokens
                                       trained so far
