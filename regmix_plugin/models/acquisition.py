@@ -1,0 +1,196 @@
+"""Choosing the next proxy mixtures to train: a lower confidence bound batched by the kriging believer.
+
+One engine for ``regmix propose`` and the active sweep loop (``regmix sweep --active``); see
+:mod:`regmix_plugin.commands.propose` for the user-facing description of the candidates, the acquisition and the
+batch rule.
+
+Batch rule: the **kriging believer** (Ginsbourger, Le Riche & Carraro, 2010). After each pick the GP is
+conditioned on that mixture at its own predicted mean, with the fitted kernel hyperparameters kept (no refit,
+:meth:`GPRegressor.condition_on`).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from regmix_plugin.counts import TokenCount
+from regmix_plugin.draws import distinct_draws, sample_prior
+from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
+from regmix_plugin.formats.model_dir import load_fitted, read_model_meta
+from regmix_plugin.weights import (
+    FLAGS,
+    ConstraintArgs,
+    SamplerArgs,
+    constraint_bounds,
+    largest_remainder,
+    train_sizes,
+)
+
+DEFAULT_KAPPA = 1.96
+_FEASIBLE = 1e-9
+
+
+def propose_batch(
+    model: Path,
+    results: Path,
+    out: Path = Path("proposed.csv"),
+    n: int = 16,
+    kappa: float = DEFAULT_KAPPA,
+    pending: Path | None = None,
+    candidates: Path | None = None,
+    data_path: Path | None = None,
+    domain_tokens: dict[str, TokenCount] | None = None,
+    constraints: ConstraintArgs = ConstraintArgs(),
+    temperature: float = 0.5,
+    sampler: SamplerArgs = SamplerArgs(),
+    drop_below: float = 2e-4,
+    decimals: int = 4,
+    n_candidates: int = 10_000,
+    maximize: bool = False,
+    id_prefix: str = "prop-",
+    seed: int = 0,
+) -> list[str]:
+    """Propose ``n`` new mixtures from the model at ``model`` and append them to ``out``; returns their run ids.
+
+    The arguments are ``regmix propose``'s (:func:`regmix_plugin.commands.propose.propose`).
+    """
+    meta = read_model_meta(model)
+    if meta["regressor"] != "gp":
+        raise ValueError(
+            f"--model {str(model)!r} holds a {meta['regressor']!r} model, which has no posterior std: fit one with "
+            "`regmix fit --regressor gp` (an ensemble's spread is not built yet)"
+        )
+    c = ConstraintArgs.of(constraints)
+    sampler = SamplerArgs(**sampler) if isinstance(sampler, dict) else sampler
+    problems = _problems(n, kappa, n_candidates, decimals, drop_below, sampler, id_prefix)
+    if problems:
+        raise ValueError("regmix propose: " + "; ".join(problems))
+    fitted = load_fitted(model)
+    domains = fitted.domains
+    known = [read_mixtures(results, "--results", known=domains, known_from="--model")]
+    if pending is not None:
+        known.append(read_mixtures(pending, "--pending", known=domains, known_from="--model"))
+    existing = None
+    if Path(out).exists():
+        existing = read_mixtures(out, "--out", known=domains, known_from="--model")
+        if existing.stages is not None:
+            raise ValueError(f"--out {str(out)!r} holds staged mixtures; propose appends static ones: choose another")
+        known.append(existing)
+    unit = 10**decimals
+    taken = {_key(w, unit) for m in known for w in m.weights}
+    used_ids = {i for m in known for i in m.ids}
+
+    manifest = None
+    if data_path is not None:
+        from regmix_plugin.formats.manifest import read_manifest
+
+        manifest = read_manifest(data_path)
+    tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
+    lower, upper = constraint_bounds(domains, c, train_sizes(domains, c.block_size, data_path, tokens))
+
+    if candidates is not None:
+        pool = read_mixtures(candidates, "--candidates", known=domains, known_from="--model")
+        C, ids = _pool_rows(pool, lower, upper, taken, unit)
+    else:
+        center = meta["run_mean_mixture"] if manifest is None else None
+        prior = sample_prior(domains, tokens or {}, temperature, center, c.exclude)
+        prior = np.where(upper > 0, prior, 0.0)
+        draws = 20 * n_candidates  # tight constraints reject most draws: a smaller pool still serves if it holds n
+        units = distinct_draws(prior, n_candidates, 1, sampler, drop_below, decimals, seed, upper, lower, draws, taken)
+        if len(units) < n:
+            raise ValueError(
+                f"only {len(units)} new candidates inside the constraints (of --n {n} needed) in "
+                f"{draws} draws: loosen {FLAGS}min_weight/max_weight, lower --drop_below, raise "
+                "--decimals, or ask for fewer with --n"
+            )
+        C, ids = units[:, 0, :] / unit, [None] * len(units)
+    if len(C) < n:
+        print(f"note: only {len(C)} pool row(s) are new and inside the constraints; proposing them all")
+    sign = -1.0 if maximize else 1.0
+    picks, mean, std = believer_batch(fitted.regressor, C, min(n, len(C)), kappa, sign)
+    new_ids = _fresh_ids([ids[i] for i in picks], used_ids, id_prefix)
+    rows = dict(existing.as_dict()) if existing is not None else {}
+    rows.update({r: dict(zip(domains, C[i].tolist(), strict=True)) for r, i in zip(new_ids, picks, strict=True)})
+    write_mixtures(out, rows, domains)
+    bound = "mean + kappa*std" if maximize else "mean - kappa*std"
+    print(f"{'run_id':<14} {'mean':>10} {'std':>10} {bound:>16}")
+    for r, m, s in zip(new_ids, mean, std, strict=True):
+        print(f"{r:<14} {m:>10.4f} {s:>10.4f} {m - sign * kappa * s:>16.4f}")
+    what = f"pool rows of {len(C)}" if candidates is not None else f"of {len(C)} candidates"
+    print(f"proposed {len(new_ids)} mixtures ({what}, kappa {kappa:g}, kriging believer); wrote {out}")
+    return new_ids
+
+
+def believer_batch(gp, C: np.ndarray, n: int, kappa: float, sign: float = 1.0):
+    """Indices into ``C`` of ``n`` picks by the kriging believer, with each pick's mean and std when it was picked.
+
+    Each pick minimises ``sign * mean - kappa * std``; the GP is then conditioned on it at its predicted mean.
+    """
+    picks: list[int] = []
+    means, stds = [], []
+    for _ in range(n):
+        mean, std = gp.predict(C, return_std=True)
+        score = sign * mean - kappa * std
+        score[picks] = np.inf
+        i = int(np.argmin(score))
+        picks.append(i)
+        means.append(float(mean[i]))
+        stds.append(float(std[i]))
+        gp = gp.condition_on(C[i], mean[i : i + 1])
+    return picks, np.array(means), np.array(stds)
+
+
+def _pool_rows(pool, lower, upper, taken, unit) -> tuple[np.ndarray, list[str | None]]:
+    """The pool's rows that are inside the bounds and new (first of any duplicates), with their ids."""
+    keep, seen = [], set(taken)
+    for i, w in enumerate(pool.weights):
+        key = _key(w, unit)
+        if key in seen or (w < lower - _FEASIBLE).any() or (w > upper + _FEASIBLE).any():
+            continue
+        seen.add(key)
+        keep.append(i)
+    if not keep:
+        raise ValueError(
+            f"--candidates {pool.source}: none of its {len(pool.ids)} rows is both new (not in --results, --pending "
+            "or --out) and inside the constraints: give a larger pool or loosen the constraints"
+        )
+    return pool.weights[keep], [pool.ids[i] for i in keep]
+
+
+def _key(weights: np.ndarray, unit: int) -> tuple[int, ...]:
+    return tuple(int(u) for u in largest_remainder(weights, unit))
+
+
+def _fresh_ids(wanted: list[str | None], used: set[str], prefix: str) -> list[str]:
+    """The wanted ids where free, else ``<prefix><number>`` past every number already used under ``prefix``."""
+    pattern = re.compile(re.escape(prefix) + r"([0-9]+)$")
+    numbers = [int(m.group(1)) for i in used | {w for w in wanted if w} if (m := pattern.match(i))]
+    nxt = max(numbers, default=0) + 1
+    out: list[str] = []
+    for w in wanted:
+        if w is None or w in used or w in out:
+            w, nxt = f"{prefix}{nxt:04d}", nxt + 1
+        out.append(w)
+    return out
+
+
+def _problems(n, kappa, n_candidates, decimals, drop_below, sampler, id_prefix) -> list[str]:
+    problems = sampler.problems()
+    if n < 1:
+        problems.append(f"--n must be >= 1, got {n}")
+    if not np.isfinite(kappa) or kappa < 0:
+        problems.append(f"--kappa must be a finite number >= 0, got {kappa}")
+    if n_candidates < n:
+        problems.append(f"--n_candidates ({n_candidates}) must be at least --n ({n})")
+    if not 1 <= decimals <= 9 or drop_below * 10**decimals % 1 > 1e-9:
+        problems.append(
+            f"--decimals {decimals} must be 1..9 and fine enough to write --drop_below {drop_below} exactly"
+        )
+    if drop_below < 0:
+        problems.append(f"--drop_below must be >= 0, got {drop_below}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", id_prefix):
+        problems.append(f"--id_prefix {id_prefix!r} must be letters, digits, '_', '.', '-'")
+    return problems
