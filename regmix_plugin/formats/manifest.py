@@ -183,6 +183,22 @@ class Manifest:
         total = sum(scaled.values())
         return {d: scaled.get(d, 0.0) / total for d in self.train_tokens()}
 
+    def fingerprints(self) -> dict[str, str | None]:
+        """A content fingerprint per domain: the sha256 of its recorded chunk files' paths and sha256s (train and
+        val), so two preparations agree exactly when every byte of the domain's chunks does. None for a domain
+        prepared before checksums were recorded. Mixture reuse (``regmix sample --reuse``) calls a domain
+        unchanged when its name and fingerprint match."""
+        out: dict[str, str | None] = {}
+        for d, s in sorted(self.domains.items()):
+            if not s.chunks:
+                out[d] = None
+                continue
+            h = hashlib.sha256()
+            for path, rec in sorted(s.chunks.items()):
+                h.update(f"{path}\t{rec['sha256']}\n".encode())
+            out[d] = h.hexdigest()
+        return out
+
     def train_domains(self) -> list[str]:
         return [d for d, t in self.train_tokens().items() if t > 0]
 
