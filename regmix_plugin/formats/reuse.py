@@ -99,6 +99,19 @@ class ReuseStructure:
         out[..., self._free_index()] = r[..., 1:]
         return out
 
+    def reduce_bounds(self, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-domain bounds (over ``domains``) -> bounds on the reduced coordinates: the block total ``T`` must
+        keep every block domain inside its own bounds, ``lower_d <= T * ratio_d <= upper_d``; free domains keep
+        theirs. A block domain of ratio 0 is at 0 whatever ``T`` is (its lower bound must allow 0)."""
+        lower, upper = np.asarray(lower, float), np.asarray(upper, float)
+        r = self.ratio_vector()
+        pos = r > 0
+        lo_b, hi_b = lower[self._index][pos] / r[pos], upper[self._index][pos] / r[pos]
+        block_lo = max(0.0, float(lo_b.max())) if pos.any() else 0.0
+        block_hi = min(1.0, float(hi_b.min())) if pos.any() else 1.0
+        free = self._free_index()
+        return np.concatenate([[block_lo], lower[free]]), np.concatenate([[block_hi], upper[free]])
+
     def reduce_mixture(self, weights: Mapping[str, float]) -> dict[str, float]:
         """One ``{domain: weight}`` -> ``{coordinate: value}``."""
         r = self.reduce(np.array([float(weights.get(d, 0.0)) for d in self.domains]))
