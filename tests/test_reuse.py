@@ -14,8 +14,8 @@ from conftest import DOMAIN_WORDS, make_corpus
 from regmix_plugin.commands.sample import sample
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
-from regmix_plugin.formats.mixture_yaml import write_mixture
-from regmix_plugin.formats.reuse import BLOCK, ReuseStructure, reuse_from_previous
+from regmix_plugin.formats.mixture_yaml import reuse_from_previous, write_mixture
+from regmix_plugin.formats.reuse import BLOCK, ReuseStructure
 from regmix_plugin.weights import ConstraintArgs, epoch_bounds
 
 # v1: prose, code, tiny, old. v2: prose and tiny unchanged, code re-crawled (other text), old dropped, notes new.
