@@ -122,6 +122,9 @@ class SweepPlan:
     identity, since both loss paths train the same model (each record says which one it used)."""
     compile: str = "auto"
     """``--compile``: resolved per run by its worker, like ``fused_loss``, and for the same reason not identity."""
+    reuse: dict | None = None
+    """The mixtures file's reuse structure (``regmix sample --reuse``), carried into the results table; not identity
+    (the rows themselves are checked against it)."""
 
     @property
     def eval(self) -> EvalSetup:
@@ -173,9 +176,10 @@ def plan_sweep(
     try:
         table = read_mixtures(mixtures, "--mixtures", known=domains, known_from="the prepared corpus")
         mixes, stages = table.as_runs(), 1 if table.stages is None else table.stages.shape[1]
+        reuse = table.reuse.to_dict() if table.reuse is not None else None
     except ValueError as e:
         problems.append(str(e))
-        mixes, stages = {}, 1
+        mixes, stages, reuse = {}, 1, None
     bad_ids = [i for i in mixes if "/" in i or i.startswith(".")]
     if bad_ids:
         problems.append(f"--mixtures {str(mixtures)!r}: run id(s) {bad_ids[:10]} cannot be file names; rename them")
@@ -302,6 +306,7 @@ def plan_sweep(
         mixtures=mixes,
         fused_loss=fused_loss,
         compile=compile,
+        reuse=reuse,
     )
 
 
