@@ -134,8 +134,7 @@ def propose_batch(
         print(f"{r:<14} {m:>10.4f} {s:>10.4f} {m - sign * kappa * s:>16.4f}")
     what = f"pool rows of {len(C)}" if candidates is not None else f"of {len(C)} candidates"
     print(
-        f"proposed {len(new_ids)} mixtures ({what}, kappa {kappa:g}, kriging believer, min L1 {min_l1:g}); "
-        f"wrote {out}"
+        f"proposed {len(new_ids)} mixtures ({what}, kappa {kappa:g}, kriging believer, min L1 {min_l1:g}); wrote {out}"
     )
     return new_ids
 
