@@ -16,10 +16,13 @@ maximised, with ``--maximize``). ``--kappa`` defaults to 1.96, the one-sided ~97
 and scikit-optimize's default for LCB: fixed on that principle, not tuned on any result. ``kappa = 0`` is pure
 exploitation; larger values explore more.
 
-Batch rule: the **kriging believer** (Ginsbourger, Le Riche & Carraro, 2010). After each pick the GP is
-conditioned on that mixture at its own predicted mean, with the fitted kernel hyperparameters kept (no refit,
-:meth:`GPRegressor.condition_on`). The mean is unchanged everywhere; the std shrinks around the pick, so the
-next pick's bound is worse near it and the batch spreads out instead of being ``--n`` near-copies of one point.
+Batch rule: the **kriging believer** (Ginsbourger, Le Riche & Carraro, 2010) with a minimum-distance exclusion
+(ours). After each pick the GP is conditioned on that mixture at its own predicted mean, with the fitted kernel
+hyperparameters kept (no refit, :meth:`GPRegressor.condition_on`): the mean is unchanged, the std shrinks around
+the pick. Every candidate closer than ``--min_l1`` in L1 to a pick is then excluded, so **no two rows of a batch
+are closer than ``--min_l1`` in L1** (default 0.1: such mixtures share at least 95% of their tokens). The
+believer alone did not spread a batch where the GP's length scales are long next to the promising region
+(:mod:`regmix_plugin.models.acquisition` gives the measurement).
 
 Only a Gaussian-process model (``regmix fit --regressor gp``) has the posterior std this needs.
 """
@@ -29,7 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from regmix_plugin.counts import TokenCount
-from regmix_plugin.models.acquisition import DEFAULT_KAPPA, propose_batch
+from regmix_plugin.models.acquisition import DEFAULT_KAPPA, DEFAULT_MIN_L1, propose_batch
 from regmix_plugin.weights import ConstraintArgs, SamplerArgs
 
 
@@ -39,6 +42,7 @@ def propose(
     out: Path = Path("proposed.csv"),
     n: int = 16,
     kappa: float = DEFAULT_KAPPA,
+    min_l1: float = DEFAULT_MIN_L1,
     pending: Path | None = None,
     candidates: Path | None = None,
     data_path: Path | None = None,
@@ -63,6 +67,8 @@ def propose(
             appended to it (atomically) and its rows count as pending.
         n: How many mixtures to propose.
         kappa: Weight of the posterior std in the bound ``mean - kappa * std``; 1.96 is the one-sided 97.5% bound.
+        min_l1: No two proposed rows are closer than this in L1 (sum of absolute weight differences; half of it is
+            the share of tokens moved). 0 turns the exclusion off (the plain kriging believer).
         pending: A mixtures CSV of runs planned but not finished: never proposed again, ids never reused.
         candidates: Propose only rows of this mixtures CSV (a pool); their run ids are kept unless taken.
         data_path: A corpus prepared by `regmix prepare`: its tempered token distribution is the candidates' prior,
@@ -86,6 +92,7 @@ def propose(
         out=out,
         n=n,
         kappa=kappa,
+        min_l1=min_l1,
         pending=pending,
         candidates=candidates,
         data_path=data_path,
