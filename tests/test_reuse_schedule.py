@@ -42,7 +42,11 @@ def reuse_records(n_runs: int, stages: int, seed: int) -> dict:
             "tokens": 1_000_000,
             "schedule": sched,
             "losses": [
-                {"tokens": round(t * 1e6), "final": t == 1.0, "losses": dict(zip(LOSS_DOMAINS, map(float, row)))}
+                {
+                    "tokens": round(t * 1e6),
+                    "final": t == 1.0,
+                    "losses": dict(zip(LOSS_DOMAINS, map(float, row), strict=True)),
+                }
                 for t, row in zip(times, L, strict=True)
             ],
         }

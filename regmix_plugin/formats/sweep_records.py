@@ -166,5 +166,7 @@ def sweep_reuse(sweep_dir: Path, domains: list[str], flag: str = "--sweep") -> R
     except FileNotFoundError:
         return None
     except (OSError, json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{flag} {str(sweep_dir)!r}: {SETUP_FILE} is unreadable ({e}); re-run `regmix sweep`") from None
+        raise ValueError(
+            f"{flag} {str(sweep_dir)!r}: {SETUP_FILE} is unreadable ({e}); re-run `regmix sweep`"
+        ) from None
     return None if record is None else ReuseStructure.from_dict(record, domains, f"{flag} {path} reuse")

@@ -96,7 +96,9 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
     regs = regressors(path / "regressors", meta["settings"])
     reuse = None
     if meta.get("reuse") is not None:
-        reuse = ReuseStructure.from_dict(meta["reuse"], meta["weight_domains"], f"{flag} {path / TRAJECTORY_FILE} reuse")
+        reuse = ReuseStructure.from_dict(
+            meta["reuse"], meta["weight_domains"], f"{flag} {path / TRAJECTORY_FILE} reuse"
+        )
     known = {
         "format_version",
         "features",
