@@ -97,7 +97,7 @@ def sample_schedules(
 
     The bound counts ``sizes`` (blocks of ``block_size + 1`` tokens, :func:`regmix_plugin.weights.train_sizes`)
     when ``block_size`` is given, else ``train_tokens``; the domains in ``exclude`` get weight 0 in every row.
-    With ``reuse`` (static only) the rows keep its block's ratios (:func:`reuse_draws`)."""
+    With ``reuse`` every stage of every row keeps its block's ratios (:func:`reuse_draws`)."""
     domains = sorted(d for d, t in train_tokens.items() if t > 0)
     target = float(target_tokens or sum(float(train_tokens[d]) for d in domains))
     prior = sample_prior(domains, train_tokens, temperature, center, exclude)
@@ -105,7 +105,7 @@ def sample_schedules(
     bound = np.array([0.0 if p == 0 else bounds[d] for d, p in zip(domains, prior, strict=True)])
     max_draws = max_draws or 1000 * n
     if reuse is not None:
-        units = reuse_draws(reuse, prior, bound, n, sampler, minimum, decimals, seed, max_draws)[:, None, :]
+        units = reuse_draws(reuse, prior, bound, n, sampler, minimum, decimals, seed, max_draws, stages=stages)
     else:
         units = distinct_draws(prior, n, stages, sampler, minimum, decimals, seed, upper=bound, max_draws=max_draws)
     if len(units) < n:
@@ -149,14 +149,15 @@ def reuse_draws(
     max_draws: int | None = None,
     lower: np.ndarray | None = None,
     seen: Iterable[tuple[int, ...]] = (),
+    stages: int = 1,
 ) -> np.ndarray:
-    """Up to ``n`` distinct full rows (integer units of ``10**-decimals``, rows x ``structure.domains``) that keep
-    the reuse block's ratios: drawn like :func:`distinct_draws` over the reduced coordinates (block total, free
-    domains) around ``structure.reduce(prior)`` (the block's prior is its total prior mass), each expanded with
-    :meth:`ReuseStructure.expand_units`. ``bounds`` (upper, per full domain: the epoch bound) and ``lower`` are
-    checked on every underlying domain of the rounded full row, not on the block total; so is ``seen`` (full
-    rows to avoid, as tuples of units). ``minimum`` (``drop_below``) applies to the reduced coordinates (a block
-    cell may be smaller: it keeps the previous ratio)."""
+    """Up to ``n`` distinct full rows (integer units of ``10**-decimals``, rows x ``stages`` x ``structure.domains``)
+    that keep the reuse block's ratios in every stage: drawn like :func:`distinct_draws` over the reduced coordinates
+    (block total, free domains) around ``structure.reduce(prior)`` (the block's prior is its total prior mass), each
+    stage expanded with :meth:`ReuseStructure.expand_units`. ``bounds`` (upper, per full domain: the epoch bound) and
+    ``lower`` are checked on every underlying domain of the mean of the rounded full stages (the whole run), not on
+    the block total; so is ``seen`` (full rows to avoid, as ``tuple(units.ravel())``). ``minimum`` (``drop_below``)
+    applies to the reduced coordinates (a block cell may be smaller: it keeps the previous ratio)."""
     unit = 10**decimals
     upper = np.asarray(bounds, float)
     lower = np.zeros_like(upper) if lower is None else np.asarray(lower, float)
@@ -165,11 +166,15 @@ def reuse_draws(
     limits = (lower * unit - 1e-9, upper * unit + 1e-9)
     avoid = set(seen)
 
+    def full(units: np.ndarray) -> np.ndarray:
+        return np.stack([structure.expand_units(st) for st in units])
+
     def within(units: np.ndarray) -> bool:
-        full = structure.expand_units(units[0])
-        return bool(np.all((full >= limits[0]) & (full <= limits[1]))) and tuple(map(int, full)) not in avoid
+        rows = full(units)
+        mean = rows.mean(0)
+        return bool(np.all((mean >= limits[0]) & (mean <= limits[1]))) and tuple(map(int, rows.ravel())) not in avoid
 
     reduced = distinct_draws(
-        structure.reduce(prior), n, 1, sampler, minimum, decimals, seed, hi, lo, max_draws, accept=within
+        structure.reduce(prior), n, stages, sampler, minimum, decimals, seed, hi, lo, max_draws, accept=within
     )
-    return np.array([structure.expand_units(r[0]) for r in reduced], np.int64).reshape(len(reduced), -1)
+    return np.array([full(r) for r in reduced], np.int64).reshape(len(reduced), stages, len(structure.domains))

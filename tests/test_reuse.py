@@ -125,6 +125,37 @@ def test_sample_reuse_rows_keep_the_block_ratios_and_every_epoch_bound(versions,
     assert max(float(Fraction(r[mix.domains.index("tiny") + 1])) for r in cells) > 0.5 * bounds["tiny"]
 
 
+def test_staged_reuse_rows_keep_the_ratios_in_every_stage_and_the_epoch_bound_over_the_run(versions, tmp_path):
+    """RegMix-D proxies on a changed corpus: each stage is its own draw over (block total, free domains)."""
+    _, v2, previous = versions
+    out = tmp_path / "staged.csv"
+    tokens = read_manifest(v2).train_tokens()
+    target, max_epochs = 100_000, 4
+    sample(data_path=v2, out=out, n=30, stages=3, reuse=previous, seed=3, decimals=4,
+           constraints=ConstraintArgs(target_tokens=target, max_epochs=max_epochs))  # fmt: skip
+    mix = read_mixtures(out)
+    assert out.read_text().startswith("# reuse: ") and mix.reuse.block == ["prose", "tiny"]
+    assert mix.stages.shape == (30, 3, 4)
+    flat = mix.stages.reshape(-1, 4)
+    assert not mix.reuse.broken(flat).any()  # every stage of every run
+    units = np.rint(flat * 10**4).astype(np.int64)
+    again = [mix.reuse.expand_units(mix.reuse.reduce(u)) for u in units]  # the exact largest-remainder split
+    np.testing.assert_array_equal(units, np.array(again))
+    bounds = epoch_bounds(tokens, target, max_epochs)
+    whole_run = mix.stages.mean(1)  # the bound is counted over the run, per underlying domain
+    assert all((whole_run[:, mix.domains.index(d)] <= bounds[d] + 1e-12).all() for d in mix.domains)
+    assert (mix.stages[:, :, mix.domains.index("tiny")].max(1) > bounds["tiny"]).any()  # one stage may exceed it
+    totals = mix.stages[:, :, mix.domains.index("prose")] + mix.stages[:, :, mix.domains.index("tiny")]
+    assert (np.ptp(totals, axis=1) > 0.05).sum() > 20  # stages of one run are independent draws
+    lines = out.read_text().splitlines()  # the note, the header, then the rows
+    header, row = lines[1].split(","), lines[2].split(",")
+    a, b = header.index("weight/prose@2"), header.index("weight/tiny@2")
+    row[a], row[b] = row[b], row[a]  # stage 2 of the first run: same sum, the block's ratio inverted
+    out.write_text("\n".join([lines[0], lines[1], ",".join(row), *lines[3:]]) + "\n")
+    with pytest.raises(ValueError, match=rf"run\(s\) {row[0]} break the reuse block's fixed ratios"):
+        read_mixtures(out)
+
+
 def test_a_reuse_table_refuses_rows_that_break_the_block_naming_the_run(versions, tmp_path):
     _, v2, previous = versions
     out = tmp_path / "mixtures.csv"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -89,3 +90,23 @@ def test_propose_draws_candidates_that_keep_the_ratios(reuse_results, tmp_path):
     assert proposed.ids == ids and proposed.reuse is not None and proposed.reuse.block == s.block
     assert not s.broken(proposed.weights).any()
     assert len({round(float(x), 4) for x in s.reduce(proposed.weights)[:, 0]}) > 1
+
+
+def test_predict_names_the_rows_that_break_the_ratios_and_answers_for_their_projection(reuse_results, tmp_path):
+    from regmix_plugin.commands.fit import predict
+    from regmix_plugin.formats.mixture_table import write_mixtures
+
+    results, s = reuse_results
+    fit(results=results, regressor="linear", out=tmp_path / "model", cv_folds=4)
+    keeps = {"arxiv": 0.25, "enron_emails": 0.15, "freelaw": 0.1, "dm_mathematics": 0.3, "europarl": 0.2}
+    breaks = {**keeps, "arxiv": 0.1, "freelaw": 0.25}  # the same block total (0.5), other ratios
+    rows = {"keeps": keeps, "breaks": breaks, "uniform": {d: 0.2 for d in DOMAINS}}
+    write_mixtures(tmp_path / "plain.csv", rows, list(DOMAINS))  # no '# reuse:' line: nothing refuses them
+    with pytest.warns(UserWarning, match=r"run\(s\) breaks, uniform break the reuse block's fixed ratios.*projected"):
+        predict(model=tmp_path / "model", mixtures=tmp_path / "plain.csv", out=tmp_path / "pred.csv")
+    got = dict(line.split(",") for line in (tmp_path / "pred.csv").read_text().splitlines()[1:])
+    assert float(got["breaks"]) == pytest.approx(float(got["keeps"]))  # the projection of both is the same row
+    write_mixtures(tmp_path / "kept.csv", {"keeps": keeps}, list(DOMAINS))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rows that keep the ratios predict without a word
+        predict(model=tmp_path / "model", mixtures=tmp_path / "kept.csv", out=tmp_path / "pred2.csv")

@@ -175,6 +175,10 @@ def fit(
 def predict(model: Path, mixtures: Path, out: Path = Path("predictions.csv")) -> None:
     """Predict the model's target for each mixture of a table, keeping the rows and their order.
 
+    A model fitted in reduced coordinates (``regmix sample --reuse``) sees only a row's block total and free domains:
+    for a row that breaks the block's ratios it predicts the *projected* mixture (same block total, the block's
+    ratios imposed), and a warning names those rows.
+
     Arguments:
         model: A model directory written by `regmix fit`.
         mixtures: Mixtures to score: a results-layout table (``run_id``, ``weight/<domain>``) or an
@@ -183,6 +187,18 @@ def predict(model: Path, mixtures: Path, out: Path = Path("predictions.csv")) ->
     """
     fitted = load_fitted(model)
     rows = read_mixtures(mixtures, "--mixtures", known=fitted.domains)
+    if fitted.reuse is not None:
+        from regmix_plugin.formats.table import listed
+
+        broken = [i for i, bad in zip(rows.ids, fitted.reuse.broken(rows.weights), strict=True) if bad]
+        if broken:
+            warnings.warn(
+                f"--mixtures {mixtures}: run(s) {listed(broken)} break the reuse block's fixed ratios of --model "
+                f"{model} ({fitted.reuse.describe()}); the model was fitted in reduced coordinates ({BLOCK} = "
+                f"{' + '.join(fitted.reuse.block)}), so their predictions are for the projected mixtures (the same "
+                "block total at the block's ratios), not for the rows as written",
+                stacklevel=2,
+            )
     values = fitted.predict(rows.weights)
     lines = [f"{rows.id_column},prediction"] + [f"{i},{v!r}" for i, v in zip(rows.ids, values.tolist(), strict=True)]
     write_text(out, "\n".join(lines) + "\n")

@@ -4,6 +4,10 @@
 
 The model, its features and its run-wise cross-validation live in :mod:`regmix_plugin.models.trajectory`, its
 directory format in :mod:`regmix_plugin.formats.trajectory_model`; this module selects, fits and writes it.
+
+A sweep of ``regmix sample --reuse`` mixtures (static or ``--stages``) is fitted in the reduced coordinates (the
+block's total and the free domains); ``trajectory.json`` then records ``reuse`` (the block and its ratios) and
+``mixture_features`` (the coordinates), and ``regmix schedule`` searches the same reduced space.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Literal
 
 import numpy as np
 
+from regmix_plugin.formats.reuse import BLOCK, ReuseStructure
 from regmix_plugin.formats.trajectory_model import save_model
 from regmix_plugin.models.trajectory import (
     FEATURE_SETS,
@@ -50,32 +55,63 @@ def fit_trajectory(
             leave-one-out CV is used instead (and a note printed), as in `regmix fit`; at least 4 runs are needed.
         seed: Seed of the fold assignment and the regressors.
     """
-    from regmix_plugin.formats.sweep_records import read_records
+    from regmix_plugin.formats.sweep_records import read_records, sweep_reuse
 
     trajs, wdomains, ldomains = trajectories_from_records(read_records(sweep, flag="--sweep"))
+    reuse = sweep_reuse(sweep, wdomains)
     return fit_trajectories(
-        trajs, wdomains, ldomains, target, features, regressor, out, cv_folds, seed, source={"sweep": str(sweep)}
+        trajs,
+        wdomains,
+        ldomains,
+        target,
+        features,
+        regressor,
+        out,
+        cv_folds,
+        seed,
+        source={"sweep": str(sweep)},
+        reuse=reuse,
     )
 
 
 def fit_trajectories(
-    trajs, wdomains, ldomains, target, features="auto", regressor="linear", out=None, cv_folds=5, seed=0, source=None
+    trajs,
+    wdomains,
+    ldomains,
+    target,
+    features="auto",
+    regressor="linear",
+    out=None,
+    cv_folds=5,
+    seed=0,
+    source=None,
+    reuse: ReuseStructure | None = None,
 ) -> dict:
     """:func:`fit_trajectory` on trajectories already in memory; returns the CV report.
 
     Folds as in `regmix fit` (:func:`regmix_plugin.models.regressors.cv_fold_count`): leave-one-out, with a note,
-    when there are fewer than 2 runs per fold.
+    when there are fewer than 2 runs per fold. With ``reuse`` the regressors see the reduced coordinates; a run
+    with a stage that breaks the block's ratios is refused, named.
     """
+    from regmix_plugin.formats.mixture_table import check_reuse
     from regmix_plugin.models.regressors import cv_fold_count
 
     where = f"the sweep {str(source['sweep'])!r}" if source and "sweep" in source else "the sweep"
+    if reuse is not None:
+        segments = [(tr.run_id, w) for tr in trajs for _, _, w in tr.segments]
+        check_reuse(reuse, [r for r, _ in segments], np.array([w for _, w in segments]), where)
+        print(
+            f"fitting in the reduced coordinates of {where}: {', '.join(reuse.coordinates)} ({BLOCK} = "
+            + " + ".join(reuse.block)
+            + ")"
+        )
     cv_folds = cv_fold_count(len(trajs), cv_folds, where)
     tmap = resolve_target(target, ldomains)
     fsets = FEATURE_SETS if features == "auto" else (features,)
     regs = REGRESSOR_ORDER if regressor == "auto" else (regressor,)
     fold_models: dict[str, list] = {f"{f}/{r}": [] for f in fsets for r in regs}
     scores = {
-        k: cross_validate(trajs, wdomains, ldomains, tmap, *k.split("/"), cv_folds, seed, fold_models[k])
+        k: cross_validate(trajs, wdomains, ldomains, tmap, *k.split("/"), cv_folds, seed, fold_models[k], reuse)
         for k in fold_models
     }
     order = list(fold_models)
@@ -88,8 +124,9 @@ def fit_trajectories(
         "cv_step_rmse": scores[chosen]["step_rmse"],
         "source": source or {},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **({"reuse": reuse.to_dict(), "mixture_features": reuse.coordinates} if reuse is not None else {}),
     }
-    model = fit_model(trajs, wdomains, ldomains, tmap, fset, reg, seed, meta)
+    model = fit_model(trajs, wdomains, ldomains, tmap, fset, reg, seed, meta, reuse)
     model.members = fold_models[chosen]
     cv = {
         "folds": cv_folds,

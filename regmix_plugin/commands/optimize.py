@@ -113,11 +113,8 @@ def optimize(
     reuse = model_reuse(meta, model)
     # under reuse the candidates are drawn over the reduced coordinates and expanded: every one keeps the ratios
     space = (center, lower, upper) if reuse is None else (reuse.reduce(center), *reuse.reduce_bounds(lower, upper))
-    if reuse is not None and space[1][0] > space[2][0] + _FEASIBLE:
-        raise ValueError(
-            f"--model {str(model)!r} keeps the reuse block {', '.join(reuse.block)} at fixed ratios, and the "
-            "--constraints bounds on those domains leave no block total that meets them all; loosen them"
-        )
+    if reuse is not None:
+        reuse.check_bounds(lower, upper, f"--model {str(model)!r}")
     # numpy's samplers and LightGBM's predict release the GIL; imports and model parsing do not: let them overlap.
     with ThreadPoolExecutor(2) as pool:
         drawn = pool.submit(sample_candidates, *space, n_candidates, sampler, seed, num_threads)

@@ -39,6 +39,10 @@ total kept, the block's ratios imposed). The file records the block in its ``# r
 refuses an edited row that breaks the ratios and ``fit`` fits in the reduced coordinates::
 
     regmix sample --data_path data/v2 --reuse v1/mixture.yaml --n 128 --out mixtures_v2.csv
+
+With ``--stages S`` each stage is its own draw over the reduced coordinates (every stage keeps the block's ratios,
+the epoch bound is counted on every underlying domain over the whole run), so ``regmix fit_trajectory`` fits its
+transition model in the reduced coordinates and ``regmix schedule`` searches them.
 """
 
 from __future__ import annotations
@@ -110,7 +114,8 @@ def sample(
             counted over the whole run. Baseline rows keep their mixture in every stage. 1: static mixtures.
         reuse: A ``mixture.yaml`` chosen for an earlier version of this corpus (``regmix optimize`` or ``entropy``):
             its domains whose content is unchanged keep their ratios as one block; only the block's total and the
-            changed or new domains vary (see the module docstring). Static mixtures only.
+            changed or new domains vary (see the module docstring). With ``--stages`` every stage keeps the
+            block's ratios (RegMix-D proxies for ``regmix fit_trajectory`` and ``schedule`` on a changed corpus).
         reuse_free: Unchanged domains to re-tune anyway (taken out of the block), e.g. ``'[web]'``.
     """
     c = ConstraintArgs.of(constraints)
@@ -173,8 +178,6 @@ def sample(
             structure = replace(structure, decimals=decimals)
         except (ValueError, FileNotFoundError) as e:
             problems.append(str(e))
-        if stages > 1:
-            problems.append("--reuse samples static mixtures: leave out --stages")
         frozen = sorted(set(exclude or ()) & set(structure.block if structure else ()))
         if frozen:
             problems.append(

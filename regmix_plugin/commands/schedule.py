@@ -14,6 +14,11 @@ bound is counted over the whole run (a domain used heavily early has less left l
 
 It writes ``schedule.yaml`` (:mod:`regmix_plugin.formats.schedule`) and a stacked-area plot next to it,
 and prints the predicted target of the schedule and of the best single mixture under the same model.
+
+A model fitted on a reuse sweep (``regmix sample --reuse``, see ``regmix fit_trajectory``) is searched in its reduced
+coordinates (the block's total and the free domains); every stage written is a full mixture that keeps the block's
+ratios, and the epoch bound is counted on every underlying domain. ``provenance.reuse`` records the block and the
+coordinates searched.
 """
 
 from __future__ import annotations
@@ -91,6 +96,9 @@ def schedule(
     allowance = None
     if constraints.target_tokens is not None:  # over the whole run: without the per-stage min/max
         _, allowance = constraint_bounds(domains, replace(constraints, min_weight=None, max_weight=None), tokens)
+    if traj.reuse is not None:
+        traj.reuse.check_bounds(lower, upper, f"--model {str(model)!r}")
+        print(f"searching the reduced coordinates of {model}: {', '.join(traj.reuse.coordinates)}")
     found = prior_weights(domains, prior, manifest)
     center = found[0] if found else np.full(len(domains), 1 / len(domains))
     plan = derive_schedule(traj, stages, center, lower, upper, allowance, search)
@@ -118,6 +126,7 @@ def schedule(
             "cv_rollout_rmse": traj.meta.get("cv_rollout_rmse"),
             "n_runs": traj.meta.get("n_runs"),
             "data_path": str(data_path) if data_path else None,
+            **({"reuse": {**traj.reuse.to_dict(), "searched": traj.reuse.coordinates}} if traj.reuse else {}),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         },
     )

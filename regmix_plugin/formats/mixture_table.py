@@ -29,7 +29,7 @@ is written and renamed in one piece with the rows::
     run_id,weight/code,weight/prose,weight/web
 
 Every reader then refuses a row that breaks the block's ratios, naming the run; a file without the note reads
-as before.
+as before. A staged reuse table (``regmix sample --reuse --stages S``) keeps the ratios in every stage.
 """
 
 from __future__ import annotations
@@ -148,20 +148,22 @@ def mixtures_from_columns(
     structure of its ``notes`` (rows that break the block's ratios are refused)."""
     mix = _mixtures(columns, where, layout, known, known_from)
     if notes and REUSE_NOTE in notes:
-        if mix.stages is not None:
-            raise ValueError(f"{where}: a staged table cannot carry a reuse structure; drop its '# reuse:' line")
         mix.reuse = ReuseStructure.from_dict(notes[REUSE_NOTE], mix.domains, f"{where} '# {REUSE_NOTE}:' line")
-        check_reuse(mix.reuse, mix.ids, mix.weights, where)
+        check_reuse(mix.reuse, mix.ids, mix.weights if mix.stages is None else mix.stages, where)
     return mix
 
 
 def check_reuse(reuse: ReuseStructure, ids: Sequence[str], weights: np.ndarray, where: str) -> None:
-    """Refuse rows that break the block's fixed ratios, naming the runs (a reuse sweep must keep them)."""
-    broken = [i for i, bad in zip(ids, reuse.broken(weights), strict=True) if bad]
+    """Refuse rows that break the block's fixed ratios, naming the runs (a reuse sweep must keep them).
+
+    ``weights`` is (rows x domains), or (rows x stages x domains) for staged rows: every stage must keep them."""
+    weights = np.asarray(weights, float)
+    if weights.ndim == 3:  # every stage of a run is a row of its own
+        ids, weights = [i for i in ids for _ in range(weights.shape[1])], weights.reshape(-1, weights.shape[-1])
+    broken = list(dict.fromkeys(i for i, bad in zip(ids, reuse.broken(weights), strict=True) if bad))
     if broken:
-        block = ", ".join(f"{d} {r:.6g}" for d, r in reuse.ratios.items())
         raise ValueError(
-            f"{where}: run(s) {listed(broken)} break the reuse block's fixed ratios ({block}, from "
+            f"{where}: run(s) {listed(broken)} break the reuse block's fixed ratios ({reuse.describe()}, from "
             f"{reuse.source or 'the previous mixture'}): keep those ratios within the block, or drop the runs"
         )
 
@@ -272,12 +274,12 @@ def write_mixtures(
     as ``weight/<domain>@<stage>`` columns. With ``reuse`` its record is the file's ``# reuse:`` note, and a
     row that breaks the block's ratios is refused before anything is written.
     """
+    notes = {REUSE_NOTE: reuse.to_dict()} if reuse is not None else None
     if reuse is not None:
-        if stages > 1:
-            raise ValueError(f"write_mixtures({str(path)!r}): a staged table cannot carry a reuse structure")
         order = list(reuse.domains)
-        W = np.array([[float(w.get(d, 0.0)) for d in order] for w in mixtures.values()])
-        check_reuse(reuse, list(mixtures), W, f"write_mixtures({str(path)!r})")
+        rows = [(r, st) for r, w in mixtures.items() for st in ([w] if isinstance(w, Mapping) else w)]
+        W = np.array([[float(st.get(d, 0.0)) for d in order] for _, st in rows]).reshape(len(rows), len(order))
+        check_reuse(reuse, [r for r, _ in rows], W, f"write_mixtures({str(path)!r})")
     if stages > 1:
         bad = [r for r, w in mixtures.items() if isinstance(w, Mapping) or len(w) != stages]
         if bad:
@@ -293,11 +295,10 @@ def write_mixtures(
             {ID_COLUMN: r, **dict(zip(names, (w[k].get(d, 0.0) for k in range(stages) for d in domains), strict=True))}
             for r, w in mixtures.items()
         ]
-        write_rows(path, [ID_COLUMN] + names, rows)
+        write_rows(path, [ID_COLUMN] + names, rows, notes)
         return
     rows = [{ID_COLUMN: r, **{WEIGHT_PREFIX + d: w.get(d, 0.0) for d in domains}} for r, w in mixtures.items()]
     check_rows(path, rows, "write_mixtures")
-    notes = {REUSE_NOTE: reuse.to_dict()} if reuse is not None else None
     write_rows(path, [ID_COLUMN] + [WEIGHT_PREFIX + d for d in domains], rows, notes)
 
 

@@ -111,6 +111,20 @@ class ReuseStructure:
         free = self._free_index()
         return np.concatenate([[block_lo], lower[free]]), np.concatenate([[block_hi], upper[free]])
 
+    def check_bounds(self, lower: np.ndarray, upper: np.ndarray, where: str) -> None:
+        """Refuse per-domain bounds that no block total meets (the block's domains move together); ``where``
+        names what keeps the block (``--model 'out/model'``)."""
+        lo, hi = self.reduce_bounds(lower, upper)
+        if lo[0] > hi[0] + 1e-9:
+            raise ValueError(
+                f"{where} keeps the reuse block {', '.join(self.block)} at fixed ratios, and the --constraints bounds "
+                "on those domains leave no block total that meets them all; loosen them"
+            )
+
+    def describe(self) -> str:
+        """The block's ratios for messages: ``prose 0.833333, tiny 0.166667``."""
+        return ", ".join(f"{d} {r:.6g}" for d, r in self.ratios.items())
+
     def reduce_mixture(self, weights: Mapping[str, float]) -> dict[str, float]:
         """One ``{domain: weight}`` -> ``{coordinate: value}``."""
         r = self.reduce(np.array([float(weights.get(d, 0.0)) for d in self.domains]))

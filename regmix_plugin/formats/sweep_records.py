@@ -15,6 +15,9 @@ stage boundaries. Records written before ``schedule`` existed load with ``schedu
      "loss_kernel": "plain" | "cut-cross-entropy"}
 
 The last four fields are optional (records of older versions lack them and still load).
+
+A sweep of mixtures sampled with ``regmix sample --reuse`` keeps their reuse structure in its set-up file
+(``sweep.json``'s ``reuse``); :func:`sweep_reuse` reads it back for ``regmix fit_trajectory``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from regmix_plugin.formats.results import loss_column, write_results
 from regmix_plugin.formats.reuse import ReuseStructure
 
 DONE, FAILED = "done", "failed"
+#: The sweep's set-up file (its plan: ``regmix_plugin.commands.sweep.plan.SweepPlan``), next to ``runs/``.
+SETUP_FILE = "sweep.json"
 
 
 @dataclass
@@ -150,3 +155,18 @@ def write_table(
     rows = table_rows(order, records)
     if rows:
         write_results(path, rows, reuse)
+
+
+def sweep_reuse(sweep_dir: Path, domains: list[str], flag: str = "--sweep") -> ReuseStructure | None:
+    """The reuse structure of a sweep's mixtures (``sweep.json``'s ``reuse``, written when its mixtures file had a
+    ``# reuse:`` line) over ``domains``, or None (no set-up file, or mixtures without one)."""
+    path = Path(sweep_dir) / SETUP_FILE
+    try:
+        record = json.loads(path.read_text()).get("reuse")
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(
+            f"{flag} {str(sweep_dir)!r}: {SETUP_FILE} is unreadable ({e}); re-run `regmix sweep`"
+        ) from None
+    return None if record is None else ReuseStructure.from_dict(record, domains, f"{flag} {path} reuse")

@@ -5,6 +5,10 @@
     out/trajectory/members/<k>/<i>/        the K cross-validation fold models (``--search.pessimism``)
     out/trajectory/cv.json                 the cross-validation report
 
+A model fitted on a reuse sweep (``regmix sample --reuse``) records ``reuse`` (the block and its ratios,
+:class:`regmix_plugin.formats.reuse.ReuseStructure`) and ``mixture_features`` (its regressors' mixture inputs: the
+reduced coordinates); ``weight_domains`` stays the full domain list the model takes and a schedule is written over.
+
 The model itself is :class:`regmix_plugin.models.trajectory.TrajectoryModel`.
 """
 
@@ -66,6 +70,7 @@ def _save_regressors(model: TrajectoryModel, root: Path) -> dict:
 
 def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
     """Read a directory written by :func:`save_model` (no pickle: JSON, LightGBM text, ``.npz``)."""
+    from regmix_plugin.formats.reuse import ReuseStructure
     from regmix_plugin.models.regressors import load_regressor
     from regmix_plugin.models.trajectory import FEATURE_SETS, TrajectoryModel
 
@@ -89,6 +94,11 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
         }
 
     regs = regressors(path / "regressors", meta["settings"])
+    reuse = None
+    if meta.get("reuse") is not None:
+        reuse = ReuseStructure.from_dict(
+            meta["reuse"], meta["weight_domains"], f"{flag} {path / TRAJECTORY_FILE} reuse"
+        )
     known = {
         "format_version",
         "features",
@@ -108,6 +118,7 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
             np.array(m["initial_state"], float),
             meta["grid"],
             regressors(path / "members" / f"{k:02d}", m["settings"]),
+            reuse=reuse,
         )
         for k, m in enumerate(meta.get("members", []))
     ]
@@ -122,4 +133,5 @@ def load_trajectory_model(path: Path, flag: str = "--model") -> TrajectoryModel:
         regs,
         {k: v for k, v in meta.items() if k not in known},
         members,
+        reuse,
     )

@@ -119,9 +119,8 @@ def propose_batch(
         prior = np.where(upper > 0, prior, 0.0)
         draws = 20 * n_candidates  # tight constraints reject most draws: a smaller pool still serves if it holds n
         if fitted.reuse is not None:  # over the reduced coordinates: every candidate keeps the block's ratios
-            full = reuse_draws(fitted.reuse, prior, upper, n_candidates, sampler, drop_below, decimals, seed, draws,
-                               lower, taken)  # fmt: skip
-            units = full[:, None, :]
+            units = reuse_draws(fitted.reuse, prior, upper, n_candidates, sampler, drop_below, decimals, seed, draws,
+                                lower, taken)  # fmt: skip
         else:
             units = distinct_draws(
                 prior, n_candidates, 1, sampler, drop_below, decimals, seed, upper, lower, draws, taken

@@ -2,6 +2,10 @@
 
 One home for both users: `regmix schedule` (offline, every stage from the start) and the online
 :class:`regmix_plugin.pretrain.controller.RegMixDController` (each switch, from the run's observed state).
+
+A model fitted on a reuse sweep (``model.reuse``) is searched in its reduced space: candidates are drawn over the
+block's total and the free domains, inside the bounds that keep every block domain within its own, and expanded,
+so every candidate, top-k mean and smoothed mixture keeps the block's ratios (they are linear in the coordinates).
 """
 
 from __future__ import annotations
@@ -47,6 +51,43 @@ class SearchArgs:
     0 ranks by the prediction alone. Models written before ensemble members were kept ignore it."""
 
 
+def draw_candidates(
+    model: TrajectoryModel,
+    prior: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    n: int,
+    sampler,
+    seed: int,
+    num_threads: int,
+) -> np.ndarray:
+    """``n`` full candidate mixtures inside per-domain ``[lower, upper]`` around ``prior``; under ``model.reuse``
+    drawn over the reduced coordinates (:meth:`ReuseStructure.reduce_bounds`) and expanded, keeping the ratios."""
+    from regmix_plugin.weights import sample_candidates
+
+    if model.reuse is None:
+        return sample_candidates(prior, lower, upper, n, sampler, seed, num_threads)
+    lo, hi = model.reuse.reduce_bounds(lower, upper)
+    return model.reuse.expand(sample_candidates(model.reuse.reduce(prior), lo, hi, n, sampler, seed, num_threads))
+
+
+def admits(model: TrajectoryModel, lower: np.ndarray, upper: np.ndarray) -> bool:
+    """Whether some mixture (keeping ``model.reuse``'s ratios, if any) lies inside per-domain ``[lower, upper]``."""
+    if model.reuse is not None:
+        lower, upper = model.reuse.reduce_bounds(lower, upper)
+    return not (upper.sum() < 1 - 1e-9 or (lower > upper + 1e-9).any())
+
+
+def project_into(model: TrajectoryModel, mix: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """The nearest mixture to ``mix`` inside the bounds (in the reduced coordinates under ``model.reuse``)."""
+    from regmix_plugin.weights import project
+
+    if model.reuse is None:
+        return project(mix[None], lower, upper)[0]
+    lo, hi = model.reuse.reduce_bounds(lower, upper)
+    return model.reuse.expand(project(model.reuse.reduce(mix)[None], lo, hi)[0])
+
+
 def chained_target(model: TrajectoryModel, bounds: Sequence[float], cands: np.ndarray, state: np.ndarray) -> np.ndarray:
     """Predicted target at ``bounds[-1]`` of each candidate schedule (``cands``: (n, stages, domains), stage j on
     ``[bounds[j], bounds[j+1]]``), chained from ``state`` (one row) in chunks of bounded memory."""
@@ -88,11 +129,11 @@ def best_stage_mixture(
 
     Returns ``(mixture, scores of the top-k candidates)`` (scores: :func:`schedule_scores`).
     """
-    from regmix_plugin.weights import SamplerArgs, project, sample_candidates
+    from regmix_plugin.weights import SamplerArgs
 
     sampler = SamplerArgs(min_strength=search.strength[0], max_strength=search.strength[1])
     n, seed = search.n_candidates, search.seed + stage
-    cands = sample_candidates(prior, lower, upper, n, sampler, seed, search.num_threads)
+    cands = draw_candidates(model, prior, lower, upper, n, sampler, seed, search.num_threads)
     scores = schedule_scores(model, [a, b], cands[:, None], state, search.pessimism)
     k = min(search.top_k, len(cands))
     best = np.argsort(scores, kind="stable")[:k]
@@ -100,7 +141,7 @@ def best_stage_mixture(
     if previous is not None and search.smoothing > 0:
         mix = (1 - search.smoothing) * mix + search.smoothing * previous
     if (mix < lower - _EPS).any() or (mix > upper + _EPS).any():
-        mix = project(mix[None], lower, upper)[0]
+        mix = project_into(model, mix, lower, upper)
     return mix / mix.sum(), scores[best]
 
 
@@ -124,21 +165,21 @@ def best_remaining_schedule(
     ``search.pessimism``). Returns the per-stage top-k means (a mean of feasible schedules is feasible: the
     bounds are linear) and the top-k scores.
     """
-    from regmix_plugin.weights import SamplerArgs, sample_candidates
+    from regmix_plugin.weights import SamplerArgs
 
     sampler = SamplerArgs(min_strength=search.strength[0], max_strength=search.strength[1])
     spans = np.diff(np.asarray(bounds, float))
     draws = []
     for j, span in enumerate(spans):
         hi = upper if allowance is None else np.minimum(upper, np.maximum(allowance, 0.0) / span)
-        if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
+        if not admits(model, lower, hi):
             raise ValueError(
                 f"stage {stage + j}: the epoch allowance admits no mixture; raise "
                 "--constraints.max_epochs or lower --constraints.target_tokens"
             )
         draws.append(
-            sample_candidates(
-                prior, lower, hi, search.n_candidates, sampler, search.seed + stage + j, search.num_threads
+            draw_candidates(
+                model, prior, lower, hi, search.n_candidates, sampler, search.seed + stage + j, search.num_threads
             )
         )
     cands = np.stack(draws, 1)  # (n, stages, domains)
@@ -186,7 +227,7 @@ def derive_schedule(
         hi = upper.copy()
         if allowance is not None:
             hi = np.minimum(hi, np.maximum(allowance - used, 0.0) / (b - a))
-        if hi.sum() < 1 - 1e-9 or (lower > hi + 1e-9).any():
+        if not admits(model, lower, hi):
             raise ValueError(
                 f"stage {k}: the epoch allowance left after earlier stages admits no mixture; raise "
                 "--constraints.max_epochs or lower --constraints.target_tokens"

@@ -25,6 +25,12 @@ relies on), and ``rollout``, the error of the final target chained from the star
 own mixtures (what an offline schedule relies on). ``auto`` picks the feature set and regressor with the
 lowest rollout RMSE; both feature sets' errors are reported in ``cv.json``.
 
+A sweep of ``regmix sample --reuse`` mixtures (its ``sweep.json`` records the block of unchanged domains and their
+fixed ratios) is fitted in the *reduced coordinates*: the regressors see the block's total and the free domains in
+place of ``m`` (and of ``m_hist``), as ``regmix fit`` does. The model still takes and returns full mixtures over
+``weight_domains`` (:meth:`TrajectoryModel.step` reduces them), and the searches draw in the reduced space
+(:mod:`regmix_plugin.models.schedule_search`), so every schedule keeps the block's ratios.
+
 Losses at ``t = 0`` are not scored by the sweep; every run starts from the same initialisation, so the
 state at ``t = 0`` is a constant, stored in the model (``initial_state``: the mean of the first scored
 point over runs). Only its being the same for every run matters to the fitted model.
@@ -38,6 +44,8 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 
 import numpy as np
+
+from regmix_plugin.formats.reuse import ReuseStructure
 
 FEATURE_SETS = ("losses", "mixtures")
 REGRESSOR_ORDER = ("linear", "gp", "lightgbm")
@@ -129,7 +137,13 @@ def resolve_target(
 
 
 # ------------------------------------------------------------------------------------------- the model
-def _features(ta: float, tb: float, m: np.ndarray, state: np.ndarray) -> np.ndarray:
+def _features(
+    ta: float, tb: float, m: np.ndarray, state: np.ndarray, kind: str, reuse: ReuseStructure | None
+) -> np.ndarray:
+    """The regressors' input rows from full mixtures ``m`` (and, for ``mixtures`` features, the full mean mixture
+    ``state``); under ``reuse`` both become reduced coordinates (block total, free domains)."""
+    if reuse is not None:
+        m, state = reuse.reduce(m), reuse.reduce(state) if kind == "mixtures" else state
     n = len(m)
     return np.hstack([np.full((n, 1), ta), np.full((n, 1), tb), m, state])
 
@@ -150,6 +164,9 @@ class TrajectoryModel:
     members: list[TrajectoryModel] = field(default_factory=list)
     """The cross-validation folds' models (same features and regressor, each fitted without one fold's runs):
     their disagreement on a schedule is how little the proxies say about it (``--search.pessimism``)."""
+    reuse: ReuseStructure | None = None
+    """The block the sweep's mixtures kept (``regmix sample --reuse``): the regressors see reduced coordinates, and
+    a search must draw mixtures that keep its ratios. None: the regressors see the full mixtures."""
 
     @property
     def target_vector(self) -> np.ndarray:
@@ -158,7 +175,7 @@ class TrajectoryModel:
     def step(self, ta: float, tb: float, m: np.ndarray, state: np.ndarray) -> np.ndarray:
         """Predicted per-domain losses at ``tb`` (rows of ``m``: mixtures on ``[ta, tb]``; ``state``: losses
         at ``ta`` for ``losses`` features, the mean mixture before ``ta`` for ``mixtures`` features)."""
-        X = _features(ta, tb, np.atleast_2d(m), np.atleast_2d(state))
+        X = _features(ta, tb, np.atleast_2d(m), np.atleast_2d(state), self.features, self.reuse)
         return np.stack([np.asarray(self.regressors[d].predict(X), float) for d in self.loss_domains], 1)
 
     def start_state(self, n: int) -> np.ndarray:
@@ -190,8 +207,9 @@ class TrajectoryModel:
         return np.atleast_2d(losses) @ self.target_vector
 
 
-def build_rows(trajs: Sequence[Trajectory], kind: str, initial: np.ndarray):
-    """``(X, Y, group)``: one row per consecutive pair of eval points (and from ``t = 0`` to the first)."""
+def build_rows(trajs: Sequence[Trajectory], kind: str, initial: np.ndarray, reuse: ReuseStructure | None = None):
+    """``(X, Y, group)``: one row per consecutive pair of eval points (and from ``t = 0`` to the first); mixtures in
+    reduced coordinates under ``reuse``."""
     X, Y, G = [], [], []
     for g, tr in enumerate(trajs):
         times = np.concatenate([[0.0], tr.times])
@@ -204,7 +222,7 @@ def build_rows(trajs: Sequence[Trajectory], kind: str, initial: np.ndarray):
                 state = initial if i == 0 else tr.losses[i - 1]
             else:
                 state = tr.mixture(0.0, ta) if ta > _EPS else np.zeros_like(m)
-            X.append(np.concatenate([[ta, tb], m, state]))
+            X.append(_features(ta, tb, m[None], state[None], kind, reuse)[0])
             Y.append(tr.losses[i])
             G.append(g)
     return np.array(X), np.array(Y), np.array(G)
@@ -223,13 +241,22 @@ def common_grid(trajs: Sequence[Trajectory]) -> list[float]:
 
 
 def fit_model(
-    trajs, weight_domains, loss_domains, target, features: str, regressor: str, seed: int = 0, meta: dict | None = None
+    trajs,
+    weight_domains,
+    loss_domains,
+    target,
+    features: str,
+    regressor: str,
+    seed: int = 0,
+    meta: dict | None = None,
+    reuse: ReuseStructure | None = None,
 ) -> TrajectoryModel:
-    """Fit one regressor per loss domain on every transition row of ``trajs``."""
+    """Fit one regressor per loss domain on every transition row of ``trajs`` (in reduced coordinates under
+    ``reuse``)."""
     from regmix_plugin.models.regressors import REGRESSORS
 
     init = initial_state(trajs)
-    X, Y, _ = build_rows(trajs, features, init)
+    X, Y, _ = build_rows(trajs, features, init, reuse)
     regs = {d: REGRESSORS[regressor](random_state=seed).fit(X, Y[:, j]) for j, d in enumerate(loss_domains)}
     return TrajectoryModel(
         features,
@@ -241,6 +268,7 @@ def fit_model(
         common_grid(trajs),
         regs,
         meta or {},
+        reuse=reuse,
     )
 
 
@@ -254,6 +282,7 @@ def cross_validate(
     folds: int,
     seed: int = 0,
     models: list | None = None,
+    reuse: ReuseStructure | None = None,
 ) -> dict:
     """Held-out errors with folds split by run: one-step target error and chained final-target error.
 
@@ -266,10 +295,11 @@ def cross_validate(
     tvec = np.array([target.get(d, 0.0) for d in loss_domains])
     step_err, roll_pred, roll_true, per_fold = [], [], [], []
     for f, (train, test) in enumerate(GroupKFold(min(folds, len(trajs))).split(np.zeros(len(trajs)), groups=groups)):
-        model = fit_model([trajs[i] for i in train], weight_domains, loss_domains, target, features, regressor, seed)
+        train_trajs = [trajs[i] for i in train]
+        model = fit_model(train_trajs, weight_domains, loss_domains, target, features, regressor, seed, reuse=reuse)
         if models is not None:
             models.append(model)
-        Xt, Yt, _ = build_rows([trajs[i] for i in test], features, model.initial_state)
+        Xt, Yt, _ = build_rows([trajs[i] for i in test], features, model.initial_state, reuse)
         pred = np.stack([model.regressors[d].predict(Xt) for d in loss_domains], 1)
         errs = (pred - Yt) @ tvec
         step_err.extend(errs.tolist())

@@ -39,6 +39,7 @@ from regmix_plugin.commands.sweep.worker import (
     work_through,
 )
 from regmix_plugin.formats import claims
+from regmix_plugin.formats.mixture_table import split_run
 from regmix_plugin.formats.reuse import ReuseStructure
 from regmix_plugin.formats.sweep_records import (
     DONE,
@@ -342,7 +343,7 @@ def launch(
     ]
     reuse = None
     if plan.reuse is not None:  # the mixtures file's block, carried into results.csv for `regmix fit`
-        domains = sorted(next(iter(plan.mixtures.values())))
+        domains = sorted(split_run(next(iter(plan.mixtures.values())))[0])  # a staged run: its mean mixture
         reuse = ReuseStructure.from_dict(plan.reuse, domains, f"{sweep_dir / 'sweep.json'} reuse")
     progress = _Progress(sweep_dir, order, results, len(order) - len(todo), reuse)
     sched = _Scheduler(sweep_dir, plan, todo, progress, claim_timeout)

@@ -23,11 +23,11 @@ from regmix_plugin.atomic import write_json
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import MANIFEST, damage_message, damaged_domains, read_manifest
 from regmix_plugin.formats.mixture_table import RunSpec, read_mixtures, split_run
-from regmix_plugin.formats.sweep_records import read_records
+from regmix_plugin.formats.sweep_records import SETUP_FILE, read_records
 from regmix_plugin.resources import resolve_recipe
 from regmix_plugin.tokenizer import check_tokenizer
 
-SETUP = "sweep.json"
+SETUP = SETUP_FILE
 SETUP_VERSION = 1
 _DATA_CLASSES = ("regmix_plugin.MixtureData", "regmix_plugin.pretrain.mixture_data.MixtureData")
 
