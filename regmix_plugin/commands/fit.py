@@ -8,7 +8,7 @@
 
 A model directory holds ``model.json`` (format version, domains, target, chosen regressor and its settings,
 provenance), the regressor's own file (``linear.json``, ``lightgbm.txt``, ``gp.npz``, ``bimix.json`` or
-``mixing_law.json``; never a pickle),
+``mixing_law.json``; an ensemble's ``ensemble.json``, ``ensemble.npz`` and ``members/<name>/``; never a pickle),
 ``cv.json``, ``cv_predictions.csv``, ``interactions.csv`` and the plots. It is written to a temporary
 directory and renamed into place, so it exists whole or not at all.
 """
@@ -30,7 +30,8 @@ from regmix_plugin.formats.model_dir import LAW_KINDS, MODEL_FILE, MODEL_FORMAT,
 from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import LOSS_PREFIX, Results, read_results
 
-AUTO_ORDER = ("linear", "gp", "lightgbm", "mixing_law", "bimix")  # ties go to the simpler model
+AUTO_ORDER = ("linear", "gp", "lightgbm", "mixing_law", "bimix", "ensemble")  # ties go to the simpler model
+ENSEMBLE_MEMBERS = ("gp", "lightgbm", "mixing_law", "bimix")
 
 
 def fit(
@@ -38,7 +39,7 @@ def fit(
     mixtures: Path | None = None,
     losses: Path | None = None,
     target: dict[str, float] | str = "val_loss/*",
-    regressor: Literal["auto", "linear", "lightgbm", "gp", "bimix", "mixing_law"] = "auto",
+    regressor: Literal["auto", "linear", "lightgbm", "gp", "bimix", "mixing_law", "ensemble"] = "auto",
     out: Path = Path("out/regmix/model"),
     cv_folds: int = 5,
     seed: int = 0,
@@ -60,8 +61,10 @@ def fit(
         regressor: ``linear`` (ridge, alpha by 5-fold CV), ``lightgbm`` (the paper's 1000 trees at learning
             rate 1e-2), ``gp`` (Gaussian process on sqrt(weights)), ``mixing_law`` (Ye et al.'s law, one per
             target column, summed with the target's weights), ``bimix`` (BiMix's law per target column on the
-            runs' trajectories: needs ``val_loss/<d>@<tokens>`` columns and ``tokens``), or ``auto``: the one
-            with the best mean K-fold Spearman on these runs, among those whose inputs the table has.
+            runs' trajectories: needs ``val_loss/<d>@<tokens>`` columns and ``tokens``), ``ensemble`` (the mean
+            of gp, lightgbm, mixing_law and, given trajectories, bimix, each z-scored on the training runs; its
+            std is their spread, which ``regmix propose`` uses), or ``auto``: the one with the best mean K-fold
+            Spearman on these runs, among those whose inputs the table has.
         out: The model directory to write (replaced if it holds an earlier model).
         cv_folds: Number of cross-validation folds (K); folds split runs, never a run's eval points. With fewer
             than 2K runs, leave-one-out CV is used instead (and a note printed); at least 4 runs are needed.
@@ -233,6 +236,8 @@ def _candidate(
     from regmix_plugin.models.laws import BiMixLaw, MixingLaw
     from regmix_plugin.models.regressors import REGRESSORS
 
+    if name == "ensemble":
+        return _ensemble_candidate(data, columns, y, seed, horizon_tokens, min_tokens, proportions)
     if name not in LAW_KINDS:
         return _Candidate(REGRESSORS[name](random_state=seed), data.weights, lambda idx: (data.weights[idx], y[idx]))
     names, weights = list(columns), tuple(columns.values())
@@ -263,6 +268,23 @@ def _candidate(
 
     # each held-out run is predicted at its own end, where its target was measured
     return _Candidate(law, np.column_stack([data.weights, data.tokens]), points, (runs, XS, L, own))
+
+
+def _ensemble_candidate(data: Results, columns: dict[str, float], y, seed, *law_args) -> _Candidate:
+    """The ensemble of :data:`ENSEMBLE_MEMBERS` the table can feed, each fed as it is fitted alone (:func:`_candidate`):
+    gp and lightgbm on ``(weights, y)``, the laws on their loss columns or trajectory points."""
+    from regmix_plugin.models.ensemble import EnsembleRegressor
+
+    names = [n for n in ENSEMBLE_MEMBERS if n != "bimix" or _has_trajectories(data, columns)]
+    left_out = {} if "bimix" in names else {"bimix": "the table has no trajectories (val_loss/<d>@<tokens>, tokens)"}
+    members = {n: _candidate(n, data, columns, y, seed, *law_args) for n in names}
+    laws = {n: c for n, c in members.items() if n in LAW_KINDS}
+    estimator = EnsembleRegressor(tuple((n, c.estimator) for n, c in members.items()), left_out)
+    return _Candidate(
+        estimator,
+        data.weights,
+        lambda idx: (data.weights[idx], y[idx], {n: c.train_data(idx) for n, c in laws.items()}),
+    )
 
 
 def _own_domain(column: str, domains: list[str]) -> int:

@@ -4,6 +4,8 @@
                                     provenance
     out/model/linear.json | lightgbm.txt | gp.npz | bimix.json | mixing_law.json
                                     the regressor itself (never a pickle: loading runs no code)
+    out/model/ensemble.json, ensemble.npz, members/<name>/...
+                                    an ensemble: its index (members, calibration) and each member's own files
     out/model/cv.json, cv_predictions.csv, interactions.csv, *.png    diagnostics
 
 The directory is written to a temporary directory and renamed into place (:func:`model_dir_writer`), so it
@@ -25,10 +27,13 @@ from regmix_plugin.formats.document import read_document
 MODEL_FORMAT = 1
 MODEL_FILE = "model.json"
 #: The regressor kinds a model directory may hold: the keys of ``regressors.REGRESSORS``, without importing
-#: scikit-learn here. The last two are parametric laws (``regmix_plugin.models.laws``): ``optimize`` solves them
+#: scikit-learn here. ``bimix`` and ``mixing_law`` are parametric laws (``regmix_plugin.models.laws``): ``optimize`` solves them
 #: directly.
-REGRESSOR_KINDS = ("linear", "gp", "lightgbm", "bimix", "mixing_law")
+REGRESSOR_KINDS = ("linear", "gp", "lightgbm", "bimix", "mixing_law", "ensemble")
 LAW_KINDS = ("bimix", "mixing_law")
+#: The kinds that give an uncertainty with ``predict(X, return_std=True)`` and a batch rule (``condition_on``):
+#: the GP's posterior std, the ensemble's spread. ``regmix propose`` needs one.
+STD_KINDS = ("gp", "ensemble")
 
 
 @dataclass

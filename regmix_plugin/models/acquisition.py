@@ -4,9 +4,14 @@ One engine for ``regmix propose`` and the active sweep loop (``regmix sweep --ac
 :mod:`regmix_plugin.commands.propose` for the user-facing description of the candidates, the acquisition and the
 batch rule.
 
+Uncertainty: a GP's posterior std, or an ensemble's spread (the std of its members' z-scored predictions,
+:mod:`regmix_plugin.models.ensemble`); the model kinds with one are ``formats.model_dir.STD_KINDS``.
+
 Batch rule: the **kriging believer** (Ginsbourger, Le Riche & Carraro, 2010). After each pick the GP is
 conditioned on that mixture at its own predicted mean, with the fitted kernel hyperparameters kept (no refit,
-:meth:`GPRegressor.condition_on`).
+:meth:`GPRegressor.condition_on`). An ensemble believes its own mean there the same way, member by member
+(:meth:`EnsembleRegressor.condition_on`: the GP member conditioned, LightGBM refitted with the pick appended at
+that value as scikit-optimize's ``Optimizer.ask(n_points)`` does, the laws kept).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.draws import distinct_draws, sample_prior
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
-from regmix_plugin.formats.model_dir import load_fitted, read_model_meta
+from regmix_plugin.formats.model_dir import STD_KINDS, load_fitted, read_model_meta
 from regmix_plugin.weights import (
     FLAGS,
     ConstraintArgs,
@@ -58,10 +63,10 @@ def propose_batch(
     The arguments are ``regmix propose``'s (:func:`regmix_plugin.commands.propose.propose`).
     """
     meta = read_model_meta(model)
-    if meta["regressor"] != "gp":
+    if meta["regressor"] not in STD_KINDS:
         raise ValueError(
-            f"--model {str(model)!r} holds a {meta['regressor']!r} model, which has no posterior std: fit one with "
-            "`regmix fit --regressor gp` (an ensemble's spread is not built yet)"
+            f"--model {str(model)!r} holds a {meta['regressor']!r} model, which has no uncertainty: fit one with "
+            "`regmix fit --regressor gp` (posterior std) or `--regressor ensemble` (its members' spread)"
         )
     c = ConstraintArgs.of(constraints)
     sampler = SamplerArgs(**sampler) if isinstance(sampler, dict) else sampler
@@ -120,26 +125,28 @@ def propose_batch(
     for r, m, s in zip(new_ids, mean, std, strict=True):
         print(f"{r:<14} {m:>10.4f} {s:>10.4f} {m - sign * kappa * s:>16.4f}")
     what = f"pool rows of {len(C)}" if candidates is not None else f"of {len(C)} candidates"
-    print(f"proposed {len(new_ids)} mixtures ({what}, kappa {kappa:g}, kriging believer); wrote {out}")
+    rule = "kriging believer" + (" on each member" if meta["regressor"] == "ensemble" else "")
+    print(f"proposed {len(new_ids)} mixtures ({what}, kappa {kappa:g}, {rule}); wrote {out}")
     return new_ids
 
 
-def believer_batch(gp, C: np.ndarray, n: int, kappa: float, sign: float = 1.0):
+def believer_batch(model, C: np.ndarray, n: int, kappa: float, sign: float = 1.0):
     """Indices into ``C`` of ``n`` picks by the kriging believer, with each pick's mean and std when it was picked.
 
-    Each pick minimises ``sign * mean - kappa * std``; the GP is then conditioned on it at its predicted mean.
+    Each pick minimises ``sign * mean - kappa * std``; the model (a GP or an ensemble) is then conditioned on it
+    at its predicted mean (``condition_on``).
     """
     picks: list[int] = []
     means, stds = [], []
     for _ in range(n):
-        mean, std = gp.predict(C, return_std=True)
+        mean, std = model.predict(C, return_std=True)
         score = sign * mean - kappa * std
         score[picks] = np.inf
         i = int(np.argmin(score))
         picks.append(i)
         means.append(float(mean[i]))
         stds.append(float(std[i]))
-        gp = gp.condition_on(C[i], mean[i : i + 1])
+        model = model.condition_on(C[i], mean[i : i + 1])
     return picks, np.array(means), np.array(stds)
 
 
