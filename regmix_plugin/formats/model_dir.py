@@ -26,9 +26,9 @@ from regmix_plugin.formats.document import read_document
 #: Bump when a model directory written by this version cannot be read by the previous reader (or vice versa).
 MODEL_FORMAT = 1
 MODEL_FILE = "model.json"
-#: The regressor kinds a model directory may hold: the keys of ``regressors.REGRESSORS``, without importing
-#: scikit-learn here. ``bimix`` and ``mixing_law`` are parametric laws (``regmix_plugin.models.laws``): ``optimize`` solves them
-#: directly.
+#: The regressor kinds a model directory may hold (``regressors.regressor_kinds()``), without importing
+#: scikit-learn here. ``bimix`` and ``mixing_law`` are parametric laws (``regmix_plugin.models.laws``): ``optimize``
+#: solves them directly. ``ensemble`` is :mod:`regmix_plugin.models.ensemble`.
 REGRESSOR_KINDS = ("linear", "gp", "lightgbm", "bimix", "mixing_law", "ensemble")
 LAW_KINDS = ("bimix", "mixing_law")
 #: The kinds that give an uncertainty with ``predict(X, return_std=True)`` and a batch rule (``condition_on``):
