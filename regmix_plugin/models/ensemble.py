@@ -26,12 +26,14 @@ same way for the training runs (``mu_m``, ``sd_m``) as for new mixtures.
 
 Batch rule for ``regmix propose`` (:meth:`EnsembleRegressor.condition_on`): the **kriging believer**
 (Ginsbourger, Le Riche & Carraro, 2010) applied to the ensemble. The believed value at a pick is the ensemble's
-mean there; the ``gp`` member is conditioned on it with its kernel kept (:meth:`GPRegressor.condition_on`, the
-believer as published), and each member fitted on the target alone (``lightgbm``) is refitted with the pick
-appended at that value, as scikit-optimize's ``Optimizer.ask(n_points)`` does for any surrogate with its
-constant-liar strategies (``cl_min``/``cl_mean``/``cl_max``). Laws fitted on loss columns or trajectories are kept
-as fitted: a believed target gives them no loss columns or trajectory to fit. ``mu_m``, ``sd_m``, ``y_mean``
-and ``y_sd`` stay those of the real runs: a believed value never rescales the members.
+mean ``b`` there, which member ``m`` believes on its own scale, ``mu_m + sd_m * (b - y_mean) / y_sd`` (the
+value whose ``q_m`` is ``b``). The ``gp`` member is conditioned on it with its kernel kept
+(:meth:`GPRegressor.condition_on`, the believer as published); each member fitted on the target alone
+(``lightgbm``) is refitted on the real runs plus every pick so far at that value, as scikit-optimize's
+``Optimizer.ask(n_points)`` does for any surrogate with its constant-liar strategies (``cl_min``/``cl_mean``/
+``cl_max``). Laws fitted on loss columns or trajectories are kept as fitted: a believed target gives them no loss
+columns or trajectory to fit. ``mu_m``, ``sd_m``, ``y_mean`` and ``y_sd`` stay those of the real runs: a believed
+value never rescales the members.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
         self.members_ = [(n, clone(est).fit(*member_data.get(n, (X, y)))) for n, est in self.members]
         self.refit_ = [n not in member_data for n in names]
         self.X_train_, self.y_train_ = X, y
+        self.believed_X_, self.believed_y_ = np.zeros((0, X.shape[1])), np.zeros(0)
         self.y_mean_, self.y_scale_ = float(y.mean()), float(y.std()) or 1.0
         P = Committee([m for _, m in self.members_]).predictions(lambda m: m.predict(X))
         self.centers_ = P.mean(1)
@@ -120,13 +123,18 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
         """A copy that believes the targets ``y`` at the mixtures ``X`` (the batch rule in the module docstring)."""
         X, y = np.atleast_2d(np.asarray(X, float)), np.atleast_1d(np.asarray(y, float))
         model = copy.copy(self)
-        model.X_train_, model.y_train_ = np.vstack([self.X_train_, X]), np.concatenate([self.y_train_, y])
+        model.believed_X_ = np.vstack([self.believed_X_, X])
+        model.believed_y_ = np.concatenate([self.believed_y_, y])
         members = []
-        for (name, m), refit in zip(self.members_, self.refit_, strict=True):
+        for (name, m), refit, center, scale in zip(
+            self.members_, self.refit_, self.centers_, self.scales_, strict=True
+        ):
+            own = lambda b, c=center, s=scale: c + s * (b - self.y_mean_) / self.y_scale_  # noqa: E731
             if hasattr(m, "condition_on"):
-                m = m.condition_on(X, y)
+                m = m.condition_on(X, own(y))
             elif refit:
-                m = clone(m).fit(model.X_train_, model.y_train_)
+                Xb = np.vstack([self.X_train_, model.believed_X_])
+                m = clone(m).fit(Xb, np.concatenate([self.y_train_, own(model.believed_y_)]))
             members.append((name, m))
         model.members_ = members
         return model
@@ -178,4 +186,5 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
         model.y_mean_, model.y_scale_ = float(raw["y_mean"]), float(raw["y_scale"])
         with np.load(directory / "ensemble.npz", allow_pickle=False) as z:
             model.X_train_, model.y_train_ = z["X_train"], z["y_train"]
+        model.believed_X_, model.believed_y_ = np.zeros((0, model.X_train_.shape[1])), np.zeros(0)
         return model
