@@ -170,14 +170,14 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
         write_json(directory / "ensemble.json", index)
 
     @classmethod
-    def load(cls, directory: Path, settings: dict | None = None) -> EnsembleRegressor:
-        from regmix_plugin.models.regressors import load_regressor
-
+    def load(cls, directory: Path, settings: dict | None, load_member: Callable) -> EnsembleRegressor:
+        """Rebuild a saved ensemble; ``load_member(kind, directory, settings)`` rebuilds each member
+        (:func:`regmix_plugin.models.regressors.load_regressor`, passed in: it knows this class)."""
         directory = Path(directory)
         raw = json.loads((directory / "ensemble.json").read_text())
         entries = raw["members"]
         fitted = [
-            (e["name"], load_regressor(e["kind"], directory / MEMBERS_DIR / e["name"], e["settings"])) for e in entries
+            (e["name"], load_member(e["kind"], directory / MEMBERS_DIR / e["name"], e["settings"])) for e in entries
         ]
         model = cls(members=tuple(fitted), left_out=raw["left_out"])
         model.members_, model.refit_ = fitted, [bool(e["refit"]) for e in entries]

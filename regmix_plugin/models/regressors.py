@@ -320,5 +320,7 @@ def regressor_kinds() -> dict:
 
 
 def load_regressor(kind: str, directory: Path, settings: dict):
-    """Rebuild a saved regressor of ``kind`` from ``directory``."""
+    """Rebuild a saved regressor of ``kind`` from ``directory`` (an ensemble's members by this same function)."""
+    if kind == "ensemble":
+        return regressor_kinds()[kind].load(directory, settings, load_member=load_regressor)
     return regressor_kinds()[kind].load(directory, settings)
