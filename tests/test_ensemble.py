@@ -125,6 +125,11 @@ def test_auto_scores_it_on_the_same_folds_and_chooses_it_when_its_cv_is_best(tmp
     assert meta["cv_spearman"] == means["ensemble"]
     assert meta["settings"]["members"] == ["gp", "lightgbm", "mixing_law"]
     assert "bimix" in meta["settings"]["left_out"]
+    # auto reuses its members' fold fits: the ensemble's held-out predictions are those of fitting it alone
+    main(["fit", "--results", str(tmp_path / "r.csv"), "--regressor", "ensemble", "--out", str(tmp_path / "e")])
+    alone = json.loads((tmp_path / "e" / "cv.json").read_text())["candidates"]["ensemble"]
+    assert alone == cv["candidates"]["ensemble"]
+    assert (tmp_path / "e" / "cv_predictions.csv").read_text() == (tmp_path / "m" / "cv_predictions.csv").read_text()
 
 
 def test_propose_with_an_ensemble_returns_a_new_batch_inside_every_constraint(cli, tmp_path):

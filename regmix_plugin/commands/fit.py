@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -91,7 +91,10 @@ def fit(
         names = (regressor,)
     law_args = {"horizon_tokens": horizon_tokens, "min_tokens": min_tokens, "proportions": bimix_proportions}
     candidates = {n: _candidate(n, data, columns, y, seed, **law_args) for n in names}
-    scores = {n: cross_validate(c.estimator, c.X, y, folds, c.train_data) for n, c in candidates.items()}
+    scores, fold_models = {}, {}
+    for n, c in candidates.items():  # the ensemble comes last in AUTO_ORDER: its members' fold fits are done
+        c = _with_fold_fits(c, folds, fold_models) if n == "ensemble" else c
+        scores[n] = cross_validate(c.estimator, c.X, y, folds, c.train_data, fold_models.setdefault(n, []))
     chosen = max(names, key=lambda n: (_nan_to(scores[n]["mean_spearman"], -2.0), -names.index(n)))
     best = candidates[chosen]
     model = best.estimator.fit(*best.train_data(np.arange(len(y))))
@@ -181,13 +184,14 @@ def make_folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]
     return list(KFold(k, shuffle=True, random_state=seed).split(np.arange(n)))
 
 
-def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds, train_data=None) -> dict:
+def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds, train_data=None, models=None) -> dict:
     """Out-of-fold predictions and per-fold Spearman / MSE of fresh clones of ``estimator``.
 
     Each clone sees only its fold's training rows: hyperparameter searches inside ``fit`` (ridge alpha, GP
     kernel) therefore never see the rows they are scored on. ``train_data(train run indices)``, when given,
     returns what the clone is fitted on instead of ``(X[train], y[train])`` (a law's loss columns, or every
-    eval point of those runs); it predicts ``X[test]`` all the same.
+    eval point of those runs); it predicts ``X[test]`` all the same. ``models``, if given, receives each fold's
+    fitted clone.
     """
     from scipy.stats import spearmanr
     from sklearn.base import clone
@@ -195,7 +199,10 @@ def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds, train_data=No
     oof, per_fold = np.empty(len(y)), []
     for f, (train, test) in enumerate(folds):
         fit_on = (X[train], y[train]) if train_data is None else train_data(train)
-        oof[test] = clone(estimator).fit(*fit_on).predict(X[test])
+        model = clone(estimator).fit(*fit_on)
+        if models is not None:
+            models.append(model)
+        oof[test] = model.predict(X[test])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a constant fold has no rank correlation: NaN, reported as such
             rho = float(spearmanr(oof[test], y[test])[0]) if len(test) > 1 else float("nan")
@@ -285,6 +292,17 @@ def _ensemble_candidate(data: Results, columns: dict[str, float], y, seed, *law_
         data.weights,
         lambda idx: (data.weights[idx], y[idx], {n: c.train_data(idx) for n, c in laws.items()}),
     )
+
+
+def _with_fold_fits(candidate: _Candidate, folds, fold_models: dict[str, list]) -> _Candidate:
+    """The ensemble candidate, reusing on each fold the fits its members already made there as candidates of their
+    own (the same estimator, rows and seed: the same fit, made once); members without one are fitted as usual."""
+    done = {
+        train.tobytes(): {n: fold_models[n][f] for n, _ in candidate.estimator.members if fold_models.get(n)}
+        for f, (train, _) in enumerate(folds)
+    }
+    feed = candidate.train_data
+    return replace(candidate, train_data=lambda idx: (*feed(idx), done.get(np.asarray(idx).tobytes(), {})))
 
 
 def _own_domain(column: str, domains: list[str]) -> int:

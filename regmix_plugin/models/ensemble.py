@@ -92,13 +92,17 @@ class EnsembleRegressor(RegressorMixin, BaseEstimator):
         self.members = members
         self.left_out = left_out
 
-    def fit(self, X, y, member_data: Mapping[str, tuple] | None = None):
+    def fit(self, X, y, member_data: Mapping[str, tuple] | None = None, prefit: Mapping[str, object] | None = None):
+        """Fit the members (``prefit[name]``: a member already fitted, by the caller, on exactly what this fit would
+        feed it; used as is) and calibrate them on ``X``, ``y``."""
         X, y = np.asarray(X, float), np.asarray(y, float)
         names = [n for n, _ in self.members]
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(f"EnsembleRegressor needs at least 2 members with distinct names, got {names}")
-        member_data = member_data or {}
-        self.members_ = [(n, clone(est).fit(*member_data.get(n, (X, y)))) for n, est in self.members]
+        member_data, prefit = member_data or {}, prefit or {}
+        self.members_ = [
+            (n, prefit[n] if n in prefit else clone(est).fit(*member_data.get(n, (X, y)))) for n, est in self.members
+        ]
         self.refit_ = [n not in member_data for n in names]
         self.X_train_, self.y_train_ = X, y
         self.believed_X_, self.believed_y_ = np.zeros((0, X.shape[1])), np.zeros(0)
