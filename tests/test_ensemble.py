@@ -1,5 +1,6 @@
 """`regmix fit --regressor ensemble`: saved without pickle, the z-mean of its members, their spread as its std;
-`auto` weighs it like any other candidate; `regmix propose` batches with it inside the constraints."""
+`auto` weighs it like any other candidate. `regmix propose` with an ensemble inside every constraint: in
+tests/test_propose.py, next to the GP."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import numpy as np
 import pytest
 from conftest import PILE17, synthetic_result_rows
 
-from regmix_plugin.formats.mixture_table import read_mixtures
 from regmix_plugin.formats.model_dir import load_fitted
 from regmix_plugin.formats.results import read_results, write_results
 from regmix_plugin.models.ensemble import EnsembleRegressor
@@ -130,31 +130,6 @@ def test_auto_scores_it_on_the_same_folds_and_chooses_it_when_its_cv_is_best(tmp
     alone = json.loads((tmp_path / "e" / "cv.json").read_text())["candidates"]["ensemble"]
     assert alone == cv["candidates"]["ensemble"]
     assert (tmp_path / "e" / "cv_predictions.csv").read_text() == (tmp_path / "m" / "cv_predictions.csv").read_text()
-
-
-def test_propose_with_an_ensemble_returns_a_new_batch_inside_every_constraint(cli, tmp_path):
-    rows = synthetic_result_rows(24, D, seed=0)
-    write_results(tmp_path / "r.csv", rows)
-    code, _, err = cli("fit", "--results", tmp_path / "r.csv", "--regressor", "ensemble", "--out", tmp_path / "m")
-    assert code == 0, err
-    out = tmp_path / "next.csv"
-    code, printed, err = cli(
-        "propose", "--model", tmp_path / "m", "--results", tmp_path / "r.csv", "--n", 6, "--out", out,
-        "--n_candidates", 2000,
-        "--domain_tokens", "{arxiv: 1e6, dm_mathematics: 1e6, enron_emails: 1e6, europarl: 2e5}",
-        "--constraints.target_tokens", "1e6", "--constraints.max_epochs", "2",
-        "--constraints.min_weight", "{arxiv: 0.15}", "--constraints.max_weight", "{dm_mathematics: 0.25}",
-        "--constraints.exclude", "[enron_emails]",
-    )  # fmt: skip
-    assert code == 0, err
-    assert "kriging believer on each member" in printed
-    W = read_mixtures(out, known=DOMAINS).weights
-    assert len(W) == 6 and len({tuple(w) for w in W}) == 6
-    assert (W[:, 0] >= 0.15).all() and (W[:, 1] <= 0.25).all() and (W[:, 2] == 0).all()
-    assert (W[:, 3] <= 2 * 2e5 / 1e6 + 1e-12).all()  # epoch bound
-    np.testing.assert_allclose(W.sum(1), 1.0, atol=1e-12)
-    trained = {tuple(np.round([r[f"weight/{d}"] for d in DOMAINS], 4)) for r in rows}
-    assert not trained & {tuple(np.round(w, 4)) for w in W}
 
 
 def test_propose_refuses_a_model_without_uncertainty_naming_both_that_have_one(cli, tmp_path):
