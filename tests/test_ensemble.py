@@ -107,6 +107,22 @@ def test_believing_a_pick_narrows_the_spread_there_and_leaves_the_model_alone(fi
     np.testing.assert_array_equal(model.predict(C, return_std=True)[1], std)  # the original is not modified
 
 
+def test_optimize_reads_it_and_records_its_spread_at_the_chosen_mixture(fitted):
+    from regmix_plugin.__main__ import main
+    from regmix_plugin.formats.mixture_yaml import read_mixture
+
+    d, _ = fitted
+    out = d / "mix.yaml"
+    main(["optimize", "--model", str(d / "model"), "--out", str(out), "--n_candidates", "5000", "--top_k", "20"])
+    record = read_mixture(out)
+    chosen = np.array([[record["weights"][k] for k in DOMAINS]])
+    mean, std = load_fitted(d / "model").regressor.predict(chosen, return_std=True)
+    assert record["provenance"]["regressor"] == "ensemble"
+    assert record["prediction"]["at_mixture"] == pytest.approx(mean[0], abs=1e-6)  # the YAML rounds the weights
+    assert record["prediction"]["ensemble_spread_at_mixture"] == pytest.approx(std[0], rel=1e-3)
+    assert std[0] > 0
+
+
 def test_auto_scores_it_on_the_same_folds_and_chooses_it_when_its_cv_is_best(tmp_path):
     """No trajectories here: bimix is left out of the ensemble, and it says so. On this table (32 runs, noise 0.1)
     the ensemble's fold Spearman is the best (measured 0.854 against mixing_law 0.839, gp 0.799)."""
