@@ -45,7 +45,7 @@ def test_auto_picks_the_best_cv_spearman_and_ranks_unseen_runs(trained, capsys):
     cv = json.loads((trained / "model" / "cv.json").read_text())
     means = {name: c["mean_spearman"] for name, c in cv["candidates"].items()}
     print("auto candidates", means)
-    assert set(means) == {"linear", "lightgbm", "gp", "mixing_law", "bimix"}  # the table has trajectories
+    assert set(means) == {"linear", "lightgbm", "gp", "mixing_law", "bimix", "ensemble"}  # the table has trajectories
     assert cv["chosen"] == max(means, key=means.get)
     assert means[cv["chosen"]] > 0.9  # measured mixing_law 0.975, gp 0.969; linear 0.106
     for c in cv["candidates"].values():

@@ -19,9 +19,9 @@ D = 4
 DOMAINS = list(PILE17[:D])
 
 
-def _fit(cli, tmp_path, rows, name="model"):
+def _fit(cli, tmp_path, rows, name="model", regressor="gp"):
     write_results(tmp_path / f"{name}.csv", rows)
-    code, _, err = cli("fit", "--results", tmp_path / f"{name}.csv", "--regressor", "gp", "--out", tmp_path / name)
+    code, _, err = cli("fit", "--results", tmp_path / f"{name}.csv", "--regressor", regressor, "--out", tmp_path / name)
     assert code == 0, err
     return tmp_path / name, tmp_path / f"{name}.csv"
 
@@ -30,10 +30,11 @@ def _keys(weights, decimals=4):
     return {tuple(int(u) for u in largest_remainder(w, 10**decimals)) for w in weights}
 
 
-def test_every_proposal_respects_each_constraint(cli, tmp_path):
-    model, results = _fit(cli, tmp_path, synthetic_result_rows(24, D, seed=0))
+@pytest.mark.parametrize("regressor", ["gp", "ensemble"])
+def test_every_proposal_respects_each_constraint(cli, tmp_path, regressor):
+    model, results = _fit(cli, tmp_path, synthetic_result_rows(24, D, seed=0), regressor=regressor)
     out = tmp_path / "next.csv"
-    code, _, err = cli(
+    code, printed, err = cli(
         "propose", "--model", model, "--results", results, "--n", 8, "--out", out,
         "--domain_tokens", "{arxiv: 1e6, dm_mathematics: 1e6, enron_emails: 1e6, europarl: 2e5}",
         "--constraints.target_tokens", "1e6", "--constraints.max_epochs", "2",
@@ -41,6 +42,7 @@ def test_every_proposal_respects_each_constraint(cli, tmp_path):
         "--constraints.exclude", "[enron_emails]",
     )  # fmt: skip
     assert code == 0, err
+    assert ("kriging believer on each member" in printed) == (regressor == "ensemble")
     W = read_mixtures(out, known=DOMAINS).weights
     assert len(W) == 8
     assert (W[:, 0] >= 0.15).all()  # min_weight

@@ -8,7 +8,7 @@
 
 A model directory holds ``model.json`` (format version, domains, target, chosen regressor and its settings,
 provenance), the regressor's own file (``linear.json``, ``lightgbm.txt``, ``gp.npz``, ``bimix.json`` or
-``mixing_law.json``; never a pickle),
+``mixing_law.json``; an ensemble's ``ensemble.json``, ``ensemble.npz`` and ``members/<name>/``; never a pickle),
 ``cv.json``, ``cv_predictions.csv``, ``interactions.csv`` and the plots. It is written to a temporary
 directory and renamed into place, so it exists whole or not at all.
 """
@@ -31,7 +31,8 @@ from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import LOSS_PREFIX, Results, read_results
 from regmix_plugin.formats.reuse import BLOCK
 
-AUTO_ORDER = ("linear", "gp", "lightgbm", "mixing_law", "bimix")  # ties go to the simpler model
+AUTO_ORDER = ("linear", "gp", "lightgbm", "mixing_law", "bimix", "ensemble")  # ties go to the simpler model
+ENSEMBLE_MEMBERS = ("gp", "lightgbm", "mixing_law", "bimix")
 
 
 def fit(
@@ -39,7 +40,7 @@ def fit(
     mixtures: Path | None = None,
     losses: Path | None = None,
     target: dict[str, float] | str = "val_loss/*",
-    regressor: Literal["auto", "linear", "lightgbm", "gp", "bimix", "mixing_law"] = "auto",
+    regressor: Literal["auto", "linear", "lightgbm", "gp", "bimix", "mixing_law", "ensemble"] = "auto",
     out: Path = Path("out/regmix/model"),
     cv_folds: int = 5,
     seed: int = 0,
@@ -61,8 +62,10 @@ def fit(
         regressor: ``linear`` (ridge, alpha by 5-fold CV), ``lightgbm`` (the paper's 1000 trees at learning
             rate 1e-2), ``gp`` (Gaussian process on sqrt(weights)), ``mixing_law`` (Ye et al.'s law, one per
             target column, summed with the target's weights), ``bimix`` (BiMix's law per target column on the
-            runs' trajectories: needs ``val_loss/<d>@<tokens>`` columns and ``tokens``), or ``auto``: the one
-            with the best mean K-fold Spearman on these runs, among those whose inputs the table has.
+            runs' trajectories: needs ``val_loss/<d>@<tokens>`` columns and ``tokens``), ``ensemble`` (the mean
+            of gp, lightgbm, mixing_law and, given trajectories, bimix, each z-scored on the training runs; its
+            std is their spread, which ``regmix propose`` uses), or ``auto``: the one with the best mean K-fold
+            Spearman on these runs, among those whose inputs the table has.
         out: The model directory to write (replaced if it holds an earlier model).
         cv_folds: Number of cross-validation folds (K); folds split runs, never a run's eval points. With fewer
             than 2K runs, leave-one-out CV is used instead (and a note printed); at least 4 runs are needed.
@@ -106,7 +109,10 @@ def fit(
         names = (regressor,)
     law_args = {"horizon_tokens": horizon_tokens, "min_tokens": min_tokens, "proportions": bimix_proportions}
     candidates = {n: _candidate(n, data, columns, y, seed, **law_args) for n in names}
-    scores = {n: cross_validate(c.estimator, c.X, y, folds, c.train_data) for n, c in candidates.items()}
+    scores, fold_models = {}, {}
+    for n, c in candidates.items():  # the ensemble comes last in AUTO_ORDER: its members' fold fits are done
+        c = _with_fold_fits(c, folds, fold_models) if n == "ensemble" else c
+        scores[n] = cross_validate(c.estimator, c.X, y, folds, c.train_data, fold_models.setdefault(n, []))
     chosen = max(names, key=lambda n: (_nan_to(scores[n]["mean_spearman"], -2.0), -names.index(n)))
     best = candidates[chosen]
     model = best.estimator.fit(*best.train_data(np.arange(len(y))))
@@ -213,13 +219,14 @@ def make_folds(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]
     return list(KFold(k, shuffle=True, random_state=seed).split(np.arange(n)))
 
 
-def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds, train_data=None) -> dict:
+def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds, train_data=None, models=None) -> dict:
     """Out-of-fold predictions and per-fold Spearman / MSE of fresh clones of ``estimator``.
 
     Each clone sees only its fold's training rows: hyperparameter searches inside ``fit`` (ridge alpha, GP
     kernel) therefore never see the rows they are scored on. ``train_data(train run indices)``, when given,
     returns what the clone is fitted on instead of ``(X[train], y[train])`` (a law's loss columns, or every
-    eval point of those runs); it predicts ``X[test]`` all the same.
+    eval point of those runs); it predicts ``X[test]`` all the same. ``models``, if given, receives each fold's
+    fitted clone.
     """
     from scipy.stats import spearmanr
     from sklearn.base import clone
@@ -227,7 +234,10 @@ def cross_validate(estimator, X: np.ndarray, y: np.ndarray, folds, train_data=No
     oof, per_fold = np.empty(len(y)), []
     for f, (train, test) in enumerate(folds):
         fit_on = (X[train], y[train]) if train_data is None else train_data(train)
-        oof[test] = clone(estimator).fit(*fit_on).predict(X[test])
+        model = clone(estimator).fit(*fit_on)
+        if models is not None:
+            models.append(model)
+        oof[test] = model.predict(X[test])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a constant fold has no rank correlation: NaN, reported as such
             rho = float(spearmanr(oof[test], y[test])[0]) if len(test) > 1 else float("nan")
@@ -268,6 +278,8 @@ def _candidate(
     from regmix_plugin.models.laws import BiMixLaw, MixingLaw
     from regmix_plugin.models.regressors import REGRESSORS
 
+    if name == "ensemble":
+        return _ensemble_candidate(data, columns, y, seed, horizon_tokens, min_tokens, proportions)
     if name not in LAW_KINDS:
         return _Candidate(REGRESSORS[name](random_state=seed), data.weights, lambda idx: (data.weights[idx], y[idx]))
     names, weights = list(columns), tuple(columns.values())
@@ -303,6 +315,34 @@ def _candidate(
 def _full(reuse, weights: np.ndarray) -> np.ndarray:
     """Full mixtures from the rows fit sees (reduced coordinates under reuse)."""
     return weights if reuse is None else reuse.expand(weights)
+
+
+def _ensemble_candidate(data: Results, columns: dict[str, float], y, seed, *law_args) -> _Candidate:
+    """The ensemble of :data:`ENSEMBLE_MEMBERS` the table can feed, each fed as it is fitted alone (:func:`_candidate`):
+    gp and lightgbm on ``(weights, y)``, the laws on their loss columns or trajectory points."""
+    from regmix_plugin.models.ensemble import EnsembleRegressor
+
+    names = [n for n in ENSEMBLE_MEMBERS if n != "bimix" or _has_trajectories(data, columns)]
+    left_out = {} if "bimix" in names else {"bimix": "the table has no trajectories (val_loss/<d>@<tokens>, tokens)"}
+    members = {n: _candidate(n, data, columns, y, seed, *law_args) for n in names}
+    laws = {n: c for n, c in members.items() if n in LAW_KINDS}
+    estimator = EnsembleRegressor(tuple((n, c.estimator) for n, c in members.items()), left_out)
+    return _Candidate(
+        estimator,
+        data.weights,
+        lambda idx: (data.weights[idx], y[idx], {n: c.train_data(idx) for n, c in laws.items()}),
+    )
+
+
+def _with_fold_fits(candidate: _Candidate, folds, fold_models: dict[str, list]) -> _Candidate:
+    """The ensemble candidate, reusing on each fold the fits its members already made there as candidates of their
+    own (the same estimator, rows and seed: the same fit, made once); members without one are fitted as usual."""
+    done = {
+        train.tobytes(): {n: fold_models[n][f] for n, _ in candidate.estimator.members if fold_models.get(n)}
+        for f, (train, _) in enumerate(folds)
+    }
+    feed = candidate.train_data
+    return replace(candidate, train_data=lambda idx: (*feed(idx), done.get(np.asarray(idx).tobytes(), {})))
 
 
 def _own_domain(column: str, domains: list[str]) -> int:

@@ -26,7 +26,14 @@ import numpy as np
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
-from regmix_plugin.formats.model_dir import LAW_KINDS, FittedModel, load_fitted, model_reuse, read_model_meta
+from regmix_plugin.formats.model_dir import (
+    LAW_KINDS,
+    STD_KINDS,
+    FittedModel,
+    load_fitted,
+    model_reuse,
+    read_model_meta,
+)
 from regmix_plugin.weights import (
     ConstraintArgs,
     SamplerArgs,
@@ -158,9 +165,10 @@ def optimize(
         "model_cv_rmse": fitted.meta.get("cv_rmse"),
         "note": "model_cv_rmse is the typical error of one prediction on unseen runs (K-fold CV on the fitted runs)",
     }
-    if fitted.meta["regressor"] == "gp":
+    if fitted.meta["regressor"] in STD_KINDS:
         _, std = fitted.regressor.predict(fitted.features(chosen[None]), return_std=True)
-        uncertainty["gp_posterior_std_at_mixture"] = float(std[0])
+        kind = "gp_posterior_std" if fitted.meta["regressor"] == "gp" else "ensemble_spread"
+        uncertainty[f"{kind}_at_mixture"] = float(std[0])
     record = {
         "weights": _rounded(domains, chosen),
         "prediction": {

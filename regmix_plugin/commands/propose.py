@@ -1,4 +1,4 @@
-"""``regmix propose``: the next batch of proxy mixtures to train, chosen where a fitted GP is promising or unsure.
+"""``regmix propose``: the next batch of proxy mixtures to train, chosen where a fitted model is promising or unsure.
 
     regmix fit --results out/sweep/results.csv --target val_loss/pile_cc --regressor gp --out out/model
     regmix propose --model out/model --results out/sweep/results.csv --data_path data/pile --n 16 \\
@@ -11,7 +11,7 @@ only inside every ``--constraints.*`` bound; ``--candidates FILE`` takes the row
 pool the user is willing to run). A candidate equal, after rounding to ``--decimals`` places, to a row of
 ``--results`` (finished or failed), ``--pending`` or an existing ``--out`` is never proposed.
 
-Acquisition: the lower confidence bound ``mean - kappa * std`` of the GP's posterior (``mean + kappa * std``,
+Acquisition: the lower confidence bound ``mean - kappa * std`` of the model (``mean + kappa * std``,
 maximised, with ``--maximize``). ``--kappa`` defaults to 1.96, the one-sided ~97.5% bound of a normal posterior
 and scikit-optimize's default for LCB: fixed on that principle, not tuned on any result. ``kappa = 0`` is pure
 exploitation; larger values explore more.
@@ -24,7 +24,11 @@ are closer than ``--min_l1`` in L1** (default 0.1: such mixtures share at least 
 believer alone did not spread a batch where the GP's length scales are long next to the promising region
 (:mod:`regmix_plugin.models.acquisition` gives the measurement).
 
-Only a Gaussian-process model (``regmix fit --regressor gp``) has the posterior std this needs.
+The std is a Gaussian process's posterior std (``regmix fit --regressor gp``) or an ensemble's spread
+(``--regressor ensemble``: the std of its members' z-scored predictions, :mod:`regmix_plugin.models.ensemble`).
+An ensemble believes its own mean at each pick member by member: its GP member is conditioned as above, its
+LightGBM member refitted with the pick appended at that value (scikit-optimize's ``Optimizer.ask(n_points)``
+does the same for any surrogate), its laws kept as fitted. Other models have no std and are refused.
 """
 
 from __future__ import annotations
@@ -57,10 +61,10 @@ def propose(
     id_prefix: str = "prop-",
     seed: int = 0,
 ) -> None:
-    """Propose the next ``--n`` mixtures to train: the GP's lower confidence bound, batched by the kriging believer.
+    """Propose the next ``--n`` mixtures to train: the model's lower confidence bound, batched by the kriging believer.
 
     Arguments:
-        model: A model directory written by ``regmix fit --regressor gp``.
+        model: A model directory written by ``regmix fit --regressor gp`` or ``--regressor ensemble``.
         results: The results table the model was fit on (a sweep's ``results.csv``, or the official mixture CSV):
             its rows, finished or failed, are never proposed again and their run ids never reused.
         out: The mixtures CSV to write (``regmix sweep --mixtures`` takes it). If it exists, the new rows are

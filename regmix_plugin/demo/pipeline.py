@@ -53,7 +53,7 @@ class Pipeline:
     alike: 1 = no domain repeats, so each domain's data limits the mixture (the paper's "infinite data"
     caveat, enforced)."""
     regressor: str = "auto"
-    """`regmix fit --regressor`: auto (best CV Spearman), linear, lightgbm or gp."""
+    """`regmix fit --regressor`: auto (best CV Spearman), linear, lightgbm, gp or ensemble."""
     arm_names: tuple[str, ...] = ("regmix", "natural", "uniform", "best_proxy", "entropy", "bimix")
     """Target-model arms to train: any of :data:`ARMS`."""
     regmixd_stages: int = 2

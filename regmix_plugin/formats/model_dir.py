@@ -4,6 +4,8 @@
                                     provenance; ``reuse`` and ``features`` when fitted in reduced coordinates
     out/model/linear.json | lightgbm.txt | gp.npz | bimix.json | mixing_law.json
                                     the regressor itself (never a pickle: loading runs no code)
+    out/model/ensemble.json, ensemble.npz, members/<name>/...
+                                    an ensemble: its index (members, calibration) and each member's own files
     out/model/cv.json, cv_predictions.csv, interactions.csv, *.png    diagnostics
 
 The directory is written to a temporary directory and renamed into place (:func:`model_dir_writer`), so it
@@ -30,11 +32,14 @@ from regmix_plugin.formats.reuse import ReuseStructure
 #: Bump when a model directory written by this version cannot be read by the previous reader (or vice versa).
 MODEL_FORMAT = 1
 MODEL_FILE = "model.json"
-#: The regressor kinds a model directory may hold: the keys of ``regressors.REGRESSORS``, without importing
-#: scikit-learn here. The last two are parametric laws (``regmix_plugin.models.laws``): ``optimize`` solves them
-#: directly.
-REGRESSOR_KINDS = ("linear", "gp", "lightgbm", "bimix", "mixing_law")
+#: The regressor kinds a model directory may hold (``regressors.regressor_kinds()``), without importing
+#: scikit-learn here. ``bimix`` and ``mixing_law`` are parametric laws (``regmix_plugin.models.laws``): ``optimize``
+#: solves them directly. ``ensemble`` is :mod:`regmix_plugin.models.ensemble`.
+REGRESSOR_KINDS = ("linear", "gp", "lightgbm", "bimix", "mixing_law", "ensemble")
 LAW_KINDS = ("bimix", "mixing_law")
+#: The kinds that give an uncertainty with ``predict(X, return_std=True)`` and a batch rule (``condition_on``):
+#: the GP's posterior std, the ensemble's spread. ``regmix propose`` needs one.
+STD_KINDS = ("gp", "ensemble")
 
 
 @dataclass

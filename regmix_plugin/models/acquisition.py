@@ -16,6 +16,13 @@ on the first pick lowers their std alike (0.017 -> 0.012) and the ranking, set b
 batch's closest pair was the top-8's (L1 0.0574), with noisy or noise-free conditioning alike.
 ``DEFAULT_MIN_L1`` = 0.1 is fixed on principle, not tuned: two mixtures within L1 0.1 share at least 95% of their
 tokens (L1 / 2 is the share moved between domains), too close to tell apart with one proxy each.
+
+Uncertainty: a GP's posterior std, or an ensemble's spread (the std of its members' z-scored predictions,
+:mod:`regmix_plugin.models.ensemble`); the model kinds with one are ``formats.model_dir.STD_KINDS``.
+
+An ensemble believes its own mean at each pick the same way, member by member
+(:meth:`EnsembleRegressor.condition_on`: the GP member conditioned, LightGBM refitted with the pick appended at
+that value as scikit-optimize's ``Optimizer.ask(n_points)`` does, the laws kept).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.draws import distinct_draws, reuse_draws, sample_prior
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
-from regmix_plugin.formats.model_dir import load_fitted, read_model_meta
+from regmix_plugin.formats.model_dir import STD_KINDS, load_fitted, read_model_meta
 from regmix_plugin.weights import (
     FLAGS,
     ConstraintArgs,
@@ -70,10 +77,10 @@ def propose_batch(
     The arguments are ``regmix propose``'s (:func:`regmix_plugin.commands.propose.propose`).
     """
     meta = read_model_meta(model)
-    if meta["regressor"] != "gp":
+    if meta["regressor"] not in STD_KINDS:
         raise ValueError(
-            f"--model {str(model)!r} holds a {meta['regressor']!r} model, which has no posterior std: fit one with "
-            "`regmix fit --regressor gp` (an ensemble's spread is not built yet)"
+            f"--model {str(model)!r} holds a {meta['regressor']!r} model, which has no uncertainty: fit one with "
+            "`regmix fit --regressor gp` (posterior std) or `--regressor ensemble` (its members' spread)"
         )
     c = ConstraintArgs.of(constraints)
     sampler = SamplerArgs(**sampler) if isinstance(sampler, dict) else sampler
@@ -149,19 +156,18 @@ def propose_batch(
     for r, m, s in zip(new_ids, mean, std, strict=True):
         print(f"{r:<14} {m:>10.4f} {s:>10.4f} {m - sign * kappa * s:>16.4f}")
     what = f"pool rows of {len(C)}" if candidates is not None else f"of {len(C)} candidates"
-    print(
-        f"proposed {len(new_ids)} mixtures ({what}, kappa {kappa:g}, kriging believer, min L1 {min_l1:g}); wrote {out}"
-    )
+    rule = "kriging believer" + (" on each member" if meta["regressor"] == "ensemble" else "")
+    print(f"proposed {len(new_ids)} mixtures ({what}, kappa {kappa:g}, {rule}, min L1 {min_l1:g}); wrote {out}")
     return new_ids
 
 
-def believer_batch(gp, C: np.ndarray, n: int, kappa: float, sign: float = 1.0, min_l1: float = DEFAULT_MIN_L1):
+def believer_batch(model, C: np.ndarray, n: int, kappa: float, sign: float = 1.0, min_l1: float = DEFAULT_MIN_L1):
     """Indices into ``C`` of up to ``n`` picks by the kriging believer with a minimum-distance exclusion, with each
     pick's mean and std when it was picked.
 
     Each pick minimises ``sign * mean - kappa * std`` over the candidates at least ``min_l1`` (L1) from every
-    earlier pick; the GP is then conditioned on it at its predicted mean. Fewer than ``n`` come back only when no
-    candidate is left outside the excluded balls.
+    earlier pick; the model (a GP or an ensemble) is then conditioned on it at its predicted mean. Fewer than
+    ``n`` come back only when no candidate is left outside the excluded balls.
     """
     picks: list[int] = []
     means, stds = [], []
@@ -169,14 +175,14 @@ def believer_batch(gp, C: np.ndarray, n: int, kappa: float, sign: float = 1.0, m
     for _ in range(n):
         if excluded.all():
             break
-        mean, std = gp.predict(C, return_std=True)
+        mean, std = model.predict(C, return_std=True)
         score = np.where(excluded, np.inf, sign * mean - kappa * std)
         i = int(np.argmin(score))
         excluded |= np.abs(C - C[i]).sum(1) < max(min_l1, _FEASIBLE)  # the pick itself is always excluded
         picks.append(i)
         means.append(float(mean[i]))
         stds.append(float(std[i]))
-        gp = gp.condition_on(C[i], mean[i : i + 1])
+        model = model.condition_on(C[i], mean[i : i + 1])
     return picks, np.array(means), np.array(stds)
 
 

@@ -8,6 +8,8 @@ LightGBM text model, ``.npz`` read with ``allow_pickle=False``).
 - ``lightgbm``: the paper's LightGBM (1000 iterations at learning rate 1e-2, no early stopping) with
   ``min_child_samples`` scaled down for few runs: LightGBM's default of 20 cannot split 32 rows.
 - ``bimix``, ``mixing_law``: parametric laws, in :mod:`regmix_plugin.models.laws`.
+- ``ensemble``: the z-scored mean of gp, lightgbm and the laws, with their spread as its std, in
+  :mod:`regmix_plugin.models.ensemble`.
 - ``gp``: a Gaussian process on sqrt(weights) (the Hellinger embedding of the simplex) with an ARD RBF
   kernel plus noise: the square root spreads out the small weights that most domains have, and one length
   scale per domain lets the kernel ignore domains that do not move the target. It was chosen over
@@ -309,12 +311,16 @@ REGRESSORS = {cls.kind: cls for cls in (LinearRegressor, LightGBMRegressor, GPRe
 
 def regressor_kinds() -> dict:
     """Every kind a model directory may hold (``formats.model_dir.REGRESSOR_KINDS``): :data:`REGRESSORS` and the
-    parametric laws of :mod:`regmix_plugin.models.laws`, which ``fit`` feeds loss columns (and trajectories) instead."""
+    parametric laws of :mod:`regmix_plugin.models.laws`, which ``fit`` feeds loss columns (and trajectories) instead,
+    and the ensemble of :mod:`regmix_plugin.models.ensemble`."""
+    from regmix_plugin.models.ensemble import EnsembleRegressor
     from regmix_plugin.models.laws import BiMixLaw, MixingLaw
 
-    return {**REGRESSORS, BiMixLaw.kind: BiMixLaw, MixingLaw.kind: MixingLaw}
+    return {**REGRESSORS, BiMixLaw.kind: BiMixLaw, MixingLaw.kind: MixingLaw, EnsembleRegressor.kind: EnsembleRegressor}
 
 
 def load_regressor(kind: str, directory: Path, settings: dict):
-    """Rebuild a saved regressor of ``kind`` from ``directory``."""
+    """Rebuild a saved regressor of ``kind`` from ``directory`` (an ensemble's members by this same function)."""
+    if kind == "ensemble":
+        return regressor_kinds()[kind].load(directory, settings, load_member=load_regressor)
     return regressor_kinds()[kind].load(directory, settings)

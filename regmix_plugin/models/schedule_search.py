@@ -105,10 +105,13 @@ def schedule_scores(
     model: TrajectoryModel, bounds: Sequence[float], cands: np.ndarray, state: np.ndarray, pessimism: float
 ) -> np.ndarray:
     """What the search ranks by (lower is better): the model's predicted target, plus ``pessimism`` times the std
-    of its fold models' predictions (each chained from the same ``state``) when it has them."""
+    of its fold models' predictions (each chained from the same ``state``) when it has them: their spread, by the
+    same :class:`~regmix_plugin.models.ensemble.Committee` that gives ``regmix fit --regressor ensemble`` its std."""
+    from regmix_plugin.models.ensemble import Committee
+
     scores = chained_target(model, bounds, cands, state)
     if pessimism > 0 and len(model.members) >= 2:
-        spread = np.std([chained_target(m, bounds, cands, state) for m in model.members], axis=0)
+        _, spread = Committee(model.members).mean_std(lambda m: chained_target(m, bounds, cands, state))
         scores = scores + pessimism * spread
     return scores
 
