@@ -64,7 +64,10 @@ def test_auto_leaves_out_the_laws_and_a_law_is_refused(reuse_results, tmp_path):
         fit(results=results, regressor="mixing_law", out=tmp_path / "law")
     fit(results=results, regressor="auto", out=tmp_path / "auto", cv_folds=4)
     cv = json.loads((tmp_path / "auto" / "cv.json").read_text())
-    assert set(cv["candidates"]) == {"linear", "gp", "lightgbm"}
+    assert set(cv["candidates"]) == {"linear", "gp", "lightgbm", "ensemble"}  # the ensemble of gp and lightgbm only
+    fit(results=results, regressor="ensemble", out=tmp_path / "ens", cv_folds=4)
+    members = json.loads((tmp_path / "ens" / "ensemble.json").read_text())
+    assert [m if isinstance(m, str) else m["name"] for m in members["members"]] == ["gp", "lightgbm"]
 
 
 @pytest.mark.parametrize("regressor", ["gp", "lightgbm"])

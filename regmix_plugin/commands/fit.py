@@ -322,8 +322,12 @@ def _ensemble_candidate(data: Results, columns: dict[str, float], y, seed, *law_
     gp and lightgbm on ``(weights, y)``, the laws on their loss columns or trajectory points."""
     from regmix_plugin.models.ensemble import EnsembleRegressor
 
-    names = [n for n in ENSEMBLE_MEMBERS if n != "bimix" or _has_trajectories(data, columns)]
-    left_out = {} if "bimix" in names else {"bimix": "the table has no trajectories (val_loss/<d>@<tokens>, tokens)"}
+    left_out = {}
+    if not _has_trajectories(data, columns):
+        left_out["bimix"] = "the table has no trajectories (val_loss/<d>@<tokens>, tokens)"
+    if data.reuse is not None:  # reduced coordinates: a law needs every domain's own weight
+        left_out.update(dict.fromkeys(LAW_KINDS, "the rows were sampled with --reuse (a law needs every domain)"))
+    names = [n for n in ENSEMBLE_MEMBERS if n not in left_out]
     members = {n: _candidate(n, data, columns, y, seed, *law_args) for n in names}
     laws = {n: c for n, c in members.items() if n in LAW_KINDS}
     estimator = EnsembleRegressor(tuple((n, c.estimator) for n, c in members.items()), left_out)
