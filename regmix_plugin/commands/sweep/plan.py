@@ -23,11 +23,11 @@ from regmix_plugin.atomic import write_json
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.manifest import MANIFEST, damage_message, damaged_domains, read_manifest
 from regmix_plugin.formats.mixture_table import RunSpec, read_mixtures, split_run
+from regmix_plugin.formats.sweep_origin import SETUP
 from regmix_plugin.formats.sweep_records import read_records
 from regmix_plugin.resources import resolve_recipe
 from regmix_plugin.tokenizer import check_tokenizer
 
-SETUP = "sweep.json"
 SETUP_VERSION = 1
 _DATA_CLASSES = ("regmix_plugin.MixtureData", "regmix_plugin.pretrain.mixture_data.MixtureData")
 
@@ -122,6 +122,10 @@ class SweepPlan:
     identity, since both loss paths train the same model (each record says which one it used)."""
     compile: str = "auto"
     """``--compile``: resolved per run by its worker, like ``fused_loss``, and for the same reason not identity."""
+    fingerprints: dict[str, str | None] | None = None
+    """One content fingerprint per domain of the corpus (``Manifest.fingerprints``), so a later corpus can tell
+    which of these runs trained on unchanged domains only (``regmix fit --also``). Implied by the manifest hash of
+    the identity, so not part of it; None in sweeps planned before it was recorded."""
 
     @property
     def eval(self) -> EvalSetup:
@@ -302,6 +306,7 @@ def plan_sweep(
         mixtures=mixes,
         fused_loss=fused_loss,
         compile=compile,
+        fingerprints=manifest.fingerprints(),
     )
 
 
