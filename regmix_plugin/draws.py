@@ -9,10 +9,11 @@ bounds rejected, exact duplicates (after rounding) dropped. ``sample``'s steps 2
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from regmix_plugin.formats.reuse import ReuseStructure
 from regmix_plugin.layout import DEFAULT_MAX_EPOCHS
 from regmix_plugin.weights import SamplerArgs, dirichlet_draws, epoch_bounds, largest_remainder
 
@@ -29,6 +30,7 @@ def distinct_draws(
     lower: np.ndarray | None = None,
     max_draws: int | None = None,
     seen: Iterable[tuple[int, ...]] = (),
+    accept: Callable[[np.ndarray], bool] | None = None,
 ) -> np.ndarray:
     """Up to ``n`` distinct rounded rows, as integers of ``10**-decimals``: an array (rows x stages x domains).
 
@@ -61,6 +63,8 @@ def distinct_draws(
             mean = units.mean(0)
             if np.any((units > 0) & (units < min_units)) or np.any(mean > hi) or np.any(mean < lo):
                 continue
+            if accept is not None and not accept(units):
+                continue
             key = tuple(int(u) for u in units.ravel())
             if key in avoid:
                 continue
@@ -85,20 +89,25 @@ def sample_schedules(
     block_size: int | None = None,
     sizes: dict[str, int] | None = None,
     exclude: list[str] | None = None,
+    reuse: ReuseStructure | None = None,
 ) -> list[list[dict[str, float]]]:
     """``n`` distinct proxy schedules of ``stages`` equal stages: an independent draw per stage (Marin's
     multi-phase swarms, RegMix-D's proxies), each rounded and floored like a static draw; the epoch bound is
     counted over the whole run, on the mean of the stages. ``stages=1`` gives static mixtures (one-stage schedules).
 
     The bound counts ``sizes`` (blocks of ``block_size + 1`` tokens, :func:`regmix_plugin.weights.train_sizes`)
-    when ``block_size`` is given, else ``train_tokens``; the domains in ``exclude`` get weight 0 in every row."""
+    when ``block_size`` is given, else ``train_tokens``; the domains in ``exclude`` get weight 0 in every row.
+    With ``reuse`` (static only) the rows keep its block's ratios (:func:`reuse_draws`)."""
     domains = sorted(d for d, t in train_tokens.items() if t > 0)
     target = float(target_tokens or sum(float(train_tokens[d]) for d in domains))
     prior = sample_prior(domains, train_tokens, temperature, center, exclude)
     bounds = epoch_bounds({d: (sizes or train_tokens)[d] for d in domains}, target, max_epochs, block_size)
     bound = np.array([0.0 if p == 0 else bounds[d] for d, p in zip(domains, prior, strict=True)])
     max_draws = max_draws or 1000 * n
-    units = distinct_draws(prior, n, stages, sampler, minimum, decimals, seed, upper=bound, max_draws=max_draws)
+    if reuse is not None:
+        units = reuse_draws(reuse, prior, bound, n, sampler, minimum, decimals, seed, max_draws)[:, None, :]
+    else:
+        units = distinct_draws(prior, n, stages, sampler, minimum, decimals, seed, upper=bound, max_draws=max_draws)
     if len(units) < n:
         what = "mixtures" if stages == 1 else f"{stages}-stage schedules"
         raise ValueError(
@@ -126,3 +135,38 @@ def sample_prior(
         prior = (tokens / tokens.sum()) ** temperature
     prior[[d in set(exclude or ()) for d in domains]] = 0.0
     return prior / prior.sum()
+
+
+def reuse_draws(
+    structure: ReuseStructure,
+    prior: np.ndarray,
+    bounds: np.ndarray,
+    n: int,
+    sampler: SamplerArgs = SamplerArgs(),
+    minimum: float = 2e-4,
+    decimals: int = 4,
+    seed: int = 42,
+    max_draws: int | None = None,
+) -> np.ndarray:
+    """Up to ``n`` distinct full rows (integer units of ``10**-decimals``, rows x ``structure.domains``) that keep
+    the reuse block's ratios: drawn like :func:`distinct_draws` over the reduced coordinates (block total, free
+    domains) around ``structure.reduce(prior)`` (the block's prior is its total prior mass), each expanded with
+    :meth:`ReuseStructure.round_units`. ``bounds`` (per full domain, e.g. the epoch bound) is checked on every
+    underlying domain of the rounded full row, not on the block total; ``drop_below`` (``minimum``) applies to the
+    reduced coordinates (a block cell may be smaller: it keeps the previous ratio)."""
+    unit = 10**decimals
+    bounds = np.asarray(bounds, float)
+    ratios = structure.ratio_vector()
+    block_bounds = bounds[[structure.domains.index(d) for d in structure.block]]
+    # the block total a continuous row may reach; the rounded row is checked cell by cell below
+    block_upper = min(1.0, float(np.min(block_bounds[ratios > 0] / ratios[ratios > 0])))
+    upper = np.concatenate([[block_upper], bounds[[structure.domains.index(d) for d in structure.free]]])
+    limit = bounds * unit + 1e-9
+
+    def within(units: np.ndarray) -> bool:
+        return bool(np.all(structure.expand_units(units[0]) <= limit))
+
+    reduced = distinct_draws(
+        structure.reduce(prior), n, 1, sampler, minimum, decimals, seed, upper, max_draws=max_draws, accept=within
+    )
+    return np.array([structure.expand_units(r[0]) for r in reduced], np.int64).reshape(len(reduced), -1)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from regmix_plugin.counts import TokenCount
+from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_yaml import write_mixture
 from regmix_plugin.models.token_entropy import entropy_mixture
 from regmix_plugin.weights import ConstraintArgs
@@ -49,7 +50,7 @@ def entropy(
         f"domain's token entropy on a seeded sample of at most {max_tokens:,} tokens, projected onto the constraints.\n"
         "Make a training recipe: regmix recipe --mixture THIS.yaml --template RECIPE.yaml --out NEW.yaml"
     )
-    write_mixture(Path(out), record, header)
+    write_mixture(Path(out), record, header, read_manifest(data_path))
     top = sorted(record["weights"].items(), key=lambda kv: -kv[1])[:5]
     print(
         f"{measure} entropy mixture over {len(record['weights'])} domains (largest: "

@@ -195,7 +195,7 @@ def optimize(
             "regmix_plugin_version": fitted.meta.get("regmix_plugin_version"),
         },
     }
-    write_mixture(Path(out), record, _header(record))
+    write_mixture(Path(out), record, _header(record), manifest)
     spec = fitted.meta.get("target_spec")
     label = spec if isinstance(spec, str) else "the fitted target"
     plots.mixture_bars(Path(out).with_name(Path(out).stem + "_vs_prior.png"), domains, chosen, center, label)

@@ -26,17 +26,32 @@ The sampler follows the paper's official one (sail-sg/regmix ``mixture_config/sy
 
 Optional baseline rows (``natural``, ``uniform``, user-named mixtures) come first; they are rounded the same
 way and only warned about if they break the epoch bound, since the user asked for them.
+
+**Reuse** (``--reuse PREVIOUS.yaml``, when the corpus changed since ``PREVIOUS`` was chosen): the domains whose
+name and content fingerprint are unchanged keep their previous ratios to each other as one block
+(:mod:`regmix_plugin.formats.reuse`); ``--reuse_free`` takes unchanged domains out of it. Steps 2-5 then run over
+the reduced coordinates, the block's total and the free domains, around the prior reduced the same way (the
+block's prior is its total prior mass); each reduced row is rounded by largest remainder and expanded, the
+block's units split among its domains by largest remainder of the ratios, so every block cell is within one unit
+of ``10**-decimals`` of ``total * ratio`` and the cells are a pure function of the rounded total. The epoch bound
+is checked on every underlying domain of the rounded row. Baseline rows are projected the same way (their block
+total kept, the block's ratios imposed). The file records the block in its ``# reuse:`` line, so ``sweep``
+refuses an edited row that breaks the ratios and ``fit`` fits in the reduced coordinates::
+
+    regmix sample --data_path data/v2 --reuse v1/mixture.yaml --n 128 --out mixtures_v2.csv
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 from regmix_plugin.draws import sample_schedules
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_table import write_mixtures
+from regmix_plugin.formats.reuse import reuse_from_previous
 from regmix_plugin.weights import (
     FLAGS,
     ConstraintArgs,
@@ -65,6 +80,8 @@ def sample(
     baselines: dict[str, dict[str, float]] | None = None,
     prior_source: Literal["tokens", "entropy"] = "tokens",
     stages: int = 1,
+    reuse: Path | None = None,
+    reuse_free: list[str] | None = None,
 ) -> None:
     """Sample proxy mixtures from a prepared corpus's token distribution and write them as a CSV.
 
@@ -91,6 +108,10 @@ def sample(
         stages: Stages per proxy, for RegMix-D (``regmix fit_trajectory``): each proxy gets an independent
             draw per equal stage, written as ``weight/<domain>@<stage>`` columns; the ``max_epochs`` bound is
             counted over the whole run. Baseline rows keep their mixture in every stage. 1: static mixtures.
+        reuse: A ``mixture.yaml`` chosen for an earlier version of this corpus (``regmix optimize`` or ``entropy``):
+            its domains whose content is unchanged keep their ratios as one block; only the block's total and the
+            changed or new domains vary (see the module docstring). Static mixtures only.
+        reuse_free: Unchanged domains to re-tune anyway (taken out of the block), e.g. ``'[web]'``.
     """
     c = ConstraintArgs.of(constraints)
     target_tokens, max_epochs, block_size, exclude = c.target_tokens, c.max_epochs, c.block_size, c.exclude
@@ -145,8 +166,29 @@ def sample(
     small = [d for d in too_small({d: sizes[d] for d in domains}, block_size) if d not in (exclude or ())]
     if small:
         problems.append(too_small_message(small, block_size, f"{FLAGS}exclude [{','.join(small)}]"))
+    structure = comparison = None
+    if reuse is not None:
+        try:
+            structure, comparison = reuse_from_previous(reuse, manifest, domains, reuse_free or [])
+            structure = replace(structure, decimals=decimals)
+        except (ValueError, FileNotFoundError) as e:
+            problems.append(str(e))
+        if stages > 1:
+            problems.append("--reuse samples static mixtures: leave out --stages")
+        frozen = sorted(set(exclude or ()) & set(structure.block if structure else ()))
+        if frozen:
+            problems.append(
+                f"{FLAGS}exclude {', '.join(frozen)}: reused (unchanged) domains keep their ratios; free them with "
+                f"--reuse_free to exclude them"
+            )
+    elif reuse_free:
+        problems.append("--reuse_free needs --reuse PREVIOUS.yaml")
     if problems:
         raise ValueError("regmix sample: " + "; ".join(problems))
+    if comparison is not None:
+        print(f"reuse {reuse}: {comparison.summary()}; the block keeps {', '.join(structure.block)}")
+        if comparison.dropped:
+            print(f"note: dropped since {reuse}: {', '.join(comparison.dropped)} (its share goes to the others)")
     center = None
     if prior_source == "entropy":
         from regmix_plugin.models.token_entropy import entropy_mixture
@@ -159,6 +201,8 @@ def sample(
     mixtures: dict[str, dict[str, float]] = {}
     for name, w in named.items():
         units = largest_remainder([w.get(d, 0.0) for d in domains], 10**decimals)
+        if structure is not None:  # projected onto the reuse space: its block total, the block's ratios
+            units = structure.round_units(structure.reduce(units / 10**decimals), decimals)
         mixtures[name] = {d: int(u) / 10**decimals for d, u in zip(domains, units, strict=True)}
         over = [d for d in domains if mixtures[name][d] > bounds[d] + 1e-12]
         if over:
@@ -181,11 +225,12 @@ def sample(
         block_size=block_size,
         sizes=sizes,
         exclude=exclude,
+        reuse=structure,
     )
     runs: dict = {name: [w] * stages if stages > 1 else w for name, w in mixtures.items()}
     width = max(4, len(str(n)))
     for i, row in enumerate(rows, start=1):
         runs[f"mix-{i:0{width}d}"] = row if stages > 1 else row[0]
-    write_mixtures(out, runs, domains, stages)
+    write_mixtures(out, runs, domains, stages, reuse=structure)
     what = "mixtures" if stages == 1 else f"{stages}-stage schedules"
     print(f"wrote {len(runs)} {what} over {len(domains)} domains to {out}")

@@ -184,10 +184,11 @@ class Manifest:
         return {d: scaled.get(d, 0.0) / total for d in self.train_tokens()}
 
     def fingerprints(self) -> dict[str, str | None]:
-        """A content fingerprint per domain: the sha256 of its recorded chunk files' paths and sha256s (train and
-        val), so two preparations agree exactly when every byte of the domain's chunks does. None for a domain
-        prepared before checksums were recorded. Mixture reuse (``regmix sample --reuse``) calls a domain
-        unchanged when its name and fingerprint match."""
+        """A content fingerprint per domain: the sha256 of its recorded token chunks' paths and sha256s (train and
+        val), so two preparations agree exactly when every byte of the domain's tokens does. The litdata
+        ``index.json`` files are left out: they hold the time they were written, so no two preparations would
+        agree. None for a domain prepared before checksums were recorded. Mixture reuse (``regmix sample
+        --reuse``) calls a domain unchanged when its name and fingerprint match."""
         out: dict[str, str | None] = {}
         for d, s in sorted(self.domains.items()):
             if not s.chunks:
@@ -195,7 +196,8 @@ class Manifest:
                 continue
             h = hashlib.sha256()
             for path, rec in sorted(s.chunks.items()):
-                h.update(f"{path}\t{rec['sha256']}\n".encode())
+                if Path(path).name != "index.json":
+                    h.update(f"{path}\t{rec['sha256']}\n".encode())
             out[d] = h.hexdigest()
         return out
 

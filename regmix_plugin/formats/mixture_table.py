@@ -20,6 +20,16 @@ stages in :attr:`Mixtures.stages`. A static file is a one-stage schedule. ``regm
 (:mod:`regmix_plugin.formats.results`) extends it with metrics. The official RegMix mixture CSV
 (:mod:`regmix_plugin.formats.official`) is accepted wherever mixtures are read. This module is the one reader
 and writer of mixture rows.
+
+Mixtures sampled with ``regmix sample --reuse`` record their reuse structure (the block of unchanged domains and
+its fixed ratios, :class:`regmix_plugin.formats.reuse.ReuseStructure`) in a note line before the header, so it
+is written and renamed in one piece with the rows::
+
+    # reuse: {"block": {"code": 0.25, "prose": 0.75}, "decimals": 4, "free": ["web"], "source": "v1/mixture.yaml"}
+    run_id,weight/code,weight/prose,weight/web
+
+Every reader then refuses a row that breaks the block's ratios, naming the run; a file without the note reads
+as before.
 """
 
 from __future__ import annotations
@@ -32,12 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
+from regmix_plugin.formats.reuse import ReuseStructure
 from regmix_plugin.formats.table import (
     MAX_LISTED,
     check_suffix,
     listed,
-    read_columns,
     read_ids,
+    read_table,
     weight_matrix,
     write_rows,
 )
@@ -46,6 +57,7 @@ from regmix_plugin.weights import normalize_domain, validate_weights
 ID_COLUMN = "run_id"
 WEIGHT_PREFIX = "weight/"
 STAGE_MARK = "@"
+REUSE_NOTE = "reuse"
 _OFFICIAL_PREFIXES = ("train_the_pile_", "train_")
 _STAGED = re.compile(r"^(.+)@([0-9]+)$")
 #: One run's mixture: ``{domain: weight}`` (static), or the stages ``[{"weights": ..., "until_fraction": ...},
@@ -65,6 +77,8 @@ class Mixtures:
     """(rows x domains); for a staged file, the mean over its stages."""
     stages: np.ndarray | None = None
     """(rows x stages x domains) for a staged file (``weight/<domain>@<stage>`` columns), else None."""
+    reuse: ReuseStructure | None = None
+    """The block of unchanged domains the rows keep (``regmix sample --reuse``), or None."""
 
     def as_dict(self) -> dict[str, dict[str, float]]:
         """``{run_id: {domain: weight}}`` in file order (a staged run: its mean mixture)."""
@@ -118,7 +132,8 @@ def read_mixtures(
     ``"ours"`` or ``"official"`` (first column the id, every other column ``train_the_pile_<domain>``).
     ``known_from`` names where ``known`` comes from in messages (``"the prepared corpus"``).
     """
-    return mixtures_from_columns(read_columns(path, flag), f"{flag} {path}", layout, known, known_from)
+    columns, notes = read_table(path, flag)
+    return mixtures_from_columns(columns, f"{flag} {path}", layout, known, known_from, notes)
 
 
 def mixtures_from_columns(
@@ -127,8 +142,31 @@ def mixtures_from_columns(
     layout: str = "auto",
     known: Sequence[str] | None = None,
     known_from: str = "the model",
+    notes: Mapping[str, object] | None = None,
 ) -> Mixtures:
-    """The mixture rows of an already-read table (shared by the results and official readers)."""
+    """The mixture rows of an already-read table (shared by the results and official readers), with the reuse
+    structure of its ``notes`` (rows that break the block's ratios are refused)."""
+    mix = _mixtures(columns, where, layout, known, known_from)
+    if notes and REUSE_NOTE in notes:
+        if mix.stages is not None:
+            raise ValueError(f"{where}: a staged table cannot carry a reuse structure; drop its '# reuse:' line")
+        mix.reuse = ReuseStructure.from_dict(notes[REUSE_NOTE], mix.domains, f"{where} '# {REUSE_NOTE}:' line")
+        check_reuse(mix.reuse, mix.ids, mix.weights, where)
+    return mix
+
+
+def check_reuse(reuse: ReuseStructure, ids: Sequence[str], weights: np.ndarray, where: str) -> None:
+    """Refuse rows that break the block's fixed ratios, naming the runs (a reuse sweep must keep them)."""
+    broken = [i for i, bad in zip(ids, reuse.broken(weights), strict=True) if bad]
+    if broken:
+        block = ", ".join(f"{d} {r:.6g}" for d, r in reuse.ratios.items())
+        raise ValueError(
+            f"{where}: run(s) {listed(broken)} break the reuse block's fixed ratios ({block}, from "
+            f"{reuse.source or 'the previous mixture'}): keep those ratios within the block, or drop the runs"
+        )
+
+
+def _mixtures(columns, where, layout, known, known_from) -> Mixtures:
     ours = any(c.startswith(WEIGHT_PREFIX) for c in columns) if layout == "auto" else layout == "ours"
     if ours:
         if ID_COLUMN not in columns:
@@ -222,13 +260,24 @@ def strip_official(column: str) -> str:
 
 
 def write_mixtures(
-    path: str | Path, mixtures: Mapping[str, Mapping[str, float]], domains: Sequence[str], stages: int = 1
+    path: str | Path,
+    mixtures: Mapping[str, Mapping[str, float]],
+    domains: Sequence[str],
+    stages: int = 1,
+    reuse: ReuseStructure | None = None,
 ) -> None:
     """Atomically write ``{run_id: {domain: weight}}`` as ``run_id,weight/<domain>,...`` (domains left out: 0).
 
     With ``stages`` > 1 every value is a list of that many ``{domain: weight}`` (one per equal stage), written
-    as ``weight/<domain>@<stage>`` columns.
+    as ``weight/<domain>@<stage>`` columns. With ``reuse`` its record is the file's ``# reuse:`` note, and a
+    row that breaks the block's ratios is refused before anything is written.
     """
+    if reuse is not None:
+        if stages > 1:
+            raise ValueError(f"write_mixtures({str(path)!r}): a staged table cannot carry a reuse structure")
+        order = list(reuse.domains)
+        W = np.array([[float(w.get(d, 0.0)) for d in order] for w in mixtures.values()])
+        check_reuse(reuse, list(mixtures), W, f"write_mixtures({str(path)!r})")
     if stages > 1:
         bad = [r for r, w in mixtures.items() if isinstance(w, Mapping) or len(w) != stages]
         if bad:
@@ -248,7 +297,8 @@ def write_mixtures(
         return
     rows = [{ID_COLUMN: r, **{WEIGHT_PREFIX + d: w.get(d, 0.0) for d in domains}} for r, w in mixtures.items()]
     check_rows(path, rows, "write_mixtures")
-    write_rows(path, [ID_COLUMN] + [WEIGHT_PREFIX + d for d in domains], rows)
+    notes = {REUSE_NOTE: reuse.to_dict()} if reuse is not None else None
+    write_rows(path, [ID_COLUMN] + [WEIGHT_PREFIX + d for d in domains], rows, notes)
 
 
 def check_rows(path: str | Path, rows: Sequence[Mapping[str, object]], writer: str) -> None:

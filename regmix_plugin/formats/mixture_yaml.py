@@ -5,13 +5,21 @@
     prediction: {...}                              # what the writer predicted (optional)
     constraints: {target_tokens: ..., ...}         # the bounds it was chosen under (optional)
     provenance: {...}                              # model, date, version (optional)
+    tokenizer: sha256:...                          # the corpus's tokenizer hash (optional)
+    fingerprints: {arxiv: 3f2a..., ...}            # each domain's content fingerprint (optional)
 
 ``regmix optimize`` writes it; any other producer of a mixture (a law optimiser, an entropy heuristic, a
 hand-written file) may write the same keys, so ``regmix recipe`` takes all of them unchanged.
+
+``tokenizer`` and ``fingerprints`` (:meth:`regmix_plugin.formats.manifest.Manifest.fingerprints`) say which version
+of the corpus the weights are for; ``regmix sample --reuse`` keeps the ratios of the domains whose fingerprint
+still matches. Writers that know the corpus add them (``write_mixture(..., manifest=...)``); a file written before
+them is matched by domain name, with a warning (:func:`corpus_of`).
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from regmix_plugin.atomic import write_text
@@ -19,12 +27,22 @@ from regmix_plugin.formats.document import read_document
 from regmix_plugin.weights import validate_weights
 
 
-def write_mixture(path: Path, record: dict, header: str = "") -> None:
-    """Atomically write ``record`` as YAML below ``header`` (each of its lines becomes a ``#`` comment)."""
+def write_mixture(path: Path, record: dict, header: str = "", manifest=None) -> None:
+    """Atomically write ``record`` as YAML below ``header`` (each of its lines becomes a ``#`` comment).
+
+    With ``manifest`` (the corpus the weights are for, a :class:`~regmix_plugin.formats.manifest.Manifest`) the
+    record gets its ``tokenizer`` hash and the ``fingerprints`` of the weights' domains."""
     import yaml
 
     if not isinstance(record.get("weights"), dict):
         raise ValueError("a mixture record needs a 'weights' mapping")
+    if manifest is not None:
+        prints = manifest.fingerprints()
+        record = {
+            **record,
+            "tokenizer": manifest.tokenizer_hash,
+            "fingerprints": {d: prints.get(d) for d in sorted(record["weights"])},
+        }
     comment = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
     write_text(path, comment + yaml.safe_dump(record, sort_keys=False, default_flow_style=False))
 
@@ -43,6 +61,24 @@ def read_mixture(path: Path, flag: str = "--mixture") -> dict:
         raise ValueError(f"{flag} {str(path)!r} has no 'weights:' mapping; is it the output of `regmix optimize`?")
     record["weights"] = validate_weights(record["weights"], record["weights"], key=f"{flag} {path} weights")
     return record
+
+
+def corpus_of(record: dict, path: Path, flag: str) -> tuple[dict[str, str | None], str | None]:
+    """``({domain: fingerprint or None}, tokenizer hash or None)`` of a read mixture record, for every domain of its
+    weights. A record without fingerprints (written before they were recorded, or by hand) warns: its domains can
+    only be matched by name."""
+    prints = record.get("fingerprints")
+    if not isinstance(prints, dict):
+        warnings.warn(
+            f"{flag} {str(path)!r} records no domain fingerprints (written before they were recorded, or by hand): "
+            "its domains are matched by name only, so a domain whose content changed under the same name counts as "
+            "unchanged. Write it again with `regmix optimize --data_path ...` to record them",
+            stacklevel=2,
+        )
+        prints = {}
+    fingerprints = {d: (str(prints[d]) if prints.get(d) else None) for d in record["weights"]}
+    tokenizer = record.get("tokenizer")
+    return fingerprints, str(tokenizer) if tokenizer else None
 
 
 _TABLES = (".csv", ".tsv", ".parquet")

@@ -38,8 +38,16 @@ from pathlib import Path
 
 import numpy as np
 
-from regmix_plugin.formats.mixture_table import ID_COLUMN, WEIGHT_PREFIX, Mixtures, check_rows, mixtures_from_columns
-from regmix_plugin.formats.table import cell_id, listed, numeric, read_columns, write_rows
+from regmix_plugin.formats.mixture_table import (
+    ID_COLUMN,
+    REUSE_NOTE,
+    WEIGHT_PREFIX,
+    Mixtures,
+    check_rows,
+    mixtures_from_columns,
+)
+from regmix_plugin.formats.reuse import ReuseStructure
+from regmix_plugin.formats.table import cell_id, listed, numeric, read_table, write_rows
 
 LOSS_PREFIX = "val_loss/"
 STATUS_COLUMN = "status"
@@ -122,12 +130,13 @@ class Results(Mixtures):
             metrics={c: v[keep] for c, v in self.metrics.items()},
             aliases=dict(self.aliases),
             tokens=None if self.tokens is None else self.tokens[keep],
+            reuse=self.reuse,
         )
 
 
 def read_results(path: str | Path, flag: str = "--results") -> Results:
     """Read a proxy-results table (format in this module's docstring); only ``status == "done"`` rows are kept."""
-    columns = read_columns(path, flag)
+    columns, notes = read_table(path, flag)
     where = f"{flag} {path}"
     if ID_COLUMN not in columns:
         raise ValueError(f"{where} has no {ID_COLUMN!r} column; columns: {', '.join(columns)}")
@@ -141,7 +150,7 @@ def read_results(path: str | Path, flag: str = "--results") -> Results:
         columns = {c: [v for v, k in zip(vals, keep, strict=True) if k] for c, vals in columns.items()}
     if not columns[ID_COLUMN]:
         raise ValueError(f"{where} has no finished run (status 'done'); run `regmix sweep` until some finish")
-    mix = mixtures_from_columns(columns, where, "ours")
+    mix = mixtures_from_columns(columns, where, "ours", notes=notes)
     metric_cols = [c for c in columns if c != ID_COLUMN and not c.startswith(WEIGHT_PREFIX) and c not in BOOKKEEPING]
     tokens = numeric(columns, [TOKENS_COLUMN]).get(TOKENS_COLUMN) if TOKENS_COLUMN in columns else None
     if TOKENS_COLUMN in columns and tokens is None:
@@ -149,17 +158,18 @@ def read_results(path: str | Path, flag: str = "--results") -> Results:
     return Results(**vars(mix), metrics=numeric(columns, metric_cols), aliases={}, tokens=tokens)
 
 
-def write_results(path: str | Path, rows: Sequence[Mapping[str, object]]) -> None:
+def write_results(path: str | Path, rows: Sequence[Mapping[str, object]], reuse: ReuseStructure | None = None) -> None:
     """Atomically write proxy results (one mapping per run, keys as in this module's docstring).
 
     Every row is checked first (``run_id`` present and unique, weights valid); nothing is written if any
-    row is wrong. Columns come out as ``run_id``, ``status``, weights, metrics, bookkeeping.
+    row is wrong. Columns come out as ``run_id``, ``status``, weights, metrics, bookkeeping. ``reuse`` (the
+    sweep's mixtures carried one) becomes the table's ``# reuse:`` note, as in the mixtures table.
     """
     check_rows(path, rows, "write_results")
     names: list[str] = []
     for row in rows:
         names += [k for k in row if k not in names]
-    write_rows(path, _column_order(names), rows)
+    write_rows(path, _column_order(names), rows, {REUSE_NOTE: reuse.to_dict()} if reuse is not None else None)
 
 
 def _column_order(names: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -115,8 +116,11 @@ class ReuseStructure:
         split among its domains by largest remainder of the ratios. So every block cell is within one unit of
         ``total * ratio`` and the cells are a pure function of the rounded block total: what :meth:`broken` checks.
         """
-        unit = 10**decimals
-        r = largest_remainder(np.asarray(reduced, float), unit)
+        return self.expand_units(largest_remainder(np.asarray(reduced, float), 10**decimals))
+
+    def expand_units(self, reduced_units: np.ndarray) -> np.ndarray:
+        """A reduced row already in integer units -> the full row in units (the block split by largest remainder)."""
+        r = np.asarray(reduced_units, np.int64)
         out = np.zeros(len(self.domains), np.int64)
         out[self._index] = self._block_units(int(r[0]))
         out[self._free_index()] = r[1:]
@@ -209,3 +213,55 @@ def compare_domains(
     new = [d for d in now if d not in previous]
     dropped = sorted(d for d in previous if d not in set(now))
     return DomainComparison(unchanged, changed, new, dropped, by_name)
+
+
+def reuse_from_previous(
+    previous: Path, manifest, domains: Sequence[str], free: Sequence[str] = (), flag: str = "--reuse"
+) -> tuple[ReuseStructure, DomainComparison]:
+    """The reuse structure for ``domains`` (the new corpus's training domains, sorted) from a previous
+    ``mixture.yaml``, and how its domains compare with the new ``manifest``'s.
+
+    The block is the unchanged domains (name and fingerprint match) less ``free`` (``--reuse_free``), with their
+    previous weights as ratios. Refused, with every problem in one message: another tokenizer, an unknown
+    ``--reuse_free`` domain, an empty block (nothing unchanged, or the block had weight 0) and no free domain
+    (nothing changed: the previous mixture applies as it is).
+    """
+    from regmix_plugin.formats.mixture_yaml import corpus_of, read_mixture
+
+    record = read_mixture(previous, flag)
+    prints, tokenizer = corpus_of(record, previous, flag)
+    current = manifest.fingerprints()
+    comparison = compare_domains(prints, current, domains)
+    problems = []
+    if tokenizer is not None and tokenizer != manifest.tokenizer_hash:
+        problems.append(
+            f"{flag} {str(previous)!r} is for a corpus tokenized with {tokenizer}, this one with "
+            f"{manifest.tokenizer_hash}: reuse needs the same tokenizer (every domain changed); run a full "
+            "`regmix sample` without --reuse"
+        )
+    unknown = sorted(set(free) - set(comparison.unchanged))
+    if unknown:
+        problems.append(
+            f"--reuse_free: {', '.join(unknown)} are not unchanged domains (unchanged: "
+            f"{', '.join(comparison.unchanged) or 'none'}); only an unchanged domain can be freed"
+        )
+    block = [d for d in comparison.unchanged if d not in set(free)]
+    if not problems and not block:
+        problems.append(
+            f"{flag}: no unchanged domain is left to reuse ({comparison.summary()}); "
+            "run `regmix sample` without --reuse"
+        )
+    elif not problems and sum(float(record["weights"][d]) for d in block) <= 0:
+        problems.append(
+            f"{flag}: the unchanged domains {', '.join(block)} had weight 0 in {str(previous)!r}, so there is no ratio "
+            "to keep; run `regmix sample` without --reuse"
+        )
+    if not problems and len(block) == len(domains):
+        problems.append(
+            f"{flag}: every domain is unchanged, so {str(previous)!r} applies as it is (nothing to sample); name the "
+            "domains to re-tune with --reuse_free '[domain, ...]'"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+    ratios = {d: float(record["weights"][d]) for d in block}
+    return ReuseStructure(tuple(domains), ratios, str(previous)), comparison

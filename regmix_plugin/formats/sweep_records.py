@@ -28,6 +28,7 @@ from typing import Any
 from regmix_plugin.atomic import write_json
 from regmix_plugin.formats.mixture_table import ID_COLUMN, WEIGHT_PREFIX
 from regmix_plugin.formats.results import loss_column, write_results
+from regmix_plugin.formats.reuse import ReuseStructure
 
 DONE, FAILED = "done", "failed"
 
@@ -141,8 +142,11 @@ def table_rows(order: list[str], records: dict[str, RunRecord]) -> list[dict]:
     return rows
 
 
-def write_table(path: Path, order: list[str], records: dict[str, RunRecord]) -> None:
-    """Rebuild the results table from the records, atomically, with the shared writer."""
+def write_table(
+    path: Path, order: list[str], records: dict[str, RunRecord], reuse: ReuseStructure | None = None
+) -> None:
+    """Rebuild the results table from the records, atomically, with the shared writer (and the sweep's reuse
+    structure, when its mixtures had one)."""
     rows = table_rows(order, records)
     if rows:
-        write_results(path, rows)
+        write_results(path, rows, reuse)

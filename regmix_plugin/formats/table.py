@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,13 @@ def check_suffix(path: Path, flag: str) -> None:
 
 def read_columns(path: str | Path, flag: str) -> dict[str, list]:
     """Column name -> values (strings from CSV, typed values from Parquet), in file order."""
+    return read_table(path, flag)[0]
+
+
+def read_table(path: str | Path, flag: str) -> tuple[dict[str, list], dict[str, object]]:
+    """:func:`read_columns` and the table's notes: ``{key: value}`` from leading ``# key: <json>`` lines of a CSV
+    (or the Parquet schema metadata ``regmix.<key>``); ``{}`` for a plain table. A table with notes still reads
+    in any CSV reader that skips ``#`` comment lines (``pandas.read_csv(comment="#")``)."""
     path = Path(path)
     check_suffix(path, flag)
     if not path.is_file():
@@ -37,9 +45,17 @@ def read_columns(path: str | Path, flag: str) -> dict[str, list]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pydict()
+        table = pq.read_table(path)
+        raw = {k.decode(): v for k, v in (table.schema.metadata or {}).items() if k.startswith(_META_PREFIX.encode())}
+        notes = {k[len(_META_PREFIX) :]: _note(v.decode(), path, flag) for k, v in raw.items()}
+        return table.to_pydict(), notes
     with open(path, newline="") as f:
-        reader = csv.reader(f)
+        notes, first = {}, f.readline()
+        while first.startswith(NOTE_MARK):
+            key, _, value = first[len(NOTE_MARK) :].partition(":")
+            notes[key.strip()] = _note(value, path, flag)
+            first = f.readline()
+        reader = csv.reader(itertools.chain([first] if first else [], f))
         header = next(reader, None)
         if not header:
             raise ValueError(f"{flag} {str(path)!r} is empty; it needs a header row")
@@ -53,7 +69,24 @@ def read_columns(path: str | Path, flag: str) -> dict[str, list]:
             f"{flag} {str(path)!r}: line(s) {listed(bad)} have a different number of cells than the header "
             f"({len(header)})"
         )
-    return {name: [r[j] for r in rows] for j, name in enumerate(header)}
+    return {name: [r[j] for r in rows] for j, name in enumerate(header)}, notes
+
+
+#: A note line of a CSV table (before its header): ``# key: <json>``.
+NOTE_MARK = "# "
+_META_PREFIX = "regmix."
+
+
+def _note(value: str, path: Path, flag: str) -> object:
+    import json
+
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError(
+            f"{flag} {str(path)!r}: the line before its header, {value.strip()[:60]!r}, is not a '# key: <json>' "
+            "note; delete the line or write the file again with regmix"
+        ) from None
 
 
 def read_ids(values: list, where: str) -> list[str]:
@@ -142,14 +175,24 @@ def listed(items: Sequence, limit: int = MAX_LISTED) -> str:
     return head + (f", ... ({len(items)} in all)" if len(items) > limit else "")
 
 
-def write_rows(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[str, object]]) -> None:
-    """Atomically write ``rows`` (mappings; absent keys are empty cells) as CSV or Parquet by ``path``'s suffix."""
+def write_rows(
+    path: str | Path,
+    columns: Sequence[str],
+    rows: Sequence[Mapping[str, object]],
+    notes: Mapping[str, object] | None = None,
+) -> None:
+    """Atomically write ``rows`` (mappings; absent keys are empty cells) as CSV or Parquet by ``path``'s suffix,
+    with ``notes`` (JSON values) as :func:`read_table` reads them back: in the same file, so they are never apart."""
+    import json
+
     from regmix_plugin.atomic import atomic_path, write_text
 
     path = Path(path)
     table = {c: [row.get(c) for row in rows] for c in columns}
+    notes = {k: json.dumps(v, sort_keys=True) for k, v in (notes or {}).items()}
     if path.suffix == ".csv":
         buf = io.StringIO()
+        buf.writelines(f"{NOTE_MARK}{k}: {v}\n" for k, v in notes.items())
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(columns)
         for i in range(len(rows)):
@@ -161,7 +204,8 @@ def write_rows(path: str | Path, columns: Sequence[str], rows: Sequence[Mapping[
 
         arrays = {c: pa.array(_parquet_values(vals)) for c, vals in table.items()}
         with atomic_path(path, suffix=".parquet") as tmp:
-            pq.write_table(pa.table(arrays), tmp)
+            meta = {f"{_META_PREFIX}{k}": v for k, v in notes.items()}
+            pq.write_table(pa.table(arrays).replace_schema_metadata(meta or None), tmp)
 
 
 def _cell(value: object) -> str:

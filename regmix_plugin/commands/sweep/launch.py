@@ -39,6 +39,7 @@ from regmix_plugin.commands.sweep.worker import (
     work_through,
 )
 from regmix_plugin.formats import claims
+from regmix_plugin.formats.reuse import ReuseStructure
 from regmix_plugin.formats.sweep_records import (
     DONE,
     FAILED,
@@ -56,10 +57,12 @@ _POLL_S = 2.0
 class _Progress:
     """One bar for the whole sweep, and the table rebuilt after every finished run."""
 
-    def __init__(self, sweep_dir: Path, order: list[str], results: str, skipped: int):
+    def __init__(
+        self, sweep_dir: Path, order: list[str], results: str, skipped: int, reuse: ReuseStructure | None = None
+    ):
         from tqdm import tqdm
 
-        self.sweep_dir, self.order, self.results = sweep_dir, order, sweep_dir / results
+        self.sweep_dir, self.order, self.results, self.reuse = sweep_dir, order, sweep_dir / results, reuse
         self.records = read_records(sweep_dir)
         self.counts = {DONE: 0, FAILED: 0, "skipped": skipped}
         self.started = time.time()
@@ -78,11 +81,11 @@ class _Progress:
         self.counts[rec.status if here else "skipped"] += 1
         self._postfix(refresh=False)
         self.bar.update(1)
-        write_table(self.results, self.order, self.records)
+        write_table(self.results, self.order, self.records, self.reuse)
 
     def close(self) -> dict[str, int]:
         self.bar.close()
-        write_table(self.results, self.order, self.records)
+        write_table(self.results, self.order, self.records, self.reuse)
         return self.counts
 
 
@@ -337,7 +340,11 @@ def launch(
         for r, w in plan.mixtures.items()
         if (r not in records or records[r].status != DONE) and (retry_failed or r not in records)
     ]
-    progress = _Progress(sweep_dir, order, results, len(order) - len(todo))
+    reuse = None
+    if plan.reuse is not None:  # the mixtures file's block, carried into results.csv for `regmix fit`
+        domains = sorted(next(iter(plan.mixtures.values())))
+        reuse = ReuseStructure.from_dict(plan.reuse, domains, f"{sweep_dir / 'sweep.json'} reuse")
+    progress = _Progress(sweep_dir, order, results, len(order) - len(todo), reuse)
     sched = _Scheduler(sweep_dir, plan, todo, progress, claim_timeout)
     me = f"{socket.gethostname()}:{os.getpid()}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

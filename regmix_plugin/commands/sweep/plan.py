@@ -126,6 +126,9 @@ class SweepPlan:
     """One content fingerprint per domain of the corpus (``Manifest.fingerprints``), so a later corpus can tell
     which of these runs trained on unchanged domains only (``regmix fit --also``). Implied by the manifest hash of
     the identity, so not part of it; None in sweeps planned before it was recorded."""
+    reuse: dict | None = None
+    """The mixtures file's reuse structure (``regmix sample --reuse``), carried into the results table; not identity
+    (the rows themselves are checked against it)."""
 
     @property
     def eval(self) -> EvalSetup:
@@ -177,9 +180,10 @@ def plan_sweep(
     try:
         table = read_mixtures(mixtures, "--mixtures", known=domains, known_from="the prepared corpus")
         mixes, stages = table.as_runs(), 1 if table.stages is None else table.stages.shape[1]
+        reuse = table.reuse.to_dict() if table.reuse is not None else None
     except ValueError as e:
         problems.append(str(e))
-        mixes, stages = {}, 1
+        mixes, stages, reuse = {}, 1, None
     bad_ids = [i for i in mixes if "/" in i or i.startswith(".")]
     if bad_ids:
         problems.append(f"--mixtures {str(mixtures)!r}: run id(s) {bad_ids[:10]} cannot be file names; rename them")
@@ -307,6 +311,7 @@ def plan_sweep(
         fused_loss=fused_loss,
         compile=compile,
         fingerprints=manifest.fingerprints(),
+        reuse=reuse,
     )
 
 
