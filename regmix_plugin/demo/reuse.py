@@ -36,7 +36,53 @@ TITLES = {
 
 def reuse_demo(out_dir: Path, quick: bool, proxies: int | None, workers: int, seed: int, new_domain: str) -> dict:
     """Run the scenario (module docstring) in ``out_dir`` and write ``report.md`` and ``summary.json``."""
-    from regmix_plugin.demo.corpus import DEMO_DOMAINS, DEMO_TARGET, build_demo_corpus
+    v1, full, reuse = pipelines(out_dir, quick, proxies, workers, seed, new_domain)
+    version_1(v1, full, reuse, new_domain, quick)
+    weights = {"full": full.fit_and_optimize(full.proxy_sweep())["weights"]}
+    results = reuse.proxy_sweep()
+    weights["reuse"] = reuse.fit_and_optimize(results)["weights"]
+    weights["reuse_also"] = reuse.fit_and_optimize(results, also=[v1.out_dir / "sweep"], name="also")["weights"]
+    domains = sorted(full_domains(full))
+    arms = {arm: {d: float(w.get(d, 0.0)) for d in domains} for arm, w in weights.items()}
+    losses = full.train_arms(arms)  # one target sweep, on version 2's data, for every arm
+    earlier = json.loads((reuse.out_dir / "model_also" / "model.json").read_text())["source"]["also"]
+    proxies_of = {"full": full.proxies, "reuse": reuse.proxies, "reuse_also": reuse.proxies}
+    reused = {"full": 0, "reuse": 0, "reuse_also": sum(len(ids) for ids in earlier["used"].values())}
+    target = full.target
+    rows = [
+        {
+            "arm": arm,
+            "target_loss": losses[arm][target],
+            "mean_loss": sum(losses[arm].values()) / len(losses[arm]),
+            "new_proxies": proxies_of[arm],
+            "earlier_runs_used": reused[arm],
+        }
+        for arm in ARMS
+    ]
+    summary = {
+        "target": target,
+        "new_domain": new_domain,
+        "seed": seed,
+        "v1_proxies": v1.proxies,
+        "arms": rows,
+        "margin_reuse": losses["reuse"][target] - losses["full"][target],
+        "margin_reuse_also": losses["reuse_also"][target] - losses["full"][target],
+        "weights": arms,
+        "timings_s": {
+            name: {k: round(v, 1) for k, v in p.timings.items()}
+            for name, p in (("v1", v1), ("v2_full", full), ("v2_reuse", reuse))
+        },
+    }
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "report.md", format_report(summary))
+    print("\n" + format_table(rows, target))
+    print(f"Report: {out_dir / 'report.md'}")
+    return summary
+
+
+def pipelines(out_dir: Path, quick: bool, proxies: int | None, workers: int, seed: int, new_domain: str) -> tuple:
+    """The scenario's three pipelines: version 1, version 2 recomputed in full, version 2 by reuse."""
+    from regmix_plugin.demo.corpus import DEMO_DOMAINS, DEMO_TARGET
     from regmix_plugin.demo.pipeline import Pipeline
     from regmix_plugin.models.regressors import MIN_CV_RUNS
     from regmix_plugin.resources import recipe_path
@@ -46,13 +92,13 @@ def reuse_demo(out_dir: Path, quick: bool, proxies: int | None, workers: int, se
         raise ValueError(f"--new_domain {new_domain!r}: pick a demo domain other than the target; one of {choices}")
     out_dir = Path(out_dir)
 
-    def pipeline(name: str, raw: Path, **kw) -> Pipeline:
+    def pipeline(name: str, raw: str, **kw) -> Pipeline:
         pipe = Pipeline(
             out_dir=out_dir / name,
             target=DEMO_TARGET,
             proxy_recipe=recipe_path("demo/proxy.yaml"),
             target_recipe=recipe_path("demo/target.yaml"),
-            raw=raw,
+            raw=out_dir / raw,
             workers=workers,
             seed=seed,
             **kw,
@@ -64,59 +110,27 @@ def reuse_demo(out_dir: Path, quick: bool, proxies: int | None, workers: int, se
         pipe.check()
         return pipe
 
-    v1 = pipeline("v1", out_dir / "raw_v1")
-    full = pipeline("v2_full", out_dir / "raw")
-    reuse = pipeline("v2_reuse", out_dir / "raw", reuse_from=v1.out_dir / "mixture.yaml")
+    v1, full = pipeline("v1", "raw_v1"), pipeline("v2_full", "raw")
+    reuse = pipeline("v2_reuse", "raw", reuse_from=v1.out_dir / "mixture.yaml")
     reuse.proxies = max(MIN_CV_RUNS, full.proxies // 4)
+    return v1, full, reuse
+
+
+def version_1(v1, full, reuse, new_domain: str, quick: bool) -> None:
+    """Both corpus versions prepared with version 1's tokenizer, and RegMix on version 1 (``v1/mixture.yaml``)."""
+    from regmix_plugin.demo.corpus import DEMO_DOMAINS, build_demo_corpus
+
+    raw = full.raw
     with v1.stage("corpus"):
         caps = {d: 60_000 for d in DEMO_DOMAINS} if quick else None
-        build_demo_corpus(out_dir / "raw", max_chars=caps, seed=seed)
-        _without(out_dir / "raw", out_dir / "raw_v1", new_domain)
+        build_demo_corpus(raw, max_chars=caps, seed=v1.seed)
+        _without(raw, v1.raw, new_domain)
     v1.tokenizer_and_data()
-    for pipe in (full, reuse):  # version 1's tokenizer, so unchanged domains prepare to identical chunks
+    for pipe in (full, reuse):  # a tokenizer outlives corpus versions; and unchanged domains then match
         if not (pipe.out_dir / "tokenizer" / "tokenizer.json").is_file():
             shutil.copytree(v1.out_dir / "tokenizer", pipe.out_dir / "tokenizer", dirs_exist_ok=True)
         pipe.tokenizer_and_data()
     v1.fit_and_optimize(v1.proxy_sweep())
-    weights = {"full": full.fit_and_optimize(full.proxy_sweep())["weights"]}
-    results = reuse.proxy_sweep()
-    weights["reuse"] = reuse.fit_and_optimize(results)["weights"]
-    weights["reuse_also"] = reuse.fit_and_optimize(results, also=[v1.out_dir / "sweep"], name="also")["weights"]
-    domains = sorted(full_domains(full))
-    arms = {arm: {d: float(w.get(d, 0.0)) for d in domains} for arm, w in weights.items()}
-    losses = full.train_arms(arms)  # one target sweep, on version 2's data, for every arm
-    earlier = json.loads((reuse.out_dir / "model_also" / "model.json").read_text())["source"]["also"]
-    proxies_of = {"full": full.proxies, "reuse": reuse.proxies, "reuse_also": reuse.proxies}
-    reused = {"full": 0, "reuse": 0, "reuse_also": sum(len(ids) for ids in earlier["used"].values())}
-    rows = [
-        {
-            "arm": arm,
-            "target_loss": losses[arm][DEMO_TARGET],
-            "mean_loss": sum(losses[arm].values()) / len(losses[arm]),
-            "new_proxies": proxies_of[arm],
-            "earlier_runs_used": reused[arm],
-        }
-        for arm in ARMS
-    ]
-    summary = {
-        "target": DEMO_TARGET,
-        "new_domain": new_domain,
-        "seed": seed,
-        "v1_proxies": v1.proxies,
-        "arms": rows,
-        "margin_reuse": losses["reuse"][DEMO_TARGET] - losses["full"][DEMO_TARGET],
-        "margin_reuse_also": losses["reuse_also"][DEMO_TARGET] - losses["full"][DEMO_TARGET],
-        "weights": arms,
-        "timings_s": {
-            name: {k: round(v, 1) for k, v in p.timings.items()}
-            for name, p in (("v1", v1), ("v2_full", full), ("v2_reuse", reuse))
-        },
-    }
-    write_json(out_dir / "summary.json", summary)
-    write_text(out_dir / "report.md", format_report(summary))
-    print("\n" + format_table(rows, DEMO_TARGET))
-    print(f"Report: {out_dir / 'report.md'}")
-    return summary
 
 
 def full_domains(pipe) -> list[str]:
