@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="toy sizes (the wiring, not a measurement)")
     parser.add_argument("--sweeps_only", action="store_true")
     args = parser.parse_args()
-    from regmix_plugin.demo.reuse import NEW_DOMAIN, pipelines, reuse_demo, version_1
+    from regmix_plugin.demo.reuse import NEW_DOMAIN, corpora, pipelines, reuse_demo
 
     t0 = time.perf_counter()
     summaries = {}
@@ -37,7 +37,8 @@ def main() -> None:
         out = args.out_dir / f"seed{seed}"
         if args.sweeps_only:
             v1, full, reuse = pipelines(out, args.quick, None, args.workers, seed, NEW_DOMAIN)
-            version_1(v1, full, reuse, NEW_DOMAIN, args.quick)
+            corpora(v1, full, reuse, NEW_DOMAIN, args.quick)
+            v1.proxy_sweep()
             full.proxy_sweep()
         else:
             summaries[seed] = reuse_demo(out, args.quick, None, args.workers, seed, NEW_DOMAIN)

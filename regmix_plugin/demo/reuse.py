@@ -37,7 +37,8 @@ TITLES = {
 def reuse_demo(out_dir: Path, quick: bool, proxies: int | None, workers: int, seed: int, new_domain: str) -> dict:
     """Run the scenario (module docstring) in ``out_dir`` and write ``report.md`` and ``summary.json``."""
     v1, full, reuse = pipelines(out_dir, quick, proxies, workers, seed, new_domain)
-    version_1(v1, full, reuse, new_domain, quick)
+    corpora(v1, full, reuse, new_domain, quick)
+    v1.fit_and_optimize(v1.proxy_sweep())  # RegMix on version 1: v1/mixture.yaml, the mixture to reuse
     weights = {"full": full.fit_and_optimize(full.proxy_sweep())["weights"]}
     results = reuse.proxy_sweep()
     weights["reuse"] = reuse.fit_and_optimize(results)["weights"]
@@ -116,8 +117,8 @@ def pipelines(out_dir: Path, quick: bool, proxies: int | None, workers: int, see
     return v1, full, reuse
 
 
-def version_1(v1, full, reuse, new_domain: str, quick: bool) -> None:
-    """Both corpus versions prepared with version 1's tokenizer, and RegMix on version 1 (``v1/mixture.yaml``)."""
+def corpora(v1, full, reuse, new_domain: str, quick: bool) -> None:
+    """Both corpus versions, built and prepared with version 1's tokenizer (``v1/data``, ``v2_*/data``)."""
     from regmix_plugin.demo.corpus import DEMO_DOMAINS, build_demo_corpus
 
     raw = full.raw
@@ -130,7 +131,6 @@ def version_1(v1, full, reuse, new_domain: str, quick: bool) -> None:
         if not (pipe.out_dir / "tokenizer" / "tokenizer.json").is_file():
             shutil.copytree(v1.out_dir / "tokenizer", pipe.out_dir / "tokenizer", dirs_exist_ok=True)
         pipe.tokenizer_and_data()
-    v1.fit_and_optimize(v1.proxy_sweep())
 
 
 def full_domains(pipe) -> list[str]:
