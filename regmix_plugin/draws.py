@@ -147,26 +147,29 @@ def reuse_draws(
     decimals: int = 4,
     seed: int = 42,
     max_draws: int | None = None,
+    lower: np.ndarray | None = None,
+    seen: Iterable[tuple[int, ...]] = (),
 ) -> np.ndarray:
     """Up to ``n`` distinct full rows (integer units of ``10**-decimals``, rows x ``structure.domains``) that keep
     the reuse block's ratios: drawn like :func:`distinct_draws` over the reduced coordinates (block total, free
     domains) around ``structure.reduce(prior)`` (the block's prior is its total prior mass), each expanded with
-    :meth:`ReuseStructure.round_units`. ``bounds`` (per full domain, e.g. the epoch bound) is checked on every
-    underlying domain of the rounded full row, not on the block total; ``drop_below`` (``minimum``) applies to the
-    reduced coordinates (a block cell may be smaller: it keeps the previous ratio)."""
+    :meth:`ReuseStructure.expand_units`. ``bounds`` (upper, per full domain: the epoch bound) and ``lower`` are
+    checked on every underlying domain of the rounded full row, not on the block total; so is ``seen`` (full
+    rows to avoid, as tuples of units). ``minimum`` (``drop_below``) applies to the reduced coordinates (a block
+    cell may be smaller: it keeps the previous ratio)."""
     unit = 10**decimals
-    bounds = np.asarray(bounds, float)
-    ratios = structure.ratio_vector()
-    block_bounds = bounds[[structure.domains.index(d) for d in structure.block]]
-    # the block total a continuous row may reach; the rounded row is checked cell by cell below
-    block_upper = min(1.0, float(np.min(block_bounds[ratios > 0] / ratios[ratios > 0])))
-    upper = np.concatenate([[block_upper], bounds[[structure.domains.index(d) for d in structure.free]]])
-    limit = bounds * unit + 1e-9
+    upper = np.asarray(bounds, float)
+    lower = np.zeros_like(upper) if lower is None else np.asarray(lower, float)
+    # the block total a continuous row may take; the rounded row is checked cell by cell below
+    lo, hi = structure.reduce_bounds(lower, upper)
+    limits = (lower * unit - 1e-9, upper * unit + 1e-9)
+    avoid = set(seen)
 
     def within(units: np.ndarray) -> bool:
-        return bool(np.all(structure.expand_units(units[0]) <= limit))
+        full = structure.expand_units(units[0])
+        return bool(np.all((full >= limits[0]) & (full <= limits[1]))) and tuple(map(int, full)) not in avoid
 
     reduced = distinct_draws(
-        structure.reduce(prior), n, 1, sampler, minimum, decimals, seed, upper, max_draws=max_draws, accept=within
+        structure.reduce(prior), n, 1, sampler, minimum, decimals, seed, hi, lo, max_draws, accept=within
     )
     return np.array([structure.expand_units(r[0]) for r in reduced], np.int64).reshape(len(reduced), -1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from conftest import DOMAIN_WORDS, make_corpus
 from regmix_plugin.commands.sample import sample
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
-from regmix_plugin.formats.mixture_yaml import write_mixture
-from regmix_plugin.formats.reuse import BLOCK, ReuseStructure, reuse_from_previous
+from regmix_plugin.formats.mixture_yaml import reuse_from_previous, write_mixture
+from regmix_plugin.formats.reuse import BLOCK, ReuseStructure
 from regmix_plugin.weights import ConstraintArgs, epoch_bounds
 
 # v1: prose, code, tiny, old. v2: prose and tiny unchanged, code re-crawled (other text), old dropped, notes new.
@@ -153,3 +154,52 @@ def test_write_mixtures_refuses_a_row_that_breaks_the_block(tmp_path):
 def test_coordinates_name_the_block(tmp_path):
     s = ReuseStructure(("a", "b", "c"), {"a": 1.0, "b": 3.0})
     assert s.coordinates == [BLOCK, "c"]
+
+
+def _proxy_recipe(path, data, tokenizer_dir):
+    import yaml
+    from conftest import pretrain_config
+
+    cfg = pretrain_config(Path("unused"), data, tokenizer_dir, None, max_epochs=0.3)
+    cfg["train"].update(max_tokens=12 * 4 * 32)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+REUSE_NOTE = {"block": {"code": 0.25, "prose": 0.75}, "source": "v1/mixture.yaml", "decimals": 4}
+
+
+def test_a_reuse_sweep_refuses_rows_that_break_the_block_and_runs_nothing(prepared, tokenizer_dir, tmp_path):
+    from regmix_plugin.commands.sweep import sweep
+    from regmix_plugin.formats.table import write_rows
+
+    rows = [
+        {"run_id": "ok", "weight/code": 0.2, "weight/prose": 0.6, "weight/tiny": 0.2},
+        {"run_id": "edited", "weight/code": 0.4, "weight/prose": 0.4, "weight/tiny": 0.2},
+    ]
+    columns = ["run_id", "weight/code", "weight/prose", "weight/tiny"]
+    write_rows(tmp_path / "mixtures.csv", columns, rows, {"reuse": REUSE_NOTE})  # bypasses write_mixtures' check
+    with pytest.raises(ValueError, match=r"nothing was run(.|\n)*run\(s\) edited break the reuse block's fixed ratios"):
+        sweep(mixtures=tmp_path / "mixtures.csv", data_path=prepared, out_dir=tmp_path / "sweep",
+              recipe=_proxy_recipe(tmp_path / "proxy.yaml", prepared, tokenizer_dir))  # fmt: skip
+    assert not (tmp_path / "sweep" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_reuse_sweep_carries_the_block_into_its_results(prepared, tokenizer_dir, tmp_path):
+    from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+    from regmix_plugin.formats.results import read_results
+
+    s = ReuseStructure(("code", "prose", "tiny"), REUSE_NOTE["block"], "v1/mixture.yaml", 4)
+    mixes = {"a": {"code": 0.2, "prose": 0.6, "tiny": 0.2}, "b": {"code": 0.175, "prose": 0.525, "tiny": 0.3}}
+    write_mixtures(tmp_path / "mixtures.csv", mixes, ["code", "prose", "tiny"], reuse=s)
+    sweep(
+        mixtures=tmp_path / "mixtures.csv",
+        data_path=prepared,
+        out_dir=tmp_path / "sweep",
+        local=LocalArgs(workers=1),
+        recipe=_proxy_recipe(tmp_path / "proxy.yaml", prepared, tokenizer_dir),
+        eval=EvalArgs(points=0, val_tokens=256, batch_size=4),
+    )
+    results = read_results(tmp_path / "sweep" / "results.csv")
+    assert results.ids == ["a", "b"] and results.reuse == s and np.isfinite(results.metrics["val_loss/code"]).all()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -29,6 +29,7 @@ from regmix_plugin.formats.mixture_table import read_mixtures
 from regmix_plugin.formats.model_dir import LAW_KINDS, MODEL_FILE, MODEL_FORMAT, load_fitted, model_dir_writer
 from regmix_plugin.formats.official import read_regmix_csv
 from regmix_plugin.formats.results import LOSS_PREFIX, Results, read_results
+from regmix_plugin.formats.reuse import BLOCK
 
 AUTO_ORDER = ("linear", "gp", "lightgbm", "mixing_law", "bimix")  # ties go to the simpler model
 
@@ -81,6 +82,19 @@ def fit(
             one. Earlier runs do not keep a reuse block's ratios, so with them the fit uses the full coordinates.
     """
     data, source = _load_training(results, mixtures, losses)
+    full_domains, reuse = data.domains, data.reuse
+    if reuse is not None:  # fewer dimensions: the block's total and the free domains
+        if regressor in LAW_KINDS:
+            raise ValueError(
+                f"--regressor {regressor}: a mixing law is written over every domain's own weight; {data.source} "
+                "was sampled with --reuse (its rows keep a block's ratios), so fit linear, gp or lightgbm on it"
+            )
+        data = replace(data, domains=reuse.coordinates, weights=reuse.reduce(data.weights))
+        print(
+            f"fitting in the reduced coordinates of {data.source}: {', '.join(reuse.coordinates)} ({BLOCK} = "
+            + " + ".join(reuse.block)
+            + ")"
+        )
     columns = data.resolve_target(target)
     if also:
         also = [also] if isinstance(also, (str, Path)) else list(also)
@@ -91,7 +105,11 @@ def fit(
     cv_folds = cv_fold_count(len(y), cv_folds, data.source)
     folds = make_folds(len(y), cv_folds, seed)
     if regressor == "auto":
-        names = tuple(n for n in AUTO_ORDER if n != "bimix" or _has_trajectories(data, columns))
+        names = tuple(
+            n
+            for n in AUTO_ORDER
+            if (n != "bimix" or _has_trajectories(data, columns)) and (reuse is None or n not in LAW_KINDS)
+        )
     else:
         names = (regressor,)
     law_args = {"horizon_tokens": horizon_tokens, "min_tokens": min_tokens, "proportions": bimix_proportions}
@@ -117,11 +135,12 @@ def fit(
         "format_version": MODEL_FORMAT,
         "regressor": chosen,
         "settings": model.settings(),
-        "domains": data.domains,
+        "domains": full_domains,
+        **({"features": reuse.coordinates, "reuse": reuse.to_dict()} if reuse is not None else {}),
         "target": columns,
         "target_spec": target,
         "n_runs": len(y),
-        "run_mean_mixture": dict(zip(data.domains, data.weights.mean(0).tolist(), strict=True)),
+        "run_mean_mixture": dict(zip(full_domains, _full(reuse, data.weights.mean(0)).tolist(), strict=True)),
         "cv_spearman": scores[chosen]["mean_spearman"],
         "cv_rmse": float(np.sqrt(scores[chosen]["mean_mse"])),
         **({"law": law} if law else {}),
@@ -271,6 +290,11 @@ def _candidate(
 
     # each held-out run is predicted at its own end, where its target was measured
     return _Candidate(law, np.column_stack([data.weights, data.tokens]), points, (runs, XS, L, own))
+
+
+def _full(reuse, weights: np.ndarray) -> np.ndarray:
+    """Full mixtures from the rows fit sees (reduced coordinates under reuse)."""
+    return weights if reuse is None else reuse.expand(weights)
 
 
 def _own_domain(column: str, domains: list[str]) -> int:

@@ -26,7 +26,7 @@ import numpy as np
 
 from regmix_plugin.counts import TokenCount
 from regmix_plugin.formats.mixture_yaml import write_mixture
-from regmix_plugin.formats.model_dir import LAW_KINDS, FittedModel, load_fitted, read_model_meta
+from regmix_plugin.formats.model_dir import LAW_KINDS, FittedModel, load_fitted, model_reuse, read_model_meta
 from regmix_plugin.weights import (
     ConstraintArgs,
     SamplerArgs,
@@ -110,11 +110,19 @@ def optimize(
             f"--kl_to_prior needs a law model (regmix fit --regressor bimix or mixing_law); --model "
             f"{str(model)!r} holds {meta['regressor']!r}"
         )
+    reuse = model_reuse(meta, model)
+    # under reuse the candidates are drawn over the reduced coordinates and expanded: every one keeps the ratios
+    space = (center, lower, upper) if reuse is None else (reuse.reduce(center), *reuse.reduce_bounds(lower, upper))
+    if reuse is not None and space[1][0] > space[2][0] + _FEASIBLE:
+        raise ValueError(
+            f"--model {str(model)!r} keeps the reuse block {', '.join(reuse.block)} at fixed ratios, and the "
+            "--constraints bounds on those domains leave no block total that meets them all; loosen them"
+        )
     # numpy's samplers and LightGBM's predict release the GIL; imports and model parsing do not: let them overlap.
     with ThreadPoolExecutor(2) as pool:
-        drawn = pool.submit(sample_candidates, center, lower, upper, n_candidates, sampler, seed, num_threads)
+        drawn = pool.submit(sample_candidates, *space, n_candidates, sampler, seed, num_threads)
         fitted = load_fitted(model)
-        candidates = drawn.result()
+        candidates = drawn.result() if reuse is None else reuse.expand(drawn.result())
         pool.submit(plots.warm_up)
         best, scores, n_full = top_k_search(fitted, candidates, top_k, maximize, scoring, num_threads)
     chosen = np.clip(candidates[best].mean(0), lower, upper)
@@ -154,7 +162,7 @@ def optimize(
         "note": "model_cv_rmse is the typical error of one prediction on unseen runs (K-fold CV on the fitted runs)",
     }
     if fitted.meta["regressor"] == "gp":
-        _, std = fitted.regressor.predict(chosen[None], return_std=True)
+        _, std = fitted.regressor.predict(fitted.features(chosen[None]), return_std=True)
         uncertainty["gp_posterior_std_at_mixture"] = float(std[0])
     record = {
         "weights": _rounded(domains, chosen),
@@ -173,6 +181,7 @@ def optimize(
             "within_constraints": bool(((center >= lower - _FEASIBLE) & (center <= upper + _FEASIBLE)).all()),
         },
         "constraints": constraints_record(domains, lower, upper, constraints),
+        **({"reuse": {**reuse.to_dict(), "searched": reuse.coordinates}} if reuse is not None else {}),
         "search": {
             "method": scoring if fitted.meta["regressor"] == "lightgbm" else "full",
             "n_candidates": n_candidates,
@@ -211,7 +220,8 @@ def optimize(
 def top_k_search(
     fitted: FittedModel, candidates: np.ndarray, k: int, maximize: bool, scoring: str = "screen", num_threads: int = 2
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Indices and predictions of the ``k`` best candidates, and how many were scored by the whole model."""
+    """Indices and predictions of the ``k`` best candidates (full mixtures), and how many were scored by the whole
+    model."""
     from regmix_plugin.models.regressors import LightGBMRegressor
 
     sign = -1.0 if maximize else 1.0
@@ -226,10 +236,10 @@ def top_k_search(
         # the brute-force top-100 on a real 99-run model; these settings lost none on the models we tried.
         final = min(n, max(5 * k, n // 200, 5_000))
         keeps = [min(n, max(5 * final, n // 20)), final]
-        idx, partial = np.arange(n), np.zeros(n)
+        idx, partial, X = np.arange(n), np.zeros(n), fitted.features(candidates)
         for s, (start, stop) in enumerate(stages):
             if stop > start:
-                rows = candidates if len(idx) == n else candidates[idx]  # no 100 MB copy on the first pass
+                rows = X if len(idx) == n else X[idx]  # no 100 MB copy on the first pass
                 partial[idx] += reg.predict(rows, start, stop, num_threads=num_threads)
             if s < len(stages) - 1 and len(idx) > keeps[s]:
                 idx = idx[np.argpartition(sign * partial[idx], keeps[s])[: keeps[s]]]

@@ -51,7 +51,7 @@ from typing import Literal
 from regmix_plugin.draws import sample_schedules
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_table import write_mixtures
-from regmix_plugin.formats.reuse import reuse_from_previous
+from regmix_plugin.formats.mixture_yaml import reuse_from_previous
 from regmix_plugin.weights import (
     FLAGS,
     ConstraintArgs,

@@ -20,10 +20,12 @@ them is matched by domain name, with a warning (:func:`corpus_of`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from regmix_plugin.atomic import write_text
 from regmix_plugin.formats.document import read_document
+from regmix_plugin.formats.reuse import DomainComparison, ReuseStructure, compare_domains
 from regmix_plugin.weights import validate_weights
 
 
@@ -79,6 +81,56 @@ def corpus_of(record: dict, path: Path, flag: str) -> tuple[dict[str, str | None
     fingerprints = {d: (str(prints[d]) if prints.get(d) else None) for d in record["weights"]}
     tokenizer = record.get("tokenizer")
     return fingerprints, str(tokenizer) if tokenizer else None
+
+
+def reuse_from_previous(
+    previous: Path, manifest, domains: Sequence[str], free: Sequence[str] = (), flag: str = "--reuse"
+) -> tuple[ReuseStructure, DomainComparison]:
+    """The reuse structure for ``domains`` (the new corpus's training domains, sorted) from a previous
+    ``mixture.yaml``, and how its domains compare with the new ``manifest``'s.
+
+    The block is the unchanged domains (name and fingerprint match) less ``free`` (``--reuse_free``), with their
+    previous weights as ratios. Refused, with every problem in one message: another tokenizer, an unknown
+    ``--reuse_free`` domain, an empty block (nothing unchanged, or the block had weight 0) and no free domain
+    (nothing changed: the previous mixture applies as it is).
+    """
+    record = read_mixture(previous, flag)
+    prints, tokenizer = corpus_of(record, previous, flag)
+    current = manifest.fingerprints()
+    comparison = compare_domains(prints, current, domains)
+    problems = []
+    if tokenizer is not None and tokenizer != manifest.tokenizer_hash:
+        problems.append(
+            f"{flag} {str(previous)!r} is for a corpus tokenized with {tokenizer}, this one with "
+            f"{manifest.tokenizer_hash}: reuse needs the same tokenizer (every domain changed); run a full "
+            "`regmix sample` without --reuse"
+        )
+    unknown = sorted(set(free) - set(comparison.unchanged))
+    if unknown:
+        problems.append(
+            f"--reuse_free: {', '.join(unknown)} are not unchanged domains (unchanged: "
+            f"{', '.join(comparison.unchanged) or 'none'}); only an unchanged domain can be freed"
+        )
+    block = [d for d in comparison.unchanged if d not in set(free)]
+    if not problems and not block:
+        problems.append(
+            f"{flag}: no unchanged domain is left to reuse ({comparison.summary()}); "
+            "run `regmix sample` without --reuse"
+        )
+    elif not problems and sum(float(record["weights"][d]) for d in block) <= 0:
+        problems.append(
+            f"{flag}: the unchanged domains {', '.join(block)} had weight 0 in {str(previous)!r}, so there is no ratio "
+            "to keep; run `regmix sample` without --reuse"
+        )
+    if not problems and len(block) == len(domains):
+        problems.append(
+            f"{flag}: every domain is unchanged, so {str(previous)!r} applies as it is (nothing to sample); name the "
+            "domains to re-tune with --reuse_free '[domain, ...]'"
+        )
+    if problems:
+        raise ValueError("; ".join(problems))
+    ratios = {d: float(record["weights"][d]) for d in block}
+    return ReuseStructure(tuple(domains), ratios, str(previous)), comparison
 
 
 _TABLES = (".csv", ".tsv", ".parquet")

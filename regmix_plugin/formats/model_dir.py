@@ -1,13 +1,18 @@
 """The fitted-model directory written by ``regmix fit`` and read by ``predict``, ``optimize`` and the demo.
 
     out/model/model.json            format version, regressor kind and settings, domains, target, CV summary,
-                                    provenance
+                                    provenance; ``reuse`` and ``features`` when fitted in reduced coordinates
     out/model/linear.json | lightgbm.txt | gp.npz | bimix.json | mixing_law.json
                                     the regressor itself (never a pickle: loading runs no code)
     out/model/cv.json, cv_predictions.csv, interactions.csv, *.png    diagnostics
 
 The directory is written to a temporary directory and renamed into place (:func:`model_dir_writer`), so it
 exists whole or not at all.
+
+A model fitted on mixtures that carry a reuse structure (``regmix sample --reuse``) records it as ``reuse`` (the
+block and its ratios, :class:`regmix_plugin.formats.reuse.ReuseStructure`) and its regressor's inputs as
+``features``: the reduced coordinates (``@block`` total, then the free domains). ``domains`` stays the full
+domain list: :meth:`FittedModel.predict` takes full mixtures and reduces them itself.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 
 from regmix_plugin.atomic import atomic_dir
 from regmix_plugin.formats.document import read_document
+from regmix_plugin.formats.reuse import ReuseStructure
 
 #: Bump when a model directory written by this version cannot be read by the previous reader (or vice versa).
 MODEL_FORMAT = 1
@@ -39,9 +45,17 @@ class FittedModel:
     regressor: object
     domains: list[str]
     meta: dict
+    reuse: ReuseStructure | None = None
+    """The block the model was fitted with (its regressor sees reduced coordinates), or None."""
+
+    def features(self, weights: np.ndarray) -> np.ndarray:
+        """Full mixtures (rows x ``domains``) -> the regressor's inputs (the reduced coordinates under reuse)."""
+        weights = np.asarray(weights, float)
+        return weights if self.reuse is None else self.reuse.reduce(weights)
 
     def predict(self, weights: np.ndarray) -> np.ndarray:
-        return np.asarray(self.regressor.predict(np.asarray(weights, float)), float)
+        """The model's target for full mixtures (rows x ``domains``)."""
+        return np.asarray(self.regressor.predict(self.features(weights)), float)
 
 
 def read_model_meta(path: Path, flag: str = "--model") -> dict:
@@ -68,7 +82,14 @@ def load_fitted(path: Path, flag: str = "--model") -> FittedModel:
 
     meta = read_model_meta(path, flag)
     regressor = load_regressor(meta["regressor"], Path(path), meta["settings"])
-    return FittedModel(Path(path), regressor, meta["domains"], meta)
+    return FittedModel(Path(path), regressor, meta["domains"], meta, model_reuse(meta, path, flag))
+
+
+def model_reuse(meta: dict, path: Path, flag: str = "--model") -> ReuseStructure | None:
+    """The reuse structure a model was fitted with (``model.json``'s ``reuse``), or None."""
+    if meta.get("reuse") is None:
+        return None
+    return ReuseStructure.from_dict(meta["reuse"], meta["domains"], f"{flag} {str(path)!r} {MODEL_FILE} reuse")
 
 
 @contextmanager

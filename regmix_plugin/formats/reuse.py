@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -98,6 +97,19 @@ class ReuseStructure:
         out[..., self._index] = r[..., :1] * self.ratio_vector()
         out[..., self._free_index()] = r[..., 1:]
         return out
+
+    def reduce_bounds(self, lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-domain bounds (over ``domains``) -> bounds on the reduced coordinates: the block total ``T`` must
+        keep every block domain inside its own bounds, ``lower_d <= T * ratio_d <= upper_d``; free domains keep
+        theirs. A block domain of ratio 0 is at 0 whatever ``T`` is (its lower bound must allow 0)."""
+        lower, upper = np.asarray(lower, float), np.asarray(upper, float)
+        r = self.ratio_vector()
+        pos = r > 0
+        lo_b, hi_b = lower[self._index][pos] / r[pos], upper[self._index][pos] / r[pos]
+        block_lo = max(0.0, float(lo_b.max())) if pos.any() else 0.0
+        block_hi = min(1.0, float(hi_b.min())) if pos.any() else 1.0
+        free = self._free_index()
+        return np.concatenate([[block_lo], lower[free]]), np.concatenate([[block_hi], upper[free]])
 
     def reduce_mixture(self, weights: Mapping[str, float]) -> dict[str, float]:
         """One ``{domain: weight}`` -> ``{coordinate: value}``."""
@@ -213,55 +225,3 @@ def compare_domains(
     new = [d for d in now if d not in previous]
     dropped = sorted(d for d in previous if d not in set(now))
     return DomainComparison(unchanged, changed, new, dropped, by_name)
-
-
-def reuse_from_previous(
-    previous: Path, manifest, domains: Sequence[str], free: Sequence[str] = (), flag: str = "--reuse"
-) -> tuple[ReuseStructure, DomainComparison]:
-    """The reuse structure for ``domains`` (the new corpus's training domains, sorted) from a previous
-    ``mixture.yaml``, and how its domains compare with the new ``manifest``'s.
-
-    The block is the unchanged domains (name and fingerprint match) less ``free`` (``--reuse_free``), with their
-    previous weights as ratios. Refused, with every problem in one message: another tokenizer, an unknown
-    ``--reuse_free`` domain, an empty block (nothing unchanged, or the block had weight 0) and no free domain
-    (nothing changed: the previous mixture applies as it is).
-    """
-    from regmix_plugin.formats.mixture_yaml import corpus_of, read_mixture
-
-    record = read_mixture(previous, flag)
-    prints, tokenizer = corpus_of(record, previous, flag)
-    current = manifest.fingerprints()
-    comparison = compare_domains(prints, current, domains)
-    problems = []
-    if tokenizer is not None and tokenizer != manifest.tokenizer_hash:
-        problems.append(
-            f"{flag} {str(previous)!r} is for a corpus tokenized with {tokenizer}, this one with "
-            f"{manifest.tokenizer_hash}: reuse needs the same tokenizer (every domain changed); run a full "
-            "`regmix sample` without --reuse"
-        )
-    unknown = sorted(set(free) - set(comparison.unchanged))
-    if unknown:
-        problems.append(
-            f"--reuse_free: {', '.join(unknown)} are not unchanged domains (unchanged: "
-            f"{', '.join(comparison.unchanged) or 'none'}); only an unchanged domain can be freed"
-        )
-    block = [d for d in comparison.unchanged if d not in set(free)]
-    if not problems and not block:
-        problems.append(
-            f"{flag}: no unchanged domain is left to reuse ({comparison.summary()}); "
-            "run `regmix sample` without --reuse"
-        )
-    elif not problems and sum(float(record["weights"][d]) for d in block) <= 0:
-        problems.append(
-            f"{flag}: the unchanged domains {', '.join(block)} had weight 0 in {str(previous)!r}, so there is no ratio "
-            "to keep; run `regmix sample` without --reuse"
-        )
-    if not problems and len(block) == len(domains):
-        problems.append(
-            f"{flag}: every domain is unchanged, so {str(previous)!r} applies as it is (nothing to sample); name the "
-            "domains to re-tune with --reuse_free '[domain, ...]'"
-        )
-    if problems:
-        raise ValueError("; ".join(problems))
-    ratios = {d: float(record["weights"][d]) for d in block}
-    return ReuseStructure(tuple(domains), ratios, str(previous)), comparison

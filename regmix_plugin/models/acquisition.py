@@ -12,12 +12,13 @@ conditioned on that mixture at its own predicted mean, with the fitted kernel hy
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from regmix_plugin.counts import TokenCount
-from regmix_plugin.draws import distinct_draws, sample_prior
+from regmix_plugin.draws import distinct_draws, reuse_draws, sample_prior
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
 from regmix_plugin.formats.model_dir import load_fitted, read_model_meta
 from regmix_plugin.weights import (
@@ -93,13 +94,27 @@ def propose_batch(
 
     if candidates is not None:
         pool = read_mixtures(candidates, "--candidates", known=domains, known_from="--model")
+        if fitted.reuse is not None:
+            broken = fitted.reuse.broken(pool.weights)
+            if broken.any():
+                print(f"note: {int(broken.sum())} --candidates row(s) break the model's reuse block ratios; left out")
+            pool = replace(
+                pool, ids=[i for i, b in zip(pool.ids, broken, strict=True) if not b], weights=pool.weights[~broken]
+            )
         C, ids = _pool_rows(pool, lower, upper, taken, unit)
     else:
         center = meta["run_mean_mixture"] if manifest is None else None
         prior = sample_prior(domains, tokens or {}, temperature, center, c.exclude)
         prior = np.where(upper > 0, prior, 0.0)
         draws = 20 * n_candidates  # tight constraints reject most draws: a smaller pool still serves if it holds n
-        units = distinct_draws(prior, n_candidates, 1, sampler, drop_below, decimals, seed, upper, lower, draws, taken)
+        if fitted.reuse is not None:  # over the reduced coordinates: every candidate keeps the block's ratios
+            full = reuse_draws(fitted.reuse, prior, upper, n_candidates, sampler, drop_below, decimals, seed, draws,
+                               lower, taken)  # fmt: skip
+            units = full[:, None, :]
+        else:
+            units = distinct_draws(
+                prior, n_candidates, 1, sampler, drop_below, decimals, seed, upper, lower, draws, taken
+            )
         if len(units) < n:
             raise ValueError(
                 f"only {len(units)} new candidates inside the constraints (of --n {n} needed) in "
@@ -110,11 +125,12 @@ def propose_batch(
     if len(C) < n:
         print(f"note: only {len(C)} pool row(s) are new and inside the constraints; proposing them all")
     sign = -1.0 if maximize else 1.0
-    picks, mean, std = believer_batch(fitted.regressor, C, min(n, len(C)), kappa, sign)
+    picks, mean, std = believer_batch(fitted.regressor, fitted.features(C), min(n, len(C)), kappa, sign)
     new_ids = _fresh_ids([ids[i] for i in picks], used_ids, id_prefix)
     rows = dict(existing.as_dict()) if existing is not None else {}
     rows.update({r: dict(zip(domains, C[i].tolist(), strict=True)) for r, i in zip(new_ids, picks, strict=True)})
-    write_mixtures(out, rows, domains)
+    reuse = replace(fitted.reuse, decimals=decimals) if fitted.reuse is not None else None  # rows rounded so
+    write_mixtures(out, rows, domains, reuse=reuse)
     bound = "mean + kappa*std" if maximize else "mean - kappa*std"
     print(f"{'run_id':<14} {'mean':>10} {'std':>10} {bound:>16}")
     for r, m, s in zip(new_ids, mean, std, strict=True):
