@@ -29,7 +29,7 @@ def corpus_v2(tmp_path_factory, tokenizer_dir) -> Path:
     return out
 
 
-def _sweep(tmp_path, name, data_path, tokenizer_dir, runs: dict, *, max_tokens=None, failed=()) -> Path:
+def _sweep(tmp_path, name, data_path, tokenizer_dir, runs: dict, *, max_tokens=None, failed=(), reuse=None) -> Path:
     """A planned sweep at ``tmp_path/name`` whose runs ``{id: (mixture, {domain: final loss})}`` are recorded."""
     from regmix_plugin.commands.sweep import EvalArgs
     from regmix_plugin.commands.sweep.plan import check_setup, plan_sweep
@@ -37,7 +37,7 @@ def _sweep(tmp_path, name, data_path, tokenizer_dir, runs: dict, *, max_tokens=N
     from regmix_plugin.formats.sweep_records import RunRecord, read_records, write_record, write_table
 
     mixtures = tmp_path / f"{name}.csv"
-    write_mixtures(mixtures, {r: m for r, (m, _) in runs.items()}, DOMAINS)
+    write_mixtures(mixtures, {r: m for r, (m, _) in runs.items()}, DOMAINS, reuse=reuse)
     config = pretrain_config(Path("unused"), data_path, tokenizer_dir, None)
     if max_tokens is not None:
         config["train"]["max_tokens"] = max_tokens
@@ -49,7 +49,7 @@ def _sweep(tmp_path, name, data_path, tokenizer_dir, runs: dict, *, max_tokens=N
         status = "failed" if run_id in failed else "done"
         point = [{"tokens": plan.final_tokens, "final": True, "losses": losses}]
         write_record(out, RunRecord(run_id, status, mixture, point if status == "done" else [], plan.final_tokens))
-    write_table(out / "results.csv", list(runs), read_records(out))
+    write_table(out / "results.csv", list(runs), read_records(out), reuse)
     return out
 
 
@@ -122,6 +122,24 @@ def test_also_adds_only_runs_on_unchanged_domains_and_names_the_refused(
     assert json.loads((tmp_path / "model_tiny" / "model.json").read_text())["n_runs"] == len(NEW_RUNS)
 
 
+def test_with_earlier_runs_a_reuse_fit_stays_in_full_coordinates(tmp_path, prepared, corpus_v2, tokenizer_dir, cli):
+    from regmix_plugin.formats.reuse import ReuseStructure
+
+    block = ReuseStructure(tuple(DOMAINS), {"code": 0.25, "prose": 0.75}, "v1/mixture.yaml", 4)
+    rows = [{"code": t / 4, "prose": 3 * t / 4, "tiny": 1 - t} for t in (0.6, 0.7, 0.8, 0.9, 0.95)]
+    new = _sweep(tmp_path, "v2", corpus_v2, tokenizer_dir, {f"r{i}": (m, _loss(m)) for i, m in enumerate(rows)}, reuse=block)
+    old = _sweep(tmp_path, "v1", prepared, tokenizer_dir, OLD_RUNS, failed={"o-failed"})
+    args = ("fit", "--results", new / "results.csv", "--target", "val_loss/prose", "--regressor", "linear")
+    code, out, err = cli(*args, "--out", tmp_path / "reduced")
+    assert code == 0, err
+    assert json.loads((tmp_path / "reduced" / "model.json").read_text())["features"] == ["@block", "tiny"]
+    code, out, err = cli(*args, "--also", old, "--out", tmp_path / "full")
+    assert code == 0, err
+    assert "the earlier runs do not keep the reuse block's ratios, so the fit uses the full coordinates" in out
+    meta = json.loads((tmp_path / "full" / "model.json").read_text())
+    assert "features" not in meta and "reuse" not in meta and meta["domains"] == DOMAINS and meta["n_runs"] == 5 + 3
+
+
 def test_a_changed_proxy_recipe_or_tokenizer_is_refused_with_the_fix(
     tmp_path, tmp_path_factory, prepared, corpus_v2, tokenizer_dir, cli
 ):
@@ -160,5 +178,5 @@ def test_a_changed_proxy_recipe_or_tokenizer_is_refused_with_the_fix(
 
 
 def test_also_needs_a_sweeps_results_table(tmp_path, cli, results_table):
-    code, _, err = cli("fit", "--results", results_table, "--also", tmp_path, "--out", tmp_path / "m")
+    code, _, err = cli("fit", "--results", results_table(8), "--also", tmp_path, "--out", tmp_path / "m")
     assert code == 2 and "--also needs --results to be the results table of a `regmix sweep`" in err

@@ -82,6 +82,10 @@ def fit(
             one. Earlier runs do not keep a reuse block's ratios, so with them the fit uses the full coordinates.
     """
     data, source = _load_training(results, mixtures, losses)
+    columns = data.resolve_target(target)
+    if also:  # before any reduction: earlier runs are full mixtures, and with them the fit stays in full coordinates
+        also = [also] if isinstance(also, (str, Path)) else list(also)
+        data, source["also"] = _add_earlier(data, columns, results, also)
     full_domains, reuse = data.domains, data.reuse
     if reuse is not None:  # fewer dimensions: the block's total and the free domains
         if regressor in LAW_KINDS:
@@ -95,10 +99,6 @@ def fit(
             + " + ".join(reuse.block)
             + ")"
         )
-    columns = data.resolve_target(target)
-    if also:
-        also = [also] if isinstance(also, (str, Path)) else list(also)
-        data, source["also"] = _add_earlier(data, columns, results, also)
     from regmix_plugin.models.regressors import cv_fold_count
 
     data, y = _finite_rows(data, columns)
