@@ -25,7 +25,9 @@ def corpus_v2(tmp_path_factory, tokenizer_dir) -> Path:
     root = tmp_path_factory.mktemp("v2")
     raw = make_corpus(root / "raw", {"prose": 160, "code": 90, "tiny": 14})
     out = root / "data"
-    prepare(source=[str(raw)], tokenizer_dir=tokenizer_dir, out_dir=out, val_fraction=0.1, num_workers=2, chunk_bytes="2KB")
+    prepare(
+        source=[str(raw)], tokenizer_dir=tokenizer_dir, out_dir=out, val_fraction=0.1, num_workers=2, chunk_bytes="2KB"
+    )
     return out
 
 
@@ -127,7 +129,9 @@ def test_with_earlier_runs_a_reuse_fit_stays_in_full_coordinates(tmp_path, prepa
 
     block = ReuseStructure(tuple(DOMAINS), {"code": 0.25, "prose": 0.75}, "v1/mixture.yaml", 4)
     rows = [{"code": t / 4, "prose": 3 * t / 4, "tiny": 1 - t} for t in (0.6, 0.7, 0.8, 0.9, 0.95)]
-    new = _sweep(tmp_path, "v2", corpus_v2, tokenizer_dir, {f"r{i}": (m, _loss(m)) for i, m in enumerate(rows)}, reuse=block)
+    new = _sweep(
+        tmp_path, "v2", corpus_v2, tokenizer_dir, {f"r{i}": (m, _loss(m)) for i, m in enumerate(rows)}, reuse=block
+    )
     old = _sweep(tmp_path, "v1", prepared, tokenizer_dir, OLD_RUNS, failed={"o-failed"})
     args = ("fit", "--results", new / "results.csv", "--target", "val_loss/prose", "--regressor", "linear")
     code, out, err = cli(*args, "--out", tmp_path / "reduced")
