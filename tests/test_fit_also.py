@@ -181,6 +181,9 @@ def test_a_changed_proxy_recipe_or_tokenizer_is_refused_with_the_fix(
     assert code == 2 and f"--also {old}: its sweep.json predates recorded fingerprints" in err
 
 
-def test_also_needs_a_sweeps_results_table(tmp_path, cli, results_table):
+def test_also_needs_a_sweeps_results_table_and_another_sweep(tmp_path, cli, results_table, prepared, tokenizer_dir):
     code, _, err = cli("fit", "--results", results_table(8), "--also", tmp_path, "--out", tmp_path / "m")
     assert code == 2 and "--also needs --results to be the results table of a `regmix sweep`" in err
+    new = _sweep(tmp_path, "v2", prepared, tokenizer_dir, NEW_RUNS)
+    code, _, err = cli("fit", "--results", new / "results.csv", "--also", new, "--out", tmp_path / "m")
+    assert code == 2 and f"--also {new} is the sweep of --results, or given twice" in err

@@ -158,6 +158,9 @@ def add_earlier_runs(
     for old_dir in also:
         old = read_origin(old_dir, "--also")
         name = str(old_dir)
+        if old.path.resolve() == current.path.resolve() or name in report.used:
+            problems.append(f"--also {name} is the sweep of --results, or given twice: its runs would count twice")
+            continue
         if old.tokenizer != current.tokenizer:
             problems.append(
                 f"--also {name}: its corpus was tokenized with another tokenizer ({old.tokenizer} vs "
@@ -186,7 +189,7 @@ def add_earlier_runs(
         report.used[name], report.refused[name] = used, refused
     if problems:
         raise ValueError("regmix fit: nothing was fitted:\n  " + "\n  ".join(problems))
-    if rows and getattr(data, "reuse", None) is not None:
+    if rows and data.reuse is not None:
         # Earlier runs do not keep the block's ratios (a random run of the old sweep varies them freely), so
         # they are no points of the reduced space: projecting them would credit the block's loss with whatever
         # ratios they had. The fit falls back to the full coordinates, where each run is exactly what it was.
