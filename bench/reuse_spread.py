@@ -28,6 +28,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="toy sizes (the wiring, not a measurement)")
     parser.add_argument("--sweeps_only", action="store_true")
+    parser.add_argument(
+        "--target_seeds",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also train each seed's chosen mixtures with these target-model seeds (model init and data order): "
+        "the target model's own noise, on the same corpus",
+    )
     args = parser.parse_args()
     from regmix_plugin.demo.reuse import NEW_DOMAIN, corpora, pipelines, reuse_demo
 
@@ -42,6 +50,8 @@ def main() -> None:
             full.proxy_sweep()
         else:
             summaries[seed] = reuse_demo(out, args.quick, None, args.workers, seed, NEW_DOMAIN)
+    val_tokens = 8192 if args.quick else 65536  # the demo's target_val_tokens
+    retrained = {seed: retrain(args.out_dir / f"seed{seed}", args.target_seeds, val_tokens) for seed in summaries}
     wall = time.perf_counter() - t0
     if args.sweeps_only:
         print(f"sweeps of seeds {args.seeds}: {wall:.0f} s")
@@ -66,8 +76,47 @@ def main() -> None:
     for key in ("margin_reuse", "margin_reuse_also"):
         margins = [s[key] for s in summaries.values()]
         print(f"{key}: mean {statistics.fmean(margins):+.4f}, per seed {', '.join(f'{m:+.4f}' for m in margins)}")
+    for seed, by_target_seed in retrained.items():
+        for ts, loss in by_target_seed.items():
+            print(
+                f"seed {seed}, target-model seed {ts}: full {loss['full']:.4f}, reuse {loss['reuse']:.4f} "
+                f"({loss['reuse'] - loss['full']:+.4f}), reuse + --also {loss['reuse_also']:.4f} "
+                f"({loss['reuse_also'] - loss['full']:+.4f})"
+            )
     print(f"wall time: {wall:.0f} s")
-    (args.out_dir / "spread.json").write_text(json.dumps({"seeds": summaries, "stats": stats, "wall_s": wall}))
+    out = {"seeds": summaries, "stats": stats, "retrained": retrained, "wall_s": wall}
+    (args.out_dir / "spread.json").write_text(json.dumps(out))
+
+
+def retrain(seed_dir: Path, target_seeds: list[int], val_tokens: int) -> dict[int, dict[str, float]]:
+    """Each arm's target model again with another model/data seed: ``{target seed: {arm: target loss}}``."""
+    import yaml
+
+    from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+    from regmix_plugin.formats.sweep_records import read_records
+
+    full = seed_dir / "v2_full"
+    template = yaml.safe_load((full / "recipes" / "target_template.yaml").read_text())
+    summary = json.loads((seed_dir / "summary.json").read_text())
+    out = {}
+    for ts in target_seeds:
+        template["seed"] = template["data"]["init_args"]["seed"] = ts
+        recipe = full / "recipes" / f"target_template_seed{ts}.yaml"
+        recipe.write_text(yaml.safe_dump(template, sort_keys=False))
+        runs = full / "arms" / f"runs_seed{ts}"
+        sweep(
+            mixtures=full / "arms" / "mixtures.csv",
+            data_path=full / "data",
+            recipe=recipe,
+            out_dir=runs,
+            eval=EvalArgs(points=0, val_tokens=val_tokens),
+            local=LocalArgs(workers=2),
+        )
+        records = read_records(runs)
+        out[ts] = {
+            arm: next(p for p in records[arm].losses if p["final"])["losses"][summary["target"]] for arm in records
+        }
+    return out
 
 
 if __name__ == "__main__":
