@@ -47,6 +47,7 @@ def fit(
     horizon_tokens: float | None = None,
     min_tokens: float = 0.0,
     bimix_proportions: Literal["own", "all"] = "own",
+    also: list[Path] | Path | None = None,
 ) -> None:
     """Fit a regressor from mixture weights to a target metric of the proxy runs, with K-fold CV.
 
@@ -78,8 +79,16 @@ def fit(
             domain driven by that domain's proportion alone (other columns, e.g. a validation-only target, by
             every proportion); ``all``: every column driven by every proportion,
             ``prod_j r_j**-alpha_j * (B / s**beta + C)`` (a one-domain target then has an interior optimum).
+        also: Earlier sweep directories whose valid runs are added to ``--results`` (a sweep's ``results.csv``):
+            same tokenizer and proxy recipe, and trained only on domains whose content is unchanged since, with
+            the target's validation domains unchanged. Prints how many runs it used and why it refused each other
+            one. Earlier runs do not keep a reuse block's ratios, so with them the fit uses the full coordinates.
     """
     data, source = _load_training(results, mixtures, losses)
+    columns = data.resolve_target(target)
+    if also:  # before any reduction: earlier runs are full mixtures, and with them the fit stays in full coordinates
+        also = [also] if isinstance(also, (str, Path)) else list(also)
+        data, source["also"] = _add_earlier(data, columns, results, also)
     full_domains, reuse = data.domains, data.reuse
     if reuse is not None:  # fewer dimensions: the block's total and the free domains
         if regressor in LAW_KINDS:
@@ -93,7 +102,6 @@ def fit(
             + " + ".join(reuse.block)
             + ")"
         )
-    columns = data.resolve_target(target)
     from regmix_plugin.models.regressors import cv_fold_count
 
     data, y = _finite_rows(data, columns)
@@ -401,6 +409,21 @@ def _load_training(results, mixtures, losses) -> tuple[Results, dict]:
             "(the official RegMix pair)"
         )
     return read_regmix_csv(mixtures, losses), {"mixtures": str(mixtures), "losses": str(losses)}
+
+
+def _add_earlier(data: Results, columns: dict[str, float], results: Path | None, also: list[Path]):
+    """``data`` plus the valid runs of the ``--also`` sweeps, checked against the sweep ``--results`` came from."""
+    from regmix_plugin.formats.sweep_origin import SETUP, add_earlier_runs, read_origin
+
+    if results is None or not (Path(results).parent / SETUP).is_file():
+        raise ValueError(
+            "--also needs --results to be the results table of a `regmix sweep` (with its sweep.json beside it), so "
+            "the earlier runs can be checked against that sweep's corpus, tokenizer and proxy recipe"
+        )
+    data, report = add_earlier_runs(data, columns, read_origin(Path(results).parent, "--results"), list(also))
+    for line in report.lines():
+        print(line)
+    return data, report.to_dict()
 
 
 def _finite_rows(data: Results, columns: dict[str, float]) -> tuple[Results, np.ndarray]:

@@ -2,6 +2,7 @@
 
     regmix demo --out_dir demo_out            # ~48 proxies, 6 target-model arms, report.md
     regmix demo --out_dir /tmp/d --quick true # the same path at toy size (the test suite runs it)
+    regmix demo --scenario reuse --out_dir demo_reuse  # opt-in: the corpus gains a domain; reuse vs recompute
 
 An application over the user's commands (it may import them; no command imports it): ``corpus`` builds the
 embedded corpus, :class:`~regmix_plugin.demo.pipeline.Pipeline` runs the stages, ``report`` writes
@@ -11,6 +12,7 @@ embedded corpus, :class:`~regmix_plugin.demo.pipeline.Pipeline` runs the stages,
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 
 def demo(
@@ -21,6 +23,8 @@ def demo(
     seed: int = 0,
     arms: list[str] | None = None,
     regmix_d: bool = False,
+    scenario: Literal["arms", "reuse"] = "arms",
+    new_domain: str = "licenses",
 ) -> dict:
     """Run RegMix end to end on a corpus built from this Python installation and report the arms.
 
@@ -35,7 +39,15 @@ def demo(
         regmix_d: Add the ``regmix_d`` arm (RegMix-D offline): a second sweep of as many 2-stage proxies,
             ``fit_trajectory``, ``schedule`` and one more target run. Off by default: it roughly doubles the
             proxy sweep, which takes the demo past 10 minutes on 2 cores.
+        scenario: ``arms`` (the default: the arms above); ``reuse``: the corpus gains ``--new_domain``, and
+            `regmix sample --reuse` with a quarter of the proxies is compared with a full recomputation, both
+            trained as target models (``--arms`` and ``--regmix_d`` do not apply). See ``regmix_plugin.demo.reuse``.
+        new_domain: ``reuse``: the demo domain that version 1 of the corpus lacks and version 2 adds.
     """
+    if scenario == "reuse":
+        from regmix_plugin.demo.reuse import reuse_demo
+
+        return reuse_demo(Path(out_dir), quick, proxies, workers, seed, new_domain)
     from regmix_plugin.demo.corpus import DEMO_TARGET, build_demo_corpus
     from regmix_plugin.demo.pipeline import Pipeline
     from regmix_plugin.demo.report import write_report
@@ -52,12 +64,7 @@ def demo(
         seed=seed,
     )
     if quick:
-        pipe.proxies, pipe.eval_points, pipe.val_tokens, pipe.target_val_tokens = 12, 1, 4096, 8192
-        pipe.n_candidates = 20_000
-        pipe.overrides = {
-            "proxy": {"train.max_tokens": 10 * 8 * 128, "data.init_args.max_tokens": 10 * 8 * 128},
-            "target": {"train.max_tokens": 20 * 16 * 128, "data.init_args.max_tokens": 20 * 16 * 128},
-        }
+        pipe.make_quick()
     if proxies is not None:
         pipe.proxies = proxies
     if arms is not None:

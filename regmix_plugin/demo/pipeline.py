@@ -62,6 +62,9 @@ class Pipeline:
     """`regmix fit_trajectory --regressor` for the ``regmix_d`` arm: linear, lightgbm or gp."""
     compile: str = "auto"
     """`regmix sweep --compile` for every model the pipeline trains: auto (eager on CPU), on or off."""
+    reuse_from: Path | None = None
+    """`regmix sample --reuse`: the previous ``mixture.yaml`` whose unchanged domains keep their ratios (the
+    ``reuse`` scenario); None samples every domain freely."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per recipe (``proxy``/``target``): dotted key -> value applied to the working copy (``--quick``)."""
     timings: dict[str, float] = field(default_factory=dict)
@@ -97,6 +100,15 @@ class Pipeline:
             problems.append(f"--workers must be >= 1 (parallel training processes), got {self.workers}")
         if problems:
             raise ValueError("; ".join(problems))
+
+    def make_quick(self) -> None:
+        """Toy sizes (``--quick``): 12 proxies, short runs, few validation tokens; the same path in minutes."""
+        self.proxies, self.eval_points, self.val_tokens, self.target_val_tokens = 12, 1, 4096, 8192
+        self.n_candidates = 20_000
+        self.overrides = {
+            "proxy": {"train.max_tokens": 10 * 8 * 128, "data.init_args.max_tokens": 10 * 8 * 128},
+            "target": {"train.max_tokens": 20 * 16 * 128, "data.init_args.max_tokens": 20 * 16 * 128},
+        }
 
     # ---------------------------------------------------------------------------------------- stages
     def tokenizer_and_data(self) -> None:
@@ -167,6 +179,7 @@ class Pipeline:
                 n=self.proxies,
                 constraints=self.constraints(),
                 seed=self.seed,
+                **({"reuse": self.reuse_from} if self.reuse_from else {}),
             )
         with self.stage("sweep"):
             sweep(
@@ -279,29 +292,37 @@ class Pipeline:
             )
         return _final_losses(read_records(self.out_dir / "arms" / f"runs_{name}")[name])
 
-    def fit_and_optimize(self, results: Path) -> dict:
+    def fit_and_optimize(self, results: Path, also: list[Path] | None = None, name: str = "") -> dict:
+        """`regmix fit` then `regmix optimize`; returns the chosen ``mixture.yaml`` (as read).
+
+        ``also``: earlier sweeps whose valid runs the fit adds (`regmix fit --also`); ``name`` suffixes the model
+        directory and mixture file (``model_<name>``, ``mixture_<name>.yaml``) so a variant keeps its own.
+        """
         from regmix_plugin.commands.fit import fit
         from regmix_plugin.commands.optimize import optimize
         from regmix_plugin.formats.mixture_yaml import read_mixture
 
-        with self.stage("fit"):
+        suffix = f"_{name}" if name else ""
+        model, mixture = self.out_dir / f"model{suffix}", self.out_dir / f"mixture{suffix}.yaml"
+        with self.stage(f"fit{suffix}"):
             fit(
                 results=results,
                 target=f"val_loss/{self.target}",
                 regressor=self.regressor,
-                out=self.out_dir / "model",
+                out=model,
                 seed=self.seed,
+                also=also,
             )
-        with self.stage("optimize"):
+        with self.stage(f"optimize{suffix}"):
             optimize(
-                model=self.out_dir / "model",
-                out=self.out_dir / "mixture.yaml",
+                model=model,
+                out=mixture,
                 data_path=self.out_dir / "data",
                 constraints=self.constraints(),
                 n_candidates=self.n_candidates,
                 seed=self.seed,
             )
-        return read_mixture(self.out_dir / "mixture.yaml")
+        return read_mixture(mixture)
 
     def entropy_mixture(self) -> dict:
         """`regmix entropy` under the demo's epoch bound: no proxies needed."""

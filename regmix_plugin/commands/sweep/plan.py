@@ -122,6 +122,10 @@ class SweepPlan:
     identity, since both loss paths train the same model (each record says which one it used)."""
     compile: str = "auto"
     """``--compile``: resolved per run by its worker, like ``fused_loss``, and for the same reason not identity."""
+    fingerprints: dict[str, str | None] | None = None
+    """One content fingerprint per domain of the corpus (``Manifest.fingerprints``), so a later corpus can tell
+    which of these runs trained on unchanged domains only (``regmix fit --also``). Implied by the manifest hash of
+    the identity, so not part of it; None in sweeps planned before it was recorded."""
     reuse: dict | None = None
     """The mixtures file's reuse structure (``regmix sample --reuse``), carried into the results table; not identity
     (the rows themselves are checked against it)."""
@@ -306,6 +310,7 @@ def plan_sweep(
         mixtures=mixes,
         fused_loss=fused_loss,
         compile=compile,
+        fingerprints=manifest.fingerprints(),
         reuse=reuse,
     )
 
