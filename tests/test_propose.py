@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from conftest import PILE17, synthetic_result_rows, synthetic_true_losses
 
-from regmix_plugin.models.acquisition import believer_batch
 from regmix_plugin.draws import distinct_draws
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
 from regmix_plugin.formats.model_dir import load_fitted
 from regmix_plugin.formats.results import write_results
+from regmix_plugin.models.acquisition import believer_batch
 from regmix_plugin.weights import largest_remainder
 
 D = 4
