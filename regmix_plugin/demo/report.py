@@ -142,7 +142,7 @@ def _fewer_proxies_note(pipe, arms: dict, proxies: dict[str, int]) -> list[str]:
     return [
         f"Fewer proxies: `active` started from the first {pipe.active_initial} of the {pipe.proxies} proxies above "
         f"(their runs reused, not retrained) and `regmix sweep --active` proposed the rest in rounds of "
-        f"{pipe.active_batch}, up to {pipe.active_budget} ({proxies.get('active', 0)} run); `random_subset` is the "
+        f"{pipe.active_batch}, up to {pipe.active_budget} ({proxies.get('active', 0)} runs); `random_subset` is the "
         f"first {min(pipe.active_budget, pipe.proxies)} of the {pipe.proxies} proxies. Both fit a GP and run "
         f"`regmix optimize`; `regmix` fits all {pipe.proxies} with the regressor cross-validation chose "
         f"(**{json.loads((pipe.out_dir / 'model' / 'model.json').read_text())['regressor']}**). One seed.",
