@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from regmix_plugin.demo.pipeline import MIXTURE_FILES
-
 
 def active_mixture(pipe) -> dict:
     """The ``active`` arm: `regmix sweep --active` from the main sweep's first ``active_initial`` proxies to
@@ -82,19 +80,20 @@ def random_subset_mixture(pipe, results: Path) -> dict:
 
 
 def _optimized(pipe, model: Path, arm: str) -> dict:
+    """`regmix optimize` on ``model`` into ``mixture_<arm>.yaml`` (the arm's entry of ``pipeline.MIXTURE_FILES``)."""
     from regmix_plugin.commands.optimize import optimize
     from regmix_plugin.formats.mixture_yaml import read_mixture
 
     with pipe.stage(f"optimize ({arm})"):
         optimize(
             model=model,
-            out=pipe.out_dir / MIXTURE_FILES[arm],
+            out=pipe.out_dir / f"mixture_{arm}.yaml",
             data_path=pipe.out_dir / "data",
             constraints=pipe.constraints(),
             n_candidates=pipe.n_candidates,
             seed=pipe.seed,
         )
-    return read_mixture(pipe.out_dir / MIXTURE_FILES[arm])
+    return read_mixture(pipe.out_dir / f"mixture_{arm}.yaml")
 
 
 def proxy_counts(pipe) -> dict[str, int]:

@@ -155,8 +155,8 @@ def active_loop(
     domains = read_manifest(data_path).train_domains()
     space = candidate_space({"domains": domains}, loop.constraints, data_path, None, loop.temperature)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = _state(out_dir, loop)
     with _locked(out_dir):
+        _check_state(out_dir, loop)
         if not mixtures.exists():
             units = draw_candidates(*space, loop.initial, SamplerArgs(), DROP_BELOW, DECIMALS, loop.seed)
             if len(units) < loop.initial:
@@ -178,12 +178,11 @@ def active_loop(
         total["pending"] = counts["pending"]
         if counts.get("pending"):
             print(f"active: {counts['pending']} run(s) left pending; re-run the same command to finish them")
-            return {**total, "rounds": len(state["rounds"]), "stopped": "pending"}
+            return {**total, "rounds": None, "stopped": "pending"}
         rows = read_mixtures(mixtures, "--mixtures", known=domains)
         k = max((int(m.group(1)) for i in rows.ids if (m := _ROUND.match(i))), default=0)
-        rnd = _round(k, len(rows.ids), state, out_dir, data_path, loop, space)
+        rnd, rounds = _round(k, len(rows.ids), out_dir, data_path, loop, space)
         print(rnd.line(), flush=True)
-        rounds = state["rounds"]
         recent = [rounds.get(str(j), {}).get("moved") for j in (k, k - 1)]
         if len(rows.ids) >= loop.budget:
             stopped = "budget"
@@ -197,50 +196,50 @@ def active_loop(
         _propose(k + 1, mixtures, out_dir, data_path, loop, domains)
 
 
-def _round(k, runs, state, out_dir, data_path, loop, space) -> Round:
-    """Round ``k``'s line, from ``active.json`` when it was recorded with the same runs, else by fitting."""
-    rounds = state["rounds"]
-    if str(k) in rounds and rounds[str(k)]["runs"] == runs and _model(out_dir, k).is_dir():
-        return Round(**rounds[str(k)])
+def _round(k, runs, out_dir, data_path, loop, space) -> tuple[Round, dict]:
+    """Round ``k``'s line and every round's so far: from ``active.json`` when recorded with the same runs, else
+    by fitting. Under the lock, so cooperating loops fit each round once and read each other's lines."""
     from regmix_plugin.formats.model_dir import load_fitted
     from regmix_plugin.models.acquisition import draw_candidates, predicted_optimum
     from regmix_plugin.models.fitting import fit_model
 
-    meta = fit_model(
-        results=out_dir / "results.csv",
-        target=loop.target,
-        regressor=loop.regressor,
-        out=_model(out_dir, k),
-        seed=loop.seed,
-    )
-    fitted = load_fitted(_model(out_dir, k))
-    units = draw_candidates(*space, loop.n_candidates, SamplerArgs(), DROP_BELOW, DECIMALS, loop.seed)
-    lower, upper = space[1], space[2]
-    done = read_mixtures(out_dir / "results.csv", "--results", known=fitted.domains).weights
-    inside = done[((done >= lower - 1e-9) & (done <= upper + 1e-9)).all(1)]
-    C = np.vstack([units / 10**DECIMALS, inside])
-    w, mean, std = predicted_optimum(fitted.regressor, C)
-    previous = rounds.get(str(k - 1))
-    moved = (
-        None
-        if previous is None
-        else float(sum(abs(w[i] - previous["optimum"].get(d, 0.0)) for i, d in enumerate(fitted.domains)))
-    )
-    rnd = Round(
-        round=k,
-        runs=runs,
-        cv_spearman=float(meta["cv_spearman"]),
-        cv_rmse=float(meta["cv_rmse"]),
-        optimum={d: round(float(v), 6) for d, v in zip(fitted.domains, w, strict=True)},
-        predicted=mean,
-        std=std,
-        moved=moved,
-        eps=loop.eps if loop.eps is not None else resolution(units / 10**DECIMALS),
-        delta=loop.delta if loop.delta is not None else float(meta["cv_rmse"]),
-    )
-    rounds[str(k)] = asdict(rnd)
-    write_json(out_dir / STATE, state)
-    return rnd
+    with _locked(out_dir):
+        state = json.loads((out_dir / STATE).read_text())
+        rounds = state["rounds"]
+        if str(k) in rounds and rounds[str(k)]["runs"] == runs and _model(out_dir, k).is_dir():
+            return Round(**rounds[str(k)]), rounds
+        meta = fit_model(
+            results=out_dir / "results.csv",
+            target=loop.target,
+            regressor=loop.regressor,
+            out=_model(out_dir, k),
+            seed=loop.seed,
+        )
+        fitted = load_fitted(_model(out_dir, k))
+        C = draw_candidates(*space, loop.n_candidates, SamplerArgs(), DROP_BELOW, DECIMALS, loop.seed) / 10**DECIMALS
+        lower, upper = space[1], space[2]
+        done = read_mixtures(out_dir / "results.csv", "--results", known=fitted.domains).weights
+        inside = done[((done >= lower - 1e-9) & (done <= upper + 1e-9)).all(1)]
+        w, mean, std = predicted_optimum(fitted.regressor, np.vstack([C, inside]))
+        previous = rounds.get(str(k - 1))
+        moved = None
+        if previous is not None:
+            moved = float(sum(abs(w[i] - previous["optimum"].get(d, 0.0)) for i, d in enumerate(fitted.domains)))
+        rnd = Round(
+            round=k,
+            runs=runs,
+            cv_spearman=float(meta["cv_spearman"]),
+            cv_rmse=float(meta["cv_rmse"]),
+            optimum={d: round(float(v), 6) for d, v in zip(fitted.domains, w, strict=True)},
+            predicted=mean,
+            std=std,
+            moved=moved,
+            eps=loop.eps if loop.eps is not None else resolution(C),
+            delta=loop.delta if loop.delta is not None else float(meta["cv_rmse"]),
+        )
+        rounds[str(k)] = asdict(rnd)
+        write_json(out_dir / STATE, state)
+        return rnd, rounds
 
 
 def resolution(C: np.ndarray, sample: int = 500, seed: int = 0) -> float:
@@ -284,13 +283,12 @@ def _model(out_dir: Path, k: int) -> Path:
     return Path(out_dir) / "active" / f"round-{k:02d}" / "model"
 
 
-def _state(out_dir: Path, loop: ActiveArgs) -> dict:
-    """``active.json``: the loop's identity and its rounds; a loop with other settings is refused."""
+def _check_state(out_dir: Path, loop: ActiveArgs) -> None:
+    """Start ``active.json`` (the loop's identity and its rounds), or refuse a loop with other settings."""
     path = Path(out_dir) / STATE
     if not path.is_file():
-        state = {"identity": loop.identity(), "rounds": {}}
-        write_json(path, state)
-        return state
+        write_json(path, {"identity": loop.identity(), "rounds": {}})
+        return
     state = json.loads(path.read_text())
     changed = [k for k, v in loop.identity().items() if state["identity"].get(k) != v]
     if changed:
@@ -298,7 +296,6 @@ def _state(out_dir: Path, loop: ActiveArgs) -> dict:
             f"--out_dir {str(out_dir)!r} holds an active loop with other --loop settings (changed: "
             f"{', '.join('--loop.' + c for c in changed)}); restore them to resume it, or use a new --out_dir"
         )
-    return state
 
 
 @contextmanager
