@@ -7,6 +7,7 @@ exactly once and the round's proposal reused, not proposed again.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -40,7 +41,7 @@ def env(tmp_path_factory, prepared, tokenizer_dir):
     return {"root": root, "data": prepared, "recipe": _recipe(root / "proxy.yaml", prepared, tokenizer_dir)}
 
 
-def _run(env, out, **kw):
+def _run(env, out, loop=LOOP, **kw):
     return sweep(
         mixtures=out / "mixtures.csv",
         data_path=env["data"],
@@ -49,7 +50,7 @@ def _run(env, out, **kw):
         eval=FAST,
         local=LocalArgs(workers=0, threads=1),
         active=True,
-        loop=LOOP,
+        loop=loop,
         **kw,
     )
 
@@ -99,6 +100,14 @@ def test_active_loop_trains_rounds_of_proposals_up_to_the_budget(env, capsys):
     # re-run: nothing left to train or propose
     again = _run(env, out)
     assert again["done"] == 0 and again["skipped"] == 8 and read_mixtures(out / "mixtures.csv", "m").ids == rows.ids
+    # the stopping rule: with eps and delta above every move and std seen, a larger budget stops at once (round 2
+    # follows two moves below eps); with eps below the moves it would go on
+    moves = [state["rounds"][k]["moved"] for k in ("1", "2")]
+    stds = [state["rounds"][k]["std"] for k in ("1", "2")]
+    loose = dataclasses.replace(LOOP, budget=12, eps=max(moves) * 1.01, delta=max(stds) * 1.01)
+    stop = _run(env, out, loop=loose)
+    assert stop["stopped"] == "converged" and stop["rounds"] == 2 and stop["done"] == 0
+    assert read_mixtures(out / "mixtures.csv", "m").ids == rows.ids  # nothing proposed
 
 
 def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_proposal(env):

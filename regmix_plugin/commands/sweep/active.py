@@ -207,7 +207,10 @@ def _round(k, runs, out_dir, data_path, loop, space) -> tuple[Round, dict]:
         state = json.loads((out_dir / STATE).read_text())
         rounds = state["rounds"]
         if str(k) in rounds and rounds[str(k)]["runs"] == runs and _model(out_dir, k).is_dir():
-            return Round(**rounds[str(k)]), rounds
+            rnd = Round(**rounds[str(k)])  # a re-run may give other --loop.eps/--loop.delta: they decide now
+            rnd.eps = loop.eps if loop.eps is not None else rnd.eps
+            rnd.delta = loop.delta if loop.delta is not None else float(rnd.cv_rmse)
+            return rnd, rounds
         meta = fit_model(
             results=out_dir / "results.csv",
             target=loop.target,
