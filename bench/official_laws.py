@@ -26,8 +26,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--shuffles", type=int, default=3)
     args = parser.parse_args()
-    from regmix_plugin.commands.fit import cross_validate, make_folds
     from regmix_plugin.formats.official import read_regmix_csv
+    from regmix_plugin.models.fitting import cross_validate, make_folds
     from regmix_plugin.models.laws import MixingLaw
     from regmix_plugin.models.regressors import REGRESSORS
 

@@ -60,7 +60,7 @@ def _commands() -> dict:
 # Subcommands whose first argument may be given without its flag name, as in `regmix inspect out/final`.
 _POSITIONAL = {"inspect": "--checkpoint_dir", "status": "--sweep"}
 # Boolean flags that may be given without a value.
-_SWITCHES = {"--json", "--quick"}
+_SWITCHES = {"--json", "--quick", "--active"}
 
 
 _CONSTRAINTS = {

@@ -11,9 +11,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from regmix_plugin.__main__ import main as regmix_main
-from regmix_plugin.commands.fit import cross_validate, make_folds
 from regmix_plugin.formats.model_dir import load_fitted as load_model
 from regmix_plugin.formats.results import read_results, write_results
+from regmix_plugin.models.fitting import cross_validate, make_folds
 from regmix_plugin.models.regressors import REGRESSORS, LightGBMRegressor
 
 

@@ -34,8 +34,11 @@ def demo(
         proxies: Proxy runs to sweep; default 48 (12 with ``--quick``).
         workers: Parallel training processes (proxies and target arms).
         seed: Seed of the mixture sampler, the fit and the optimizer.
-        arms: Target-model arms to train (default: all): regmix, natural, uniform, best_proxy, entropy (the
-            training-free `regmix entropy` mixture) and bimix (the BiMix law on the proxies' trajectories).
+        arms: Target-model arms to train (default: the first six): regmix, natural, uniform, best_proxy, entropy
+            (the training-free `regmix entropy` mixture), bimix (the BiMix law on the proxies' trajectories), and
+            opt-in: active (RegMix on a quarter of the proxies, 12 of 48, chosen by `regmix sweep --active` from the
+            first 6) and random_subset (RegMix on the first 12 proxies, the same gp regressor). They take `make
+            demo` past 10 minutes on 2 cores, hence opt-in.
         regmix_d: Add the ``regmix_d`` arm (RegMix-D offline): a second sweep of as many 2-stage proxies,
             ``fit_trajectory``, ``schedule`` and one more target run. Off by default: it roughly doubles the
             proxy sweep, which takes the demo past 10 minutes on 2 cores.

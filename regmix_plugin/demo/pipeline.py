@@ -22,10 +22,17 @@ import yaml
 from regmix_plugin.atomic import write_text
 
 #: Target-model arms: RegMix (fit + optimize), the corpus's token distribution, uniform, the best proxy's
-#: mixture, `regmix entropy` (training-free) and the BiMix law solved directly.
-ARMS = ("regmix", "natural", "uniform", "best_proxy", "entropy", "bimix")
+#: mixture, `regmix entropy` (training-free), the BiMix law solved directly, and (opt-in, ``--arms``) RegMix on
+#: a quarter of the proxies, chosen by `regmix sweep --active` (``active``) or the first ones drawn (``random_subset``).
+ARMS = ("regmix", "natural", "uniform", "best_proxy", "entropy", "bimix", "active", "random_subset")
 #: Arms whose mixture.yaml a command wrote (the others are written by the demo).
-MIXTURE_FILES = {"regmix": "mixture.yaml", "entropy": "mixture_entropy.yaml", "bimix": "mixture_bimix.yaml"}
+MIXTURE_FILES = {
+    "regmix": "mixture.yaml",
+    "entropy": "mixture_entropy.yaml",
+    "bimix": "mixture_bimix.yaml",
+    "active": "mixture_active.yaml",
+    "random_subset": "mixture_random_subset.yaml",
+}
 
 
 @dataclass
@@ -55,11 +62,18 @@ class Pipeline:
     regressor: str = "auto"
     """`regmix fit --regressor`: auto (best CV Spearman), linear, lightgbm, gp or ensemble."""
     arm_names: tuple[str, ...] = ("regmix", "natural", "uniform", "best_proxy", "entropy", "bimix")
-    """Target-model arms to train: any of :data:`ARMS`."""
+    """Target-model arms to train: any of :data:`ARMS` (``active`` and ``random_subset`` are opt-in: they take
+    the demo past 10 minutes on 2 cores)."""
     regmixd_stages: int = 2
     """Stages of the RegMix-D proxies and of the ``regmix_d`` arm's schedule (equal slices of the run)."""
     regmixd_regressor: str = "linear"
     """`regmix fit_trajectory --regressor` for the ``regmix_d`` arm: linear, lightgbm or gp."""
+    active_initial: int = 6
+    """``active`` arm: random proxies it starts from, the first ones of the main sweep (already trained there)."""
+    active_batch: int = 3
+    """``active`` arm: proxies proposed per round."""
+    active_budget: int = 12
+    """Proxies of the ``active`` arm in all, and of ``random_subset`` (the main sweep's first ones)."""
     compile: str = "auto"
     """`regmix sweep --compile` for every model the pipeline trains: auto (eager on CPU), on or off."""
     reuse_from: Path | None = None
@@ -105,6 +119,7 @@ class Pipeline:
         """Toy sizes (``--quick``): 12 proxies, short runs, few validation tokens; the same path in minutes."""
         self.proxies, self.eval_points, self.val_tokens, self.target_val_tokens = 12, 1, 4096, 8192
         self.n_candidates = 20_000
+        self.active_initial, self.active_batch, self.active_budget = 4, 1, 6
         self.overrides = {
             "proxy": {"train.max_tokens": 10 * 8 * 128, "data.init_args.max_tokens": 10 * 8 * 128},
             "target": {"train.max_tokens": 20 * 16 * 128, "data.init_args.max_tokens": 20 * 16 * 128},
@@ -371,6 +386,7 @@ class Pipeline:
 
     def arms(self, regmix: dict, results: Path) -> dict[str, dict[str, float]]:
         """Arm name -> weights for every arm of ``arm_names`` (see :data:`ARMS`)."""
+        from regmix_plugin.demo.active import active_mixture, random_subset_mixture
         from regmix_plugin.formats.manifest import read_manifest
         from regmix_plugin.formats.results import read_results
 
@@ -384,6 +400,8 @@ class Pipeline:
             "best_proxy": lambda: _best_run(read_results(results), f"val_loss/{self.target}"),
             "entropy": lambda: self.entropy_mixture()["weights"],
             "bimix": lambda: self.bimix_mixture(results)["weights"],
+            "active": lambda: active_mixture(self)["weights"],
+            "random_subset": lambda: random_subset_mixture(self, results)["weights"],
         }
         out = {}
         for arm in self.arm_names:

@@ -16,13 +16,24 @@ ARM_TITLES = {
     "entropy": "entropy, training-free (regmix entropy)",
     "bimix": "BiMix law (fit --regressor bimix)",
     "regmix_d": "RegMix-D offline (regmix schedule; mean weights shown)",
+    "active": "RegMix, proxies chosen actively (regmix sweep --active, gp)",
+    "random_subset": "RegMix, the first proxies drawn (gp)",
 }
 
 
-def arm_table(losses: dict[str, dict[str, float]], target: str, epochs: dict[str, float]) -> list[dict]:
-    """One row per arm, best target loss first: target loss, mean over every measured domain, max epochs."""
+def arm_table(
+    losses: dict[str, dict[str, float]], target: str, epochs: dict[str, float], proxies: dict[str, int] | None = None
+) -> list[dict]:
+    """One row per arm, best target loss first: target loss, mean over every measured domain, max epochs, and
+    the proxy runs behind its mixture (0 for arms chosen without proxies)."""
     rows = [
-        {"arm": arm, "target_loss": d[target], "mean_loss": sum(d.values()) / len(d), "max_epochs": epochs[arm]}
+        {
+            "arm": arm,
+            "target_loss": d[target],
+            "mean_loss": sum(d.values()) / len(d),
+            "max_epochs": epochs[arm],
+            "proxies": (proxies or {}).get(arm, 0),
+        }
         for arm, d in losses.items()
     ]
     return sorted(rows, key=lambda r: r["target_loss"])
@@ -35,12 +46,13 @@ def max_epochs(weights: dict[str, float], train_tokens: dict[str, int], budget: 
 
 def format_table(rows: list[dict], target: str) -> str:
     lines = [
-        f"| arm | val loss on `{target}` (target) | mean val loss, all domains | epochs of most-repeated domain |",
-        "|---|---:|---:|---:|",
+        f"| arm | proxies | val loss on `{target}` (target) | mean val loss, all domains | epochs of most-repeated "
+        "domain |",
+        "|---|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {ARM_TITLES.get(r['arm'], r['arm'])} | {r['target_loss']:.4f} | {r['mean_loss']:.4f} | "
-        f"{r['max_epochs']:.2f} |"
+        f"| {ARM_TITLES.get(r['arm'], r['arm'])} | {r.get('proxies', 0)} | {r['target_loss']:.4f} | "
+        f"{r['mean_loss']:.4f} | {r['max_epochs']:.2f} |"
         for r in rows
     ]
     return "\n".join(lines)
@@ -61,7 +73,10 @@ def write_report(pipe, arms: dict[str, dict[str, float]], losses: dict[str, dict
 
     tokens = read_manifest(out / "data").train_tokens()
     budget = pipe.target_tokens()
-    rows = arm_table(losses, pipe.target, {arm: max_epochs(w, tokens, budget) for arm, w in arms.items()})
+    from regmix_plugin.demo.active import proxy_counts
+
+    proxies = proxy_counts(pipe)
+    rows = arm_table(losses, pipe.target, {arm: max_epochs(w, tokens, budget) for arm, w in arms.items()}, proxies)
     winner = rows[0]["arm"]
     summary = {
         "target": pipe.target,
@@ -96,6 +111,7 @@ def write_report(pipe, arms: dict[str, dict[str, float]], losses: dict[str, dict
         "",
         format_table(rows, pipe.target),
         "",
+        *_fewer_proxies_note(pipe, arms, proxies),
         "## Mixtures",
         "",
         format_weights(arms),
@@ -117,3 +133,18 @@ def write_report(pipe, arms: dict[str, dict[str, float]], losses: dict[str, dict
     print(f"Time per stage: {timing}")
     print(f"Report: {out / 'report.md'}")
     return summary
+
+
+def _fewer_proxies_note(pipe, arms: dict, proxies: dict[str, int]) -> list[str]:
+    """How the ``active`` and ``random_subset`` arms got their proxies, when they ran."""
+    if "active" not in arms and "random_subset" not in arms:
+        return []
+    return [
+        f"Fewer proxies: `active` started from the first {pipe.active_initial} of the {pipe.proxies} proxies above "
+        f"(their runs reused, not retrained) and `regmix sweep --active` proposed the rest in rounds of "
+        f"{pipe.active_batch}, up to {pipe.active_budget} ({proxies.get('active', 0)} runs); `random_subset` is the "
+        f"first {min(pipe.active_budget, pipe.proxies)} of the {pipe.proxies} proxies. Both fit a GP and run "
+        f"`regmix optimize`; `regmix` fits all {pipe.proxies} with the regressor cross-validation chose "
+        f"(**{json.loads((pipe.out_dir / 'model' / 'model.json').read_text())['regressor']}**). One seed.",
+        "",
+    ]

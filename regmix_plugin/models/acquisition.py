@@ -102,13 +102,7 @@ def propose_batch(
     taken = {_key(w, unit) for m in known for w in m.weights}
     used_ids = {i for m in known for i in m.ids}
 
-    manifest = None
-    if data_path is not None:
-        from regmix_plugin.formats.manifest import read_manifest
-
-        manifest = read_manifest(data_path)
-    tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
-    lower, upper = constraint_bounds(domains, c, train_sizes(domains, c.block_size, data_path, tokens))
+    prior, lower, upper = candidate_space(meta, c, data_path, domain_tokens, temperature)
 
     if candidates is not None:
         pool = read_mixtures(candidates, "--candidates", known=domains, known_from="--model")
@@ -121,24 +115,16 @@ def propose_batch(
             )
         C, ids = _pool_rows(pool, lower, upper, taken, unit)
     else:
-        center = meta["run_mean_mixture"] if manifest is None else None
-        prior = sample_prior(domains, tokens or {}, temperature, center, c.exclude)
-        prior = np.where(upper > 0, prior, 0.0)
-        draws = 20 * n_candidates  # tight constraints reject most draws: a smaller pool still serves if it holds n
-        if fitted.reuse is not None:  # over the reduced coordinates: every candidate keeps the block's ratios
-            units = reuse_draws(fitted.reuse, prior, upper, n_candidates, sampler, drop_below, decimals, seed, draws,
-                                lower, taken)  # fmt: skip
-        else:
-            units = distinct_draws(
-                prior, n_candidates, 1, sampler, drop_below, decimals, seed, upper, lower, draws, taken
-            )
+        units = draw_candidates(
+            prior, lower, upper, n_candidates, sampler, drop_below, decimals, seed, taken, fitted.reuse
+        )
         if len(units) < n:
             raise ValueError(
                 f"only {len(units)} new candidates inside the constraints (of --n {n} needed) in "
-                f"{draws} draws: loosen {FLAGS}min_weight/max_weight, lower --drop_below, raise "
+                f"{20 * n_candidates} draws: loosen {FLAGS}min_weight/max_weight, lower --drop_below, raise "
                 "--decimals, or ask for fewer with --n"
             )
-        C, ids = units[:, 0, :] / unit, [None] * len(units)
+        C, ids = units / unit, [None] * len(units)
     if len(C) < n:
         print(f"note: only {len(C)} pool row(s) are new and inside the constraints; proposing them all")
     sign = -1.0 if maximize else 1.0
@@ -159,6 +145,50 @@ def propose_batch(
     rule = "kriging believer" + (" on each member" if meta["regressor"] == "ensemble" else "")
     print(f"proposed {len(new_ids)} mixtures ({what}, kappa {kappa:g}, {rule}, min L1 {min_l1:g}); wrote {out}")
     return new_ids
+
+
+def candidate_space(
+    meta: dict, constraints: ConstraintArgs, data_path: Path | None, domain_tokens, temperature: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The candidates' Dirichlet prior and their per-domain ``lower``/``upper`` bounds, over the model's domains.
+
+    The prior is ``sample``'s (the tempered token distribution of ``data_path``), or without a corpus the mean
+    mixture of the fitted runs; the bounds are every ``--constraints.*`` bound, the epoch bound included.
+    """
+    domains, c = meta["domains"], ConstraintArgs.of(constraints)
+    manifest = None
+    if data_path is not None:
+        from regmix_plugin.formats.manifest import read_manifest
+
+        manifest = read_manifest(data_path)
+    tokens = domain_tokens if domain_tokens is not None else (manifest.train_tokens() if manifest else None)
+    lower, upper = constraint_bounds(domains, c, train_sizes(domains, c.block_size, data_path, tokens))
+    center = meta["run_mean_mixture"] if manifest is None else None
+    prior = sample_prior(domains, tokens or {}, temperature, center, c.exclude)
+    return np.where(upper > 0, prior, 0.0), lower, upper
+
+
+def draw_candidates(
+    prior, lower, upper, n_candidates: int, sampler, drop_below: float, decimals: int, seed: int, taken=(), reuse=None
+) -> np.ndarray:
+    """Up to ``n_candidates`` distinct candidates (rows x domains, integers of ``10**-decimals``) from ``sample``'s
+    generator, inside ``[lower, upper]`` and not in ``taken``; the same arguments give the same rows. With a reuse
+    structure (a model fitted on ``sample --reuse`` rows) they are drawn over its reduced coordinates, so every
+    candidate keeps the block's ratios."""
+    draws = 20 * n_candidates  # tight constraints reject most draws: a smaller pool still serves if it holds n
+    if reuse is not None:
+        units = reuse_draws(reuse, prior, upper, n_candidates, sampler, drop_below, decimals, seed, draws, lower, taken)
+    else:
+        units = distinct_draws(prior, n_candidates, 1, sampler, drop_below, decimals, seed, upper, lower, draws, taken)
+    return units[:, 0, :]
+
+
+def predicted_optimum(fitted, C: np.ndarray, sign: float = 1.0) -> tuple[np.ndarray, float, float]:
+    """The row of ``C`` (full mixtures) with the best predicted mean under a loaded model with an uncertainty (the
+    incumbent of Bayesian optimisation), its mean and std (a GP's posterior std or an ensemble's spread)."""
+    mean, std = fitted.regressor.predict(fitted.features(C), return_std=True)
+    i = int(np.argmin(sign * mean))
+    return C[i], float(mean[i]), float(std[i])
 
 
 def believer_batch(model, C: np.ndarray, n: int, kappa: float, sign: float = 1.0, min_l1: float = DEFAULT_MIN_L1):

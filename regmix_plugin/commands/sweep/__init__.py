@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+from regmix_plugin.commands.sweep.active import ActiveArgs, active_loop
 from regmix_plugin.commands.sweep.plan import EvalArgs, LocalArgs, SlurmArgs, SweepPlan, check_setup, plan_sweep
 from regmix_plugin.errors import deprecated
 from regmix_plugin.formats import claims
@@ -97,6 +98,8 @@ def sweep(
     status: Path | None = None,
     fused_loss: Literal["auto", "on", "off"] = "auto",
     compile: Literal["auto", "on", "off"] = "auto",
+    active: bool = False,
+    loop: ActiveArgs = ActiveArgs(),
 ) -> dict[str, int] | None:
     """Train one proxy per mixture with the stock ``litgpt pretrain`` loop and tabulate per-domain val losses.
 
@@ -128,6 +131,11 @@ def sweep(
             (``off``); ``auto`` = on where a run has CUDA, off on CPU, where compiling costs ~15 s per worker
             that short proxies rarely earn back (`bench/sweep_overhead.py`; long CPU proxies with small batches
             run faster with ``on``). The target run is unaffected.
+        active: Run the active loop (:mod:`regmix_plugin.commands.sweep.active`): draw ``--loop.initial`` random
+            mixtures into ``--mixtures`` (unless it exists), train them, then each round fit, propose
+            ``--loop.batch`` more, append them to ``--mixtures`` and train them, until ``--loop.budget`` runs or
+            the optimum stops moving.
+        loop: The active loop's settings (with ``--active``).
     """
     if status is not None:
         deprecated("regmix sweep --status DIR", "regmix status DIR")
@@ -136,18 +144,6 @@ def sweep(
 
     eval, local, slurm = (
         cls(**v) if isinstance(v, dict) else v for cls, v in ((EvalArgs, eval), (LocalArgs, local), (SlurmArgs, slurm))
-    )
-    plan = plan_sweep(
-        mixtures,
-        data_path,
-        recipe,
-        out_dir,
-        tokenizer_dir,
-        eval,
-        data_num_workers,
-        keep_checkpoints,
-        fused_loss,
-        compile,
     )
     problems = []
     fused_problem = check_mode(fused_loss, need_cuda=launcher == "local")  # a Slurm job's GPUs are not here
@@ -165,17 +161,39 @@ def sweep(
         problems.append(f"--claim_timeout must be > 0 seconds, got {claim_timeout}")
     if not results.endswith((".csv", ".parquet")) or "/" in results:
         problems.append(f"--results {results!r} must be a file name ending in .csv or .parquet")
+    if active:
+        loop = ActiveArgs(**loop) if isinstance(loop, dict) else loop
+        problems += loop.problems()
+        if results != "results.csv":
+            problems.append("--active fits on the sweep's results.csv: leave --results at its default")
     if problems:
         raise ValueError("regmix sweep: " + "; ".join(problems))
     out_dir = Path(out_dir)
-    plan = check_setup(out_dir, plan)
-    return launch(
-        out_dir,
-        plan,
-        launcher=launcher,
-        local=local,
-        slurm=slurm,
-        retry_failed=retry_failed,
-        results=results,
-        claim_timeout=claim_timeout,
-    )
+
+    def train() -> dict[str, int]:
+        plan = plan_sweep(
+            mixtures,
+            data_path,
+            recipe,
+            out_dir,
+            tokenizer_dir,
+            eval,
+            data_num_workers,
+            keep_checkpoints,
+            fused_loss,
+            compile,
+        )
+        return launch(
+            out_dir,
+            check_setup(out_dir, plan),
+            launcher=launcher,
+            local=local,
+            slurm=slurm,
+            retry_failed=retry_failed,
+            results=results,
+            claim_timeout=claim_timeout,
+        )
+
+    if active:
+        return active_loop(Path(mixtures), Path(data_path), out_dir, loop, train)
+    return train()

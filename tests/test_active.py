@@ -1,0 +1,171 @@
+"""`regmix sweep --active`: the loop on real `litgpt pretrain` proxies (test_sweep's 12-step, 37k-parameter model).
+
+4 random starting runs, then rounds of 2 proposals up to a budget of 8: each round trained, refitted, reported;
+the proposals inside the constraints, never a duplicate; killed with SIGKILL mid-round and re-run, each run trained
+exactly once and the round's proposal reused, not proposed again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from test_sweep import DOMAINS, _recipe
+
+from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
+from regmix_plugin.commands.sweep.active import ActiveArgs, resolution
+from regmix_plugin.formats.manifest import read_manifest
+from regmix_plugin.formats.mixture_table import read_mixtures
+from regmix_plugin.formats.sweep_records import read_records
+from regmix_plugin.weights import ConstraintArgs, constraint_bounds, train_sizes
+
+pytestmark = pytest.mark.slow
+FAST = EvalArgs(points=0, val_tokens=128, batch_size=4)
+# Both bind: the target is prose's loss, which wants prose high (the prior is prose-heavy too), and tiny holds few
+# blocks, so the epoch bound at 1536 tokens (the proxy's length) caps it below 1.
+CONSTRAINTS = ConstraintArgs(target_tokens=1536, max_epochs=0.3, block_size=32, max_weight={"prose": 0.6})
+LOOP = ActiveArgs(initial=4, batch=2, budget=8, target="val_loss/prose", constraints=CONSTRAINTS, n_candidates=2000)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, prepared, tokenizer_dir):
+    root = tmp_path_factory.mktemp("active")
+    return {"root": root, "data": prepared, "recipe": _recipe(root / "proxy.yaml", prepared, tokenizer_dir)}
+
+
+def _run(env, out, loop=LOOP, **kw):
+    return sweep(
+        mixtures=out / "mixtures.csv",
+        data_path=env["data"],
+        recipe=env["recipe"],
+        out_dir=out,
+        eval=FAST,
+        local=LocalArgs(workers=0, threads=1),
+        active=True,
+        loop=loop,
+        **kw,
+    )
+
+
+def _check_rows(env, out):
+    """Every row of the sweep's mixtures: inside each constraint, unique, and trained once to a done record."""
+    rows = read_mixtures(out / "mixtures.csv", "--mixtures")
+    W = rows.weights
+    assert len(set(rows.ids)) == len(rows.ids) == 8
+    assert len({tuple(np.round(w, 4)) for w in W}) == 8, "no mixture twice"
+    assert np.allclose(W.sum(1), 1.0, atol=1e-9) and (W >= 0).all()
+    assert (W[:, rows.domains.index("prose")] <= 0.6 + 1e-9).all()
+    lower, upper = constraint_bounds(
+        rows.domains, CONSTRAINTS, train_sizes(rows.domains, 32, env["data"], read_manifest(env["data"]).train_tokens())
+    )
+    assert (upper + 1e-9 >= W).all() and (lower - 1e-9 <= W).all() and upper.min() < 1, upper
+    records = read_records(out)
+    assert sorted(records) == sorted(rows.ids) and all(r.status == "done" for r in records.values())
+    return rows
+
+
+def test_active_loop_trains_rounds_of_proposals_up_to_the_budget(env, capsys):
+    out = env["root"] / "loop"
+    counts = _run(env, out)
+    printed = capsys.readouterr().out
+    assert counts == {"done": 8, "failed": 0, "skipped": 0, "pending": 0, "rounds": 2, "stopped": "budget"}
+    rows = _check_rows(env, out)
+    assert rows.ids == [f"mix-{i:04d}" for i in range(1, 5)] + ["round01-0001", "round01-0002"] + [
+        "round02-0001",
+        "round02-0002",
+    ]
+    lines = re.findall(
+        r"active round (\d): (\d) runs; CV Spearman (\S+); optimum predicted (\S+) \+- (\S+) .* moved (\S+)", printed
+    )
+    assert [(k, n) for k, n, *_ in lines] == [("0", "4"), ("1", "6"), ("2", "8")]
+    assert lines[0][-1] == "-" and all(float(m) >= 0 for *_, m in lines[1:])
+    state = json.loads((out / "active.json").read_text())
+    for k, n, rho, pred, std, moved in lines:
+        rnd = state["rounds"][k]
+        assert rnd["runs"] == int(n) and f"{rnd['cv_spearman']:.3f}" == rho and f"{rnd['std']:.4f}" == std
+        assert f"{rnd['predicted']:.4f}" == pred and moved == ("-" if rnd["moved"] is None else f"{rnd['moved']:.4f}")
+        model = json.loads((out / "active" / f"round-0{k}" / "model" / "model.json").read_text())
+        assert model["regressor"] == "gp" and model["n_runs"] == int(n) and model["target"] == {"val_loss/prose": 1.0}
+    # the move is the L1 between consecutive rounds' optima
+    o1, o2 = state["rounds"]["1"]["optimum"], state["rounds"]["2"]["optimum"]
+    assert state["rounds"]["2"]["moved"] == pytest.approx(sum(abs(o1[d] - o2[d]) for d in DOMAINS), abs=1e-5)
+    # re-run: nothing left to train or propose
+    again = _run(env, out)
+    assert again["done"] == 0 and again["skipped"] == 8 and read_mixtures(out / "mixtures.csv", "m").ids == rows.ids
+    # the stopping rule: with eps and delta above every move and std seen, a larger budget stops at once (round 2
+    # follows two moves below eps); with eps below the moves it would go on
+    moves = [state["rounds"][k]["moved"] for k in ("1", "2")]
+    stds = [state["rounds"][k]["std"] for k in ("1", "2")]
+    loose = dataclasses.replace(LOOP, budget=12, eps=max(moves) * 1.01, delta=max(stds) * 1.01)
+    stop = _run(env, out, loop=loose)
+    assert stop["stopped"] == "converged" and stop["rounds"] == 2 and stop["done"] == 0
+    assert read_mixtures(out / "mixtures.csv", "m").ids == rows.ids  # nothing proposed
+
+
+def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_proposal(env):
+    out = env["root"] / "killed"
+    c = CONSTRAINTS
+    args = [
+        sys.executable, "-m", "regmix_plugin", "sweep", "--active",
+        "--mixtures", str(out / "mixtures.csv"), "--data_path", str(env["data"]), "--recipe", str(env["recipe"]),
+        "--out_dir", str(out), "--local.workers", "0", "--local.threads", "1",
+        "--eval.points", "0", "--eval.val_tokens", "128", "--eval.batch_size", "4",
+        "--loop.initial", "4", "--loop.batch", "2", "--loop.budget", "8", "--loop.target", "val_loss/prose",
+        "--loop.n_candidates", "2000", "--loop.constraints.target_tokens", str(c.target_tokens),
+        "--loop.constraints.max_epochs", str(c.max_epochs), "--loop.constraints.block_size", "32",
+        "--loop.constraints.max_weight", json.dumps(c.max_weight),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # mid-round 1: proposed, one of its two runs done
+        if len(list((out / "runs").glob("round01-*.json"))) >= 1:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(0.3)
+    before = {p.stem: p.read_bytes() for p in (out / "runs").glob("*.json")}
+    proposed = read_mixtures(out / "mixtures.csv", "m").as_dict()
+    assert 5 <= len(before) < 8 and [r for r in proposed if r.startswith("round01-")], "kill it mid-round 1"
+    counts = _run(env, out)
+    assert counts["stopped"] == "budget" and counts["skipped"] == len(before)
+    assert counts["done"] == 8 - len(before) and counts["failed"] == 0  # the rest, each trained once here
+    assert all((out / "runs" / f"{r}.json").read_bytes() == b for r, b in before.items())  # none trained again
+    rows = _check_rows(env, out)
+    after = rows.as_dict()
+    # (appending re-writes the earlier rows as read, renormalised: equal within the sweep's 1e-9 "same mixture")
+    reused = all(after[r][d] == pytest.approx(v, abs=1e-9) for r, w in proposed.items() for d, v in w.items())
+    assert reused, "the written proposal is reused, not re-proposed"
+    assert sum(r.startswith("round01-") for r in rows.ids) == 2 and sum(r.startswith("round02-") for r in rows.ids) == 2
+
+
+def test_bad_loop_settings_are_refused_before_anything_runs(env, tmp_path):
+    with pytest.raises(ValueError) as e:
+        sweep(
+            mixtures=tmp_path / "m.csv",
+            data_path=env["data"],
+            recipe=env["recipe"],
+            out_dir=tmp_path / "o",
+            active=True,
+            loop=ActiveArgs(initial=2, batch=0, budget=1, regressor="linear", eps=-1),
+        )
+    msg = str(e.value)
+    assert "--loop.initial must be >= 4" in msg and "--loop.batch must be >= 1" in msg
+    assert "--loop.regressor must be gp" in msg and "--loop.eps" in msg
+    assert not (tmp_path / "m.csv").exists() and not (tmp_path / "o").exists()
+
+
+def test_resolution_is_the_median_nearest_neighbour_gap():
+    C = np.array([[0.0, 1.0], [0.1, 0.9], [0.5, 0.5], [0.9, 0.1]])
+    # nearest gaps in L1: 0.2, 0.2, 0.8, 0.8
+    assert resolution(C) == pytest.approx(0.5)
