@@ -161,7 +161,7 @@ def test_bad_loop_settings_are_refused_before_anything_runs(env, tmp_path):
         )
     msg = str(e.value)
     assert "--loop.initial must be >= 4" in msg and "--loop.batch must be >= 1" in msg
-    assert "--loop.regressor must be gp" in msg and "--loop.eps" in msg
+    assert "--loop.regressor must be one of ['gp', 'ensemble']" in msg and "--loop.eps" in msg
     assert not (tmp_path / "m.csv").exists() and not (tmp_path / "o").exists()
 
 
