@@ -60,8 +60,9 @@ def test_demo_refuses_every_bad_flag_before_building_anything(tmp_path, capsys):
     )
     assert err == (
         "regmix demo: error: --arms: unknown arm(s) bogus, regmix_d; known: regmix, natural, uniform, best_proxy, "
-        "entropy, bimix (the RegMix-D arm is added with --regmix_d true); --proxies 3: the fit needs at least 4 "
-        "proxy runs; give --proxies 4 or more; --workers must be >= 1 (parallel training processes), got 0\n"
+        "entropy, bimix, active, random_subset (the RegMix-D arm is added with --regmix_d true); --proxies 3: the "
+        "fit needs at least 4 proxy runs; give --proxies 4 or more; --workers must be >= 1 (parallel training "
+        "processes), got 0\n"
     )
     assert not out.exists()  # no corpus, no tokenizer, no proxy: refused before the first stage
     assert time.perf_counter() - t0 < 30

@@ -233,7 +233,7 @@ def test_fit_bimix_reports_its_law_and_extrapolation_and_auto_considers_it(law_m
     assert extra["mean_relative_error"] < 0.01 < extra["naive_mean_relative_error"]
     cv = json.loads((law_models / "bimix" / "cv.json").read_text())
     print("auto:", {k: round(v["mean_spearman"], 3) for k, v in cv["candidates"].items()}, "chose", cv["chosen"])
-    assert set(cv["candidates"]) == {"linear", "gp", "lightgbm", "mixing_law", "bimix"}
+    assert set(cv["candidates"]) == {"linear", "gp", "lightgbm", "mixing_law", "bimix", "ensemble"}
 
 
 def test_auto_leaves_bimix_out_without_trajectories(tmp_path):
