@@ -51,25 +51,12 @@ def demo(
         from regmix_plugin.demo.reuse import reuse_demo
 
         return reuse_demo(Path(out_dir), quick, proxies, workers, seed, new_domain)
-    from regmix_plugin.demo.corpus import DEMO_TARGET, build_demo_corpus
+    from regmix_plugin.demo.corpus import build_demo_corpus
     from regmix_plugin.demo.pipeline import Pipeline
     from regmix_plugin.demo.report import write_report
-    from regmix_plugin.resources import recipe_path
 
     out_dir = Path(out_dir)
-    pipe = Pipeline(
-        out_dir=out_dir,
-        target=DEMO_TARGET,
-        proxy_recipe=recipe_path("demo/proxy.yaml"),
-        target_recipe=recipe_path("demo/target.yaml"),
-        raw=out_dir / "raw",
-        workers=workers,
-        seed=seed,
-    )
-    if quick:
-        pipe.make_quick()
-    if proxies is not None:
-        pipe.proxies = proxies
+    pipe = Pipeline.for_demo(out_dir, out_dir / "raw", workers, seed, quick, proxies)
     if arms is not None:
         pipe.arm_names = tuple(arms)
     pipe.check()  # every flag, before the corpus is built or anything trains

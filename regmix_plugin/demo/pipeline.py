@@ -115,6 +115,31 @@ class Pipeline:
         if problems:
             raise ValueError("; ".join(problems))
 
+    @classmethod
+    def for_demo(
+        cls, out_dir: Path, raw: Path, workers: int, seed: int, quick: bool = False, proxies: int | None = None, **kw
+    ) -> Pipeline:
+        """The demo's pipeline on the embedded corpus: its target, its proxy and target recipes, ``--quick``'s toy
+        sizes and a ``--proxies`` override (``regmix demo``'s arms and its ``reuse`` scenario alike)."""
+        from regmix_plugin.demo.corpus import DEMO_TARGET
+        from regmix_plugin.resources import recipe_path
+
+        pipe = cls(
+            out_dir=Path(out_dir),
+            target=DEMO_TARGET,
+            proxy_recipe=recipe_path("demo/proxy.yaml"),
+            target_recipe=recipe_path("demo/target.yaml"),
+            raw=Path(raw),
+            workers=workers,
+            seed=seed,
+            **kw,
+        )
+        if quick:
+            pipe.make_quick()
+        if proxies is not None:
+            pipe.proxies = proxies
+        return pipe
+
     def make_quick(self) -> None:
         """Toy sizes (``--quick``): 12 proxies, short runs, few validation tokens; the same path in minutes."""
         self.proxies, self.eval_points, self.val_tokens, self.target_val_tokens = 12, 1, 4096, 8192

@@ -86,7 +86,6 @@ def pipelines(out_dir: Path, quick: bool, proxies: int | None, workers: int, see
     from regmix_plugin.demo.corpus import DEMO_DOMAINS, DEMO_TARGET
     from regmix_plugin.demo.pipeline import Pipeline
     from regmix_plugin.models.regressors import MIN_CV_RUNS
-    from regmix_plugin.resources import recipe_path
 
     if new_domain not in DEMO_DOMAINS or new_domain == DEMO_TARGET:
         choices = ", ".join(d for d in DEMO_DOMAINS if d != DEMO_TARGET)
@@ -94,20 +93,7 @@ def pipelines(out_dir: Path, quick: bool, proxies: int | None, workers: int, see
     out_dir = Path(out_dir)
 
     def pipeline(name: str, raw: str, **kw) -> Pipeline:
-        pipe = Pipeline(
-            out_dir=out_dir / name,
-            target=DEMO_TARGET,
-            proxy_recipe=recipe_path("demo/proxy.yaml"),
-            target_recipe=recipe_path("demo/target.yaml"),
-            raw=out_dir / raw,
-            workers=workers,
-            seed=seed,
-            **kw,
-        )
-        if quick:
-            pipe.make_quick()
-        if proxies is not None:
-            pipe.proxies = proxies
+        pipe = Pipeline.for_demo(out_dir / name, out_dir / raw, workers, seed, quick, proxies, **kw)
         pipe.check()
         return pipe
 

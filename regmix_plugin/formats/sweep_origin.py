@@ -32,7 +32,6 @@ from regmix_plugin.formats.results import LOSS_PREFIX, Results
 from regmix_plugin.formats.reuse import compare_domains
 from regmix_plugin.formats.sweep_records import DONE, SETUP_FILE, read_records, table_rows
 
-SETUP = SETUP_FILE  # the sweep's setup record, named in one place (formats.sweep_records)
 #: Keys of a sweep's config that are not part of its proxy recipe: where things are (paths), seeds, the mixture
 #: itself, and settings that change speed or bookkeeping only. Everything else must match for runs to be reused.
 NOT_RECIPE = (
@@ -94,10 +93,11 @@ def read_origin(sweep_dir: str | Path, flag: str) -> SweepOrigin:
     A sweep planned before fingerprints were recorded gets them from its corpus (``data_path``) when that
     manifest is byte-identical to the one the sweep hashed; otherwise ``fingerprints`` is None.
     """
-    path = Path(sweep_dir) / SETUP
+    path = Path(sweep_dir) / SETUP_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"{flag} {str(sweep_dir)!r} is not a sweep directory (no {SETUP}); pass the --out_dir of a `regmix sweep`"
+            f"{flag} {str(sweep_dir)!r} is not a sweep directory (no {SETUP_FILE}); pass the --out_dir of a "
+            "`regmix sweep`"
         )
     raw = json.loads(path.read_text())
     identity = raw.get("identity") or {}
@@ -152,7 +152,7 @@ def add_earlier_runs(
     problems, rows = [], []
     if current.fingerprints is None:
         raise ValueError(
-            f"--also needs the fingerprints of the corpus --results was swept on, and {current.path / SETUP} has "
+            f"--also needs the fingerprints of the corpus --results was swept on, and {current.path / SETUP_FILE} has "
             f"none ({current.fingerprint_note}); re-run `regmix sweep` on it with this version to record them"
         )
     for old_dir in also:
@@ -173,12 +173,12 @@ def add_earlier_runs(
             problems.append(
                 f"--also {name}: its proxies used another proxy recipe (differs in: {', '.join(diff[:8])}); their "
                 f"losses are not comparable. Drop --also {name}, or sweep the new corpus with the old recipe "
-                f"(the config in {old.path / SETUP})"
+                f"(the config in {old.path / SETUP_FILE})"
             )
             continue
         if old.fingerprints is None:
             problems.append(
-                f"--also {name}: its {SETUP} predates recorded fingerprints and {old.fingerprint_note}, so no run "
+                f"--also {name}: its {SETUP_FILE} predates recorded fingerprints and {old.fingerprint_note}, so no run "
                 "can be shown to have trained on unchanged domains only. Drop --also "
                 f"{name} (sweeps record fingerprints from this version on)"
             )

@@ -66,11 +66,8 @@ def fit_model(
     cv_folds = cv_fold_count(len(y), cv_folds, data.source)
     folds = make_folds(len(y), cv_folds, seed)
     if regressor == "auto":
-        names = tuple(
-            n
-            for n in AUTO_ORDER
-            if (n != "bimix" or _has_trajectories(data, columns)) and (reuse is None or n not in LAW_KINDS)
-        )
+        unfed = _unfeedable(data, columns)
+        names = tuple(n for n in AUTO_ORDER if n not in unfed)
     else:
         names = (regressor,)
     law_args = {"horizon_tokens": horizon_tokens, "min_tokens": min_tokens, "proportions": bimix_proportions}
@@ -256,11 +253,7 @@ def _ensemble_candidate(data: Results, columns: dict[str, float], y, seed, *law_
     gp and lightgbm on ``(weights, y)``, the laws on their loss columns or trajectory points."""
     from regmix_plugin.models.ensemble import EnsembleRegressor
 
-    left_out = {}
-    if not _has_trajectories(data, columns):
-        left_out["bimix"] = "the table has no trajectories (val_loss/<d>@<tokens>, tokens)"
-    if data.reuse is not None:  # reduced coordinates: a law needs every domain's own weight
-        left_out.update(dict.fromkeys(LAW_KINDS, "the rows were sampled with --reuse (a law needs every domain)"))
+    left_out = {n: why for n, why in _unfeedable(data, columns).items() if n in ENSEMBLE_MEMBERS}
     names = [n for n in ENSEMBLE_MEMBERS if n not in left_out]
     members = {n: _candidate(n, data, columns, y, seed, *law_args) for n in names}
     laws = {n: c for n, c in members.items() if n in LAW_KINDS}
@@ -287,6 +280,17 @@ def _own_domain(column: str, domains: list[str]) -> int:
     """The training domain whose proportion drives ``val_loss/<domain>`` in BiMix's law; -1 for any other column."""
     base = column[len(LOSS_PREFIX) :] if column.startswith(LOSS_PREFIX) else None
     return domains.index(base) if base in domains else -1
+
+
+def _unfeedable(data: Results, columns: dict[str, float]) -> dict[str, str]:
+    """The regressors this table cannot feed, with the reason: one rule for ``auto``'s candidates and the
+    ensemble's members."""
+    out = {}
+    if not _has_trajectories(data, columns):
+        out["bimix"] = "the table has no trajectories (val_loss/<d>@<tokens>, tokens)"
+    if data.reuse is not None:  # reduced coordinates: a law needs every domain's own weight
+        out.update(dict.fromkeys(LAW_KINDS, "the rows were sampled with --reuse (a law needs every domain)"))
+    return out
 
 
 def _has_trajectories(data: Results, columns: dict[str, float]) -> bool:
@@ -339,9 +343,10 @@ def _load_training(results, mixtures, losses) -> tuple[Results, dict]:
 
 def _add_earlier(data: Results, columns: dict[str, float], results: Path | None, also: list[Path]):
     """``data`` plus the valid runs of the ``--also`` sweeps, checked against the sweep ``--results`` came from."""
-    from regmix_plugin.formats.sweep_origin import SETUP, add_earlier_runs, read_origin
+    from regmix_plugin.formats.sweep_origin import add_earlier_runs, read_origin
+    from regmix_plugin.formats.sweep_records import SETUP_FILE
 
-    if results is None or not (Path(results).parent / SETUP).is_file():
+    if results is None or not (Path(results).parent / SETUP_FILE).is_file():
         raise ValueError(
             "--also needs --results to be the results table of a `regmix sweep` (with its sweep.json beside it), so "
             "the earlier runs can be checked against that sweep's corpus, tokenizer and proxy recipe"

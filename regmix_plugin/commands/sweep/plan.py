@@ -27,7 +27,6 @@ from regmix_plugin.formats.sweep_records import SETUP_FILE, read_records
 from regmix_plugin.resources import resolve_recipe
 from regmix_plugin.tokenizer import check_tokenizer
 
-SETUP = SETUP_FILE
 SETUP_VERSION = 1
 _DATA_CLASSES = ("regmix_plugin.MixtureData", "regmix_plugin.pretrain.mixture_data.MixtureData")
 
@@ -144,9 +143,9 @@ class SweepPlan:
 
     @classmethod
     def load(cls, sweep_dir: Path, flag: str = "--out_dir") -> SweepPlan:
-        path = Path(sweep_dir) / SETUP
+        path = Path(sweep_dir) / SETUP_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{flag} {str(sweep_dir)!r} is not a sweep directory (no {SETUP})")
+            raise FileNotFoundError(f"{flag} {str(sweep_dir)!r} is not a sweep directory (no {SETUP_FILE})")
         return cls.from_json(json.loads(path.read_text()))
 
 
@@ -326,7 +325,7 @@ def _differs(record, spec: RunSpec) -> bool:
 
 def check_setup(out_dir: Path, plan: SweepPlan) -> SweepPlan:
     """Refuse to mix two set-ups in one sweep directory; save the plan (all run ids seen so far) and return it."""
-    path = Path(out_dir) / SETUP
+    path = Path(out_dir) / SETUP_FILE
     records = read_records(out_dir)
     old = SweepPlan.load(out_dir) if path.is_file() else None
     if old is not None and old.setup_hash != plan.setup_hash:
