@@ -31,8 +31,12 @@ def distinct_draws(
     max_draws: int | None = None,
     seen: Iterable[tuple[int, ...]] = (),
     accept: Callable[[np.ndarray], bool] | None = None,
+    generate: Callable[[np.random.Generator, int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Up to ``n`` distinct rounded rows, as integers of ``10**-decimals``: an array (rows x stages x domains).
+
+    Rows are Dirichlet draws around ``prior`` (``sampler``'s strengths), or ``generate(rng, size)`` (size mixtures,
+    rows summing to 1) when given: the rules below apply to either.
 
     A row is kept when every nonzero weight is at least ``minimum``, the mean over its stages is within
     ``[lower, upper]`` (default: no bound) and its units are not in ``seen`` (rows to avoid, as
@@ -51,7 +55,12 @@ def distinct_draws(
     drawn = 0
     while len(rows) < n and drawn < max_draws:
         size = min(max(64, 2 * (n - len(rows))), max_draws - drawn)
-        batch = dirichlet_draws(prior, size * stages, sampler, rng).reshape(size, stages, len(prior))
+        raw = (
+            generate(rng, size * stages)
+            if generate is not None
+            else dirichlet_draws(prior, size * stages, sampler, rng)
+        )
+        batch = raw.reshape(size, stages, len(prior))
         drawn += size
         for draw in batch:
             if len(rows) == n:
@@ -150,6 +159,8 @@ def reuse_draws(
     lower: np.ndarray | None = None,
     seen: Iterable[tuple[int, ...]] = (),
     stages: int = 1,
+    accept: Callable[[np.ndarray], bool] | None = None,
+    generate: Callable[[np.random.Generator, int], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Up to ``n`` distinct full rows (integer units of ``10**-decimals``, rows x ``stages`` x ``structure.domains``)
     that keep the reuse block's ratios in every stage: drawn like :func:`distinct_draws` over the reduced coordinates
@@ -157,7 +168,8 @@ def reuse_draws(
     stage expanded with :meth:`ReuseStructure.expand_units`. ``bounds`` (upper, per full domain: the epoch bound) and
     ``lower`` are checked on every underlying domain of the mean of the rounded full stages (the whole run), not on
     the block total; so is ``seen`` (full rows to avoid, as ``tuple(units.ravel())``). ``minimum`` (``drop_below``)
-    applies to the reduced coordinates (a block cell may be smaller: it keeps the previous ratio)."""
+    applies to the reduced coordinates (a block cell may be smaller: it keeps the previous ratio). ``accept`` and
+    ``generate`` are :func:`distinct_draws`' and work in the reduced coordinates."""
     unit = 10**decimals
     upper = np.asarray(bounds, float)
     lower = np.zeros_like(upper) if lower is None else np.asarray(lower, float)
@@ -172,9 +184,11 @@ def reuse_draws(
     def within(units: np.ndarray) -> bool:
         rows = full(units)
         mean = rows.mean(0)
-        return bool(np.all((mean >= limits[0]) & (mean <= limits[1]))) and tuple(map(int, rows.ravel())) not in avoid
+        inside = bool(np.all((mean >= limits[0]) & (mean <= limits[1])))
+        return inside and tuple(map(int, rows.ravel())) not in avoid and (accept is None or accept(units))
 
     reduced = distinct_draws(
-        structure.reduce(prior), n, stages, sampler, minimum, decimals, seed, hi, lo, max_draws, accept=within
-    )
+        structure.reduce(prior), n, stages, sampler, minimum, decimals, seed, hi, lo, max_draws, accept=within,
+        generate=generate,
+    )  # fmt: skip
     return np.array([full(r) for r in reduced], np.int64).reshape(len(reduced), stages, len(structure.domains))

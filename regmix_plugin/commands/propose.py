@@ -24,6 +24,16 @@ are closer than ``--min_l1`` in L1** (default 0.1: such mixtures share at least 
 believer alone did not spread a batch where the GP's length scales are long next to the promising region
 (:mod:`regmix_plugin.models.acquisition` gives the measurement).
 
+Trust region (TuRBO, Eriksson et al., NeurIPS 2019): by default the bound is searched only inside a box around
+the run with the best predicted target, in the GP's input space (sqrt weights), of side ``--trust_length`` scaled
+by the GP's length scales. Without it, with few runs the least-known corners of the simplex win the bound (their
+std dwarfs every mean difference near the optimum) and the whole batch is spent exploring them.
+``--trust_length`` 0.8 is TuRBO's starting length; ``regmix sweep --active`` adapts it from round to round by
+TuRBO's rules (double after 3 improving rounds, halve after ``ceil(max(4/n, d/n))`` rounds without); by hand, pass
+a smaller one after rounds that did not improve. The box doubles when it cannot hold a batch ``--min_l1`` apart
+(ours), and ``null`` searches the whole space. Generated candidates in the box are TuRBO's perturbations of its
+centre, under the same constraints, rounding and duplicate rules; ``--candidates`` rows are kept if inside.
+
 The std is a Gaussian process's posterior std (``regmix fit --regressor gp``) or an ensemble's spread
 (``--regressor ensemble``: the std of its members' z-scored predictions, :mod:`regmix_plugin.models.ensemble`).
 An ensemble believes its own mean at each pick member by member: its GP member is conditioned as above, its
@@ -36,7 +46,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from regmix_plugin.counts import TokenCount
-from regmix_plugin.models.acquisition import DEFAULT_KAPPA, DEFAULT_MIN_L1, propose_batch
+from regmix_plugin.models.acquisition import DEFAULT_KAPPA, DEFAULT_MIN_L1, TRUST_INIT, propose_batch
 from regmix_plugin.weights import ConstraintArgs, SamplerArgs
 
 
@@ -60,6 +70,7 @@ def propose(
     maximize: bool = False,
     id_prefix: str = "prop-",
     seed: int = 0,
+    trust_length: float | None = TRUST_INIT,
 ) -> None:
     """Propose the next ``--n`` mixtures to train: the model's lower confidence bound, batched by the kriging believer.
 
@@ -89,6 +100,8 @@ def propose(
         maximize: The target is a score to maximise: the bound becomes ``mean + kappa * std``, maximised.
         id_prefix: Run ids of new rows are this prefix and a number past every id of this prefix already used.
         seed: Seed of the candidate draws.
+        trust_length: Side of the trust region, in the unit cube of sqrt weights scaled by the GP's length scales
+            (TuRBO's starting length is 0.8; the active loop adapts it); null searches the whole space.
     """
     propose_batch(
         model=model,
@@ -110,4 +123,5 @@ def propose(
         maximize=maximize,
         id_prefix=id_prefix,
         seed=seed,
+        trust_length=trust_length,
     )
