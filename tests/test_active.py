@@ -21,7 +21,7 @@ import pytest
 from test_sweep import DOMAINS, _recipe
 
 from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
-from regmix_plugin.commands.sweep.active import ActiveArgs, resolution
+from regmix_plugin.commands.sweep.active import ActiveArgs, resolution, trust_region
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_table import read_mixtures
 from regmix_plugin.formats.sweep_records import read_records
@@ -94,6 +94,11 @@ def test_active_loop_trains_rounds_of_proposals_up_to_the_budget(env, capsys):
         assert f"{rnd['predicted']:.4f}" == pred and moved == ("-" if rnd["moved"] is None else f"{rnd['moved']:.4f}")
         model = json.loads((out / "active" / f"round-0{k}" / "model" / "model.json").read_text())
         assert model["regressor"] == "gp" and model["n_runs"] == int(n) and model["target"] == {"val_loss/prose": 1.0}
+    # each round's trust region (the next proposals are searched in it) is the replay of TuRBO's rules on the results
+    for k in ("0", "1", "2"):
+        region = trust_region(out / "results.csv", LOOP, int(k), len(DOMAINS))
+        assert state["rounds"][k]["trust_length"] == region.length
+        assert f"next proposals in the trust region L {region.length:g}" in printed
     # the move is the L1 between consecutive rounds' optima
     o1, o2 = state["rounds"]["1"]["optimum"], state["rounds"]["2"]["optimum"]
     assert state["rounds"]["2"]["moved"] == pytest.approx(sum(abs(o1[d] - o2[d]) for d in DOMAINS), abs=1e-5)

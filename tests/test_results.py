@@ -204,3 +204,13 @@ def test_write_results_refuses_bad_rows_and_writes_nothing(tmp_path):
     assert not path.exists() and list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match=r"unknown table format '.tsv'; use a .csv or .parquet path"):
         write_results(tmp_path / "r.tsv", ROWS)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_numpy_numbers_are_written_as_numbers(tmp_path, suffix):
+    """numpy's float64 is a float whose repr is ``np.float64(0.25)``: written as such, no reader took it back."""
+    from regmix_plugin.formats.mixture_table import write_mixtures
+
+    w = np.array([0.25, 0.75])
+    write_mixtures(tmp_path / f"m{suffix}", {"a": {"x": w[0], "y": w[1]}}, ["x", "y"])
+    np.testing.assert_array_equal(read_mixtures(tmp_path / f"m{suffix}").weights, [w])

@@ -209,7 +209,8 @@ def write_rows(
 
 
 def _cell(value: object) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+    # float(): numpy's float64 is a float whose repr is "np.float64(0.25)", which no reader takes as a number
+    return repr(float(value)) if isinstance(value, float) else str(value)
 
 
 def _parquet_values(values: list) -> list:

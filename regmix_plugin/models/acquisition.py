@@ -305,8 +305,9 @@ class TrustRegion:
         a, b = sign * best_before, sign * round_best
         return bool(b < a - 1e-3 * abs(a))
 
-    def after(self, improved: bool, batch: int, dims: int) -> TrustRegion:
-        """The region after a round that ``improved`` (or not), of ``batch`` runs in ``dims`` features."""
+    def after(self, improved: bool, batch: int, dims: int, restart: float = TRUST_INIT) -> TrustRegion:
+        """The region after a round that ``improved`` (or not), of ``batch`` runs in ``dims`` features; below
+        ``TRUST_MIN`` it starts over at ``restart`` (the initial length)."""
         successes, failures = (self.successes + 1, 0) if improved else (0, self.failures + 1)
         length = self.length
         if successes >= SUCCESS_TOLERANCE:
@@ -314,7 +315,7 @@ class TrustRegion:
         elif failures >= self.failure_tolerance(batch, dims):
             length, failures = length / 2, 0
         if length < TRUST_MIN:
-            return TrustRegion()
+            return TrustRegion(restart)
         return TrustRegion(length, successes, failures)
 
 
@@ -463,9 +464,9 @@ def _fresh_ids(wanted: list[str | None], used: set[str], prefix: str) -> list[st
 
 def _problems(n, kappa, min_l1, n_candidates, decimals, drop_below, sampler, id_prefix, trust_length) -> list[str]:
     problems = sampler.problems()
-    if trust_length is not None and not 0 < trust_length <= 2 * TRUST_MAX:
+    if trust_length is not None and not 0 < trust_length <= TRUST_MAX:
         problems.append(
-            f"--trust_length must be in (0, {2 * TRUST_MAX:g}] (side of the trust region in the unit cube of sqrt "
+            f"--trust_length must be in (0, {TRUST_MAX:g}] (side of the trust region in the unit cube of sqrt "
             f"weights; TuRBO starts at {TRUST_INIT}), or null for the whole space, got {trust_length}"
         )
     if n < 1:

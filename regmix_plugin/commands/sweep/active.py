@@ -17,7 +17,15 @@ so ``regmix status`` reads it and any number of cooperating launchers can work o
    optimum (the candidate with the best posterior mean), its GP std, and its L1 move since the last round;
 4. stop at ``--loop.budget`` rows, or when the stopping rule holds; else ``regmix propose``'s engine
    (:func:`regmix_plugin.models.acquisition.propose_batch`) appends ``min(batch, budget - rows)`` rows named
-   ``round<K+1>-NNNN`` to ``--mixtures`` (one atomic rename) *before* any of them trains; back to 2.
+   ``round<K+1>-NNNN`` to ``--mixtures`` (one atomic rename) *before* any of them trains, searched inside the
+   round's trust region; back to 2.
+
+Trust region (TuRBO, Eriksson et al. 2019; :class:`regmix_plugin.models.acquisition.TrustRegion`): its length
+starts at ``--loop.trust_length`` (0.8) and after every round doubles after 3 improving rounds in a row or halves
+after ``ceil(max(4/q, d/q))`` rounds without (q the round's runs, d the model's features); below 2^-7 it starts
+over at the initial length. A round *improves* when its best observed target beats every earlier run's by more than
+1e-3 x |best|. The length is replayed from the results and the round names each round (no hidden state: a lost
+``active.json`` gives the same lengths) and printed on the round's line.
 
 Killed at any point (even ``kill -9``) and re-run, the loop trains each run once (records and claims, as any
 sweep) and proposes nothing twice: a round's rows, once in the file, are trained on restart, never re-proposed.
@@ -52,7 +60,7 @@ import numpy as np
 from regmix_plugin.atomic import write_json
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
 from regmix_plugin.formats.model_dir import STD_KINDS
-from regmix_plugin.models.acquisition import DEFAULT_KAPPA
+from regmix_plugin.models.acquisition import DEFAULT_KAPPA, TRUST_INIT, TRUST_MAX, TrustRegion
 from regmix_plugin.weights import ConstraintArgs, SamplerArgs
 
 STATE = "active.json"
@@ -79,6 +87,9 @@ class ActiveArgs:
     acquisition and the stopping rule use."""
     kappa: float = DEFAULT_KAPPA
     """`regmix propose --kappa`: weight of the std in the lower confidence bound mean - kappa * std."""
+    trust_length: float | None = TRUST_INIT
+    """Initial side of the trust region the proposals are searched in (`regmix propose --trust_length`; TuRBO's
+    0.8), adapted every round by TuRBO's rules; null: the whole space every round."""
     eps: float | None = None
     """Stop when the optimum moved less than this in L1 for two rounds (and its std is below delta); null: the
     median nearest-neighbour L1 gap between candidates (the search's resolution)."""
@@ -110,13 +121,15 @@ class ActiveArgs:
                        f"{self.regressor!r}")  # fmt: skip
         if any(v is not None and not v > 0 for v in (self.eps, self.delta)) or not self.kappa >= 0:
             out.append("--loop.eps and --loop.delta must be > 0 (or null for the defaults), --loop.kappa >= 0")
+        if self.trust_length is not None and not 0 < self.trust_length <= TRUST_MAX:
+            out.append(f"--loop.trust_length must be in (0, {TRUST_MAX:g}] or null, got {self.trust_length}")
         if self.n_candidates < self.batch:
             out.append(f"--loop.n_candidates must be >= --loop.batch, got {self.n_candidates}")
         return out
 
     def identity(self) -> dict:
         """What must not change under one loop: the target, the model, the acquisition and the candidates."""
-        keep = ("target", "regressor", "kappa", "constraints", "temperature", "n_candidates", "seed")
+        keep = ("target", "regressor", "kappa", "trust_length", "constraints", "temperature", "n_candidates", "seed")
         return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k in keep}, default=str))
 
 
@@ -134,14 +147,19 @@ class Round:
     moved: float | None
     eps: float
     delta: float
+    trust_length: float | None = None
+    """The trust region's length for the next round's proposals (None: the whole space)."""
+    trust_successes: int = 0
+    trust_failures: int = 0
 
     def line(self) -> str:
         moved = "-" if self.moved is None else f"{self.moved:.4f}"
         weights = ", ".join(f"{d} {w:.3f}" for d, w in self.optimum.items() if w > 0)
+        region = "whole space" if self.trust_length is None else f"trust region L {self.trust_length:g}"
         return (
             f"active round {self.round}: {self.runs} runs; CV Spearman {self.cv_spearman:.3f}; optimum predicted "
             f"{self.predicted:.4f} +- {self.std:.4f} (GP std; delta {self.delta:.4f}) at {weights}; moved {moved} "
-            f"L1 (eps {self.eps:.4f})"
+            f"L1 (eps {self.eps:.4f}); next proposals in the {region}"
         )
 
 
@@ -196,7 +214,7 @@ def active_loop(
         if stopped:
             print(f"active: stopped ({stopped}) after round {k} with {len(rows.ids)} runs; model: {_model(out_dir, k)}")
             return {**total, "rounds": k, "stopped": stopped}
-        _propose(k + 1, mixtures, out_dir, data_path, loop, domains)
+        _propose(k + 1, mixtures, out_dir, data_path, loop, domains, rnd.trust_length)
 
 
 def _round(k, runs, out_dir, data_path, loop, space) -> tuple[Round, dict]:
@@ -230,6 +248,7 @@ def _round(k, runs, out_dir, data_path, loop, space) -> tuple[Round, dict]:
         done = read_mixtures(out_dir / "results.csv", "--results", known=fitted.domains).weights
         inside = done[((done >= lower - 1e-9) & (done <= upper + 1e-9)).all(1)]
         w, mean, std = predicted_optimum(fitted, np.vstack([C, inside]))
+        region = trust_region(out_dir / "results.csv", loop, k, len(fitted.meta.get("features") or fitted.domains))
         previous = rounds.get(str(k - 1))
         moved = None
         if previous is not None:
@@ -245,10 +264,38 @@ def _round(k, runs, out_dir, data_path, loop, space) -> tuple[Round, dict]:
             moved=moved,
             eps=loop.eps if loop.eps is not None else resolution(C),
             delta=loop.delta if loop.delta is not None else float(meta["cv_rmse"]),
+            trust_length=None if region is None else region.length,
+            trust_successes=0 if region is None else region.successes,
+            trust_failures=0 if region is None else region.failures,
         )
         rounds[str(k)] = asdict(rnd)
         write_json(out_dir / STATE, state)
         return rnd, rounds
+
+
+def trust_region(results: Path, loop: ActiveArgs, k: int, dims: int) -> TrustRegion | None:
+    """The trust region after round ``k``, replayed from the results: TuRBO's update once per round 1..k, each
+    round's runs (ids ``round<j>-NNNN``; the rest are round 0) against every earlier round's best observed target.
+    None with ``--loop.trust_length null``."""
+    import warnings
+
+    from regmix_plugin.formats.results import read_results
+
+    if loop.trust_length is None:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fit has already said which rows it skipped
+        data = read_results(results)
+    y = data.target_values(data.resolve_target(loop.target))
+    rounds = np.array([int(m.group(1)) if (m := _ROUND.match(i)) else 0 for i in data.ids])
+    region = TrustRegion(length=loop.trust_length)
+    for j in range(1, k + 1):
+        before, now = y[(rounds < j) & np.isfinite(y)], y[(rounds == j) & np.isfinite(y)]
+        if not (rounds == j).any() or not len(before):
+            continue
+        improved = bool(len(now)) and TrustRegion.improved(float(before.min()), float(now.min()))
+        region = region.after(improved, int((rounds == j).sum()), dims, restart=loop.trust_length)
+    return region
 
 
 def resolution(C: np.ndarray, sample: int = 500, seed: int = 0) -> float:
@@ -263,7 +310,9 @@ def resolution(C: np.ndarray, sample: int = 500, seed: int = 0) -> float:
     return float(np.median(gaps))
 
 
-def _propose(k: int, mixtures: Path, out_dir: Path, data_path: Path, loop: ActiveArgs, domains) -> None:
+def _propose(
+    k: int, mixtures: Path, out_dir: Path, data_path: Path, loop: ActiveArgs, domains, trust_length: float | None
+) -> None:
     """Append round ``k``'s proposals to ``mixtures``, unless a cooperating loop already did (under the lock)."""
     from regmix_plugin.models.acquisition import propose_batch
 
@@ -285,6 +334,7 @@ def _propose(k: int, mixtures: Path, out_dir: Path, data_path: Path, loop: Activ
             n_candidates=loop.n_candidates,
             id_prefix=f"round{k:02d}-",
             seed=loop.seed + k,
+            trust_length=trust_length,
         )
 
 
