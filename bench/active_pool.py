@@ -27,6 +27,17 @@ Protocol (issue 19), written before the first run and run once; no setting below
 * printed: mean and per-seed tables (budgets x methods) and the wall time. Goal reported against: active at 128
   at least as good as random at 512 ("all") in top-1 regret.
 
+Protocol 2 (docs/fewer_proxies.md, fixed 2026-12-06 before its one run): the default of ``regmix propose`` and the
+loop is now a TuRBO trust region, so ``active`` is that rule and the protocol-1 rule stays as the arm
+``active_global``; nothing else changes (seeds, start, batches, budgets, GP, kappa, min_l1, scores):
+
+* **active** (trust region): as above, but each batch is chosen by
+  :func:`regmix_plugin.models.acquisition.trust_region_batch` among the unrevealed pool runs inside the box around
+  the revealed run with the best posterior mean (pool mode of ``regmix propose``), its length starting at
+  ``TRUST_INIT`` 0.8 and updated after every revealed batch by :class:`~regmix_plugin.models.acquisition.TrustRegion`
+  (TuRBO's rules, d = 17 domains, q = 16), exactly as the loop replays it;
+* **active_global**: the protocol-1 rule above (the whole pool every round), reported next to it.
+
 ``--test_mixtures``/``--test_losses`` (optional) add, once at the end and after every table above is printed, the
 held-out Spearman between each final model's predicted target and the true target on a published test pair (active
 and random at each budget as the mean over seeds with the per-seed values, and the GP on all 512), labelled
@@ -54,6 +65,7 @@ import warnings
 import numpy as np
 
 BUDGETS = (64, 128, 256)
+METHODS = ("active", "active_global", "random")
 PAIRING = (
     "test pair: --test_mixtures with --test_losses, joined on their index column; for sail-sg/regmix the 1M losses "
     "go with test_mixture_60m.csv (no test_mixture_1m.csv is published; third-party copies list one of its exact "
@@ -77,7 +89,14 @@ def main() -> None:
     from tqdm import tqdm
 
     from regmix_plugin.formats.official import read_regmix_csv
-    from regmix_plugin.models.acquisition import DEFAULT_KAPPA, DEFAULT_MIN_L1, believer_batch
+    from regmix_plugin.models.acquisition import (
+        DEFAULT_KAPPA,
+        DEFAULT_MIN_L1,
+        TRUST_INIT,
+        TrustRegion,
+        believer_batch,
+        trust_region_batch,
+    )
     from regmix_plugin.models.regressors import GPRegressor
     from regmix_plugin.weights import largest_remainder
 
@@ -102,10 +121,28 @@ def main() -> None:
         return float(y[ranked[0]] - y.min()), len(best10 & set(ranked[:10].tolist()))
 
     rounds = (max(BUDGETS) - args.start) // args.batch
-    fits_per_seed = rounds + 1 + len(BUDGETS)
-    regret = {(m, b): [] for m in ("active", "random") for b in BUDGETS}
+    fits_per_seed = 2 * (rounds + 1) + len(BUDGETS)
+    regret = {(m, b): [] for m in METHODS for b in BUDGETS}
     overlap = {k: [] for k in regret}
     final = {}
+    lengths = {}  # the trust region's length before each batch, per seed
+
+    def pick(model, seen, region):
+        """The next batch's pool indices: the trust-region rule (``region`` a TrustRegion) or the whole pool."""
+        left = np.setdiff1d(np.arange(len(y)), seen)
+        if region is None:
+            picks, _, _ = believer_batch(model, X[left], args.batch, DEFAULT_KAPPA, 1.0, DEFAULT_MIN_L1)
+            return left[picks]
+
+        def choose(box):
+            keep = np.ones(len(left), bool) if box is None else box.contains(X[left])
+            return X[left[keep]], left[keep].tolist()
+
+        _, ids, picks, _, _, _ = trust_region_batch(
+            model, lambda w: w, X[seen], args.batch, DEFAULT_KAPPA, 1.0, DEFAULT_MIN_L1, region.length, choose
+        )
+        return np.array(ids)[picks]
+
     with tqdm(total=args.seeds * fits_per_seed + 1, desc="GP fits", unit="fit") as bar:
         for seed in range(args.seeds):
             rng = np.random.default_rng(seed)
@@ -118,22 +155,28 @@ def main() -> None:
                 overlap["random", b].append(o)
                 final["random", b, seed] = model
                 bar.update()
-            seen = list(start)
-            while True:
-                model = fit(np.array(seen))
-                bar.update()
-                if len(seen) in BUDGETS:
-                    r, o = score(model)
-                    regret["active", len(seen)].append(r)
-                    overlap["active", len(seen)].append(o)
-                    final["active", len(seen), seed] = model
-                if len(seen) >= max(BUDGETS):
-                    break
-                left = np.setdiff1d(np.arange(len(y)), seen)
-                picks, _, _ = believer_batch(model, X[left], args.batch, DEFAULT_KAPPA, 1.0, DEFAULT_MIN_L1)
-                if len(picks) < args.batch:
-                    raise SystemExit(f"seed {seed}: only {len(picks)} picks at min_l1 {DEFAULT_MIN_L1}")
-                seen += left[picks].tolist()
+            for method in ("active", "active_global"):
+                seen = list(start)
+                region = TrustRegion(TRUST_INIT) if method == "active" else None
+                while True:
+                    model = fit(np.array(seen))
+                    bar.update()
+                    if len(seen) in BUDGETS:
+                        r, o = score(model)
+                        regret[method, len(seen)].append(r)
+                        overlap[method, len(seen)].append(o)
+                        final[method, len(seen), seed] = model
+                    if len(seen) >= max(BUDGETS):
+                        break
+                    if region is not None:
+                        lengths.setdefault(seed, []).append(region.length)
+                    new = pick(model, np.array(seen), region)
+                    if len(new) < args.batch:
+                        raise SystemExit(f"seed {seed}: only {len(new)} picks at min_l1 {DEFAULT_MIN_L1}")
+                    if region is not None:  # TuRBO's update once the batch is revealed
+                        improved = TrustRegion.improved(float(y[seen].min()), float(y[new].min()))
+                        region = region.after(improved, args.batch, X.shape[1])
+                    seen += new.tolist()
             bar.set_postfix(seed=seed)
         model_all = fit(np.arange(len(y)))
         final["all", len(y), 0] = model_all
@@ -145,26 +188,30 @@ def main() -> None:
         f"\n{args.seeds} seeds; start {args.start} random runs, batches of {args.batch}; kappa {DEFAULT_KAPPA}, "
         f"min_l1 {DEFAULT_MIN_L1}; scores on the {len(y)}-run pool\n"
     )
-    print("| runs | active top-1 regret | random top-1 regret | active top-10 overlap | random top-10 overlap |")
-    print("|---|---|---|---|---|")
+    print("top-1 regret (mean of seeds; lower is better) / top-10 overlap (mean; higher is better):\n")
+    print("| runs | " + " | ".join(METHODS) + " |")
+    print("|---|" + "---|" * len(METHODS))
     for b in BUDGETS:
-        cells = [f"{np.mean(regret[m, b]):.4f}" for m in ("active", "random")]
-        cells += [f"{np.mean(overlap[m, b]):.1f}" for m in ("active", "random")]
+        cells = [f"{np.mean(regret[m, b]):.4f} / {np.mean(overlap[m, b]):.1f}" for m in METHODS]
         print(f"| {b} | " + " | ".join(cells) + " |")
-    print(f"| {len(y)} (all) | {r_all:.4f} (one model) | | {o_all} (one model) | |")
+    print(f"| {len(y)} (all) | {r_all:.4f} / {o_all} (one model) |" + " |" * (len(METHODS) - 1))
     print(f"\nper seed (seeds 0-{args.seeds - 1}), top-1 regret / top-10 overlap:\n")
     print("| runs | method | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " |")
     print("|---|---|" + "---|" * args.seeds)
     for b in BUDGETS:
-        for m in ("active", "random"):
+        for m in METHODS:
             cells = [f"{r:.4f} / {o}" for r, o in zip(regret[m, b], overlap[m, b], strict=True)]
             print(f"| {b} | {m} | " + " | ".join(cells) + " |")
-    goal = np.mean(regret["active", 128]) <= r_all
-    print(
-        f"\ngoal (active at 128 at least as good as all {len(y)} in top-1 regret): mean "
-        f"{np.mean(regret['active', 128]):.4f} vs {r_all:.4f} -> {'met' if goal else 'not met'}; seeds at or "
-        f"below: {sum(r <= r_all for r in regret['active', 128])}/{args.seeds}"
-    )
+    print("\ntrust region length before each batch (active), per seed:")
+    for seed, ls in lengths.items():
+        print(f"  seed {seed}: " + " ".join(f"{x:g}" for x in ls))
+    for m in ("active", "active_global"):
+        goal = np.mean(regret[m, 128]) <= r_all
+        print(
+            f"goal ({m} at 128 at least as good as all {len(y)} in top-1 regret): mean "
+            f"{np.mean(regret[m, 128]):.4f} vs {r_all:.4f} -> {'met' if goal else 'not met'}; seeds at or "
+            f"below: {sum(r <= r_all for r in regret[m, 128])}/{args.seeds}"
+        )
     print(f"wall time {wall:.0f} s")
     if args.test_mixtures and args.test_losses:
         _held_out(final, args, data.domains)
@@ -190,14 +237,15 @@ def _held_out(final, args, domains) -> None:
     rho = {key: spearmanr(model.predict(test.weights), yt).statistic for key, model in final.items()}
     print(f"\nheld-out (decides nothing): Spearman of predicted vs true {args.target} on {len(yt)} published test runs")
     print(f"{test.source}; {PAIRING}\n")
-    print("| runs | active (mean) | random (mean) | active per seed | random per seed |")
-    print("|---|---|---|---|---|")
+    print("| runs | " + " | ".join(f"{m} (mean)" for m in METHODS) + " | " + " | ".join(f"{m} per seed" for m in
+                                                                                   METHODS) + " |")  # fmt: skip
+    print("|---|" + "---|" * 2 * len(METHODS))
     for b in BUDGETS:
-        per = {m: [rho[m, b, s] for s in range(args.seeds)] for m in ("active", "random")}
+        per = {m: [rho[m, b, s] for s in range(args.seeds)] for m in METHODS}
         cells = [f"{np.mean(per[m]):.3f}" for m in per] + [" ".join(f"{r:.3f}" for r in per[m]) for m in per]
         print(f"| {b} | " + " | ".join(cells) + " |")
     (n_all,) = [b for m, b, _ in final if m == "all"]
-    print(f"| {n_all} (all) | {rho['all', n_all, 0]:.3f} (one model) | | | |")
+    print(f"| {n_all} (all) | {rho['all', n_all, 0]:.3f} (one model) |" + " |" * (2 * len(METHODS) - 1))
 
 
 if __name__ == "__main__":
