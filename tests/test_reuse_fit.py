@@ -85,10 +85,11 @@ def test_optimize_returns_a_full_mixture_that_keeps_the_block_ratios(reuse_resul
     assert record["reuse"]["searched"] == [BLOCK, "dm_mathematics", "europarl"]
 
 
-def test_propose_draws_candidates_that_keep_the_ratios(reuse_results, tmp_path):
+def test_propose_draws_candidates_that_keep_the_ratios(reuse_results, tmp_path, capsys):
     results, s = reuse_results
     fit(results=results, regressor="gp", out=tmp_path / "model", cv_folds=4)
     ids = propose_batch(tmp_path / "model", results, out=tmp_path / "proposed.csv", n=4, n_candidates=500)
+    assert "in the trust region L 0.8," in capsys.readouterr().out  # its box lives in the reduced coordinates
     proposed = read_mixtures(tmp_path / "proposed.csv", known=list(DOMAINS))  # refuses a row that breaks them
     assert proposed.ids == ids and proposed.reuse is not None and proposed.reuse.block == s.block
     assert not s.broken(proposed.weights).any()
