@@ -110,10 +110,10 @@ def test_active_loop_trains_rounds_of_proposals_up_to_the_budget(env, capsys):
     assert read_mixtures(out / "mixtures.csv", "m").ids == rows.ids  # nothing proposed
 
 
-def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_proposal(env):
-    out = env["root"] / "killed"
+def _cli(env, out) -> list[str]:
+    """`regmix sweep --active` with LOOP's settings, as a user types it (one in-process launcher, one thread)."""
     c = CONSTRAINTS
-    args = [
+    return [
         sys.executable, "-m", "regmix_plugin", "sweep", "--active",
         "--mixtures", str(out / "mixtures.csv"), "--data_path", str(env["data"]), "--recipe", str(env["recipe"]),
         "--out_dir", str(out), "--local.workers", "0", "--local.threads", "1",
@@ -123,8 +123,12 @@ def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_propos
         "--loop.constraints.max_epochs", str(c.max_epochs), "--loop.constraints.block_size", "32",
         "--loop.constraints.max_weight", json.dumps(c.max_weight),
     ]  # fmt: skip
+
+
+def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_proposal(env):
+    out = env["root"] / "killed"
     proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        _cli(env, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:  # mid-round 1: proposed, one of its two runs done
@@ -147,6 +151,62 @@ def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_propos
     reused = all(after[r][d] == pytest.approx(v, abs=1e-9) for r, w in proposed.items() for d, v in w.items())
     assert reused, "the written proposal is reused, not re-proposed"
     assert sum(r.startswith("round01-") for r in rows.ids) == 2 and sum(r.startswith("round02-") for r in rows.ids) == 2
+
+
+IDS = [f"mix-{i:04d}" for i in range(1, 5)] + [f"round0{k}-000{j}" for k in (1, 2) for j in (1, 2)]
+
+
+def _fitted_on_their_runs(out):
+    """Each round's model was fitted on exactly the runs its line counts (none still training, none missing)."""
+    rounds = json.loads((out / "active.json").read_text())["rounds"]
+    assert {k: r["runs"] for k, r in rounds.items()} == {"0": 4, "1": 6, "2": 8}
+    for k, rnd in rounds.items():
+        model = json.loads((out / "active" / f"round-0{k}" / "model" / "model.json").read_text())
+        assert model["n_runs"] == rnd["runs"], (k, model["n_runs"], rnd["runs"])
+
+
+def test_two_cooperating_loops_train_each_run_once_and_add_each_round_once(env):
+    out = env["root"] / "coop"
+    procs = [
+        subprocess.Popen(
+            _cli(env, out),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-1500:] for o in outputs]
+    # the initial draw is made once, each round's proposals are added once: initial + rounds x batch rows
+    assert sum(o.count("active: drew 4 initial mixtures") for o in outputs) == 1
+    rows = _check_rows(env, out)
+    assert rows.ids == IDS
+    # every run trained by exactly one of them (one record each, and the trainings they report add up to 8)
+    done = [[int(n) for n, f in re.findall(r"sweep \S+: (\d+) done, (\d+) failed", o) if f == "0"] for o in outputs]
+    assert [len(d) for d in done] == [len(re.findall(r"sweep \S+: ", o)) for o in outputs], "no run failed"
+    assert sum(map(sum, done)) == 8 and all(sum(d) > 0 for d in done), done  # and they really shared the work
+    assert not list((out / "claims").glob("*.claim"))
+    # both report the same rounds (one fit each, shared through active.json) and stop at the budget
+    lines = [re.findall(r"active round \d: .*", o) for o in outputs]
+    assert lines[0] == lines[1] and [line[:20] for line in lines[0]] == [
+        f"active round {k}: {n} runs" for k, n in ((0, 4), (1, 6), (2, 8))
+    ]
+    assert all("active: stopped (budget) after round 2 with 8 runs" in o for o in outputs)
+    _fitted_on_their_runs(out)
+
+
+def test_active_loop_under_the_submitit_local_executor(env, capsys):
+    out = env["root"] / "slurm"
+    counts = _run(env, out, launcher="slurm", slurm={"cluster": "local", "tasks": 2, "cpus_per_task": 1})
+    assert counts == {"done": 8, "failed": 0, "skipped": 0, "pending": 0, "rounds": 2, "stopped": "budget"}
+    assert _check_rows(env, out).ids == IDS
+    _fitted_on_their_runs(out)
+    # each round's runs went through submitit: one array job of 2 tasks per round, 2 runs trained by each
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"submitted 2 task\(s\)", printed)) == 3
+    assert [int(n) for n in re.findall(r"sweep \S+: (\d+) done, 0 failed", printed)] == [4, 2, 2]
 
 
 def test_bad_loop_settings_are_refused_before_anything_runs(env, tmp_path):
