@@ -23,7 +23,7 @@ import pytest
 from test_sweep import DOMAINS, _recipe
 
 from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
-from regmix_plugin.commands.sweep.active import ActiveArgs, active_loop, resolution
+from regmix_plugin.commands.sweep.active import ActiveArgs, resolution
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
 from regmix_plugin.formats.sweep_records import read_records
@@ -207,6 +207,8 @@ def test_two_cooperating_loops_train_each_run_once_and_add_each_round_once(env):
 def test_a_round_appended_while_this_loop_trained_is_trained_before_it_is_fitted(env, tmp_path):
     """The interleaving the test above meets by chance, replayed in order with the real launcher: loop B's launch
     was planned from the 4 initial rows, and while it ran, loop A fitted round 0 and appended round 1."""
+    from regmix_plugin.commands.sweep.active import active_loop
+
     out, loop = env["root"] / "late", dataclasses.replace(LOOP, budget=6)
     plain = functools.partial(
         sweep,
