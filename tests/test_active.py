@@ -2,12 +2,14 @@
 
 4 random starting runs, then rounds of 2 proposals up to a budget of 8: each round trained, refitted, reported;
 the proposals inside the constraints, never a duplicate; killed with SIGKILL mid-round and re-run, each run trained
-exactly once and the round's proposal reused, not proposed again.
+exactly once and the round's proposal reused, not proposed again; two loops started together on one directory
+training each run once and adding each round once; the loop under submitit's local executor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -23,7 +25,7 @@ from test_sweep import DOMAINS, _recipe
 from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
 from regmix_plugin.commands.sweep.active import ActiveArgs, resolution, trust_region
 from regmix_plugin.formats.manifest import read_manifest
-from regmix_plugin.formats.mixture_table import read_mixtures
+from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
 from regmix_plugin.formats.sweep_records import read_records
 from regmix_plugin.weights import ConstraintArgs, constraint_bounds, train_sizes
 
@@ -55,12 +57,12 @@ def _run(env, out, loop=LOOP, **kw):
     )
 
 
-def _check_rows(env, out):
+def _check_rows(env, out, n=8):
     """Every row of the sweep's mixtures: inside each constraint, unique, and trained once to a done record."""
     rows = read_mixtures(out / "mixtures.csv", "--mixtures")
     W = rows.weights
-    assert len(set(rows.ids)) == len(rows.ids) == 8
-    assert len({tuple(np.round(w, 4)) for w in W}) == 8, "no mixture twice"
+    assert len(set(rows.ids)) == len(rows.ids) == n
+    assert len({tuple(np.round(w, 4)) for w in W}) == n, "no mixture twice"
     assert np.allclose(W.sum(1), 1.0, atol=1e-9) and (W >= 0).all()
     assert (W[:, rows.domains.index("prose")] <= 0.6 + 1e-9).all()
     lower, upper = constraint_bounds(
@@ -115,10 +117,10 @@ def test_active_loop_trains_rounds_of_proposals_up_to_the_budget(env, capsys):
     assert read_mixtures(out / "mixtures.csv", "m").ids == rows.ids  # nothing proposed
 
 
-def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_proposal(env):
-    out = env["root"] / "killed"
+def _cli(env, out) -> list[str]:
+    """`regmix sweep --active` with LOOP's settings, as a user types it (one in-process launcher, one thread)."""
     c = CONSTRAINTS
-    args = [
+    return [
         sys.executable, "-m", "regmix_plugin", "sweep", "--active",
         "--mixtures", str(out / "mixtures.csv"), "--data_path", str(env["data"]), "--recipe", str(env["recipe"]),
         "--out_dir", str(out), "--local.workers", "0", "--local.threads", "1",
@@ -128,8 +130,12 @@ def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_propos
         "--loop.constraints.max_epochs", str(c.max_epochs), "--loop.constraints.block_size", "32",
         "--loop.constraints.max_weight", json.dumps(c.max_weight),
     ]  # fmt: skip
+
+
+def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_proposal(env):
+    out = env["root"] / "killed"
     proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        _cli(env, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:  # mid-round 1: proposed, one of its two runs done
@@ -152,6 +158,103 @@ def test_sigkill_mid_round_then_rerun_trains_each_run_once_and_reuses_the_propos
     reused = all(after[r][d] == pytest.approx(v, abs=1e-9) for r, w in proposed.items() for d, v in w.items())
     assert reused, "the written proposal is reused, not re-proposed"
     assert sum(r.startswith("round01-") for r in rows.ids) == 2 and sum(r.startswith("round02-") for r in rows.ids) == 2
+
+
+IDS = [f"mix-{i:04d}" for i in range(1, 5)] + [f"round0{k}-000{j}" for k in (1, 2) for j in (1, 2)]
+
+
+def _fitted_on_their_runs(out, runs=(4, 6, 8)):
+    """Each round's model was fitted on exactly the runs its line counts (none still training, none missing)."""
+    rounds = json.loads((out / "active.json").read_text())["rounds"]
+    assert {k: r["runs"] for k, r in rounds.items()} == {str(k): n for k, n in enumerate(runs)}
+    for k, rnd in rounds.items():
+        model = json.loads((out / "active" / f"round-0{k}" / "model" / "model.json").read_text())
+        assert model["n_runs"] == rnd["runs"], (k, model["n_runs"], rnd["runs"])
+
+
+def test_two_cooperating_loops_train_each_run_once_and_add_each_round_once(env):
+    out = env["root"] / "coop"
+    procs = [
+        subprocess.Popen(
+            _cli(env, out),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-1500:] for o in outputs]
+    # the initial draw is made once, each round's proposals are added once: initial + rounds x batch rows
+    assert sum(o.count("active: drew 4 initial mixtures") for o in outputs) == 1
+    rows = _check_rows(env, out)
+    assert rows.ids == IDS
+    # every run trained by exactly one of them (one record each, and the trainings they report add up to 8)
+    summaries = [[tuple(map(int, m)) for m in re.findall(r"sweep \S+: (\d+) done, (\d+) failed", o)] for o in outputs]
+    done = [sum(d for d, _ in s) for s in summaries]
+    assert sum(done) == 8 and min(done) > 0, summaries  # and they really shared the work
+    assert all(f == 0 for s in summaries for _, f in s), summaries
+    assert not list((out / "claims").glob("*.claim"))
+    # each round proposed by one of them only (under the lock; unlocked, both propose, and here both fits are
+    # equal, so the file alone would not show it)
+    assert sum(o.count("\nproposed 2 mixtures") for o in outputs) == 2, outputs
+    # each reports the rounds it fitted or read (a loop that finds the next round already appended trains it
+    # before its line); a round both report has one line: fitted once, shared through active.json
+    lines = [dict(re.findall(r"active round (\d): (.*)", o)) for o in outputs]
+    assert {**lines[0], **lines[1]}.keys() == {"0", "1", "2"} and all("2" in line for line in lines)
+    assert all(lines[0][k] == lines[1][k] for k in lines[0].keys() & lines[1].keys()), lines
+    assert [re.match(r"(\d) runs", {**lines[0], **lines[1]}[k]).group(1) for k in "012"] == ["4", "6", "8"]
+    assert all("active: stopped (budget) after round 2 with 8 runs" in o for o in outputs)
+    _fitted_on_their_runs(out)
+
+
+def test_a_round_appended_while_this_loop_trained_is_trained_before_it_is_fitted(env, tmp_path):
+    """The interleaving the test above meets by chance, replayed in order with the real launcher: loop B's launch
+    was planned from the 4 initial rows, and while it ran, loop A fitted round 0 and appended round 1."""
+    from regmix_plugin.commands.sweep.active import active_loop
+
+    out, loop = env["root"] / "late", dataclasses.replace(LOOP, budget=6)
+    plain = functools.partial(
+        sweep,
+        data_path=env["data"],
+        recipe=env["recipe"],
+        out_dir=out,
+        eval=FAST,
+        local=LocalArgs(workers=0, threads=1),
+    )
+
+    class Stopped(Exception):
+        pass
+
+    def loop_a():  # trains the initial rows, then stops (killed) right after round 1 is appended
+        if (out / "active.json").is_file() and json.loads((out / "active.json").read_text())["rounds"]:
+            raise Stopped
+        return plain(mixtures=out / "mixtures.csv")
+
+    with pytest.raises(Stopped):
+        active_loop(out / "mixtures.csv", env["data"], out, loop, loop_a)
+    initial = read_mixtures(out / "mixtures.csv", "m")
+    assert len(initial.ids) == 6 and len(read_records(out)) == 4
+    write_mixtures(tmp_path / "planned.csv", {r: initial.as_dict()[r] for r in initial.ids[:4]}, initial.domains)
+    plans = [tmp_path / "planned.csv", out / "mixtures.csv"]
+    counts = active_loop(out / "mixtures.csv", env["data"], out, loop, lambda: plain(mixtures=plans.pop(0)))
+    assert counts == {"done": 2, "failed": 0, "skipped": 4, "pending": 0, "rounds": 1, "stopped": "budget"}
+    _fitted_on_their_runs(out, runs=(4, 6))
+
+
+def test_active_loop_under_the_submitit_local_executor(env, capsys):
+    out = env["root"] / "slurm"
+    slurm = {"cluster": "local", "tasks": 2, "cpus_per_task": 1}
+    # budget 6: the initial runs and one proposed round (each array job starts fresh interpreters: ~10 s a round)
+    counts = _run(env, out, loop=dataclasses.replace(LOOP, budget=6), launcher="slurm", slurm=slurm)
+    assert counts == {"done": 6, "failed": 0, "skipped": 0, "pending": 0, "rounds": 1, "stopped": "budget"}
+    assert _check_rows(env, out, n=6).ids == IDS[:6]
+    _fitted_on_their_runs(out, runs=(4, 6))
+    # each round's runs went through submitit: one array job of 2 tasks per round
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"submitted 2 task\(s\)", printed)) == 2
+    assert [int(n) for n in re.findall(r"sweep \S+: (\d+) done, 0 failed", printed)] == [4, 2]
 
 
 def test_bad_loop_settings_are_refused_before_anything_runs(env, tmp_path):

@@ -170,6 +170,7 @@ def active_loop(
     rows with the sweep's launcher and returns its counts. Returns ``done``/``failed``: runs trained by this
     invocation, ``skipped``: done before it, ``pending``, the last ``rounds`` number and why it ``stopped``."""
     from regmix_plugin.formats.manifest import read_manifest
+    from regmix_plugin.formats.sweep_records import read_records
     from regmix_plugin.models.acquisition import candidate_space, draw_candidates
 
     mixtures, out_dir = Path(mixtures), Path(out_dir)
@@ -201,6 +202,8 @@ def active_loop(
             print(f"active: {counts['pending']} run(s) left pending; re-run the same command to finish them")
             return {**total, "rounds": None, "stopped": "pending"}
         rows = read_mixtures(mixtures, "--mixtures", known=domains)
+        if not set(rows.ids) <= set(read_records(out_dir)):  # a cooperating loop added a round after train()'s plan
+            continue
         k = max((int(m.group(1)) for i in rows.ids if (m := _ROUND.match(i))), default=0)
         rnd, rounds = _round(k, len(rows.ids), out_dir, data_path, loop, space)
         print(rnd.line(), flush=True)
