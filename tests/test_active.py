@@ -243,6 +243,25 @@ def test_a_round_appended_while_this_loop_trained_is_trained_before_it_is_fitted
     _fitted_on_their_runs(out, runs=(4, 6))
 
 
+def test_a_results_table_rewritten_by_a_lagging_launcher_does_not_hide_a_round(env):
+    """A cooperating launcher planned from the initial rows rewrites the sweep's results.csv with those rows only,
+    after this loop's round-1 runs finished: the round's fit still counts every run (it reads its own table)."""
+    from regmix_plugin.commands.sweep.active import active_loop
+    from regmix_plugin.formats.sweep_records import write_table
+
+    out, loop = env["root"] / "lag", dataclasses.replace(LOOP, budget=6)
+
+    def train():
+        counts = sweep(mixtures=out / "mixtures.csv", data_path=env["data"], recipe=env["recipe"], out_dir=out,
+                       eval=FAST, local=LocalArgs(workers=0, threads=1))  # fmt: skip
+        write_table(out / "results.csv", IDS[:4], read_records(out))  # the lagging launcher's last write
+        return counts
+
+    counts = active_loop(out / "mixtures.csv", env["data"], out, loop, train)
+    assert counts["stopped"] == "budget" and counts["done"] == 6
+    _fitted_on_their_runs(out, runs=(4, 6))
+
+
 def test_active_loop_under_the_submitit_local_executor(env, capsys):
     out = env["root"] / "slurm"
     slurm = {"cluster": "local", "tasks": 2, "cpus_per_task": 1}

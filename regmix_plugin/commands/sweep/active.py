@@ -13,8 +13,10 @@ so ``regmix status`` reads it and any number of cooperating launchers can work o
    existing file's rows are the start instead (e.g. proxies already planned);
 2. every row of the file without a ``done`` record is trained (the ordinary sweep launch);
 3. ``regmix fit`` (:func:`regmix_plugin.models.fitting.fit_model`) with ``--loop.target`` and ``--loop.regressor``
-   into ``<out_dir>/active/round-KK/model``; the round's line is printed: runs so far, CV Spearman, the predicted
-   optimum (the candidate with the best posterior mean), its GP std, and its L1 move since the last round;
+   into ``<out_dir>/active/round-KK/model``, on ``round-KK/results.csv`` (every row's run records at that point,
+   so a cooperating launcher's older ``results.csv`` never hides a round); the round's line is printed: runs so
+   far, CV Spearman, the predicted optimum (the candidate with the best posterior mean), its GP std, and its L1
+   move since the last round;
 4. stop at ``--loop.budget`` rows, or when the stopping rule holds; else ``regmix propose``'s engine
    (:func:`regmix_plugin.models.acquisition.propose_batch`) appends ``min(batch, budget - rows)`` rows named
    ``round<K+1>-NNNN`` to ``--mixtures`` (one atomic rename) *before* any of them trains, searched inside the
@@ -205,7 +207,7 @@ def active_loop(
         if not set(rows.ids) <= set(read_records(out_dir)):  # a cooperating loop added a round after train()'s plan
             continue
         k = max((int(m.group(1)) for i in rows.ids if (m := _ROUND.match(i))), default=0)
-        rnd, rounds = _round(k, len(rows.ids), out_dir, data_path, loop, space)
+        rnd, rounds = _round(k, rows.ids, domains, out_dir, data_path, loop, space)
         print(rnd.line(), flush=True)
         recent = [rounds.get(str(j), {}).get("moved") for j in (k, k - 1)]
         if len(rows.ids) >= loop.budget:
@@ -220,13 +222,19 @@ def active_loop(
         _propose(k + 1, mixtures, out_dir, data_path, loop, domains, rnd.trust_length)
 
 
-def _round(k, runs, out_dir, data_path, loop, space) -> tuple[Round, dict]:
+def _round(k, ids, domains, out_dir, data_path, loop, space) -> tuple[Round, dict]:
     """Round ``k``'s line and every round's so far: from ``active.json`` when recorded with the same runs, else
-    by fitting. Under the lock, so cooperating loops fit each round once and read each other's lines."""
+    by fitting. Under the lock, so cooperating loops fit each round once and read each other's lines.
+
+    The fit reads the round's own results table, ``active/round-KK/results.csv``, rebuilt here from the run records
+    of every row of ``--mixtures`` (``ids``): the sweep's ``results.csv`` is rewritten by every launcher from the rows
+    it started with, so a cooperating launcher a round behind could leave the newest round out of it."""
     from regmix_plugin.formats.model_dir import load_fitted
+    from regmix_plugin.formats.sweep_records import read_records, sweep_reuse, write_table
     from regmix_plugin.models.acquisition import draw_candidates, predicted_optimum
     from regmix_plugin.models.fitting import fit_model
 
+    runs = len(ids)
     with _locked(out_dir):
         state = json.loads((out_dir / STATE).read_text())
         rounds = state["rounds"]
@@ -235,8 +243,11 @@ def _round(k, runs, out_dir, data_path, loop, space) -> tuple[Round, dict]:
             rnd.eps = loop.eps if loop.eps is not None else rnd.eps
             rnd.delta = loop.delta if loop.delta is not None else float(rnd.cv_rmse)
             return rnd, rounds
+        table = _table(out_dir, k)
+        table.parent.mkdir(parents=True, exist_ok=True)
+        write_table(table, list(ids), read_records(out_dir), sweep_reuse(out_dir, domains))
         meta = fit_model(
-            results=out_dir / "results.csv",
+            results=table,
             target=loop.target,
             regressor=loop.regressor,
             out=_model(out_dir, k),
@@ -248,10 +259,10 @@ def _round(k, runs, out_dir, data_path, loop, space) -> tuple[Round, dict]:
         )
         C = units / 10**DECIMALS
         lower, upper = space[1], space[2]
-        done = read_mixtures(out_dir / "results.csv", "--results", known=fitted.domains).weights
+        done = read_mixtures(table, "--results", known=fitted.domains).weights
         inside = done[((done >= lower - 1e-9) & (done <= upper + 1e-9)).all(1)]
         w, mean, std = predicted_optimum(fitted, np.vstack([C, inside]))
-        region = trust_region(out_dir / "results.csv", loop, k, len(fitted.meta.get("features") or fitted.domains))
+        region = trust_region(table, loop, k, len(fitted.meta.get("features") or fitted.domains))
         previous = rounds.get(str(k - 1))
         moved = None
         if previous is not None:
@@ -325,7 +336,7 @@ def _propose(
             return
         propose_batch(
             model=_model(out_dir, k - 1),
-            results=out_dir / "results.csv",
+            results=_table(out_dir, k - 1),
             out=mixtures,
             n=min(loop.batch, loop.budget - len(rows.ids)),
             kappa=loop.kappa,
@@ -343,6 +354,11 @@ def _propose(
 
 def _model(out_dir: Path, k: int) -> Path:
     return Path(out_dir) / "active" / f"round-{k:02d}" / "model"
+
+
+def _table(out_dir: Path, k: int) -> Path:
+    """The results table round ``k`` was fitted on (every run of ``--mixtures`` then, from the records)."""
+    return Path(out_dir) / "active" / f"round-{k:02d}" / "results.csv"
 
 
 def _check_state(out_dir: Path, loop: ActiveArgs) -> None:
