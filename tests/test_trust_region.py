@@ -129,3 +129,16 @@ def test_a_bad_trust_length_is_refused_by_name(cli, tmp_path, bad):
                        "--out", tmp_path / "o.csv")  # fmt: skip
     assert code == 2 and "--trust_length must be in (0, 1.6]" in err and not (tmp_path / "o.csv").exists()
     assert "--loop.trust_length" in " ".join(ActiveArgs(trust_length=float(bad)).problems())
+
+
+def test_a_loop_started_before_the_trust_region_resumes_with_null_and_says_so(tmp_path):
+    import json
+
+    from regmix_plugin.commands.sweep.active import STATE, _check_state
+
+    identity = ActiveArgs().identity()
+    del identity["trust_length"]  # active.json as written before the setting existed
+    (tmp_path / STATE).write_text(json.dumps({"identity": identity, "rounds": {}}))
+    with pytest.raises(ValueError, match=r"--loop.trust_length: not recorded, the loop predates it; pass null"):
+        _check_state(tmp_path, ActiveArgs())
+    _check_state(tmp_path, ActiveArgs(trust_length=None))  # resumes

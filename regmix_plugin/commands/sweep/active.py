@@ -370,9 +370,12 @@ def _check_state(out_dir: Path, loop: ActiveArgs) -> None:
     state = json.loads(path.read_text())
     changed = [k for k, v in loop.identity().items() if state["identity"].get(k) != v]
     if changed:
+        older = [k for k in changed if k not in state["identity"]]  # settings added since the loop was started
+        hint = f" ({', '.join(f'--loop.{k}' for k in older)}: not recorded, the loop predates it; pass null)"
         raise ValueError(
             f"--out_dir {str(out_dir)!r} holds an active loop with other --loop settings (changed: "
-            f"{', '.join('--loop.' + c for c in changed)}); restore them to resume it, or use a new --out_dir"
+            f"{', '.join('--loop.' + c for c in changed)}){hint if older else ''}; restore them to resume it, or use "
+            "a new --out_dir"
         )
 
 
