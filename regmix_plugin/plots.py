@@ -3,7 +3,9 @@
 - ``cv_predicted_vs_true.png``: cross-validated prediction against the measured target, one dot per run;
 - ``interactions.png``: ridge coefficient of each target domain's loss on each training domain's weight
   (the RegMix paper's Figure 7; blue = more of that domain lowers the loss);
-- ``<mixture>_vs_prior.png``: the chosen mixture next to the prior, one pair of bars per domain.
+- ``<mixture>_vs_prior.png``: the chosen mixture next to the prior, one pair of bars per domain;
+- ``active/rounds.png`` (``regmix sweep --active``): per round, the predicted optimum with its std and the best
+  target measured so far; the CV Spearman and the trust region's length.
 """
 
 from __future__ import annotations
@@ -88,4 +90,34 @@ def mixture_bars(path: Path, domains: list[str], chosen: np.ndarray, prior: np.n
     ax.set_ylabel("weight")
     ax.set_title(f"Mixture chosen for {target}")
     ax.legend()
+    _save(fig, path)
+
+
+def active_rounds(path: Path, rounds: list[dict], target: str) -> None:
+    """The active loop's rounds (``Round`` records, in order) against the runs so far: the predicted optimum +- its
+    std and the best measured target (top); the CV Spearman and the trust region's length (bottom)."""
+    plt = _pyplot()
+    runs = [r["runs"] for r in rounds]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True, height_ratios=(3, 2))
+    top.errorbar(runs, [r["predicted"] for r in rounds], yerr=[r["std"] for r in rounds], marker="o", capsize=3,
+                 label="predicted optimum +- std")  # fmt: skip
+    best = [(n, r["best_observed"]) for n, r in zip(runs, rounds, strict=True) if r.get("best_observed") is not None]
+    if best:
+        top.plot(*zip(*best, strict=True), marker="s", ls="--", label="best measured run so far")
+    top.set_ylabel(target if len(target) < 40 else "target")
+    top.set_title(f"Active loop: {len(rounds)} round(s), {runs[-1]} runs")
+    top.legend()
+    bottom.plot(runs, [r["cv_spearman"] for r in rounds], marker="o", color="C2", label="CV Spearman")
+    bottom.set_ylabel("CV Spearman")
+    bottom.set_xlabel("runs trained")
+    bottom.xaxis.get_major_locator().set_params(integer=True)
+    lengths = [(n, r["trust_length"]) for n, r in zip(runs, rounds, strict=True) if r.get("trust_length")]
+    if lengths:
+        right = bottom.twinx()
+        right.step(*zip(*lengths, strict=True), where="post", color="C3", label="trust region length")
+        right.set_yscale("log", base=2)
+        right.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        right.set_ylabel("trust region length")
+        right.legend(loc="lower right")
+    bottom.legend(loc="lower left")
     _save(fig, path)

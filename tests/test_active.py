@@ -101,6 +101,11 @@ def test_active_loop_trains_rounds_of_proposals_up_to_the_budget(env, capsys):
         region = trust_region(out / "results.csv", LOOP, int(k), len(DOMAINS))
         assert state["rounds"][k]["trust_length"] == region.length
         assert f"next proposals in the trust region L {region.length:g}" in printed
+    # the best measured target so far, and the plot of every round
+    assert [state["rounds"][k]["best_observed"] for k in "012"] == sorted(
+        [state["rounds"][k]["best_observed"] for k in "012"], reverse=True
+    )
+    assert (out / "active" / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the move is the L1 between consecutive rounds' optima
     o1, o2 = state["rounds"]["1"]["optimum"], state["rounds"]["2"]["optimum"]
     assert state["rounds"]["2"]["moved"] == pytest.approx(sum(abs(o1[d] - o2[d]) for d in DOMAINS), abs=1e-5)

@@ -153,6 +153,8 @@ class Round:
     """The trust region's length for the next round's proposals (None: the whole space)."""
     trust_successes: int = 0
     trust_failures: int = 0
+    best_observed: float | None = None
+    """The best target measured on a finished run so far."""
 
     def line(self) -> str:
         moved = "-" if self.moved is None else f"{self.moved:.4f}"
@@ -263,6 +265,7 @@ def _round(k, ids, domains, out_dir, data_path, loop, space) -> tuple[Round, dic
         inside = done[((done >= lower - 1e-9) & (done <= upper + 1e-9)).all(1)]
         w, mean, std = predicted_optimum(fitted, np.vstack([C, inside]))
         region = trust_region(table, loop, k, len(fitted.meta.get("features") or fitted.domains))
+        y, _ = _observed(table, loop)
         previous = rounds.get(str(k - 1))
         moved = None
         if previous is not None:
@@ -281,27 +284,31 @@ def _round(k, ids, domains, out_dir, data_path, loop, space) -> tuple[Round, dic
             trust_length=None if region is None else region.length,
             trust_successes=0 if region is None else region.successes,
             trust_failures=0 if region is None else region.failures,
+            best_observed=float(np.nanmin(y)) if np.isfinite(y).any() else None,
         )
         rounds[str(k)] = asdict(rnd)
         write_json(out_dir / STATE, state)
+        _plot_rounds(out_dir, rounds, meta["target"])
         return rnd, rounds
+
+
+def _plot_rounds(out_dir: Path, rounds: dict, target) -> None:
+    """``active/rounds.png``: every round so far (:func:`regmix_plugin.plots.active_rounds`)."""
+    from regmix_plugin.plots import active_rounds
+
+    ordered = [rounds[k] for k in sorted(rounds, key=int)]
+    terms = dict(target)
+    name = next(iter(terms)) if len(terms) == 1 else " + ".join(f"{w:g} {c}" for c, w in terms.items())
+    active_rounds(Path(out_dir) / "active" / "rounds.png", ordered, name)
 
 
 def trust_region(results: Path, loop: ActiveArgs, k: int, dims: int) -> TrustRegion | None:
     """The trust region after round ``k``, replayed from the results: TuRBO's update once per round 1..k, each
     round's runs (ids ``round<j>-NNNN``; the rest are round 0) against every earlier round's best observed target.
     None with ``--loop.trust_length null``."""
-    import warnings
-
-    from regmix_plugin.formats.results import read_results
-
     if loop.trust_length is None:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # fit has already said which rows it skipped
-        data = read_results(results)
-    y = data.target_values(data.resolve_target(loop.target))
-    rounds = np.array([int(m.group(1)) if (m := _ROUND.match(i)) else 0 for i in data.ids])
+    y, rounds = _observed(results, loop)
     region = TrustRegion(length=loop.trust_length)
     for j in range(1, k + 1):
         before, now = y[(rounds < j) & np.isfinite(y)], y[(rounds == j) & np.isfinite(y)]
@@ -310,6 +317,19 @@ def trust_region(results: Path, loop: ActiveArgs, k: int, dims: int) -> TrustReg
         improved = bool(len(now)) and TrustRegion.improved(float(before.min()), float(now.min()))
         region = region.after(improved, int((rounds == j).sum()), dims, restart=loop.trust_length)
     return region
+
+
+def _observed(results: Path, loop: ActiveArgs) -> tuple[np.ndarray, np.ndarray]:
+    """Each finished run's measured ``--loop.target`` (NaN where missing) and its round (0: the initial rows)."""
+    import warnings
+
+    from regmix_plugin.formats.results import read_results
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fit has already said which rows it skipped
+        data = read_results(results)
+    y = data.target_values(data.resolve_target(loop.target))
+    return y, np.array([int(m.group(1)) if (m := _ROUND.match(i)) else 0 for i in data.ids])
 
 
 def resolution(C: np.ndarray, sample: int = 500, seed: int = 0) -> float:
