@@ -142,3 +142,24 @@ def test_a_loop_started_before_the_trust_region_resumes_with_null_and_says_so(tm
     with pytest.raises(ValueError, match=r"--loop.trust_length: not recorded, the loop predates it; pass null"):
         _check_state(tmp_path, ActiveArgs())
     _check_state(tmp_path, ActiveArgs(trust_length=None))  # resumes
+
+
+def test_the_centre_is_a_finished_run_never_a_failed_one(cli, tmp_path):
+    rows = synthetic_result_rows(16, D, seed=6)
+    model, results = _fit(cli, tmp_path, rows)
+    fitted = load_fitted(model)
+    W = read_mixtures(results, known=DOMAINS).weights
+    order = np.argsort(fitted.predict(W))
+    keep = int(order[-1])  # the run predicted worst is the only finished one; every other run failed
+    for i, r in enumerate(rows):
+        if i != keep:
+            r["status"] = "failed"
+    write_results(results, rows)
+    code, _, err = cli("propose", "--model", model, "--results", results, "--n", 4, "--out", tmp_path / "n.csv")
+    assert code == 0, err
+    P = read_mixtures(tmp_path / "n.csv", known=DOMAINS).weights
+    scales = np.clip(fitted.regressor.length_scale_, 0.005, 2.0)
+    w = scales / scales.mean()
+    w = w / np.prod(w) ** (1 / len(w))
+    z = np.sqrt(W[keep])
+    assert _inside(P, (np.clip(z - 0.4 * w, 0, 1), np.clip(z + 0.4 * w, 0, 1))).all()

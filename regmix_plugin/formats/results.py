@@ -56,6 +56,19 @@ DONE = "done"
 BOOKKEEPING = ("status", "tokens", "wall_s", "seed", "error")
 
 
+def finished_ids(path: str | Path, flag: str = "--results") -> set[str] | None:
+    """The run ids of ``path``'s rows whose ``status`` is ``done``, or None when it has no status column (a
+    mixtures file or the official table: every row is a finished run)."""
+    columns = read_table(path, flag)[0]
+    if STATUS_COLUMN not in columns or ID_COLUMN not in columns:
+        return None
+    return {cell_id(i) for i, st in zip(columns[ID_COLUMN], columns[STATUS_COLUMN], strict=True) if _done(st)}
+
+
+def _done(status: object) -> bool:
+    return str(status if status is not None else "").strip() == DONE
+
+
 def loss_column(domain: str, tokens: int | None = None) -> str:
     """``val_loss/<domain>`` (end of training) or ``val_loss/<domain>@<tokens>`` (an intermediate eval point)."""
     return f"{LOSS_PREFIX}{domain}" + ("" if tokens is None else f"@{tokens}")
@@ -141,7 +154,7 @@ def read_results(path: str | Path, flag: str = "--results") -> Results:
     if ID_COLUMN not in columns:
         raise ValueError(f"{where} has no {ID_COLUMN!r} column; columns: {', '.join(columns)}")
     if STATUS_COLUMN in columns:
-        keep = [str(s if s is not None else "").strip() == DONE for s in columns[STATUS_COLUMN]]
+        keep = [_done(s) for s in columns[STATUS_COLUMN]]
         skipped = [cell_id(i) for i, k in zip(columns[ID_COLUMN], keep, strict=True) if not k]
         if skipped:
             warnings.warn(

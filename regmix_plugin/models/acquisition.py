@@ -21,12 +21,12 @@ Candidates: a **trust region** (TuRBO: Eriksson, Pearce, Gardner, Turner & Poloc
 via Local Bayesian Optimization", NeurIPS 2019), unless ``trust_length`` is None. Why: with few runs the GP's
 posterior std at mixtures far from every run (corners of the simplex) dwarfs its mean differences near the optimum,
 so a bound over the whole simplex picks the least-known corners round after round (measured on 12 runs in 4
-domains: std 0.05-0.37 there against ~0.02 mean differences; 11 of 12 first picks had a zero weight). As TuRBO:
+domains: std 0.05-0.37 there against ~0.02 mean differences; 10 of 12 first picks had a zero weight). As TuRBO:
 the region is a box in the GP's input space (sqrt weights, the unit cube) around the centre, the trained run with
 the best posterior mean (TuRBO's release notes that noisy observations call for the posterior mean), with sides
 ``L * w_i``, ``w`` the ARD length scales over their mean, rescaled to geometric mean 1 (:func:`trust_box`).
-Generated candidates inside it come from TuRBO's perturbation of the centre (:func:`box_perturbations`), pool rows
-by membership. Its length ``L`` is adapted from round to round by :class:`TrustRegion` (TuRBO's rules and
+Generated candidates inside it come from TuRBO's perturbation of the centre (:meth:`TrustBox.perturbations`),
+pool rows by membership. Its length ``L`` is adapted from round to round by :class:`TrustRegion` (TuRBO's rules and
 defaults). Ours: when the box cannot give a full batch at ``min_l1`` spacing it doubles, until it does or covers
 the cube (then the whole candidate space is used).
 
@@ -52,6 +52,7 @@ from regmix_plugin.counts import TokenCount
 from regmix_plugin.draws import distinct_draws, reuse_draws, sample_prior
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
 from regmix_plugin.formats.model_dir import STD_KINDS, load_fitted, read_model_meta
+from regmix_plugin.formats.results import finished_ids
 from regmix_plugin.weights import (
     FLAGS,
     ConstraintArgs,
@@ -165,11 +166,12 @@ def propose_batch(
 
         wanted = n
     sign = -1.0 if maximize else 1.0
+    finished = finished_ids(results)  # the trust region's centre is a run that finished, never a failed one
+    runs = known[0].weights[[finished is None or i in finished for i in known[0].ids]]
     # Reduced coordinates (a reuse block) keep L1 distances: the block's cells move by its total times fixed ratios.
     C, ids, picks, mean, std, used = trust_region_batch(
-        fitted.regressor, fitted.features, known[0].weights, wanted, kappa, sign, min_l1, trust_length, choose,
-        (lower, upper),
-    )  # fmt: skip
+        fitted.regressor, fitted.features, runs, wanted, kappa, sign, min_l1, trust_length, choose, (lower, upper)
+    )
     if len(picks) < wanted:
         print(f"note: only {len(picks)} candidate(s) are at least --min_l1 {min_l1:g} apart; proposing them")
     new_ids = _fresh_ids([ids[i] for i in picks], used_ids, id_prefix)
