@@ -23,7 +23,7 @@ import pytest
 from test_sweep import DOMAINS, _recipe
 
 from regmix_plugin.commands.sweep import EvalArgs, LocalArgs, sweep
-from regmix_plugin.commands.sweep.active import ActiveArgs, resolution, trust_region
+from regmix_plugin.commands.sweep.active import ActiveArgs, observed, resolution, trust_region
 from regmix_plugin.formats.manifest import read_manifest
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
 from regmix_plugin.formats.sweep_records import read_records
@@ -98,7 +98,7 @@ def test_active_loop_trains_rounds_of_proposals_up_to_the_budget(env, capsys):
         assert model["regressor"] == "gp" and model["n_runs"] == int(n) and model["target"] == {"val_loss/prose": 1.0}
     # each round's trust region (the next proposals are searched in it) is the replay of TuRBO's rules on the results
     for k in ("0", "1", "2"):
-        region = trust_region(out / "results.csv", LOOP, int(k), len(DOMAINS))
+        region = trust_region(*observed(out / "results.csv", LOOP), LOOP, int(k), len(DOMAINS))
         assert state["rounds"][k]["trust_length"] == region.length
         assert f"next proposals in the trust region L {region.length:g}" in printed
     # the best measured target so far, and the plot of every round

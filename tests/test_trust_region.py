@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import PILE17, synthetic_result_rows
 
-from regmix_plugin.commands.sweep.active import ActiveArgs, trust_region
+from regmix_plugin.commands.sweep.active import ActiveArgs, observed, trust_region
 from regmix_plugin.formats.mixture_table import read_mixtures, write_mixtures
 from regmix_plugin.formats.model_dir import load_fitted
 from regmix_plugin.formats.results import write_results
@@ -26,12 +26,12 @@ def _fit(cli, tmp_path, rows):
     return tmp_path / "m", tmp_path / "r.csv"
 
 
-def _box(model, results, length):
-    """The box by hand: around the run with the best posterior mean, sides length * w in sqrt weights, w the
-    length scales clipped to [0.005, 2] over their mean, at geometric mean 1."""
+def _box(model, results, length, centre=None):
+    """The box by hand: around the run with the best posterior mean (or row ``centre`` of ``results``), sides
+    length * w in sqrt weights, w the length scales clipped to [0.005, 2] over their mean, at geometric mean 1."""
     fitted = load_fitted(model)
     W = read_mixtures(results, known=DOMAINS).weights
-    z = np.sqrt(W[np.argmin(fitted.predict(W))])
+    z = np.sqrt(W[np.argmin(fitted.predict(W)) if centre is None else centre])
     scales = np.clip(fitted.regressor.length_scale_, 0.005, 2.0)
     w = scales / scales.mean()
     w = w / np.prod(w) ** (1 / len(w))
@@ -114,12 +114,13 @@ def test_the_loop_replays_the_length_from_the_results(tmp_path):
         r["val_loss/arxiv"] = best
     write_results(tmp_path / "results.csv", rows)
     loop = ActiveArgs(batch=2, target="val_loss/arxiv")
-    lengths = [trust_region(tmp_path / "results.csv", loop, k, D) for k in range(5)]
+    lengths = [trust_region(*observed(tmp_path / "results.csv", loop), loop, k, D) for k in range(5)]
     # q = 2, d = 4: 2 failures in a row halve it
     assert [(r.length, r.successes, r.failures) for r in lengths] == [
         (0.8, 0, 0), (0.8, 1, 0), (0.8, 0, 1), (0.4, 0, 0), (0.4, 0, 1)
     ]  # fmt: skip
-    assert trust_region(tmp_path / "results.csv", ActiveArgs(trust_length=None, target="val_loss/arxiv"), 4, D) is None
+    null = ActiveArgs(trust_length=None, target="val_loss/arxiv")
+    assert trust_region(*observed(tmp_path / "results.csv", null), null, 4, D) is None
 
 
 def test_a_bad_trust_length_is_refused_by_name(cli, tmp_path):
@@ -158,8 +159,4 @@ def test_the_centre_is_a_finished_run_never_a_failed_one(cli, tmp_path):
     code, _, err = cli("propose", "--model", model, "--results", results, "--n", 4, "--out", tmp_path / "n.csv")
     assert code == 0, err
     P = read_mixtures(tmp_path / "n.csv", known=DOMAINS).weights
-    scales = np.clip(fitted.regressor.length_scale_, 0.005, 2.0)
-    w = scales / scales.mean()
-    w = w / np.prod(w) ** (1 / len(w))
-    z = np.sqrt(W[keep])
-    assert _inside(P, (np.clip(z - 0.4 * w, 0, 1), np.clip(z + 0.4 * w, 0, 1))).all()
+    assert _inside(P, _box(model, results, TRUST_INIT, centre=keep)).all()

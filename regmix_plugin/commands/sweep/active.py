@@ -264,8 +264,8 @@ def _round(k, ids, domains, out_dir, data_path, loop, space) -> tuple[Round, dic
         done = read_mixtures(table, "--results", known=fitted.domains).weights
         inside = done[((done >= lower - 1e-9) & (done <= upper + 1e-9)).all(1)]
         w, mean, std = predicted_optimum(fitted, np.vstack([C, inside]))
-        region = trust_region(table, loop, k, len(fitted.meta.get("features") or fitted.domains))
-        y, _ = _observed(table, loop)
+        y, rounds_of_runs = observed(table, loop)
+        region = trust_region(y, rounds_of_runs, loop, k, len(fitted.meta.get("features") or fitted.domains))
         previous = rounds.get(str(k - 1))
         moved = None
         if previous is not None:
@@ -302,13 +302,12 @@ def _plot_rounds(out_dir: Path, rounds: dict, target) -> None:
     active_rounds(Path(out_dir) / "active" / "rounds.png", ordered, name)
 
 
-def trust_region(results: Path, loop: ActiveArgs, k: int, dims: int) -> TrustRegion | None:
-    """The trust region after round ``k``, replayed from the results: TuRBO's update once per round 1..k, each
-    round's runs (ids ``round<j>-NNNN``; the rest are round 0) against every earlier round's best observed target.
-    None with ``--loop.trust_length null``."""
+def trust_region(y: np.ndarray, rounds: np.ndarray, loop: ActiveArgs, k: int, dims: int) -> TrustRegion | None:
+    """The trust region after round ``k``, replayed from the runs' measured targets ``y`` and rounds (both from
+    :func:`observed`): TuRBO's update once per round 1..k, each round's runs against every earlier round's best
+    measured target. None with ``--loop.trust_length null``."""
     if loop.trust_length is None:
         return None
-    y, rounds = _observed(results, loop)
     region = TrustRegion(length=loop.trust_length)
     for j in range(1, k + 1):
         before, now = y[(rounds < j) & np.isfinite(y)], y[(rounds == j) & np.isfinite(y)]
@@ -319,8 +318,9 @@ def trust_region(results: Path, loop: ActiveArgs, k: int, dims: int) -> TrustReg
     return region
 
 
-def _observed(results: Path, loop: ActiveArgs) -> tuple[np.ndarray, np.ndarray]:
-    """Each finished run's measured ``--loop.target`` (NaN where missing) and its round (0: the initial rows)."""
+def observed(results: Path, loop: ActiveArgs) -> tuple[np.ndarray, np.ndarray]:
+    """Each finished run's measured ``--loop.target`` (NaN where missing) and its round (ids ``round<j>-NNNN``;
+    0: the initial rows)."""
     import warnings
 
     from regmix_plugin.formats.results import read_results
